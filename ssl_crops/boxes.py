@@ -1,0 +1,425 @@
+"""Images, labels and boxes in flat numpy arrays, and readers for the annotation formats.
+
+A :class:`BoxIndex` holds no per-image Python objects: image ids, offsets, boxes and labels
+live in a handful of numpy arrays, so DataLoader workers share it without copy-on-write
+growth, and it saves to (and loads from) a pickle-free ``.npz`` in well under a second.
+
+Boxes are normalized ``x0, y0, x1, y1`` in ``[0, 1]``. Readers drop invalid boxes (NaN,
+non-numeric, inverted, zero area after clipping) and count them in ``index.dropped``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["BoxIndex", "load_npy_dict", "UnsafePickleError", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_FORMAT_VERSION = 1
+
+# OpenImages box CSV columns, as rows of images_selected_with_all_features.npy hold them.
+_OI_LABEL, _OI_XMIN, _OI_XMAX, _OI_YMIN, _OI_YMAX = 2, 4, 5, 6, 7
+
+
+# --------------------------------------------------------------------------- pickles
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for something other than numpy arrays and builtin containers."""
+
+
+_SAFE_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("_codecs", "encode"),  # bytes pickled by Python 2 / protocol 2
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module: str, name: str):
+        canonical = module.replace("numpy.core.", "numpy._core.", 1)
+        if (canonical, name) not in _SAFE_GLOBALS:
+            raise UnsafePickleError(
+                f"{self._source}: refusing to unpickle {module}.{name}; only numpy arrays and "
+                "builtin containers, strings and numbers are allowed in annotation files"
+            )
+        if canonical.startswith("numpy._core") and not hasattr(np, "_core"):
+            canonical = canonical.replace("numpy._core.", "numpy.core.", 1)  # numpy < 2
+        return super().find_class(canonical, name)
+
+
+def load_npy_dict(path: str | os.PathLike) -> dict:
+    """Read a dict saved with ``np.save(path, d)`` without executing code from the pickle.
+
+    Plain pickle files (``.pkl``) are read with the same restrictions.
+    Raises :class:`UnsafePickleError` for a hostile pickle and ``ValueError`` for a file
+    that is truncated or holds no dict, each naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found")
+    with open(path, "rb") as f:
+        head = f.read(6)
+        f.seek(0)
+        try:
+            if head == b"\x93NUMPY":
+                obj = _read_npy(f, str(path))
+            else:
+                obj = _RestrictedUnpickler(f, str(path)).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: not a readable annotation file ({type(e).__name__}: {e})") from e
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
+        obj = obj.item()
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def _read_npy(f, source: str):
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+    if dtype.hasobject:
+        return _RestrictedUnpickler(f, source).load()
+    f.seek(0)
+    return np.load(f, allow_pickle=False)
+
+
+# --------------------------------------------------------------------------- helpers
+def _to_float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _clean_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Boolean mask of valid boxes; clips ``boxes`` (N, 4 xyxy normalized) in place."""
+    if len(boxes) == 0:
+        return np.zeros(0, bool)
+    finite = np.isfinite(boxes).all(axis=1)
+    ordered = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
+    np.clip(boxes, 0.0, 1.0, out=boxes)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return finite & ordered & (area > 0)
+
+
+class _Builder:
+    """Accumulates images in flat lists and turns them into a :class:`BoxIndex`."""
+
+    def __init__(self, classes: Sequence[str] | None):
+        self.fixed = classes is not None
+        self.class_ids: dict[str, int] = {c: i for i, c in enumerate(sorted(set(classes)))} if classes else {}
+        self.ids: list[str] = []
+        self.files: list[str] = []
+        self.labels: list[list[str]] = []
+        self.box_counts: list[int] = []
+        self.box_coords: list[np.ndarray] = []
+        self.box_names: list[str] = []
+        self.dropped = 0
+        self.out_of_vocabulary = 0
+
+    def add(self, image_id: str, file: str, labels: Iterable[str], boxes: np.ndarray, box_names: Sequence[str]):
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        valid = _clean_boxes(boxes)
+        self.dropped += int((~valid).sum())
+        names = [n for n, ok in zip(box_names, valid) if ok]
+        boxes = boxes[valid]
+        labels = list(dict.fromkeys(str(c) for c in labels))
+        if self.fixed:
+            keep = np.array([n in self.class_ids for n in names], bool)
+            self.out_of_vocabulary += int((~keep).sum()) + sum(c not in self.class_ids for c in labels)
+            boxes, names = boxes[keep], [n for n, k in zip(names, keep) if k]
+            labels = [c for c in labels if c in self.class_ids]
+        self.ids.append(str(image_id))
+        self.files.append(file)
+        self.labels.append(labels)
+        self.box_counts.append(len(names))
+        self.box_coords.append(boxes.astype(np.float32))
+        self.box_names.extend(names)
+
+    def build(self) -> "BoxIndex":
+        if not self.fixed:
+            names = set(self.box_names).union(*map(set, self.labels)) if self.labels else set()
+            self.class_ids = {c: i for i, c in enumerate(sorted(names))}
+        lookup = self.class_ids
+        label_lists = [sorted({lookup[c] for c in ls}) for ls in self.labels]
+        label_offsets = np.zeros(len(self.ids) + 1, np.int64)
+        label_offsets[1:] = np.cumsum([len(ls) for ls in label_lists])
+        label_values = np.fromiter((c for ls in label_lists for c in ls), np.int32, int(label_offsets[-1]))
+        box_offsets = np.zeros(len(self.ids) + 1, np.int64)
+        box_offsets[1:] = np.cumsum(self.box_counts)
+        boxes = np.concatenate(self.box_coords) if self.box_coords else np.zeros((0, 4), np.float32)
+        box_labels = np.fromiter((lookup[n] for n in self.box_names), np.int32, len(self.box_names))
+        classes = sorted(lookup, key=lookup.get)
+        return BoxIndex(
+            ids=np.array(self.ids, dtype=str), files=np.array(self.files, dtype=str),
+            classes=np.array(classes, dtype=str), label_offsets=label_offsets,
+            label_values=label_values, box_offsets=box_offsets, boxes=boxes.reshape(-1, 4),
+            box_labels=box_labels, dropped=self.dropped, out_of_vocabulary=self.out_of_vocabulary,
+        )
+
+
+# --------------------------------------------------------------------------- index
+class BoxIndex:
+    """Image ids, image-level labels and object boxes of a dataset, in flat arrays.
+
+    Build one with :meth:`from_openimages`, :meth:`from_coco` or :meth:`from_folder`;
+    save it with :meth:`save` and read it back with :meth:`load`.
+    """
+
+    _ARRAYS = ("ids", "files", "classes", "label_offsets", "label_values", "box_offsets", "boxes", "box_labels")
+
+    def __init__(self, *, ids, files, classes, label_offsets, label_values, box_offsets, boxes,
+                 box_labels, dropped=0, out_of_vocabulary=0):
+        self._ids = np.asarray(ids, dtype=str)
+        self._files = _compact_files(self._ids, np.asarray(files, dtype=str))
+        self._classes = np.asarray(classes, dtype=str)
+        self._label_offsets = np.asarray(label_offsets, np.int64)
+        self._label_values = np.asarray(label_values, np.int32)
+        self._box_offsets = np.asarray(box_offsets, np.int64)
+        self._boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        self._box_labels = np.asarray(box_labels, np.int32)
+        self.dropped = int(dropped)
+        self.out_of_vocabulary = int(out_of_vocabulary)
+        self._box_image = None
+        n = len(self._ids)
+        if len(self._label_offsets) != n + 1 or len(self._box_offsets) != n + 1:
+            raise ValueError("BoxIndex: offsets do not match the number of images")
+        if self._box_offsets[-1] != len(self._boxes) or len(self._box_labels) != len(self._boxes):
+            raise ValueError("BoxIndex: box arrays do not match their offsets")
+        if self._label_offsets[-1] != len(self._label_values):
+            raise ValueError("BoxIndex: label arrays do not match their offsets")
+
+    # ------------------------------------------------------------------ readers
+    @classmethod
+    def from_openimages(cls, labels_npy, boxes_npy=None, classes: Sequence[str] | None = None,
+                        suffix: str = ".jpg") -> "BoxIndex":
+        """Read the OpenImages-subset dicts.
+
+        ``labels_npy``: image id -> list of class ids (``images_selected_new.npy`` or a test
+        dict); ``boxes_npy``: image id -> ``{'data': rows}`` or a list of rows of the
+        OpenImages box CSV (``[2]`` class, ``[4:8]`` XMin, XMax, YMin, YMax as numbers or
+        strings). Either argument may be a path or an already loaded dict. ``classes`` fixes
+        the class vocabulary (e.g. the training classes when reading a test dict).
+        """
+        labels = _as_dict(labels_npy)
+        boxes = _as_dict(boxes_npy) if boxes_npy is not None else {}
+        builder = _Builder(classes)
+        for image_id, image_labels in labels.items():
+            entry = boxes.get(image_id, ())
+            rows = entry.get("data", ()) if isinstance(entry, Mapping) else entry
+            coords, names = _parse_rows(rows, image_id, labels_npy if boxes_npy is None else boxes_npy)
+            if isinstance(image_labels, (str, bytes)):
+                image_labels = [image_labels]
+            builder.add(str(image_id), f"{image_id}{suffix}", [_as_str(c) for c in image_labels], coords, names)
+        return builder.build()
+
+    @classmethod
+    def from_coco(cls, json_path, classes: Sequence[str] | None = None) -> "BoxIndex":
+        """Read a COCO detection json (absolute ``[x, y, w, h]`` boxes, category names)."""
+        json_path = Path(json_path)
+        try:
+            with open(json_path) as f:
+                coco = json.load(f)
+            categories = {c["id"]: str(c["name"]) for c in coco["categories"]}
+            images = coco["images"]
+            annotations = coco.get("annotations", [])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{json_path}: COCO json not found") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{json_path}: not a COCO detection json ({type(e).__name__}: {e})") from e
+        per_image: dict = {}
+        for a in annotations:
+            per_image.setdefault(a.get("image_id"), []).append(a)
+        builder = _Builder(classes)
+        for im in images:
+            try:
+                w, h, name = float(im["width"]), float(im["height"]), str(im["file_name"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{json_path}: image entry {im.get('id')!r} lacks width/height/file_name") from e
+            anns = per_image.get(im["id"], [])
+            coords = np.full((len(anns), 4), np.nan)
+            names = []
+            for k, a in enumerate(anns):
+                bbox = a.get("bbox")
+                names.append(categories.get(a.get("category_id"), ""))
+                if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and w > 0 and h > 0:
+                    x, y, bw, bh = (_to_float(v) for v in bbox)
+                    coords[k] = (x / w, y / h, (x + bw) / w, (y + bh) / h)
+            unknown = [n == "" for n in names]
+            coords[unknown] = np.nan
+            kept = [n for n in names if n]
+            builder.add(Path(name).stem, name, sorted(set(kept)), coords, names)
+        return builder.build()
+
+    @classmethod
+    def from_folder(cls, root, classes: Sequence[str] | None = None) -> "BoxIndex":
+        """Index the images under ``root`` (no boxes).
+
+        When every image sits in a first-level sub-folder, the sub-folder names are the
+        class labels (ImageFolder layout); otherwise images have no labels.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: image folder not found")
+        files = sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        class_layout = all(len(p.parts) == 2 for p in files)
+        builder = _Builder(classes)
+        empty = np.zeros((0, 4))
+        for p in files:
+            labels = [p.parts[0]] if class_layout else []
+            builder.add(p.with_suffix("").as_posix(), p.as_posix(), labels, empty, [])
+        return builder.build()
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path) -> None:
+        """Write a pickle-free ``.npz`` (atomically: temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        arrays = {name: getattr(self, "_" + name) for name in self._ARRAYS}
+        meta = {"version": _FORMAT_VERSION, "dropped": self.dropped, "out_of_vocabulary": self.out_of_vocabulary}
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> "BoxIndex":
+        """Read an index written by :meth:`save`."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {name: z[name] for name in cls._ARRAYS}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: index file not found") from None
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a readable BoxIndex file ({type(e).__name__}: {e})") from e
+        if meta.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"{path}: BoxIndex format version {meta.get('version')} is not supported")
+        return cls(**arrays, dropped=meta["dropped"], out_of_vocabulary=meta.get("out_of_vocabulary", 0))
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return (f"BoxIndex({len(self)} images, {self.num_boxes} boxes, {self.num_classes} classes, "
+                f"dropped={self.dropped})")
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self._boxes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._classes)
+
+    @property
+    def classes(self) -> list[str]:
+        return self._classes.tolist()
+
+    def image_id(self, i: int) -> str:
+        return str(self._ids[i])
+
+    def path(self, i: int) -> str:
+        """File name of image ``i``, relative to the image folder."""
+        if self._files.ndim == 0:
+            return str(self._ids[i]) + str(self._files)
+        return str(self._files[i])
+
+    def labels(self, i: int) -> np.ndarray:
+        return self._label_values[self._label_offsets[i]:self._label_offsets[i + 1]].astype(np.int64)
+
+    def boxes(self, i: int) -> np.ndarray:
+        return self._boxes[self._box_offsets[i]:self._box_offsets[i + 1]]
+
+    def box_labels(self, i: int) -> np.ndarray:
+        return self._box_labels[self._box_offsets[i]:self._box_offsets[i + 1]].astype(np.int64)
+
+    @property
+    def flat_boxes(self) -> np.ndarray:
+        """All boxes, ``(num_boxes, 4)``; box ``j`` belongs to image ``box_image[j]``."""
+        return self._boxes
+
+    @property
+    def box_image(self) -> np.ndarray:
+        if self._box_image is None:
+            self._box_image = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self._box_offsets))
+        return self._box_image
+
+    def num_boxes_per_image(self) -> np.ndarray:
+        return np.diff(self._box_offsets)
+
+    def label_matrix(self) -> np.ndarray:
+        """Multi-hot ``(len, num_classes)`` float32 matrix of image labels."""
+        out = np.zeros((len(self), self.num_classes), np.float32)
+        rows = np.repeat(np.arange(len(self)), np.diff(self._label_offsets))
+        out[rows, self._label_values] = 1.0
+        return out
+
+    def class_counts(self) -> np.ndarray:
+        """Number of images per class."""
+        return np.bincount(self._label_values, minlength=self.num_classes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, "_" + n).nbytes for n in self._ARRAYS)
+
+
+def _compact_files(ids: np.ndarray, files: np.ndarray) -> np.ndarray:
+    """Store file names as one shared suffix (0-d array) when every file is ``id + suffix``."""
+    if files.ndim == 0 or len(files) == 0:
+        return files if files.ndim == 0 else np.array("", dtype=str)
+    suffix = files[0][len(ids[0]):] if files[0].startswith(ids[0]) else None
+    if suffix is not None and np.array_equal(np.char.add(ids, suffix), files):
+        return np.array(suffix, dtype=str)
+    return files
+
+
+def _as_dict(source) -> dict:
+    if isinstance(source, Mapping):
+        return dict(source)
+    return load_npy_dict(source)
+
+
+def _as_str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _parse_rows(rows, image_id, source) -> tuple[np.ndarray, list[str]]:
+    coords = np.full((len(rows), 4), np.nan)
+    names = []
+    for k, row in enumerate(rows):
+        try:
+            names.append(_as_str(row[_OI_LABEL]))
+            x0, x1, y0, y1 = (_to_float(row[j]) for j in (_OI_XMIN, _OI_XMAX, _OI_YMIN, _OI_YMAX))
+        except (IndexError, TypeError, KeyError):
+            if len(names) == k:
+                names.append("")
+            continue  # malformed row: stays NaN, dropped and counted
+        coords[k] = (x0, y0, x1, y1)
+    return coords, names

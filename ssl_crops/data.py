@@ -1,0 +1,168 @@
+"""Datasets: object-aware two-view pretraining data and labelled images for evaluation."""
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .boxes import BoxIndex
+from .demo import DEMO_FILES, make_demo
+
+__all__ = [
+    "ObjectCropDataset", "LabeledImageDataset", "ProposalSource", "CorruptImageError",
+    "load_image", "load_index", "find_annotation", "make_demo", "worker_seed",
+]
+
+
+class CorruptImageError(ValueError):
+    """An image file is missing, truncated or cannot be decoded."""
+
+
+class ProposalSource(Protocol):
+    """Boxes for images without annotations (a BING model or a proposal cache)."""
+
+    def proposals_for(self, image_id: str, image: Image.Image) -> np.ndarray:
+        """Normalized ``x0, y0, x1, y1`` proposals ``(K, 4)``, best first."""
+
+
+def load_image(path) -> Image.Image:
+    """Decode an image fully as RGB; :class:`CorruptImageError` names the file on failure."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise CorruptImageError(f"{path}: image file not found") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise CorruptImageError(f"{path}: cannot decode image ({e})") from e
+
+
+class ObjectCropDataset(torch.utils.data.Dataset):
+    """Two views per sample from object boxes: item ``i`` is ``((view_q, view_k), i)``.
+
+    ``sampling="image"``: one item per image, the transform picks one of its boxes;
+    ``sampling="box"``: one item per box (the original code's epoch), images without boxes
+    are not visited. Images without boxes take the top ``proposal_topk`` boxes of
+    ``proposals`` when given, else the transform falls back to scene crops.
+    ``transform`` is called as ``transform(image, boxes)`` when it has ``uses_boxes``
+    (:class:`~ssl_crops.transforms.ObjectAwareCrop`), else as ``transform(image)``.
+    ``on_corrupt="skip"`` warns about an unreadable image and serves the next one instead;
+    ``"raise"`` raises :class:`CorruptImageError`.
+    """
+
+    max_consecutive_failures = 32
+
+    def __init__(self, root, index: BoxIndex, transform, proposals: ProposalSource | None = None,
+                 sampling: str = "image", proposal_topk: int = 10, on_corrupt: str = "skip"):
+        if sampling not in ("image", "box"):
+            raise ValueError(f"sampling must be 'image' or 'box', got {sampling!r}")
+        if on_corrupt not in ("skip", "raise"):
+            raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
+        if sampling == "box" and index.num_boxes == 0:
+            raise ValueError("sampling='box' needs an index with boxes")
+        self.root, self.index, self.transform = Path(root), index, transform
+        self.proposals, self.proposal_topk = proposals, int(proposal_topk)
+        self.sampling, self.on_corrupt = sampling, on_corrupt
+        self.uses_boxes = getattr(transform, "uses_boxes", False)
+
+    def __len__(self) -> int:
+        return self.index.num_boxes if self.sampling == "box" else len(self.index)
+
+    def _image_and_boxes(self, i: int):
+        if self.sampling == "box":
+            image = int(self.index.box_image[i])
+            boxes = self.index.flat_boxes[i:i + 1]
+        else:
+            image, boxes = i, self.index.boxes(i)
+        img = load_image(self.root / self.index.path(image))
+        if len(boxes) == 0 and self.proposals is not None:
+            boxes = self.proposals.proposals_for(self.index.image_id(image), img)[: self.proposal_topk]
+        return img, boxes
+
+    def __getitem__(self, i: int):
+        for attempt in range(self.max_consecutive_failures):
+            j = (i + attempt) % len(self)
+            try:
+                img, boxes = self._image_and_boxes(j)
+                break
+            except CorruptImageError as e:
+                if self.on_corrupt == "raise":
+                    raise
+                warnings.warn(f"skipping unreadable image: {e}", RuntimeWarning, stacklevel=2)
+        else:
+            raise CorruptImageError(f"{self.max_consecutive_failures} unreadable images in a row from {self.root}")
+        views = self.transform(img, boxes) if self.uses_boxes else self.transform(img)
+        return views, i
+
+
+class LabeledImageDataset(torch.utils.data.Dataset):
+    """Images with multi-hot targets: item ``i`` is ``(transform(image), target)``."""
+
+    def __init__(self, root, index: BoxIndex, transform):
+        self.root, self.index, self.transform = Path(root), index, transform
+        self.targets = torch.from_numpy(index.label_matrix())
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        img = load_image(self.root / self.index.path(i))
+        return self.transform(img), self.targets[i]
+
+
+def find_annotation(name: str | os.PathLike, data_dir) -> Path | None:
+    """``name`` if it is an existing path, else the first of ``data_dir/name``,
+    ``data_dir/../name`` and ``./name`` that exists."""
+    name = Path(name)
+    if name.is_file():
+        return name
+    for folder in (Path(data_dir), Path(data_dir).parent, Path.cwd()):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_index(data_dir, labels=None, boxes=None, coco=None, index=None) -> BoxIndex:
+    """The :class:`BoxIndex` of an image folder.
+
+    Explicit files win (``index`` a saved ``.npz``, ``coco`` a COCO json, ``labels`` /
+    ``boxes`` the OpenImages-subset dicts); otherwise ``images_selected_new.npy`` and
+    ``images_selected_with_all_features.npy`` are looked for beside the folder (in it, its
+    parent, the working directory; the boxes dict also beside an explicit labels dict);
+    otherwise the folder's images are indexed without boxes.
+    """
+    data_dir = Path(data_dir)
+    if index is not None:
+        return BoxIndex.load(index)
+    if coco is not None:
+        return BoxIndex.from_coco(_must_exist(coco, "COCO json"))
+    if labels is not None:
+        labels_path = _must_exist(labels, "labels dict")
+        boxes_dir = labels_path.parent
+    else:
+        labels_path, boxes_dir = find_annotation(DEMO_FILES["labels"], data_dir), data_dir
+        if labels_path is None and boxes is not None:
+            raise FileNotFoundError(f"{DEMO_FILES['labels']}: labels dict not found beside {data_dir} (give --labels)")
+    if labels_path is None:
+        return BoxIndex.from_folder(data_dir)
+    boxes_path = _must_exist(boxes, "boxes dict") if boxes is not None else find_annotation(DEMO_FILES["boxes"], boxes_dir)
+    return BoxIndex.from_openimages(labels_path, boxes_path)
+
+
+def _must_exist(path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    return path
+
+
+def worker_seed(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

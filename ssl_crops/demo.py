@@ -1,0 +1,196 @@
+"""A small, deterministic multi-object dataset in the OpenImages-subset form.
+
+``python -m ssl_crops.demo DIR`` writes JPEG scenes (a few hundred pixels, 2-8 objects of
+8 classes on textured backgrounds) and the same annotations three ways: the two pickled
+``.npy`` dicts of the original code, a held-out test dict, and COCO json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+__all__ = ["make_demo", "DEMO_FILES", "DEMO_CLASSES"]
+
+DEMO_FILES = {
+    "images": "images",
+    "labels": "images_selected_new.npy",
+    "boxes": "images_selected_with_all_features.npy",
+    "test_labels": "images_test.npy",
+    "test_boxes": "images_test_with_all_features.npy",
+    "coco_train": "annotations_train.json",
+    "coco_test": "annotations_test.json",
+}
+
+# class id -> (shape, base RGB colour, texture)
+DEMO_CLASSES = {
+    "circle": ("ellipse", (215, 50, 45), "spots"),
+    "square": ("rectangle", (40, 90, 210), "stripes"),
+    "triangle": ("triangle", (40, 170, 70), "checker"),
+    "star": ("star", (235, 200, 40), "solid"),
+    "ring": ("ring", (150, 60, 190), "solid"),
+    "cross": ("cross", (30, 190, 200), "stripes"),
+    "diamond": ("diamond", (240, 130, 30), "checker"),
+    "blob": ("blob", (235, 235, 235), "spots"),
+}
+_OI_SOURCE = "demo"
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """Low-frequency colour noise plus a faint oriented pattern."""
+    grid = rng.uniform(40, 200, size=(4 + rng.integers(4), 4 + rng.integers(4), 3)).astype(np.uint8)
+    base = np.asarray(Image.fromarray(grid).resize((w, h), Image.BICUBIC), np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(6, 30)
+    pattern = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    base += rng.uniform(5, 25) * pattern[..., None]
+    base += rng.normal(0, 6, size=base.shape)
+    return np.clip(base, 0, 255)
+
+
+def _texture(rng: np.random.Generator, kind: str, colour, w: int, h: int) -> np.ndarray:
+    col = np.clip(np.array(colour, np.float32) + rng.normal(0, 18, 3), 0, 255)
+    tex = np.broadcast_to(col, (h, w, 3)).copy()
+    yy, xx = np.mgrid[0:h, 0:w]
+    cell = max(3, int(min(w, h) * rng.uniform(0.08, 0.16)))
+    if kind == "stripes":
+        tex[((xx + yy) // cell) % 2 == 0] *= 0.55
+    elif kind == "checker":
+        tex[((xx // cell) + (yy // cell)) % 2 == 0] *= 0.5
+    elif kind == "spots":
+        tex[((xx % cell) - cell / 2) ** 2 + ((yy % cell) - cell / 2) ** 2 < (cell / 3.5) ** 2] *= 0.45
+    shade = 0.8 + 0.4 * (yy / max(h - 1, 1))[..., None]  # simple lighting
+    return np.clip(tex * shade + rng.normal(0, 5, tex.shape), 0, 255)
+
+
+def _mask(rng: np.random.Generator, shape: str, w: int, h: int) -> Image.Image:
+    m = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(m)
+    if shape == "ellipse":
+        d.ellipse([0, 0, w - 1, h - 1], fill=255)
+    elif shape == "rectangle":
+        d.rectangle([0, 0, w - 1, h - 1], fill=255)
+    elif shape == "triangle":
+        d.polygon([(w / 2, 0), (w - 1, h - 1), (0, h - 1)], fill=255)
+    elif shape == "diamond":
+        d.polygon([(w / 2, 0), (w - 1, h / 2), (w / 2, h - 1), (0, h / 2)], fill=255)
+    elif shape == "star":
+        t = np.linspace(-np.pi / 2, 1.5 * np.pi, 11)[:-1]
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        d.polygon(list(zip(w / 2 + r * np.cos(t) * (w - 1) / 2, h / 2 + r * np.sin(t) * (h - 1) / 2)), fill=255)
+    elif shape == "ring":
+        d.ellipse([0, 0, w - 1, h - 1], fill=255)
+        d.ellipse([w * 0.3, h * 0.3, w * 0.7, h * 0.7], fill=0)
+    elif shape == "cross":
+        d.rectangle([w * 0.35, 0, w * 0.65, h - 1], fill=255)
+        d.rectangle([0, h * 0.35, w - 1, h * 0.65], fill=255)
+    else:  # blob: a smooth random closed curve
+        t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+        r = 0.75 + 0.25 * np.sin(3 * t + rng.uniform(0, 6)) * rng.uniform(0.3, 1)
+        d.polygon(list(zip(w / 2 + r * np.cos(t) * (w - 1) / 2, h / 2 + r * np.sin(t) * (h - 1) / 2)), fill=255)
+    return m
+
+
+def _scene(rng: np.random.Generator, min_size: int, max_size: int):
+    """One image and its objects as ``(class id, x0, y0, x1, y1)`` pixel boxes."""
+    w, h = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+    canvas = Image.fromarray(_background(rng, w, h).astype(np.uint8))
+    names = list(DEMO_CLASSES)
+    classes = rng.choice(names, size=int(rng.integers(2, 5)), replace=False)
+    objects = []
+    for k in range(int(rng.integers(2, 9))):
+        name = str(classes[k % len(classes)]) if k < len(classes) else str(rng.choice(classes))
+        shape, colour, texture = DEMO_CLASSES[name]
+        side = min(w, h) * rng.uniform(0.15, 0.45)
+        ow = max(12, int(side * rng.uniform(0.75, 1.33)))
+        oh = max(12, int(side * rng.uniform(0.75, 1.33)))
+        ow, oh = min(ow, w - 1), min(oh, h - 1)
+        x0, y0 = int(rng.integers(0, w - ow)), int(rng.integers(0, h - oh))
+        mask = _mask(rng, shape, ow, oh)
+        tex = Image.fromarray(_texture(rng, texture, colour, ow, oh).astype(np.uint8))
+        canvas.paste(tex, (x0, y0), mask.filter(ImageFilter.GaussianBlur(0.7)))
+        bx0, by0, bx1, by1 = mask.getbbox()
+        objects.append((name, x0 + bx0, y0 + by0, x0 + bx1, y0 + by1))
+    return canvas, objects
+
+
+def _oi_row(image_id: str, name: str, box, w: int, h: int, as_text: bool) -> list:
+    """A row of the OpenImages box CSV: ImageID, Source, LabelName, Confidence, XMin, XMax,
+    YMin, YMax, IsOccluded, IsTruncated, IsGroupOf, IsDepiction, IsInside."""
+    x0, y0, x1, y1 = box
+    values = [x0 / w, x1 / w, y0 / h, y1 / h]
+    coords = [f"{v:.6f}" for v in values] if as_text else [round(v, 6) for v in values]
+    flags = ["0"] * 5 if as_text else [0] * 5
+    return [image_id, _OI_SOURCE, name, "1" if as_text else 1, *coords, *flags]
+
+
+def _coco(records, names) -> dict:
+    cat_ids = {n: i + 1 for i, n in enumerate(names)}
+    images, anns = [], []
+    for k, (image_id, w, h, objects) in enumerate(records):
+        images.append({"id": k + 1, "file_name": f"{image_id}.jpg", "width": w, "height": h})
+        for name, x0, y0, x1, y1 in objects:
+            anns.append({"id": len(anns) + 1, "image_id": k + 1, "category_id": cat_ids[name],
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": i, "name": n} for n, i in cat_ids.items()]}
+
+
+def make_demo(root, num_train: int = 160, num_test: int = 64, seed: int = 0,
+              min_size: int = 256, max_size: int = 448, quality: int = 90) -> Path:
+    """Write the demo dataset into ``root`` (see ``DEMO_FILES``) and return ``root``.
+
+    Deterministic from ``seed``. Train boxes use the ``{'data': rows}`` form with string
+    coordinates (as read from the CSV); test boxes use bare lists of numeric rows, so both
+    forms the original dicts come in are exercised.
+    """
+    root = Path(root)
+    images_dir = root / DEMO_FILES["images"]
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = {"train": [], "test": []}
+    used = set()
+    for split, count in (("train", num_train), ("test", num_test)):
+        for _ in range(count):
+            image_id = f"{int(rng.integers(2**62)):016x}"
+            while image_id in used:
+                image_id = f"{int(rng.integers(2**62)):016x}"
+            used.add(image_id)
+            img, objects = _scene(rng, min_size, max_size)
+            tmp = images_dir / f".{image_id}.jpg.tmp"
+            img.save(tmp, format="JPEG", quality=quality)
+            os.replace(tmp, images_dir / f"{image_id}.jpg")
+            splits[split].append((image_id, img.width, img.height, objects))
+
+    names = sorted(DEMO_CLASSES)
+    for split, labels_key, boxes_key, as_text in (("train", "labels", "boxes", True),
+                                                   ("test", "test_labels", "test_boxes", False)):
+        labels, boxes = {}, {}
+        for image_id, w, h, objects in splits[split]:
+            labels[image_id] = list(dict.fromkeys(o[0] for o in objects))
+            rows = [_oi_row(image_id, o[0], o[1:], w, h, as_text) for o in objects]
+            boxes[image_id] = {"data": rows} if as_text else rows
+        np.save(root / DEMO_FILES[labels_key], labels, allow_pickle=True)
+        np.save(root / DEMO_FILES[boxes_key], boxes, allow_pickle=True)
+        with open(root / DEMO_FILES[f"coco_{split}"], "w") as f:
+            json.dump(_coco(splits[split], names), f)
+    return root
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m ssl_crops.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="output folder")
+    p.add_argument("--num-train", type=int, default=160)
+    p.add_argument("--num-test", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    root = make_demo(a.out, a.num_train, a.num_test, a.seed)
+    print(f"demo data: {a.num_train} train + {a.num_test} test images in {root.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ssl_crops.boxes import BoxIndex, UnsafePickleError, load_npy_dict
+
+CLASSES = ["/m/cat", "/m/dog", "/m/car"]
+
+
+def _rows(image_id, boxes, as_text):
+    out = []
+    for name, (x0, y0, x1, y1) in boxes:
+        coords = [x0, x1, y0, y1]
+        coords = [f"{v}" for v in coords] if as_text else coords
+        out.append([image_id, "xclick", name, "1", *coords, "0", "0", "0", "0", "0"])
+    return out
+
+
+OBJECTS = {
+    "img_a": [("/m/cat", (0.1, 0.2, 0.5, 0.6)), ("/m/dog", (0.5, 0.5, 0.9, 1.0))],
+    "img_b": [("/m/car", (0.0, 0.0, 1.0, 0.5))],
+    "img_c": [],
+}
+
+
+def _dicts(as_text, wrapped):
+    labels = {k: list(dict.fromkeys(n for n, _ in v)) or ["/m/car"] for k, v in OBJECTS.items()}
+    boxes = {}
+    for k, v in OBJECTS.items():
+        rows = _rows(k, v, as_text)
+        boxes[k] = {"data": rows} if wrapped else rows
+    return labels, boxes
+
+
+def _coco(path, sizes):
+    names = sorted(CLASSES)
+    images, anns = [], []
+    for n, (image_id, objs) in enumerate(OBJECTS.items()):
+        w, h = sizes[image_id]
+        images.append({"id": 100 + n, "file_name": f"{image_id}.jpg", "width": w, "height": h})
+        for name, (x0, y0, x1, y1) in objs:
+            anns.append({"id": len(anns), "image_id": 100 + n, "category_id": names.index(name) + 7,
+                         "bbox": [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h]})
+    cats = [{"id": i + 7, "name": n} for i, n in enumerate(names)]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def _assert_same(a: BoxIndex, b: BoxIndex, labels=True):
+    assert len(a) == len(b) and a.num_boxes == b.num_boxes and a.classes == b.classes
+    for i in range(len(a)):
+        assert a.image_id(i) == b.image_id(i) and a.path(i) == b.path(i)
+        np.testing.assert_allclose(a.boxes(i), b.boxes(i), atol=1e-6)
+        np.testing.assert_array_equal(a.box_labels(i), b.box_labels(i))
+        if labels:
+            np.testing.assert_array_equal(a.labels(i), b.labels(i))
+
+
+def test_both_dict_forms_and_coco_give_the_same_index(tmp_path):
+    lab, wrapped_text = _dicts(as_text=True, wrapped=True)
+    _, bare_numbers = _dicts(as_text=False, wrapped=False)
+    np.save(tmp_path / "labels.npy", lab, allow_pickle=True)
+    np.save(tmp_path / "a.npy", wrapped_text, allow_pickle=True)
+    np.save(tmp_path / "b.npy", bare_numbers, allow_pickle=True)
+    a = BoxIndex.from_openimages(tmp_path / "labels.npy", tmp_path / "a.npy")
+    b = BoxIndex.from_openimages(tmp_path / "labels.npy", tmp_path / "b.npy")
+    _assert_same(a, b)
+    assert a.classes == sorted(CLASSES)
+    assert a.image_id(0) == "img_a" and a.path(0) == "img_a.jpg"
+    np.testing.assert_allclose(a.boxes(0)[0], [0.1, 0.2, 0.5, 0.6], atol=1e-7)
+    assert a.boxes(0).dtype == np.float32 and a.labels(0).dtype == np.int64
+    assert [a.classes[c] for c in a.box_labels(0)] == ["/m/cat", "/m/dog"]
+    coco = BoxIndex.from_coco(_coco(tmp_path / "c.json", {"img_a": (640, 480), "img_b": (300, 200), "img_c": (50, 60)}))
+    # COCO image labels are the classes of the image's boxes; img_c has none.
+    _assert_same(a, coco, labels=False)
+    assert coco.labels(2).size == 0 and a.labels(2).tolist() == [a.classes.index("/m/car")]
+
+
+def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "images_selected_new.npy"
+    np.save(path, {"x": Evil()}, allow_pickle=True)
+    with pytest.raises(UnsafePickleError, match="images_selected_new.npy.*system"):
+        load_npy_dict(path)
+    with pytest.raises(UnsafePickleError):
+        BoxIndex.from_openimages(path)
+    assert not marker.exists()
+
+
+def test_truncated_and_non_dict_files_name_the_file(tmp_path):
+    lab, _ = _dicts(True, True)
+    path = tmp_path / "labels.npy"
+    np.save(path, lab, allow_pickle=True)
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ValueError, match="labels.npy"):
+        load_npy_dict(path)
+    np.save(tmp_path / "arr.npy", np.arange(3))
+    with pytest.raises(ValueError, match="arr.npy.*dict"):
+        load_npy_dict(tmp_path / "arr.npy")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        load_npy_dict(tmp_path / "missing.npy")
+
+
+def test_numpy_object_rows_and_plain_pickles_are_read(tmp_path):
+    import pickle
+
+    rows = np.array([["i", "s", "/m/cat", "1", "0.1", "0.2", "0.3", "0.4"]], dtype=object)
+    with open(tmp_path / "boxes.pkl", "wb") as f:
+        pickle.dump({"i": {"data": rows}}, f, protocol=2)
+    index = BoxIndex.from_openimages({"i": ["/m/cat"]}, tmp_path / "boxes.pkl")
+    np.testing.assert_allclose(index.boxes(0), [[0.1, 0.3, 0.2, 0.4]], atol=1e-7)
+
+
+def test_malformed_boxes_are_dropped_clipped_and_counted():
+    rows = [
+        ["i", "s", "/m/cat", "1", "0.1", "0.5", "0.1", "0.5"],    # fine
+        ["i", "s", "/m/cat", "1", "nan", "0.5", "0.1", "0.5"],    # NaN
+        ["i", "s", "/m/cat", "1", "abc", "0.5", "0.1", "0.5"],    # not a number
+        ["i", "s", "/m/dog", "1", "0.6", "0.2", "0.1", "0.5"],    # inverted x
+        ["i", "s", "/m/dog", "1", "0.3", "0.3", "0.1", "0.5"],    # zero width
+        ["i", "s", "/m/dog", "1", "1.2", "1.5", "0.1", "0.5"],    # outside: zero area after clip
+        ["i", "s", "/m/car", "1", "-0.2", "0.4", "0.5", "1.3"],   # clipped, kept
+        ["i", "s", "/m/car"],                                     # short row
+    ]
+    index = BoxIndex.from_openimages({"i": ["/m/cat"]}, {"i": {"data": rows}})
+    assert index.dropped == 6 and index.num_boxes == 2
+    np.testing.assert_allclose(index.boxes(0), [[0.1, 0.1, 0.5, 0.5], [0.0, 0.5, 0.4, 1.0]], atol=1e-7)
+    assert np.isfinite(index.flat_boxes).all()
+
+
+def test_fixed_vocabulary_drops_unknown_classes():
+    lab, boxes = _dicts(True, True)
+    index = BoxIndex.from_openimages(lab, boxes, classes=["/m/dog", "/m/cat"])
+    assert index.classes == ["/m/cat", "/m/dog"]
+    assert index.num_boxes == 2 and index.labels(1).size == 0
+    assert index.out_of_vocabulary == 3  # img_b: car box and label; img_c: car label
+
+
+def test_save_load_round_trip_is_pickle_free(tmp_path):
+    lab, boxes = _dicts(True, True)
+    a = BoxIndex.from_openimages(lab, boxes)
+    a.save(tmp_path / "index.npz")
+    with np.load(tmp_path / "index.npz", allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+    b = BoxIndex.load(tmp_path / "index.npz")
+    _assert_same(a, b)
+    assert b.dropped == a.dropped
+    np.testing.assert_array_equal(a.label_matrix(), b.label_matrix())
+    np.testing.assert_array_equal(b.box_image, [0, 0, 1])
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 nonsense")
+    with pytest.raises(ValueError, match="bad.npz"):
+        BoxIndex.load(tmp_path / "bad.npz")
+
+
+def test_from_folder_with_and_without_class_folders(tmp_path):
+    from PIL import Image
+
+    for cls_name, n in (("cat", 2), ("dog", 1)):
+        (tmp_path / "cls" / cls_name).mkdir(parents=True)
+        for k in range(n):
+            Image.new("RGB", (8, 8)).save(tmp_path / "cls" / cls_name / f"{k}.png")
+    index = BoxIndex.from_folder(tmp_path / "cls")
+    assert index.classes == ["cat", "dog"] and len(index) == 3 and index.num_boxes == 0
+    assert index.path(2) == "dog/0.png" and index.labels(2).tolist() == [1]
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "x.jpg")
+    flat = BoxIndex.from_folder(tmp_path / "flat")
+    assert flat.path(0) == "x.jpg" and flat.labels(0).size == 0 and flat.classes == []
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no images"):
+        BoxIndex.from_folder(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        BoxIndex.from_folder(tmp_path / "missing")
+
+
+def test_coco_errors_name_the_file(tmp_path):
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(ValueError, match="a.json"):
+        BoxIndex.from_coco(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}], "categories": []}))
+    with pytest.raises(ValueError, match="b.json.*width"):
+        BoxIndex.from_coco(tmp_path / "b.json")
+
+
+def test_demo_index_matches_its_coco_json(demo_root):
+    a = BoxIndex.from_openimages(demo_root / "images_selected_new.npy", demo_root / "images_selected_with_all_features.npy")
+    b = BoxIndex.from_coco(demo_root / "annotations_train.json")
+    _assert_same(a, b)
+    assert 2 <= a.num_boxes_per_image().min() and a.num_boxes_per_image().max() <= 8
