@@ -84,9 +84,16 @@ class ObjectCropDataset(torch.utils.data.Dataset):
             boxes = self.proposals.proposals_for(self.index.image_id(image), img)[: self.proposal_topk]
         return img, boxes
 
+    def _next_image_item(self, i: int) -> int:
+        """The first item of the image after item ``i``'s image (wrapping around)."""
+        if self.sampling == "box":
+            box_image = self.index.box_image
+            return int(np.searchsorted(box_image, box_image[i], side="right")) % len(self)
+        return (i + 1) % len(self)
+
     def __getitem__(self, i: int):
-        for attempt in range(self.max_consecutive_failures):
-            j = (i + attempt) % len(self)
+        j = i
+        for _ in range(self.max_consecutive_failures):
             try:
                 img, boxes = self._image_and_boxes(j)
                 break
@@ -94,6 +101,7 @@ class ObjectCropDataset(torch.utils.data.Dataset):
                 if self.on_corrupt == "raise":
                     raise
                 warnings.warn(f"skipping unreadable image: {e}", RuntimeWarning, stacklevel=2)
+                j = self._next_image_item(j)
         else:
             raise CorruptImageError(f"{self.max_consecutive_failures} unreadable images in a row from {self.root}")
         views = self.transform(img, boxes) if self.uses_boxes else self.transform(img)

@@ -85,6 +85,12 @@ def test_corrupt_images_are_skipped_with_a_warning_or_raised(tmp_path, demo_root
     with pytest.warns(RuntimeWarning, match=index.path(2)):
         _, i = ds[2]
     assert i == 2  # the item keeps its index; its views come from the next image
+    rec = RecordingCrop()
+    per_box = ObjectCropDataset(root, index, rec, sampling="box")
+    first_bad = int(np.flatnonzero(index.box_image == 2)[0])
+    with pytest.warns(RuntimeWarning, match=index.path(2)):
+        per_box[first_bad]
+    np.testing.assert_array_equal(rec.seen[-1], index.flat_boxes[np.flatnonzero(index.box_image == 3)[:1]])
     strict = ObjectCropDataset(root, index, ObjectAwareCrop(size=16), on_corrupt="raise")
     with pytest.raises(CorruptImageError, match=index.path(2)):
         strict[2]
