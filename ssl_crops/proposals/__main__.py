@@ -1,0 +1,158 @@
+"""BING proposals command line.
+
+    python -m ssl_crops.proposals fit --images DIR [--labels L --boxes B | --coco J | --index I] --out model.npz
+    python -m ssl_crops.proposals propose --images DIR --model M --out proposals.npz [--workers N]
+    python -m ssl_crops.proposals evaluate --images DIR [annotations] (--model M | --proposals P)
+    python -m ssl_crops.proposals --images DIR --model M --out proposals.npz     (= propose)
+
+``M`` is a model written by ``fit`` or a folder with OpenCV contrib's ``ObjNessB2W8MAXBGR``
+files. Annotations are read with ``ssl_crops.data.load_index`` (the OpenImages-subset dicts
+are found beside ``DIR`` when not given).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .bing import Bing, ImageReadError, ModelFileError, as_rgb, evaluate_proposals, format_table
+from .cache import ProposalCache, propose_folder
+
+COMMANDS = ("fit", "propose", "evaluate")
+
+
+def _annotations(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", help="image -> labels dict (images_selected_new.npy form)")
+    p.add_argument("--boxes", help="image -> box rows dict (images_selected_with_all_features.npy form)")
+    p.add_argument("--coco", help="COCO detection json")
+    p.add_argument("--index", help="saved BoxIndex .npz")
+    p.add_argument("--max-images", type=int, default=None, help="use the first N images with boxes")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m ssl_crops.proposals", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fit", help="train a BING model on images with boxes")
+    p.add_argument("--images", required=True, help="image folder")
+    _annotations(p)
+    p.add_argument("--out", required=True, help="model file to write (.npz)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-positives", type=int, default=10, help="drop window sizes with fewer boxes")
+    p.add_argument("--per-size", type=int, default=130, help="candidates per window size after NMS")
+    p = sub.add_parser("propose", help="cache proposals for a folder (parallel, resumable)")
+    p.add_argument("--images", required=True, help="image folder (searched recursively)")
+    p.add_argument("--model", required=True, help="model .npz or OpenCV model folder")
+    p.add_argument("--out", required=True, help="cache file to write (.npz)")
+    p.add_argument("--top-k", type=int, default=1000)
+    p.add_argument("--nms", type=float, default=None, help="final box NMS IoU threshold (default: none)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--chunk-size", type=int, default=32, help="images per resumable shard")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing cache and its shards")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("evaluate", help="detection rate and mean best overlap against boxes")
+    p.add_argument("--images", required=True, help="image folder")
+    _annotations(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model .npz or OpenCV model folder (proposals computed now)")
+    src.add_argument("--proposals", help="cache written by propose")
+    p.add_argument("--top-k", type=int, default=1000)
+    p.add_argument("--nms", type=float, default=None)
+    return ap
+
+
+def _index(args):
+    from ..data import load_index  # imports torch: only fit/evaluate need it
+    index = load_index(args.images, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+    rows = [i for i in range(len(index)) if len(index.boxes(i))]
+    if not rows:
+        raise SystemExit(f"error: no boxes found for the images in {args.images} (give --labels/--boxes/--coco)")
+    return index, rows[:args.max_images]
+
+
+def _load_model(path, nms=None) -> Bing:
+    model = Bing.load(path)
+    model.nms_iou = nms
+    return model
+
+
+def _pixel_boxes(index, i, size) -> np.ndarray:
+    w, h = size
+    return index.boxes(i) * np.array([w, h, w, h], np.float32)
+
+
+def cmd_fit(args) -> None:
+    index, rows = _index(args)
+    root = Path(args.images)
+    paths = [root / index.path(i) for i in rows]
+    boxes = []
+    for i, p in zip(rows, paths):
+        try:
+            with Image.open(p) as im:
+                boxes.append(_pixel_boxes(index, i, im.size))
+        except OSError as e:
+            raise SystemExit(f"error: {p}: cannot read image ({e})")
+    t = time.perf_counter()
+    model = Bing.fit(paths, boxes, seed=args.seed, min_positives=args.min_positives,
+                     per_size=args.per_size, progress=True)
+    model.save(args.out)
+    print(f"fitted {model} on {len(paths)} images ({sum(map(len, boxes))} boxes) in "
+          f"{time.perf_counter() - t:.1f} s; sizes (w, h): {model.sizes.tolist()}; wrote {args.out}")
+
+
+def cmd_propose(args) -> None:
+    model = _load_model(args.model, args.nms)
+    t = time.perf_counter()
+    cache = propose_folder(args.images, model, args.out, top_k=args.top_k, workers=args.workers,
+                           chunk_size=args.chunk_size, progress=not args.no_progress,
+                           model_name=str(Path(args.model).resolve()), overwrite=args.overwrite)
+    print(f"{cache} in {args.out} ({time.perf_counter() - t:.1f} s)")
+
+
+def cmd_evaluate(args) -> None:
+    from tqdm import tqdm
+
+    index, rows = _index(args)
+    root = Path(args.images)
+    cache = ProposalCache.load(args.proposals) if args.proposals else None
+    model = None if cache else _load_model(args.model, args.nms)
+    props, gts, seconds, missing = [], [], 0.0, 0
+    for i in tqdm(rows, desc="evaluate", unit="img"):
+        image_id = index.image_id(i)
+        if cache is not None:
+            if image_id not in cache:
+                missing += 1
+                continue
+            size, p = cache.size(image_id), cache.boxes(image_id)[:args.top_k]
+        else:
+            img = as_rgb(root / index.path(i))
+            t = time.perf_counter()
+            p = model.propose(img, args.top_k)
+            seconds += time.perf_counter() - t
+            size = (img.shape[1], img.shape[0])
+        props.append(p)
+        gts.append(_pixel_boxes(index, i, size))
+    if missing:
+        print(f"warning: {missing} images with boxes are not in {args.proposals}", file=sys.stderr)
+    print(format_table(evaluate_proposals(props, gts), Path(args.proposals or args.model).name))
+    if model is not None:
+        print(f"{1000 * seconds / max(len(props), 1):.1f} ms per image")
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "propose")     # DESIGN.md form: python -m ssl_crops.proposals --images ...
+    args = _parser().parse_args(argv)
+    try:
+        {"fit": cmd_fit, "propose": cmd_propose, "evaluate": cmd_evaluate}[args.command](args)
+    except (ModelFileError, ImageReadError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+if __name__ == "__main__":
+    main()

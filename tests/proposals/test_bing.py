@@ -1,0 +1,163 @@
+"""BING model: OpenCV model import, gradients, training, files, bad input."""
+import gzip
+
+import numpy as np
+import pytest
+
+from ssl_crops.proposals import (Bing, ImageReadError, ModelFileError, box_iou, evaluate_proposals,
+                                 normed_gradient, read_image, synthetic_scenes)
+
+
+def write_opencv_matrix(path, a, dt):
+    """An OpenCV FileStorage YAML matrix, gzip'd, as OpenCV contrib ships the BING model."""
+    a = np.asarray(a)
+    data = ", ".join(str(v) for v in a.ravel())
+    text = (f"%YAML:1.0\nObjNessB2W8MAXBGR: !!opencv-matrix\n   rows: {a.shape[0]}\n   cols: {a.shape[1]}\n"
+            f"   dt: {dt}\n   data: [ {data} ]\n")
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+
+
+def write_opencv_model(d, idx, w1, w2):
+    write_opencv_matrix(d / "ObjNessB2W8MAXBGR.idx.yml.gz", np.reshape(idx, (-1, 1)), "i")
+    write_opencv_matrix(d / "ObjNessB2W8MAXBGR.wS1.yml.gz", w1, "f")
+    write_opencv_matrix(d / "ObjNessB2W8MAXBGR.wS2.yml.gz", w2, "f")
+
+
+def test_from_opencv_size_encoding(tmp_path):
+    write_opencv_model(tmp_path, [0, 1, 6, 35], np.zeros((8, 8)), np.ones((4, 2)))
+    model = Bing.from_opencv(tmp_path)
+    # idx = (log2 h - 4) * 6 + (log2 w - 4)
+    assert model.sizes.tolist() == [[16, 16], [32, 16], [16, 32], [512, 512]]
+
+
+def test_from_opencv_hand_computed_score(tmp_path):
+    # filter w[y, x] = (x + 1) / 100; stage II v = 0.5, t = -1 for the only usable size
+    w1 = np.tile((np.arange(8) + 1) / 100, (8, 1))
+    write_opencv_model(tmp_path, [0, 1], w1, [[0.5, -1.0], [9.0, 9.0]])
+    model = Bing.from_opencv(tmp_path)
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[:, 4:, 2] = 200            # a vertical edge in one channel
+    # central differences: |gx| = 200 at columns 3 and 4, 0 elsewhere (borders too), gy = 0
+    # stage I: sum_y (w[y, 3] + w[y, 4]) * 200 = 8 * (0.04 + 0.05) * 200 = 144
+    # stage II: 0.5 * 144 - 1 = 71. The 16x16 window is clipped to the 8x8 image; 32x16 is
+    # more than twice the image width and skipped.
+    boxes, scores = model.propose(img, return_scores=True)
+    assert boxes.tolist() == [[0, 0, 8, 8]]
+    assert scores == pytest.approx([71.0], rel=1e-5)
+
+
+def test_normed_gradient_matches_definition():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    a = img.astype(int)
+    h, w = a.shape[:2]
+    gx = np.zeros((h, w), int)
+    gy = np.zeros((h, w), int)
+    for y in range(h):
+        for x in range(w):
+            dx = a[y, x + 1] - a[y, x - 1] if 0 < x < w - 1 else 2 * (a[y, 1] - a[y, 0] if x == 0 else a[y, -1] - a[y, -2])
+            dy = a[y + 1, x] - a[y - 1, x] if 0 < y < h - 1 else 2 * (a[1, x] - a[0, x] if y == 0 else a[-1, x] - a[-2, x])
+            gx[y, x], gy[y, x] = np.abs(dx).max(), np.abs(dy).max()
+    np.testing.assert_array_equal(normed_gradient(img), np.minimum(gx + gy, 255))
+
+
+def grid_windows(w, h, n):
+    """An image-independent grid of windows: 3x3 shapes, each on a regular grid of centres."""
+    per_shape = []
+    for fw in (0.2, 0.4, 0.7):
+        for fh in (0.2, 0.4, 0.7):
+            bw, bh = fw * w, fh * h
+            cx = np.linspace(bw / 2, w - bw / 2, 4)
+            cy = np.linspace(bh / 2, h - bh / 2, 3)
+            c = np.stack(np.meshgrid(cx, cy), -1).reshape(-1, 2)
+            per_shape.append(np.concatenate([c - [bw / 2, bh / 2], c + [bw / 2, bh / 2]], 1))
+    return np.stack(per_shape, 1).reshape(-1, 4)[:n]       # interleave the shapes
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return synthetic_scenes(60, 192, 144, seed=1), synthetic_scenes(20, 192, 144, seed=2)
+
+
+@pytest.fixture(scope="module")
+def fitted(scenes):
+    train, _ = scenes
+    return Bing.fit([im for im, _ in train], [b for _, b in train], seed=0, min_positives=5)
+
+
+def test_fit_beats_grid(scenes, fitted):
+    _, test = scenes
+    gts = [b for _, b in test]
+    ours = evaluate_proposals([fitted.propose(im, 100) for im, _ in test], gts, ks=(100,))
+    grid = evaluate_proposals([grid_windows(192, 144, 100)] * len(test), gts, ks=(100,))
+    assert ours["num_boxes"] >= 30
+    assert ours["detection_rate"][0.5][0] >= grid["detection_rate"][0.5][0] + 0.2, (ours, grid)
+
+
+def test_fit_is_deterministic(scenes, fitted):
+    train, _ = scenes
+    again = Bing.fit([im for im, _ in train[:30]], [b for _, b in train[:30]], seed=0, min_positives=5)
+    same = Bing.fit([im for im, _ in train[:30]], [b for _, b in train[:30]], seed=0, min_positives=5)
+    np.testing.assert_array_equal(again.filter, same.filter)
+    np.testing.assert_array_equal(again.calib, same.calib)
+
+
+def test_propose_output(scenes, fitted):
+    img = scenes[1][0][0]
+    boxes, scores = fitted.propose(img, 300, return_scores=True)
+    assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 0 < len(boxes) <= 300
+    assert np.all(np.diff(scores) <= 0)
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 192) and np.all(boxes[:, 3] <= 144)
+    assert np.all(boxes[:, 2:] > boxes[:, :2])
+    norm = fitted.proposals_for("x", img)
+    np.testing.assert_allclose(norm[:10], fitted.propose(img, 10) / [192, 144, 192, 144], rtol=1e-6)
+    fitted.nms_iou = 0.5
+    try:
+        kept = fitted.propose(img, 50)
+    finally:
+        fitted.nms_iou = None
+    iou = box_iou(kept, kept)
+    assert len(kept) and (iou[np.triu_indices(len(kept), 1)] <= 0.5 + 1e-6).all()
+
+
+def test_tiny_images(fitted):
+    assert fitted.propose(np.zeros((4, 4, 3), np.uint8)).shape == (0, 4)
+    assert fitted.propose(np.full((12, 9, 3), 50, np.uint8)).shape[1] == 4
+
+
+def test_save_load_round_trip(tmp_path, scenes, fitted):
+    path = tmp_path / "bing.npz"
+    fitted.save(path)
+    back = Bing.load(path)
+    np.testing.assert_array_equal(back.sizes, fitted.sizes)
+    img = scenes[1][1][0]
+    np.testing.assert_array_equal(back.propose(img), fitted.propose(img))
+    with np.load(path, allow_pickle=False) as z:      # readable without pickle
+        assert set(z.files) >= {"filter", "sizes", "calib"}
+
+
+def test_bad_model_files_name_the_file(tmp_path):
+    bad = tmp_path / "model.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ModelFileError, match="model.npz"):
+        Bing.load(bad)
+    write_opencv_model(tmp_path, [0, 1], np.zeros((8, 8)), np.ones((2, 2)))
+    (tmp_path / "ObjNessB2W8MAXBGR.wS2.yml.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(ModelFileError, match="wS2"):
+        Bing.from_opencv(tmp_path)
+    write_opencv_matrix(tmp_path / "ObjNessB2W8MAXBGR.wS2.yml.gz", np.ones((3, 2)), "f")
+    with pytest.raises(ModelFileError, match="wS2.*2x2"):
+        Bing.from_opencv(tmp_path)
+    (tmp_path / "ObjNessB2W8MAXBGR.idx.yml.gz").unlink()
+    with pytest.raises(ModelFileError, match="idx.*not found"):
+        Bing.from_opencv(tmp_path)
+
+
+def test_corrupt_image_names_the_file(tmp_path, fitted):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(ImageReadError, match="broken.jpg"):
+        read_image(bad)
+    with pytest.raises(ImageReadError, match="broken.jpg"):
+        fitted.propose(bad)
