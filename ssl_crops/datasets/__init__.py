@@ -1,0 +1,16 @@
+"""Data preparation: the OpenImages subset (build, download) and COCO object crops.
+
+Submodules load on first use, so ``python -m ssl_crops.datasets.openimages`` and
+``python -m ssl_crops.datasets.crops`` do not import each other.
+"""
+import importlib
+
+_EXPORTS = {"build": "openimages", "select": "openimages", "download": "openimages",
+            "read_ids": "openimages", "export_crops": "crops"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

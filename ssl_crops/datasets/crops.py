@@ -1,0 +1,155 @@
+"""Object crops from a COCO detection json (as in the MSCOCO-GLT generation).
+
+``python -m ssl_crops.datasets.crops --coco ann.json --images DIR --out DIR [--dilation 0.1]
+[--min-size 32]`` writes one JPEG per object into ``OUT/<class>/`` (an ImageFolder layout, so
+``BoxIndex.from_folder(OUT)`` or torchvision's ImageFolder read it for linear evaluation) and
+``OUT/crops.csv`` with the crop file, class, source image and boxes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+
+from tqdm import tqdm
+
+__all__ = ["crop_box", "class_folders", "export_crops", "main", "INDEX_FILE", "INDEX_COLUMNS"]
+
+INDEX_FILE = "crops.csv"
+INDEX_COLUMNS = ("file", "class", "category_id", "annotation_id", "image_id", "source",
+                 "x0", "y0", "x1", "y1", "box_x", "box_y", "box_w", "box_h")
+
+
+def crop_box(bbox, width: int, height: int, dilation: float = 0.1) -> tuple[int, int, int, int]:
+    """Pixel crop ``(x0, y0, x1, y1)`` of a COCO ``[x, y, w, h]`` box grown by ``dilation`` x its
+    own width/height on each side, rounded outwards and clipped to the image."""
+    x, y, w, h = map(float, bbox)
+    dx, dy = dilation * w, dilation * h
+    return (max(0, math.floor(x - dx)), max(0, math.floor(y - dy)),
+            min(width, math.ceil(x + w + dx)), min(height, math.ceil(y + h + dy)))
+
+
+def class_folders(categories) -> dict[int, str]:
+    """Category id -> folder name (the name made file-system safe, unique)."""
+    folders, used = {}, set()
+    for cat in sorted(categories, key=lambda c: c["id"]):
+        name = re.sub(r"[^\w.+-]+", "_", str(cat.get("name", cat["id"]))).strip("._") or str(cat["id"])
+        if name in used:
+            name = f"{name}_{cat['id']}"
+        used.add(name)
+        folders[cat["id"]] = name
+    return folders
+
+
+def _crop_image(job):
+    """Crop all objects of one image; returns index rows and per-reason skip counts."""
+    from PIL import Image
+
+    src, stem, anns, out, dilation, min_size, quality = job
+    rows, skipped = [], defaultdict(int)
+    try:
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            for a in anns:
+                x, y, w, h = a["bbox"]
+                if w < min_size or h < min_size:
+                    skipped["smaller than min-size"] += 1
+                    continue
+                box = crop_box(a["bbox"], im.width, im.height, dilation)
+                if box[2] <= box[0] or box[3] <= box[1]:
+                    skipped["outside the image"] += 1
+                    continue
+                rel = f"{a['folder']}/{stem}_{a['id']}.jpg"
+                (out / a["folder"]).mkdir(parents=True, exist_ok=True)  # only classes with crops
+                im.crop(box).save(out / rel, quality=quality)
+                rows.append([rel, a["folder"], a["category_id"], a["id"], a["image_id"], src.name,
+                             *box, x, y, w, h])
+    except (OSError, ValueError) as e:
+        skipped[f"unreadable image ({type(e).__name__})"] += len(anns)
+        print(f"warning: {src}: {e}", file=sys.stderr)
+    return rows, dict(skipped)
+
+
+def export_crops(coco, images, out, *, dilation=0.1, min_size=32, include_crowd=False, quality=95,
+                 workers=1, progress=True) -> dict:
+    """Write one crop per object of ``coco`` (json path) found in ``images``; returns counts."""
+    coco, images, out = Path(coco), Path(images), Path(out)
+    if not coco.is_file():
+        raise FileNotFoundError(f"{coco}: COCO annotation file not found")
+    if not images.is_dir():
+        raise FileNotFoundError(f"{images}: image directory not found")
+    with open(coco, encoding="utf-8") as f:
+        data = json.load(f)
+    folders = class_folders(data.get("categories", []))
+    by_image = defaultdict(list)
+    skipped = defaultdict(int)
+    for a in data.get("annotations", []):
+        if a.get("iscrowd") and not include_crowd:
+            skipped["crowd"] += 1
+        elif a.get("category_id") not in folders:
+            skipped["unknown category"] += 1
+        else:
+            by_image[a["image_id"]].append({**a, "folder": folders[a["category_id"]]})
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for img in data.get("images", []):
+        anns = by_image.pop(img["id"], [])
+        src = images / img["file_name"]
+        if not anns:
+            continue
+        if not src.is_file():
+            skipped["missing image"] += len(anns)
+            print(f"warning: {src}: image not found", file=sys.stderr)
+            continue
+        jobs.append((src, Path(img["file_name"]).stem, anns, out, dilation, min_size, quality))
+    skipped["no image entry"] += sum(map(len, by_image.values()))
+    rows = []
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as ex:
+        results = ex.map(_crop_image, jobs, chunksize=8) if ex else map(_crop_image, jobs)
+        for r, s in tqdm(results, total=len(jobs), unit="img", desc="crops", disable=not progress):
+            rows.extend(r)
+            for k, v in s.items():
+                skipped[k] += v
+    with open(out / INDEX_FILE, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(INDEX_COLUMNS)
+        w.writerows(rows)
+    result = {"crops": len(rows), "images": len(jobs), "classes": len({r[1] for r in rows}),
+              "skipped": {k: v for k, v in skipped.items() if v}}
+    print(f"crops: {result['crops']:,} from {result['images']:,} images, {result['classes']} classes -> {out}"
+          + (" (skipped: " + ", ".join(f"{v:,} {k}" for k, v in result["skipped"].items()) + ")"
+             if result["skipped"] else ""))
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ssl_crops.datasets.crops", description=__doc__.split("\n")[0])
+    p.add_argument("--coco", required=True, help="COCO detection json")
+    p.add_argument("--images", required=True, help="directory of the json's file_name entries")
+    p.add_argument("--out", required=True, help="output directory (class sub-folders + crops.csv)")
+    p.add_argument("--dilation", type=float, default=0.1, help="grow boxes by this fraction of their size per side")
+    p.add_argument("--min-size", type=float, default=32, help="skip objects narrower or shorter than this (pixels)")
+    p.add_argument("--include-crowd", action="store_true", help="also crop iscrowd annotations")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        export_crops(a.coco, a.images, a.out, dilation=a.dilation, min_size=a.min_size,
+                     include_crowd=a.include_crowd, quality=a.quality, workers=a.workers,
+                     progress=not a.no_progress)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
