@@ -1,0 +1,170 @@
+"""Process-group setup and small collectives, in one place (DINO ``utils`` style).
+
+Launch modes, in order of precedence (see ``launch``):
+1. ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment, ``env://``);
+2. SLURM with several tasks (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``; the master is
+   the first node of ``SLURM_JOB_NODELIST`` unless ``MASTER_ADDR`` is set);
+3. the original MoCo flags ``--multiprocessing-distributed --dist-url --world-size --rank``
+   (``world_size`` nodes, one process per GPU via ``mp.spawn``; one process per node with gloo
+   on machines without CUDA), or ``--world-size N --rank R`` for one process per node;
+4. a plain single process on one GPU (``--gpu``) or the CPU.
+NCCL is used with CUDA, gloo otherwise.
+"""
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    distributed: bool = False
+    local_world_size: int = 1
+
+
+def _slurm_master_addr():
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or "127.0.0.1"
+    m = re.match(r"([^,\[]+)(?:\[(\d+))?", nodes)  # "gpu[03-05,07],cpu1" -> "gpu03"
+    return m.group(1) + (m.group(2) or "")
+
+
+def _url_port(url):
+    try:
+        return urlparse(url).port if url and "://" in url else None
+    except ValueError:
+        return None
+
+
+def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, local_rank=None,
+                     local_world_size=None):
+    """Set up the process group of this process (if any) and its device; returns ``DistInfo``.
+
+    Explicit ``rank`` and ``world_size`` (legacy flags, ``mp.spawn`` workers) win over the
+    environment; then torchrun's variables, then SLURM's; otherwise a single process without a
+    process group. ``local_rank`` picks the GPU (``cuda:local_rank``).
+    """
+    env = os.environ
+    init_method = None
+    if rank is not None and world_size is not None:
+        init_method = dist_url or "env://"
+    elif "RANK" in env and "WORLD_SIZE" in env:
+        rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local_rank = int(env.get("LOCAL_RANK", 0))
+        local_world_size = int(env.get("LOCAL_WORLD_SIZE", 1))
+        init_method = "env://"
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        rank, world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local_rank = int(env.get("SLURM_LOCALID", 0))
+        local_world_size = world_size // int(env.get("SLURM_NNODES", 1))
+        env.setdefault("MASTER_ADDR", _slurm_master_addr())
+        env.setdefault("MASTER_PORT", str(_url_port(dist_url) or 29500))
+        init_method = "env://"
+    else:
+        rank, world_size = 0, 1
+    local_rank = local_rank or 0
+    cuda = torch.cuda.is_available()
+    if cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if init_method is not None and not (dist.is_available() and dist.is_initialized()):
+        if backend == "nccl" and not cuda:
+            warnings.warn("NCCL needs CUDA: using gloo on this CPU machine")
+            backend = None
+        backend = backend or ("nccl" if cuda else "gloo")
+        dist.init_process_group(backend, init_method=init_method, world_size=world_size, rank=rank,
+                                device_id=device if backend == "nccl" else None)
+    return DistInfo(rank, world_size, local_rank, device, dist.is_available() and dist.is_initialized(),
+                    local_world_size or min(world_size, max(1, torch.cuda.device_count())))
+
+
+def _run(worker_fn, info, args):
+    try:
+        return worker_fn(info, args)
+    finally:
+        cleanup()
+
+
+def _spawn_worker(local_rank, worker_fn, args, node_rank, nprocs, world_size):
+    info = init_distributed(getattr(args, "dist_backend", None), args.dist_url,
+                            rank=node_rank * nprocs + local_rank, world_size=world_size,
+                            local_rank=local_rank, local_world_size=nprocs)
+    return _run(worker_fn, info, args)
+
+
+def launch(worker_fn, args):
+    """Run ``worker_fn(info, args)`` in every process of the job (see the module docstring).
+
+    ``args`` may carry ``multiprocessing_distributed``, ``dist_url``, ``world_size``, ``rank``,
+    ``gpu`` and ``dist_backend`` (the original MoCo flags). Returns the worker's result when it
+    runs in this process.
+    """
+    mp_dist = getattr(args, "multiprocessing_distributed", False)
+    backend = getattr(args, "dist_backend", None)
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    slurm = "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1
+    if torchrun or (slurm and not mp_dist):
+        if mp_dist:
+            print("launched by torchrun: ignoring --multiprocessing-distributed", flush=True)
+        return _run(worker_fn, init_distributed(backend, getattr(args, "dist_url", None)), args)
+    nodes, node_rank = max(1, getattr(args, "world_size", 1)), max(0, getattr(args, "rank", 0))
+    if mp_dist:
+        nprocs = torch.cuda.device_count()
+        if nprocs == 0:
+            print("--multiprocessing-distributed: no CUDA device, running one process per node "
+                  "with the gloo backend", flush=True)
+            nprocs = 1
+        if nprocs == 1:
+            return _spawn_worker(0, worker_fn, args, node_rank, 1, nodes)
+        mp.spawn(_spawn_worker, nprocs=nprocs, args=(worker_fn, args, node_rank, nprocs, nodes * nprocs))
+        return None
+    if nodes > 1:
+        info = init_distributed(backend, args.dist_url, rank=node_rank, world_size=nodes,
+                                local_rank=getattr(args, "gpu", None))
+    else:
+        info = init_distributed(backend, local_rank=getattr(args, "gpu", None))
+    return _run(worker_fn, info, args)
+
+
+def get_world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_rank():
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def barrier():
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+@torch.no_grad()
+def all_gather_cat(tensor):
+    """Concatenate ``tensor`` (same shape on every rank) over ranks along dim 0; no gradient."""
+    world = get_world_size()
+    if world == 1:
+        return tensor
+    tensor = tensor.contiguous()
+    out = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(out, tensor)
+    return torch.cat(out)
+
+
+def cleanup():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,491 @@
+"""MoCo-v2 pretraining with object-aware crops: the loop behind ``main_moco.py``.
+
+One worker function (``train_worker``) runs in every process that ``ssl_crops.distributed.launch``
+starts. Checkpoints (``<output-dir>/<save_name>/checkpoint_last.pth`` and
+``checkpoint_<epoch>.pth``) are written atomically at epoch ends; ``--resume auto`` continues
+from the newest readable one, so a killed run loses only its partial epoch. Augmentations are
+seeded per (seed, epoch, sample), so they do not depend on the number of workers or on resuming.
+"""
+import argparse
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.models as models
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from . import distributed as du
+from .boxes import BoxIndex
+from .data import ObjectCropDataset, find_annotation, load_index
+from .demo import DEMO_FILES, make_demo
+from .moco import MoCo
+from .transforms import ObjectAwareCrop, moco_augment
+
+ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
+CROP_MODES = ("scene", "object-object", "object-scene")
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# buffers (queue, BN statistics) are synced once at start; the queue then stays equal across ranks
+# by construction, so DDP need not broadcast 32 MB of it every step
+NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
+                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                       else {"broadcast_buffers": False})
+# --demo: a small ResNet on the generated data, about a minute on two CPU cores.
+BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
+DEMO_DEFAULTS = dict(arch="resnet18", epochs=10, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
+                     image_size=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
+                     save_name="demo", log_freq=1, save_freq=5, knn_every=5, seed=0)
+
+
+def build_parser():
+    """The original MoCo flags (unchanged meaning), the object-crop flags and the extras."""
+    p = argparse.ArgumentParser(description="MoCo v2 pretraining with object-aware crops",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("data", nargs="?", metavar="DIR",
+                   help="image folder; annotation dicts are looked for beside it (or --labels/--boxes/--coco)")
+    g = p.add_argument_group("MoCo (original flags)")
+    g.add_argument("-a", "--arch", default="resnet50", choices=ARCHS, metavar="ARCH",
+                   help="torchvision ResNet: " + ", ".join(ARCHS))
+    g.add_argument("-j", "--workers", type=int, default=32, help="data-loading workers per node")
+    g.add_argument("--epochs", type=int, default=200)
+    g.add_argument("--start-epoch", type=int, default=0, help="first epoch (overridden by --resume)")
+    g.add_argument("-b", "--batch-size", type=int, default=256, help="total batch size over all processes")
+    g.add_argument("--lr", "--learning-rate", type=float, default=0.03, dest="lr")
+    g.add_argument("--schedule", type=int, nargs="*", default=[120, 160], help="lr x0.1 at these epochs (without --cos)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay")
+    g.add_argument("-p", "--print-freq", "--log-freq", type=int, default=10, dest="log_freq",
+                   help="log every N steps")
+    g.add_argument("--resume", default="", help="'auto' (newest readable checkpoint of this run) or a path")
+    g.add_argument("--world-size", type=int, default=-1, help="number of nodes (legacy launch)")
+    g.add_argument("--rank", type=int, default=-1, help="node rank (legacy launch)")
+    g.add_argument("--dist-url", default="tcp://localhost:23456", help="rendezvous URL (legacy launch)")
+    g.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"], help="default: nccl on GPU, gloo on CPU")
+    g.add_argument("--seed", type=int, default=None, help="default: random, recorded in the checkpoint")
+    g.add_argument("--gpu", type=int, default=None, help="GPU of a single-process run")
+    g.add_argument("--multiprocessing-distributed", action="store_true",
+                   help="one process per GPU on each of --world-size nodes (mp.spawn)")
+    g.add_argument("--moco-dim", type=int, default=128)
+    g.add_argument("--moco-k", type=int, default=65536, help="queue size (a multiple of the batch size)")
+    g.add_argument("--moco-m", type=float, default=0.999)
+    g.add_argument("--moco-t", type=float, default=0.07)
+    g.add_argument("--mlp", action="store_true", help="MLP projection head (MoCo v2)")
+    g.add_argument("--aug-plus", action="store_true", help="MoCo v2 augmentation")
+    g.add_argument("--cos", action="store_true", help="cosine learning-rate schedule")
+    g = p.add_argument_group("object-aware crops")
+    g.add_argument("--save_name", "--save-name", default="moco", help="run name: <output-dir>/<save_name>/")
+    g.add_argument("--bing_crops", "--bing-crops", action="store_true",
+                   help="object-object crops with dilation from boxes; BING proposals for images without "
+                        "boxes (--proposals, or a model fitted on the annotated images)")
+    g.add_argument("--crop-mode", choices=CROP_MODES, default=None,
+                   help="default: object-object with --bing_crops, else scene")
+    g.add_argument("--dilation", type=float, default=0.2)
+    g.add_argument("--rescale_parameter", "--rescale-parameter", type=float, default=0.0,
+                   help="smallest scale of the tight object crop")
+    g.add_argument("--proposals", default=None,
+                   help="BING model, OpenCV BING model folder or proposal cache (.npz) for images without boxes "
+                        "(default: fit BING on the annotated images, saved as <run>/bing.npz)")
+    g.add_argument("--bing-topk", type=int, default=10, help="proposals used per image without boxes")
+    g.add_argument("--sampling", choices=["image", "box"], default="image", help="one sample per image or per box")
+    g.add_argument("--image-size", type=int, default=224)
+    g.add_argument("--labels", default=None, help="labels dict (images_selected_new.npy)")
+    g.add_argument("--boxes", default=None, help="boxes dict (images_selected_with_all_features.npy)")
+    g.add_argument("--coco", default=None, help="COCO detection json instead of the dicts")
+    g = p.add_argument_group("speed, output, monitoring")
+    g.add_argument("--amp", choices=list(AMP_DTYPES), default="off", help="mixed precision (fp16 uses a GradScaler)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on with CUDA)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    g.add_argument("--output-dir", default="checkpoints")
+    g.add_argument("--save-freq", type=int, default=10, help="keep checkpoint_<epoch>.pth every N epochs")
+    g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
+    g.add_argument("--test-labels", default=None, help="test labels dict for kNN (default: images_test.npy beside DIR)")
+    g.add_argument("--demo", action="store_true",
+                   help="pretrain a small ResNet on generated data (made in DIR, default ./demo_data, if absent)")
+    return p
+
+
+# --------------------------------------------------------------------------- data
+class EpochSampler(Sampler):
+    """Wraps a ``DistributedSampler`` to yield ``(epoch, index)`` for ``SeededDataset``."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class SeededDataset(Dataset):
+    """Item ``(epoch, i)`` is ``dataset[i]`` drawn with torch/numpy/random seeded by
+    ``(seed, epoch, i)``; the global RNG states are restored afterwards."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        s = int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0])
+        state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(s), np.random.seed(s), torch.default_generator.manual_seed(s)
+        try:
+            return self.dataset[i]
+        finally:
+            random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+
+
+def build_dataset(args, run_dir, main=True):
+    """``(ObjectCropDataset, BoxIndex)`` from the flags."""
+    index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco)
+    mode = args.crop_mode or ("object-object" if args.bing_crops else "scene")
+    proposals = None
+    if args.proposals:
+        from .proposals import open_proposals
+        proposals = open_proposals(args.proposals)
+    elif mode != "scene" and (index.num_boxes_per_image() == 0).any():
+        proposals = fitted_proposals(index, args.data, Path(run_dir) / "bing.npz", args.seed, main)
+    crop = ObjectAwareCrop(mode=mode, dilation=args.dilation, object_min_scale=args.rescale_parameter,
+                           size=args.image_size, augment=moco_augment(args.aug_plus))
+    dataset = ObjectCropDataset(args.data, index, crop, proposals=proposals, sampling=args.sampling,
+                                proposal_topk=args.bing_topk)
+    return dataset, index
+
+
+def fitted_proposals(index, root, path, seed, main=True, max_images=BING_FIT_IMAGES):
+    """BING proposals for the images without boxes when no ``--proposals`` is given: a model
+    fitted by rank 0 on up to ``max_images`` annotated images and saved to ``path`` (reused
+    when it exists, e.g. on resume); ``None`` (scene crops, with a warning) when no image has boxes."""
+    from PIL import Image
+
+    from .proposals import Bing
+
+    counts = index.num_boxes_per_image()
+    annotated = np.flatnonzero(counts > 0)
+    if len(annotated) == 0:
+        if main:
+            warnings.warn(f"no image of {root} has boxes and no --proposals was given: scene crops for all "
+                          "(make proposals with `python -m ssl_crops.proposals`)")
+        return None
+    path = Path(path)
+    if main and not path.exists():
+        chosen = np.sort(np.random.default_rng(seed).choice(annotated, min(len(annotated), max_images), replace=False))
+        files, boxes = [], []
+        for i in chosen:
+            with Image.open(Path(root) / index.path(i)) as im:
+                w, h = im.size
+            files.append(Path(root) / index.path(i))
+            boxes.append(index.boxes(i) * np.array([w, h, w, h], np.float32))
+        print(f"{int((counts == 0).sum())} images have no boxes: fitting BING proposals on {len(chosen)} "
+              f"annotated images -> {path}", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Bing.fit(files, boxes, seed=seed).save(path)
+    du.barrier()
+    return Bing.load(path)
+
+
+def build_loader(dataset, args, info, batch_size, workers):
+    sampler = EpochSampler(DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
+                                              shuffle=True, seed=args.seed, drop_last=True))
+    return DataLoader(SeededDataset(dataset, args.seed), batch_size=batch_size, sampler=sampler,
+                      num_workers=workers, pin_memory=info.device.type == "cuda",
+                      persistent_workers=workers > 0, drop_last=True)
+
+
+def check_queue(args, num_samples, global_batch, main=True):
+    """Validate ``--moco-k`` against the global batch; shrink it (with a warning) when the
+    queue would hold every sample of the dataset (the positive would sit among the negatives)."""
+    if num_samples < global_batch:
+        raise ValueError(f"the dataset has {num_samples} samples, fewer than the global batch size {global_batch}")
+    if args.moco_k >= num_samples:
+        k = max(global_batch, (num_samples - 1) // global_batch * global_batch)
+        if main:
+            warnings.warn(f"queue size --moco-k {args.moco_k} >= {num_samples} samples: using K={k} "
+                          "so that the queue does not hold the whole dataset")
+        args.moco_k = k
+    if args.moco_k % global_batch:
+        raise ValueError(f"--moco-k {args.moco_k} is not divisible by the global batch size {global_batch}")
+
+
+# --------------------------------------------------------------------------- model and step
+def build_model(args):
+    return MoCo(getattr(models, args.arch), args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp)
+
+
+def adjust_learning_rate(optimizer, epoch, args):
+    """Cosine (``--cos``) or step (``--schedule``) decay per epoch, as in the original code."""
+    lr = args.lr
+    if args.cos:
+        lr *= 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
+    else:
+        lr *= 0.1 ** sum(epoch >= m for m in args.schedule)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_format=torch.contiguous_format):
+    """One SGD step on a batch of view pairs; returns ``(loss, top-1 accuracy)`` tensors (no sync)."""
+    device = next(model.parameters()).device
+    im_q = im_q.to(device, non_blocking=True, memory_format=memory_format)
+    im_k = im_k.to(device, non_blocking=True, memory_format=memory_format)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits, labels = model(im_q, im_k)
+        loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), (logits.detach().argmax(1) == 0).float().mean()
+
+
+def train_one_epoch(model, loader, optimizer, scaler, epoch, step, args, info, log):
+    """Returns ``(mean loss over all ranks, images/s, global step)``."""
+    model.train()
+    amp_dtype = AMP_DTYPES[args.amp]
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    main = info.rank == 0
+    lr = optimizer.param_groups[0]["lr"]
+    loss_sum = torch.zeros((), device=info.device)
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main, dynamic_ncols=True, leave=False)
+    start = last_log = end = time.perf_counter()
+    data_time, since_log = 0.0, 0
+    for (im_q, im_k), _ in loader:
+        data_time += time.perf_counter() - end
+        loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt)
+        loss_sum += loss
+        step, since_log = step + 1, since_log + 1
+        if step % args.log_freq == 0:
+            loss_v, acc_v = loss.item(), acc.item()  # synchronizes, so the interval timing is right
+            now = time.perf_counter()
+            rec = {"epoch": epoch, "step": step, "loss": loss_v, "acc1": acc_v, "lr": lr,
+                   "data_time": data_time / since_log, "step_time": (now - last_log) / since_log,
+                   "images_per_s": args.batch_size * since_log / (now - last_log)}
+            if main:
+                log(rec)
+                bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+            last_log, data_time, since_log = now, 0.0, 0
+        bar.update()
+        end = time.perf_counter()
+    bar.close()
+    mean_loss = du.all_gather_cat((loss_sum / len(loader)).view(1)).mean().item()
+    return mean_loss, args.batch_size * len(loader) / (time.perf_counter() - start), step
+
+
+# --------------------------------------------------------------------------- checkpoints
+def capture_rng():
+    """RNG states as tensors and builtins (readable with ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state):
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path):
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(state, run_dir, keep):
+    """Write ``checkpoint_last.pth``; with ``keep`` also ``checkpoint_<epoch:04d>.pth``."""
+    last = Path(run_dir) / "checkpoint_last.pth"
+    atomic_save(state, last)
+    if keep:
+        kept = last.with_name(f"checkpoint_{state['epoch']:04d}.pth")
+        tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+        shutil.copyfile(last, tmp)
+        os.replace(tmp, kept)
+
+
+def load_checkpoint(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError("not a checkpoint of main_moco.py (no 'state_dict')")
+    return ckpt
+
+
+def find_resume_checkpoint(run_dir):
+    """``(path, checkpoint)`` of the newest readable ``checkpoint_*.pth`` in ``run_dir``, or
+    ``(None, None)``; unreadable (e.g. truncated) files are skipped with a warning."""
+    paths = sorted(Path(run_dir).glob("checkpoint_*.pth"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in paths:
+        try:
+            return path, load_checkpoint(path)
+        except Exception as e:  # truncated zip, bad pickle, wrong content: try an older one
+            warnings.warn(f"skipping unreadable checkpoint {path}: {type(e).__name__}: {e}")
+    return None, None
+
+
+def resume(args, run_dir, model, optimizer, scaler):
+    """Restore a checkpoint per ``--resume``; returns ``(start_epoch, step or None)``."""
+    if args.resume == "auto":
+        path, ckpt = find_resume_checkpoint(run_dir)
+        if ckpt is None:
+            return args.start_epoch, None
+    else:
+        path, ckpt = args.resume, load_checkpoint(args.resume)
+    state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}  # original MoCo keys
+    model.load_state_dict(state)
+    if ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    if ckpt.get("rng"):
+        restore_rng(ckpt["rng"])
+    if du.is_main_process():
+        print(f"resumed from {path} (epoch {ckpt['epoch']})", flush=True)
+    return ckpt["epoch"], ckpt.get("step")
+
+
+# --------------------------------------------------------------------------- the run
+def _shared_seed(seed, device):
+    """``seed``, or a random seed drawn on rank 0 and shared with every rank."""
+    if seed is not None:
+        return seed
+    return int(du.all_gather_cat(torch.tensor([int.from_bytes(os.urandom(4)) >> 1], device=device))[0])
+
+
+def _knn_monitor(args, index):
+    from .evaluate import KNNMonitor
+
+    test_labels = args.test_labels or find_annotation(DEMO_FILES["test_labels"], args.data)
+    if test_labels is None:
+        raise FileNotFoundError("--knn-every needs test labels: images_test.npy beside DIR or --test-labels")
+    test_index = BoxIndex.from_openimages(test_labels, classes=index.classes)
+    return KNNMonitor(args.data, index, test_index, image_size=args.image_size, batch_size=args.batch_size,
+                      workers=min(args.workers, 4), amp=args.amp)
+
+
+def train_worker(info, args):
+    """Pretrain in this process (rank ``info.rank``); returns the run folder."""
+    main = info.rank == 0
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if args.channels_last is None:
+        args.channels_last = info.device.type == "cuda"
+    if args.batch_size % info.world_size:
+        raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
+    args.seed = _shared_seed(args.seed, info.device)
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    run_dir = Path(args.output_dir) / args.save_name
+    demo_root = Path(args.data).parent
+    if args.demo and main and not (demo_root / DEMO_FILES["labels"]).exists():
+        print(f"making demo data in {demo_root} ...", flush=True)
+        make_demo(demo_root)
+    du.barrier()
+
+    dataset, index = build_dataset(args, run_dir, main)
+    check_queue(args, len(dataset), args.batch_size, main)
+    workers = math.ceil(args.workers / info.local_world_size)
+    if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # workers and model share the cores
+        cores = len(os.sched_getaffinity(0)) // info.local_world_size
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - workers)))
+    loader = build_loader(dataset, args, info, args.batch_size // info.world_size, workers)
+    model = build_model(args).to(info.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=args.amp == "fp16")
+    start_epoch, step = resume(args, run_dir, model, optimizer, scaler) if args.resume else (args.start_epoch, None)
+    step = start_epoch * len(loader) if step is None else step
+    if args.compile:
+        model.encoder_q.compile()
+        model.encoder_k.compile()
+    ddp = model
+    if info.distributed:
+        ddp = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None,
+                                      **NO_BUFFER_BROADCAST)
+    knn = _knn_monitor(args, index) if args.knn_every > 0 and main else None
+
+    if main:
+        if not args.resume and (run_dir / "checkpoint_last.pth").exists():
+            warnings.warn(f"{run_dir} holds a checkpoint and this run starts afresh: it will be overwritten "
+                          "(--resume auto continues it)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(run_dir / "log.jsonl", "a")
+        print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops), "
+              f"{info.world_size} process(es) on {info.device.type}, batch {args.batch_size}", flush=True)
+
+    def log(rec):
+        log_file.write(json.dumps({**rec, "time": time.time()}) + "\n")
+        log_file.flush()
+
+    for epoch in range(start_epoch, args.epochs):
+        loader.sampler.set_epoch(epoch)
+        lr = adjust_learning_rate(optimizer, epoch, args)
+        loss, ips, step = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, args, info, log)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"mean loss of epoch {epoch} is {loss}")
+        done = epoch + 1
+        summary = {"type": "epoch", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "images_per_s": ips}
+        if knn is not None and (done % args.knn_every == 0 or done == args.epochs):
+            summary.update(knn(model.encoder_q))
+        if main:
+            log(summary)
+            print(f"epoch {done}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in summary.items()
+                                                            if k not in ("type", "epoch")), flush=True)
+            state = {"epoch": done, "arch": args.arch, "state_dict": model.state_dict(),
+                     "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                     "args": json.loads(json.dumps(vars(args), default=str)), "rng": capture_rng(), "step": step}
+            save_checkpoint(state, run_dir, keep=done % args.save_freq == 0 or done == args.epochs)
+        du.barrier()
+    if main:
+        log_file.close()
+        print(f"checkpoint: {run_dir / 'checkpoint_last.pth'}\nlog: {run_dir / 'log.jsonl'}", flush=True)
+    return run_dir
+
+
+def parse_args(argv=None):
+    """Parse the command line; ``--demo`` changes the defaults (explicit flags still win)
+    and makes DIR the demo data's folder (generated by ``train_worker`` when absent)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo:
+        parser.set_defaults(**DEMO_DEFAULTS)
+        args = parser.parse_args(argv)
+        args.data = str(Path(args.data or "demo_data") / DEMO_FILES["images"])
+    elif args.data is None:
+        parser.error("the image folder DIR is required (or use --demo)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return du.launch(train_worker, args)

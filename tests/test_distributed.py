@@ -1,0 +1,134 @@
+"""Process-group setup, and MoCo / the trainer on 2 CPU ranks (gloo) under torchrun."""
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from ssl_crops import distributed as du
+from ssl_crops.demo import make_demo
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+               "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NNODES", "SLURM_JOB_NODELIST")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for v in LAUNCH_VARS:
+        monkeypatch.delenv(v, raising=False)
+    return monkeypatch
+
+
+def test_single_process_without_process_group(clean_env):
+    info = du.init_distributed()
+    assert (info.rank, info.world_size, info.local_rank, info.distributed) == (0, 1, 0, False)
+    assert info.device == torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert du.get_world_size() == 1 and du.get_rank() == 0 and du.is_main_process()
+    x = torch.arange(6.0).view(3, 2)
+    assert du.all_gather_cat(x) is x
+    du.barrier()
+
+
+def test_single_slurm_task_is_a_single_process(clean_env):
+    clean_env.setenv("SLURM_PROCID", "0")
+    clean_env.setenv("SLURM_NTASKS", "1")
+    assert du.init_distributed().distributed is False
+
+
+@pytest.mark.parametrize("nodelist,addr", [("gpu[03-05,07],cpu1", "gpu03"), ("node7", "node7"),
+                                           ("a-1,b-2", "a-1"), ("n[12]", "n12")])
+def test_slurm_master_address(clean_env, nodelist, addr):
+    clean_env.setenv("SLURM_JOB_NODELIST", nodelist)
+    assert du._slurm_master_addr() == addr
+
+
+def test_launch_runs_plain_single_process(clean_env):
+    args = Namespace(multiprocessing_distributed=False, world_size=-1, rank=-1, dist_url="unused", gpu=None)
+    assert du.launch(lambda info, a: (info.world_size, info.distributed), args) == (1, False)
+
+
+def test_legacy_multiprocessing_flags_fall_back_to_one_gloo_process(clean_env, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CPU fallback only")
+    args = Namespace(multiprocessing_distributed=True, world_size=1, rank=0,
+                     dist_url=f"tcp://127.0.0.1:{_free_port()}", gpu=None)
+    result = du.launch(lambda info, a: (info.rank, info.world_size, info.distributed, dist.get_backend()), args)
+    assert result == (0, 1, True, "gloo")
+    assert not dist.is_initialized()  # cleaned up
+    assert "gloo" in capsys.readouterr().out
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    import torch, torch.nn as nn, torch.nn.functional as F
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from ssl_crops import distributed as du
+    from ssl_crops.moco import MoCo
+    from ssl_crops.train import NO_BUFFER_BROADCAST, main
+
+    torch.set_num_threads(1)
+
+    class Net(nn.Module):  # BatchNorm, so that shuffle-BN is exercised
+        def __init__(self, num_classes):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4, num_classes)
+        def forward(self, x):
+            return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+    info = du.init_distributed()
+    assert info.distributed and info.world_size == 2 and dist.get_backend() == "gloo"
+    torch.manual_seed(100 + info.rank)  # different init per rank: DDP must sync it
+    model = MoCo(Net, dim=8, K=12, m=0.9, T=0.2, mlp=True)
+    ddp = DistributedDataParallel(model, **NO_BUFFER_BROADCAST)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(4):
+        x = torch.randn(3, 3, 8, 8)  # different data on each rank
+        logits, labels = ddp(x, x + 0.1 * torch.randn_like(x))
+        loss = F.cross_entropy(logits, labels)
+        opt.zero_grad(); loss.backward(); opt.step()
+        assert torch.isfinite(loss), loss
+        assert logits.shape == (3, 13)
+        assert int(model.queue_ptr) == (step + 1) * 6 % 12
+        for t in [model.queue, model.queue_ptr.float(), *model.encoder_k.parameters(), *model.encoder_q.parameters()]:
+            gathered = du.all_gather_cat(t.detach().reshape(1, -1))
+            assert torch.equal(gathered[0], gathered[1]), "ranks differ after step %d" % step
+    print("rank", info.rank, "queues identical", flush=True)
+
+    main(sys.argv[1:])  # the trainer, under the same torchrun (reusing the process group)
+""")
+
+
+def test_two_ranks_under_torchrun(tmp_path, clean_env):
+    data = make_demo(tmp_path / "demo", num_train=24, num_test=4, min_size=48, max_size=72)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(script), str(data / "images"), "-a", "resnet18", "--epochs", "1",
+           "-b", "8", "--moco-k", "16", "--image-size", "32", "-j", "0", "--mlp", "--aug-plus", "--cos",
+           "--bing_crops", "--seed", "0", "--output-dir", str(out), "--save_name", "ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("queues identical") == 2
+    ckpt = torch.load(out / "ddp" / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 3  # 24 images / global batch 8
+    assert ckpt["state_dict"]["queue"].shape == (128, 16)
+    assert int(ckpt["state_dict"]["queue_ptr"]) == 3 * 8 % 16
+    assert ckpt["args"]["moco_k"] == 16
+    assert (out / "ddp" / "checkpoint_0001.pth").is_file() and (out / "ddp" / "log.jsonl").is_file()

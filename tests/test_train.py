@@ -1,0 +1,202 @@
+"""The trainer: command line, queue checks, schedules, checkpoints, exact resume, original CLI."""
+import json
+import os
+import random
+import shlex
+import socket
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_crops import train
+from ssl_crops.demo import make_demo
+
+REPO = Path(__file__).resolve().parents[1]
+ORIGINAL = ("python main_moco.py DATA -a resnet50 --lr 0.015 --batch-size 128 --dist-url tcp://localhost:10005 "
+            "--world-size 1 --rank 0 -j 8 --moco-t 0.2 --mlp --aug-plus --cos --save_name NAME "
+            "--multiprocessing-distributed --bing_crops")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """136 small training images: just above the original command's batch size of 128."""
+    return make_demo(tmp_path_factory.mktemp("demo"), num_train=136, num_test=8, min_size=40, max_size=64)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(v, raising=False)
+
+
+def test_original_command_line_parses():
+    args = train.build_parser().parse_args(shlex.split(ORIGINAL)[2:])
+    assert (args.data, args.arch, args.lr, args.batch_size, args.dist_url) == (
+        "DATA", "resnet50", 0.015, 128, "tcp://localhost:10005")
+    assert (args.world_size, args.rank, args.workers, args.moco_t, args.save_name) == (1, 0, 8, 0.2, "NAME")
+    assert args.mlp and args.aug_plus and args.cos and args.multiprocessing_distributed and args.bing_crops
+    assert (args.moco_k, args.moco_m, args.moco_dim, args.epochs, args.schedule) == (65536, 0.999, 128, 200, [120, 160])
+    args = train.build_parser().parse_args(["D", "-p", "5", "--wd", "0.5", "--rescale_parameter", "0.3",
+                                            "--resume", "auto", "--start-epoch", "3", "--gpu", "1", "--seed", "7"])
+    assert (args.log_freq, args.weight_decay, args.rescale_parameter, args.resume, args.start_epoch,
+            args.gpu, args.seed) == (5, 0.5, 0.3, "auto", 3, 1, 7)
+
+
+def test_demo_defaults_and_explicit_flags_win(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images_selected_new.npy").touch()  # pretend the demo data exists
+    args = train.parse_args(["--demo", str(tmp_path), "--epochs", "2"])
+    assert args.arch == "resnet18" and args.moco_k < 160 and args.epochs == 2
+    assert args.data == str(tmp_path / "images")
+    with pytest.raises(SystemExit):
+        train.parse_args([])  # DIR is required without --demo
+
+
+def test_check_queue():
+    args = Namespace(moco_k=96)
+    with pytest.raises(ValueError, match="not divisible"):
+        train.check_queue(args, 1000, 64)
+    with pytest.raises(ValueError, match="fewer than"):
+        train.check_queue(args, 10, 64)
+    with pytest.warns(UserWarning, match="whole dataset"):
+        train.check_queue(Namespace(moco_k=65536), 160, 32)
+    args = Namespace(moco_k=65536)
+    with pytest.warns(UserWarning):
+        train.check_queue(args, 136, 128)
+    assert args.moco_k == 128
+
+
+def test_learning_rate_schedules():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    cos = Namespace(lr=0.4, cos=True, epochs=10, schedule=[])
+    assert train.adjust_learning_rate(opt, 0, cos) == pytest.approx(0.4)
+    assert train.adjust_learning_rate(opt, 5, cos) == pytest.approx(0.2)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2)
+    step = Namespace(lr=1.0, cos=False, epochs=10, schedule=[3, 6])
+    assert [train.adjust_learning_rate(opt, e, step) for e in (2, 3, 6)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_resume_auto_skips_truncated_checkpoint(tmp_path):
+    train.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
+    train.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
+    newest = tmp_path / "checkpoint_last.pth"
+    newest.write_bytes(newest.read_bytes()[:100])  # a truncated file, now the newest one
+    with pytest.warns(UserWarning, match="checkpoint_last.pth"):
+        path, ckpt = train.find_resume_checkpoint(tmp_path)
+    assert path.name == "checkpoint_0002.pth" and ckpt["epoch"] == 2
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+    assert train.find_resume_checkpoint(tmp_path / "missing") == (None, None)
+
+
+def test_rng_state_round_trip():
+    state = train.capture_rng()
+    a = (torch.rand(2), np.random.rand(), random.random())
+    train.restore_rng(state)
+    b = (torch.rand(2), np.random.rand(), random.random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def _run(demo, out, *extra):
+    argv = [str(demo / "images"), "-a", "resnet18", "-b", "32", "--moco-k", "64", "--image-size", "32",
+            "-j", "0", "--lr", "0.05", "--mlp", "--aug-plus", "--cos", "--bing_crops", "--seed", "3",
+            "--epochs", "2", "--save-freq", "1", "--log-freq", "2", "--output-dir", str(out), "--save_name", "r",
+            *extra]
+    return train.main(argv)
+
+
+def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env):
+    torch.set_num_threads(1)
+    _run(demo, tmp_path / "a")
+    _run(demo, tmp_path / "b", "--epochs", "1")
+    last = tmp_path / "b" / "r" / "checkpoint_last.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # killed while copying: resume falls back to checkpoint_0001
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
+        _run(demo, tmp_path / "b", "--resume", "auto")
+
+    a = torch.load(tmp_path / "a" / "r" / "checkpoint_last.pth", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 8
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert not torch.equal(a["state_dict"]["queue"], torch.load(tmp_path / "b" / "r" / "checkpoint_0001.pth",
+                                                                  weights_only=True)["state_dict"]["queue"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+    records = [json.loads(line) for line in (tmp_path / "b" / "r" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("type") != "epoch"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8]
+    assert {"loss", "lr", "data_time", "step_time", "images_per_s", "epoch", "step"} <= steps[0].keys()
+    assert [r["epoch"] for r in records if r.get("type") == "epoch"] == [0, 1]
+
+
+def test_original_command_line_runs_on_cpu(demo, tmp_path):
+    """The literal command (with -a resnet18, --epochs 1 and a small --image-size appended)."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU fallback")
+    line = ORIGINAL.replace("DATA", str(demo / "images")).replace("resnet50", "resnet18")
+    cmd = [sys.executable, *shlex.split(line)[1:], "--epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path)]
+    with socket.socket() as s:
+        if s.connect_ex(("localhost", 10005)) == 0:
+            pytest.skip("port 10005 of the original --dist-url is in use")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID")}
+    proc = subprocess.run(cmd, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no CUDA device" in proc.stdout and "gloo" in proc.stdout
+    assert "using K=128" in proc.stderr  # the queue is shrunk below the 136 images
+    ckpt = torch.load(tmp_path / "NAME" / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["arch"] == "resnet18" and ckpt["args"]["bing_crops"]
+    assert f"checkpoint: {tmp_path / 'NAME' / 'checkpoint_last.pth'}" in proc.stdout
+
+
+def test_demo_runs_with_knn_monitor(demo, tmp_path, clean_env, capsys):
+    """--demo on existing (small) demo data, one epoch: trains, runs the kNN monitor, says where things are."""
+    run_dir = train.main(["--demo", str(demo), "--epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert run_dir == tmp_path / "demo" and "making demo data" not in out
+    assert f"checkpoint: {run_dir / 'checkpoint_last.pth'}" in out and f"log: {run_dir / 'log.jsonl'}" in out
+    summary = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()][-1]
+    assert summary["type"] == "epoch" and 0.0 <= summary["knn20_map"] <= 1.0
+    ckpt = torch.load(run_dir / "checkpoint_0001.pth", weights_only=True)
+    assert ckpt["args"]["moco_k"] == 128 and ckpt["arch"] == "resnet18"
+
+
+def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
+    from ssl_crops.boxes import load_npy_dict
+    from ssl_crops.proposals import Bing
+    from ssl_crops.train import build_dataset, parse_args
+
+    labels = load_npy_dict(demo_root / "images_selected_new.npy")
+    boxes = load_npy_dict(demo_root / "images_selected_with_all_features.npy")
+    unboxed = sorted(labels)[::2]
+    for image_id in unboxed:
+        del boxes[image_id]
+    np.save(tmp_path / "labels.npy", labels, allow_pickle=True)
+    np.save(tmp_path / "boxes.npy", boxes, allow_pickle=True)
+    args = parse_args([str(demo_root / "images"), "--bing_crops", "--labels", str(tmp_path / "labels.npy"),
+                       "--boxes", str(tmp_path / "boxes.npy"), "--image-size", "32", "--seed", "0"])
+    dataset, index = build_dataset(args, tmp_path / "run")
+    assert isinstance(dataset.proposals, Bing) and (tmp_path / "run" / "bing.npz").is_file()
+    i = next(j for j in range(len(index)) if index.image_id(j) in unboxed)
+    assert index.boxes(i).shape[0] == 0
+    (q, k), _ = dataset[i]
+    assert q.shape == (3, 32, 32)
+    img = Image.open(demo_root / "images" / index.path(i))
+    props = dataset.proposals.proposals_for(index.image_id(i), img)
+    assert props.shape[1] == 4 and len(props) >= args.bing_topk and (props >= 0).all() and (props <= 1).all()
+    # a run without any boxes falls back to scene crops with a warning
+    args.labels = args.boxes = None
+    args.data = str(tmp_path / "flat")
+    (tmp_path / "flat").mkdir()
+    img.save(tmp_path / "flat" / "a.jpg")
+    with pytest.warns(UserWarning, match="no image .* has boxes"):
+        flat, _ = build_dataset(args, tmp_path / "run2")
+    assert flat.proposals is None
