@@ -8,13 +8,7 @@ from ssl_crops.evaluate import (CheckpointError, FeatureCache, KNNMonitor, build
                                 write_report)
 from ssl_crops.metrics import mean_average_precision
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared CPU: more threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _multilabel_data(n, c=5, d=32, seed=0, informative=True):

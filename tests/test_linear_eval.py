@@ -14,13 +14,7 @@ FAST = ["-a", "resnet18", "--image-size", "64", "-j", "0", "-b", "16", "--no-pro
         "--probe-epochs", "20", "--lrs", "1e-2", "--wds", "0", "1e-2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared CPU: more threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
