@@ -104,12 +104,17 @@ def load_backbone(checkpoint_path, arch: str | None = None) -> nn.Module:
     ``arch`` defaults to the checkpoint's ``arch`` entry, else it is inferred from the
     weights. Every backbone weight must be present (only ``fc`` may be missing).
     """
-    sd, ckpt_arch = backbone_state_dict(read_checkpoint(checkpoint_path))
+    return backbone_from_checkpoint(read_checkpoint(checkpoint_path), arch, checkpoint_path)
+
+
+def backbone_from_checkpoint(ckpt: dict, arch: str | None = None, source="checkpoint") -> nn.Module:
+    """:func:`load_backbone` on a checkpoint already read by :func:`read_checkpoint`."""
+    sd, ckpt_arch = backbone_state_dict(ckpt)
     if not sd:
-        raise CheckpointError(f"{checkpoint_path}: no backbone weights found")
+        raise CheckpointError(f"{source}: no backbone weights found")
     arch = arch or ckpt_arch or infer_arch(sd)
     if arch is None:
-        raise CheckpointError(f"{checkpoint_path}: cannot infer the architecture, pass -a/--arch")
+        raise CheckpointError(f"{source}: cannot infer the architecture, pass -a/--arch")
     model = build_backbone(arch)
     expected = model.state_dict()
     missing = sorted(expected.keys() - sd.keys())
@@ -117,7 +122,7 @@ def load_backbone(checkpoint_path, arch: str | None = None) -> nn.Module:
     wrong = [k for k in expected.keys() & sd.keys() if expected[k].shape != sd[k].shape]
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"{checkpoint_path}: weights do not match {arch}: {len(missing)} missing "
+            f"{source}: weights do not match {arch}: {len(missing)} missing "
             f"{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, "
             f"{len(wrong)} with other shapes {wrong[:5]}")
     model.load_state_dict(sd)
@@ -564,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-labels", help="test labels dict (default: images_test.npy beside DATA)")
     p.add_argument("--task", choices=("auto", "multilabel", "singlelabel"), default="auto")
     p.add_argument("--protocol", choices=("cached", "moco"), default="cached")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="crop size (default: the checkpoint's pretraining --image-size, else 224)")
     p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("-b", "--batch-size", type=int, default=256, help="images per batch (per process)")
     p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="off")
@@ -628,12 +634,16 @@ def _setup(args, info):
     device = torch.device(args.device if args.device and not info.distributed else info.device)
     torch.manual_seed(args.seed)
     if args.pretrained:
-        backbone = load_backbone(args.pretrained, args.arch)
+        ckpt = read_checkpoint(args.pretrained)
+        if args.image_size is None:  # evaluate at the pretraining resolution
+            args.image_size = int((ckpt.get("args") or {}).get("image_size") or 224)
+        backbone = backbone_from_checkpoint(ckpt, args.arch, args.pretrained)
         ident = checkpoint_fingerprint(args.pretrained)
     else:
         backbone = build_backbone(args.arch or "resnet50")
         ident = {"random_init": args.arch or "resnet50", "seed": args.seed}
     args.arch = backbone.arch
+    args.image_size = args.image_size or 224
     for prm in backbone.parameters():
         prm.requires_grad_(False)
     backbone.to(device).eval()

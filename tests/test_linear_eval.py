@@ -85,3 +85,15 @@ def test_class_folders_single_label(tmp_path, capsys):
 def test_missing_checkpoint_is_a_clear_error(demo_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         main([str(demo_root / "images"), "--pretrained", str(tmp_path / "missing.pth"), *FAST, "--no-cache"])
+
+
+def test_image_size_defaults_to_the_pretraining_size(demo_root, moco_checkpoint, tmp_path):
+    ckpt = torch.load(moco_checkpoint, weights_only=True)
+    ckpt["args"] = {"image_size": 40}
+    torch.save(ckpt, tmp_path / "ckpt.pth")
+    fast = [a for i, a in enumerate(FAST) if "--image-size" not in FAST[max(i - 1, 0):i + 1]]
+    rep = main([str(demo_root / "images"), "--pretrained", str(tmp_path / "ckpt.pth"), *fast, "--no-cache",
+                "--out-dir", str(tmp_path / "out")])
+    assert rep["image_size"] == 40
+    rep = main([str(demo_root / "images"), *fast, "--no-cache", "--out-dir", str(tmp_path / "rand")])
+    assert rep["image_size"] == 224
