@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 import zipfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -252,6 +253,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ssl_crops" / "features"
 
 
+def index_digest(index) -> dict:
+    """Hashes of an index's image files and of its classes and labels, for feature-cache keys
+    (cached targets are label matrices)."""
+    labels = hashlib.sha1(json.dumps(index.classes).encode())
+    for i in range(len(index)):
+        lab = index.labels(i)
+        labels.update(np.int64(len(lab)).tobytes() + lab.tobytes())
+    return {"images": hashlib.sha1("\n".join(index.path(i) for i in range(len(index))).encode()).hexdigest(),
+            "labels": labels.hexdigest()}
+
+
 class FeatureCache:
     """Features on disk as ``.npz`` (no pickle), keyed by a hash of a JSON-able key."""
 
@@ -458,11 +470,13 @@ def is_multilabel(index) -> bool:
 
 
 class KNNMonitor:
-    """Online kNN evaluation for ``main_moco.py --knn-every N`` (rank 0 only).
+    """Online kNN evaluation for ``main_moco.py --knn-every N``.
 
     ``monitor(encoder)`` extracts features before ``encoder.fc`` (swapped for identity while
-    extracting) on the encoder's device and returns ``knn_classify`` metrics; ``{}`` on
-    other ranks. The encoder's train/eval mode and ``fc`` are restored afterwards.
+    extracting) on the encoder's device and returns ``knn_classify`` metrics on rank 0, ``{}``
+    on other ranks. With a process group it must be called on every rank: each extracts its
+    shard (``batch_size`` images per batch and rank) and rank 0 runs the kNN. The encoder's
+    train/eval mode and ``fc`` are restored afterwards.
     """
 
     def __init__(self, root, train_index, test_index, image_size: int = 224, batch_size: int = 256,
@@ -478,18 +492,16 @@ class KNNMonitor:
         self.multilabel = is_multilabel(train_index) if multilabel is None else multilabel
 
     def __call__(self, encoder: nn.Module) -> dict:
-        if _world()[0] != 0:
-            return {}
         encoder = getattr(encoder, "module", encoder)
         device = next(encoder.parameters()).device
         fc, encoder.fc = encoder.fc, nn.Identity()
         try:
-            tr = extract_features(encoder, feature_loader(self.train, self.batch_size, self.workers, False),
-                                  device, self.amp, progress=self.progress, distributed=False)
-            te = extract_features(encoder, feature_loader(self.test, self.batch_size, self.workers, False),
-                                  device, self.amp, progress=self.progress, distributed=False)
+            tr, te = [extract_features(encoder, feature_loader(ds, self.batch_size, self.workers), device,
+                                       self.amp, progress=self.progress) for ds in (self.train, self.test)]
         finally:
             encoder.fc = fc
+        if _world()[0] != 0:
+            return {}
         return knn_classify(*tr, *te, k=self.k, temperature=self.temperature, multilabel=self.multilabel)
 
 
@@ -572,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None,
                    help="crop size (default: the checkpoint's pretraining --image-size, else 224)")
     p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1))
-    p.add_argument("-b", "--batch-size", type=int, default=256, help="images per batch (per process)")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="images per batch, total over all processes")
     p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="off")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--device", default=None, help="single process only (default: cuda if available)")
@@ -600,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs at which lr drops 10x (default: 60%% and 80%% of --epochs)")
     m.add_argument("--momentum", type=float, default=0.9)
     m.add_argument("--wd", "--weight-decay", type=float, default=0.0, dest="weight_decay")
-    m.add_argument("--resume", default="", help="linear head checkpoint to continue from")
+    m.add_argument("--resume", default="", help="linear head checkpoint to continue from, or 'auto' "
+                   "(linear_last.pth in the out dir, if readable)")
     d = p.add_argument_group("distributed (as main_moco.py)")
     d.add_argument("--world-size", type=int, default=-1)
     d.add_argument("--rank", type=int, default=-1)
@@ -650,6 +663,13 @@ def _setup(args, info):
     return backbone, ident, device
 
 
+def _per_process_batch(batch_size: int, world: int) -> int:
+    """``-b/--batch-size`` is the total over all processes (as in ``main_moco.py``)."""
+    if batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} is not divisible by the {world} processes")
+    return batch_size // world
+
+
 def _targets(y, multilabel: bool):
     return y.astype(np.float32) if multilabel else y.argmax(1)
 
@@ -671,6 +691,8 @@ def run_cached(info, args) -> dict | None:
     """Cached protocol (one process or each rank of a distributed launch); report on rank 0."""
     from .data import LabeledImageDataset
     from .transforms import eval_transform
+    rank, world = _world()
+    batch_size = _per_process_batch(args.batch_size, world)
     train_root, train_index, test_root, test_index = load_splits(args)
     multilabel = is_multilabel(train_index) if args.task == "auto" else args.task == "multilabel"
     backbone, ident, device = _setup(args, info)
@@ -681,20 +703,24 @@ def run_cached(info, args) -> dict | None:
         """``entries``: name -> (transform, views, key); returns name -> (features (N, views, D),
         targets), from the cache, or from one pass over the images for all missing entries."""
         base = {"checkpoint": ident, "arch": args.arch, "amp": args.amp, "root": str(Path(root).resolve()),
-                "images": hashlib.sha1("\n".join(index.path(i) for i in range(len(index))).encode()).hexdigest()}
+                **index_digest(index)}
         keys = {name: {**base, "split": name, "transform": key} for name, (_, _, key) in entries.items()}
-        out = {name: cache.load(keys[name]) if cache else None for name in entries}
-        for name, hit in out.items():
-            if hit is not None:
-                _log(f"{name}: cached features {cache.path(keys[name])}")
+        # rank 0 decides hit or miss for all ranks (a node-local cache may differ between nodes)
+        out = {name: cache.load(keys[name]) if cache and rank == 0 else None for name in entries}
         todo = [name for name, hit in out.items() if hit is None]
+        if cache and world > 1:
+            shared = [todo]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            todo = shared[0]
+        for name in (n for n in entries if n not in todo):
+            _log(f"{name}: cached features {cache.path(keys[name])}")
         if not todo:
             return out
         tfs = [tf for name in todo for tf in [entries[name][0]] * entries[name][1]]
         t = time.perf_counter()
         torch.manual_seed(seed)  # augmentation in the main process (workers=0) is reproducible too
         loader = feature_loader(LabeledImageDataset(root, index, MultiView(tfs)),
-                                max(1, args.batch_size // len(tfs)), args.workers, seed=seed)
+                                max(1, batch_size // len(tfs)), args.workers, seed=seed)
         feats, targets = extract_features(backbone, loader, device, args.amp, args.channels_last,
                                           not args.no_progress)
         timing[f"extract_{'+'.join(todo)}_s"] = round(time.perf_counter() - t, 2)
@@ -704,7 +730,7 @@ def run_cached(info, args) -> dict | None:
         for name in todo:
             out[name] = feats[:, start:start + entries[name][1]], targets
             start += entries[name][1]
-            if cache and _world()[0] == 0:
+            if cache and rank == 0:
                 cache.save(keys[name], *out[name])
         return out
 
@@ -716,11 +742,11 @@ def run_cached(info, args) -> dict | None:
                                  "seed": args.seed})
     train = features(train_root, train_index, train, seed=args.seed + 1)
     test_x, test_y = features(test_root, test_index, {"test": center})["test"]
+    if rank != 0:  # other ranks only helped extracting (and lack the cache hits)
+        return None
     train_x, train_y = train["train"][0][:, 0], train["train"][1]
     test_x = test_x[:, 0]
     rows = [train_x] + ([*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else [])
-    if _world()[0] != 0:
-        return None
     groups = np.tile(np.arange(len(train_x)), len(rows))
     train_y, test_y = _targets(train_y, multilabel), _targets(test_y, multilabel)
     t = time.perf_counter()
@@ -745,13 +771,32 @@ def _finish(args, train_index, test_y, scores, multilabel, ident, **extra) -> di
     return report
 
 
+def find_linear_resume(resume: str, out_dir) -> dict | None:
+    """The linear-head checkpoint named by ``--resume``: a path, or ``"auto"`` for
+    ``out_dir/linear_last.pth`` when it is readable (``None`` if missing; skipped with a
+    warning if unreadable, e.g. truncated)."""
+    if resume != "auto":
+        return read_checkpoint(resume)
+    path = Path(out_dir) / "linear_last.pth"
+    if not path.is_file():
+        return None
+    try:
+        return read_checkpoint(path)
+    except CheckpointError as e:
+        warnings.warn(f"skipping unreadable linear head checkpoint {path}, starting afresh: {e}")
+        return None
+
+
 def run_moco(info, args) -> dict | None:
     """The original MoCo linear protocol: frozen backbone (BN in eval mode), a linear layer
     trained with SGD on augmented images every epoch, step schedule; report on rank 0."""
     from torch.nn.parallel import DistributedDataParallel
 
     from .data import LabeledImageDataset
+    from .train import atomic_save
     from .transforms import eval_transform
+    rank, world = _world()
+    batch_size = _per_process_batch(args.batch_size, world)
     train_root, train_index, test_root, test_index = load_splits(args)
     multilabel = is_multilabel(train_index) if args.task == "auto" else args.task == "multilabel"
     backbone, ident, device = _setup(args, info)
@@ -759,20 +804,25 @@ def run_moco(info, args) -> dict | None:
         backbone.to(memory_format=torch.channels_last)
     fc = nn.Linear(backbone.num_features, train_index.num_classes).to(device)
     nn.init.normal_(fc.weight, 0.0, 0.01), nn.init.zeros_(fc.bias)
-    rank, world = _world()
     head = DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else fc
     opt = torch.optim.SGD(fc.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = args.schedule if args.schedule is not None else [int(0.6 * args.epochs), int(0.8 * args.epochs)]
     out_dir = _out_dir(args)
     start = 0
-    if args.resume:
-        state = read_checkpoint(args.resume)
+    auto = args.resume == "auto"
+    state = find_linear_resume(args.resume, out_dir) if args.resume and (rank == 0 or not auto) else None
+    if auto and world > 1:  # rank 0's choice for all ranks (the out dir may be node-local)
+        shared = [state]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        state = shared[0]
+    if state is not None:
         fc.load_state_dict(state["fc"]), opt.load_state_dict(state["optimizer"])
         start = state["epoch"]
+        _log(f"resumed the linear head at epoch {start}")
     dataset = LabeledImageDataset(train_root, train_index, linear_train_transform(args.image_size))
     sampler = DistributedSampler(dataset, seed=args.seed) if world > 1 else None
-    loader = DataLoader(dataset, args.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False,
+    loader = DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(args.seed))
     t0 = time.perf_counter()
@@ -801,12 +851,12 @@ def run_moco(info, args) -> dict | None:
         _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f}")
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
-                        "arch": args.arch}, out_dir / "linear_last.pth")
+            atomic_save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
+                         "arch": args.arch}, out_dir / "linear_last.pth")
     train_s = time.perf_counter() - t0
     model = nn.Sequential(backbone, fc).eval()
     test = LabeledImageDataset(test_root, test_index, eval_transform(args.image_size))
-    scores, test_y = extract_features(model, feature_loader(test, args.batch_size, args.workers), device,
+    scores, test_y = extract_features(model, feature_loader(test, batch_size, args.workers), device,
                                       args.amp, args.channels_last, not args.no_progress)
     if rank != 0:
         return None

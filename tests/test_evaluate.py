@@ -1,11 +1,14 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from ssl_crops.evaluate import (CheckpointError, FeatureCache, KNNMonitor, build_report, extract_features,
-                                feature_loader, format_table, knn_classify, linear_probe, load_backbone,
-                                write_report)
+                                feature_loader, find_linear_resume, format_table, index_digest, knn_classify,
+                                linear_probe, load_backbone, write_report)
 from ssl_crops.metrics import mean_average_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,6 +169,31 @@ def test_feature_cache_roundtrip(tmp_path):
     assert cache.load(key) is None
 
 
+def test_index_digest_covers_labels_and_classes():
+    from ssl_crops.boxes import BoxIndex
+    a = BoxIndex.from_openimages({"img0": ["cat"], "img1": ["dog"]})
+    b = BoxIndex.from_openimages({"img0": ["dog"], "img1": ["cat"]})
+    c = BoxIndex.from_openimages({"img0": ["cat"], "img1": ["dog"]}, classes=["cat", "dog", "eel"])
+    da, db, dc = index_digest(a), index_digest(b), index_digest(c)
+    assert da["images"] == db["images"] == dc["images"]
+    assert len({da["labels"], db["labels"], dc["labels"]}) == 3
+    assert index_digest(BoxIndex.from_openimages({"img0": ["cat"], "img1": ["dog"]})) == da
+
+
+def test_find_linear_resume(tmp_path):
+    assert find_linear_resume("auto", tmp_path) is None
+    state = {"epoch": 3, "fc": {"weight": torch.ones(2, 4)}, "optimizer": {}}
+    torch.save(state, tmp_path / "linear_last.pth")
+    assert find_linear_resume("auto", tmp_path)["epoch"] == 3
+    assert find_linear_resume(str(tmp_path / "linear_last.pth"), tmp_path / "elsewhere")["epoch"] == 3
+    data = (tmp_path / "linear_last.pth").read_bytes()
+    (tmp_path / "linear_last.pth").write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="skipping unreadable .*linear_last.pth"):
+        assert find_linear_resume("auto", tmp_path) is None
+    with pytest.raises(CheckpointError, match="linear_last.pth"):
+        find_linear_resume(str(tmp_path / "linear_last.pth"), tmp_path)
+
+
 def test_report_groups_and_files(tmp_path):
     rng = np.random.default_rng(0)
     targets = (rng.random((50, 3)) < 0.4).astype(np.float32)
@@ -179,16 +207,46 @@ def test_report_groups_and_files(tmp_path):
     assert "tail (<20)" in format_table(rep)
 
 
-def test_knn_monitor_on_demo(demo_root):
-    from ssl_crops.data import load_index
+def _demo_monitor(demo_root, image_size=64):
     from ssl_crops.boxes import BoxIndex
+    from ssl_crops.data import load_index
     train = load_index(demo_root / "images")
     test = BoxIndex.from_openimages(demo_root / "images_test.npy", classes=train.classes)
-    monitor = KNNMonitor(demo_root / "images", train, test, image_size=64, batch_size=16, workers=0, k=(5, 20))
+    return KNNMonitor(demo_root / "images", train, test, image_size=image_size, batch_size=8, workers=0, k=(5, 20))
+
+
+def _demo_encoder():
     import torchvision
-    enc = torchvision.models.resnet18()
+    torch.manual_seed(0)
+    return torchvision.models.resnet18()
+
+
+def test_knn_monitor_on_demo(demo_root):
+    enc = _demo_encoder()
     mlp = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 16))
     enc.fc = mlp
-    res = monitor(enc.train())
+    res = _demo_monitor(demo_root)(enc.train())
     assert set(res) == {"knn5_map", "knn20_map"} and all(0 < v <= 1 for v in res.values())
     assert enc.fc is mlp and enc.training
+
+
+def _knn_worker(rank, init_file, demo_root, out):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    enc, seen = _demo_encoder(), []
+    enc.register_forward_hook(lambda m, x, y: seen.append(len(y)))
+    res = _demo_monitor(Path(demo_root), image_size=32)(enc)
+    Path(f"{out}.{rank}").write_text(json.dumps({"res": res, "images": sum(seen)}))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_knn_monitor_distributed_matches_single_process(demo_root, tmp_path):
+    """Every rank extracts its shard; rank 0 gets the single-process metrics, rank 1 ``{}``."""
+    out = tmp_path / "res"
+    torch.multiprocessing.spawn(_knn_worker, args=(str(tmp_path / "init"), str(demo_root), str(out)), nprocs=2)
+    single = _demo_monitor(demo_root, image_size=32)(_demo_encoder())
+    r0, r1 = (json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1))
+    assert r0["images"] == r1["images"] == (24 + 8) // 2  # each rank ran half of train and test
+    assert r0["res"].keys() == single.keys() and r1["res"] == {}
+    assert all(r0["res"][k] == pytest.approx(v, abs=1e-6) for k, v in single.items())

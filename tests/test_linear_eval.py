@@ -50,6 +50,14 @@ def test_cached_end_to_end_prints_table_and_hits_cache(demo_root, moco_checkpoin
     out = capsys.readouterr().out
     assert "train: cached features" in out and "test: cached features" in out and "extracted" not in out
     assert again["map"] == pytest.approx(report["map"])
+    from ssl_crops.boxes import load_npy_dict
+    labels = load_npy_dict(demo_root / "images_selected_new.npy")
+    shifted = dict(zip(labels, [*labels.values()][1:] + [[*labels.values()][0]]))  # same images and classes
+    np.save(tmp_path / "shifted.npy", np.array(shifted, dtype=object), allow_pickle=True)
+    main(args + ["--labels", str(tmp_path / "shifted.npy"),
+                 "--boxes", str(demo_root / "images_selected_with_all_features.npy")])
+    out = capsys.readouterr().out  # other train labels: the cached train targets are stale
+    assert "train: extracted 24 images" in out and "test: cached features" in out
 
 
 def test_train_crops_and_moco_protocol(demo_root, tmp_path, capsys):
@@ -65,6 +73,10 @@ def test_train_crops_and_moco_protocol(demo_root, tmp_path, capsys):
     assert "epoch 1/2 lr 30 " in out and "epoch 2/2 lr 3 " in out and "subset" in out
     assert rep["protocol"] == "moco" and 0 < rep["map"] <= 1
     assert (tmp_path / "m" / "linear_last.pth").is_file()
+    main([str(demo_root / "images"), *FAST, "--protocol", "moco", "--epochs", "2", "--resume", "auto",
+          "--out-dir", str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert "resumed the linear head at epoch 2" in out and "epoch 1/2" not in out
 
 
 def test_class_folders_single_label(tmp_path, capsys):
