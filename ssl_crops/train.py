@@ -101,6 +101,8 @@ def build_parser():
     g.add_argument("--labels", default=None, help="labels dict (images_selected_new.npy)")
     g.add_argument("--boxes", default=None, help="boxes dict (images_selected_with_all_features.npy)")
     g.add_argument("--coco", default=None, help="COCO detection json instead of the dicts")
+    g.add_argument("--index", default=None,
+                   help="a saved BoxIndex (.npz, e.g. index.npz of the OpenImages builder) instead of the dicts")
     g = p.add_argument_group("speed, output, monitoring")
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="off", help="mixed precision (fp16 uses a GradScaler)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -156,7 +158,7 @@ class SeededDataset(Dataset):
 
 def build_dataset(args, run_dir, main=True):
     """``(ObjectCropDataset, BoxIndex)`` from the flags."""
-    index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco)
+    index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
     mode = args.crop_mode or ("object-object" if args.bing_crops else "scene")
     proposals = None
     if args.proposals:
@@ -341,10 +343,14 @@ def load_checkpoint(path):
 
 
 def find_resume_checkpoint(run_dir):
-    """``(path, checkpoint)`` of the newest readable ``checkpoint_*.pth`` in ``run_dir``, or
-    ``(None, None)``; unreadable (e.g. truncated) files are skipped with a warning."""
-    paths = sorted(Path(run_dir).glob("checkpoint_*.pth"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in paths:
+    """``(path, checkpoint)`` of the newest readable checkpoint in ``run_dir`` (``checkpoint_last.pth``,
+    then ``checkpoint_<epoch>.pth`` from the latest epoch down), or ``(None, None)``; unreadable
+    (e.g. truncated) files are skipped with a warning."""
+    run_dir = Path(run_dir)
+    numbered = sorted(run_dir.glob("checkpoint_[0-9]*.pth"), key=lambda p: int(p.stem.split("_")[-1]), reverse=True)
+    for path in [run_dir / "checkpoint_last.pth", *numbered]:
+        if not path.is_file():
+            continue
         try:
             return path, load_checkpoint(path)
         except Exception as e:  # truncated zip, bad pickle, wrong content: try an older one
@@ -352,14 +358,22 @@ def find_resume_checkpoint(run_dir):
     return None, None
 
 
-def resume(args, run_dir, model, optimizer, scaler):
-    """Restore a checkpoint per ``--resume``; returns ``(start_epoch, step or None)``."""
+def locate_resume(args, run_dir):
+    """``(path, checkpoint)`` that ``--resume`` asks for; ``(None, None)`` for a fresh start."""
+    if not args.resume:
+        return None, None
     if args.resume == "auto":
-        path, ckpt = find_resume_checkpoint(run_dir)
-        if ckpt is None:
-            return args.start_epoch, None
-    else:
-        path, ckpt = args.resume, load_checkpoint(args.resume)
+        return find_resume_checkpoint(run_dir)
+    if not Path(args.resume).is_file():
+        raise FileNotFoundError(f"--resume {args.resume}: checkpoint not found")
+    try:
+        return args.resume, load_checkpoint(args.resume)
+    except Exception as e:
+        raise ValueError(f"--resume {args.resume}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+
+
+def resume(path, ckpt, model, optimizer, scaler):
+    """Restore model, optimizer, scaler and RNG states; returns ``(start_epoch, step or None)``."""
     state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}  # original MoCo keys
     model.load_state_dict(state)
     if ckpt.get("optimizer"):
@@ -378,7 +392,7 @@ def _shared_seed(seed, device):
     """``seed``, or a random seed drawn on rank 0 and shared with every rank."""
     if seed is not None:
         return seed
-    return int(du.all_gather_cat(torch.tensor([int.from_bytes(os.urandom(4)) >> 1], device=device))[0])
+    return int(du.all_gather_cat(torch.tensor([int.from_bytes(os.urandom(4), "big") >> 1], device=device))[0])
 
 
 def _knn_monitor(args, index):
@@ -388,8 +402,8 @@ def _knn_monitor(args, index):
     if test_labels is None:
         raise FileNotFoundError("--knn-every needs test labels: images_test.npy beside DIR or --test-labels")
     test_index = BoxIndex.from_openimages(test_labels, classes=index.classes)
-    return KNNMonitor(args.data, index, test_index, image_size=args.image_size, batch_size=args.batch_size,
-                      workers=min(args.workers, 4), amp=args.amp)
+    return KNNMonitor(args.data, index, test_index, image_size=args.image_size,
+                      batch_size=args.batch_size // du.get_world_size(), workers=min(args.workers, 4), amp=args.amp)
 
 
 def train_worker(info, args):
@@ -401,9 +415,12 @@ def train_worker(info, args):
         args.channels_last = info.device.type == "cuda"
     if args.batch_size % info.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
+    run_dir = Path(args.output_dir) / args.save_name
+    resume_path, resume_ckpt = locate_resume(args, run_dir)
+    if resume_ckpt is not None and args.seed is None:  # the resumed run keeps its seed
+        args.seed = (resume_ckpt.get("args") or {}).get("seed")
     args.seed = _shared_seed(args.seed, info.device)
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
-    run_dir = Path(args.output_dir) / args.save_name
     demo_root = Path(args.data).parent
     if args.demo and main and not (demo_root / DEMO_FILES["labels"]).exists():
         print(f"making demo data in {demo_root} ...", flush=True)
@@ -422,7 +439,10 @@ def train_worker(info, args):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=args.amp == "fp16")
-    start_epoch, step = resume(args, run_dir, model, optimizer, scaler) if args.resume else (args.start_epoch, None)
+    start_epoch, step = args.start_epoch, None
+    if resume_ckpt is not None:
+        start_epoch, step = resume(resume_path, resume_ckpt, model, optimizer, scaler)
+        del resume_ckpt
     step = start_epoch * len(loader) if step is None else step
     if args.compile:
         model.encoder_q.compile()
@@ -431,14 +451,14 @@ def train_worker(info, args):
     if info.distributed:
         ddp = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None,
                                       **NO_BUFFER_BROADCAST)
-    knn = _knn_monitor(args, index) if args.knn_every > 0 and main else None
+    knn = _knn_monitor(args, index) if args.knn_every > 0 else None  # called on every rank
 
     if main:
-        if not args.resume and (run_dir / "checkpoint_last.pth").exists():
-            warnings.warn(f"{run_dir} holds a checkpoint and this run starts afresh: it will be overwritten "
-                          "(--resume auto continues it)")
+        if resume_path is None and (run_dir / "checkpoint_last.pth").exists():
+            warnings.warn(f"{run_dir} holds a checkpoint and this run starts afresh: it and log.jsonl will be "
+                          "overwritten (--resume auto continues it)")
         run_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(run_dir / "log.jsonl", "a")
+        log_file = open(run_dir / "log.jsonl", "a" if resume_path is not None else "w")
         print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops), "
               f"{info.world_size} process(es) on {info.device.type}, batch {args.batch_size}", flush=True)
 

@@ -102,12 +102,29 @@ def test_rng_state_round_trip():
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
-def _run(demo, out, *extra):
+def _run(demo, out, *extra, seed=3):
     argv = [str(demo / "images"), "-a", "resnet18", "-b", "32", "--moco-k", "64", "--image-size", "32",
-            "-j", "0", "--lr", "0.05", "--mlp", "--aug-plus", "--cos", "--bing_crops", "--seed", "3",
+            "-j", "0", "--lr", "0.05", "--mlp", "--aug-plus", "--cos", "--bing_crops",
             "--epochs", "2", "--save-freq", "1", "--log-freq", "2", "--output-dir", str(out), "--save_name", "r",
-            *extra]
+            *(["--seed", str(seed)] if seed is not None else []), *extra]
     return train.main(argv)
+
+
+def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env):
+    torch.set_num_threads(1)
+    _run(demo, tmp_path, "--epochs", "1", seed=None)
+    first = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)["args"]["seed"]
+    _run(demo, tmp_path, "--resume", "auto", seed=None)
+    ckpt = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["args"]["seed"] == first
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()
+              if '"type": "epoch"' in line]
+    assert epochs == [0, 1]  # the resumed run appends to the log
+    with pytest.warns(UserWarning, match="starts afresh"):
+        _run(demo, tmp_path, "--epochs", "1")
+    assert '"epoch": 1' not in (tmp_path / "r" / "log.jsonl").read_text()  # a fresh run starts a new log
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        _run(demo, tmp_path, "--resume", str(tmp_path / "nope.pth"))
 
 
 def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env):
