@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -46,6 +47,7 @@ class ProposalCache:
                 or np.any(np.diff(self.offsets) < 0)):
             raise ValueError("inconsistent proposal cache arrays")
         self._row = {str(i): k for k, i in enumerate(self.ids)}
+        self._warned_missing = False
         if len(self._row) != n:
             raise ValueError("duplicate image ids in proposal cache")
 
@@ -94,7 +96,16 @@ class ProposalCache:
         return int(w), int(h)
 
     def proposals_for(self, image_id: str, image=None) -> np.ndarray:
-        """Dataset protocol: float32 ``(K, 4)`` normalized xyxy, best first (``image`` unused)."""
+        """Dataset protocol: float32 ``(K, 4)`` normalized xyxy, best first (``image`` unused).
+
+        An image missing from the cache gets no proposals (so scene crops), with one warning
+        per cache."""
+        if str(image_id) not in self._row:
+            if not self._warned_missing:
+                warnings.warn(f"image {image_id!r} is not in the proposal cache ({len(self)} images): "
+                              "images missing from it get scene crops")
+                self._warned_missing = True
+            return np.zeros((0, 4), np.float32)
         w, h = self.size(image_id)
         return np.clip(self.boxes(image_id) / np.array([w, h, w, h], np.float32), 0, 1)
 
@@ -194,7 +205,7 @@ def propose_folder(images, model: Bing, out, top_k: int = 1000, workers: int = 1
     from tqdm import tqdm
 
     out, parts = Path(out), Path(str(out) + ".parts")
-    meta = {"model": model_name or repr(model), "top_k": int(top_k), "failed": []}
+    meta = {"model": model_name or repr(model), "top_k": int(top_k), "nms": model.nms_iou, "failed": []}
     if overwrite:
         shutil.rmtree(parts, ignore_errors=True)
         out.unlink(missing_ok=True)
@@ -202,9 +213,10 @@ def propose_folder(images, model: Bing, out, top_k: int = 1000, workers: int = 1
     done: list[ProposalCache] = []
     if out.exists():
         old = ProposalCache.load(out)
-        if (old.meta.get("model"), old.meta.get("top_k")) != (meta["model"], meta["top_k"]):
-            raise ValueError(f"{out} was made with {old.meta.get('model')!r}, top_k={old.meta.get('top_k')}; "
-                             "pass --overwrite to recompute")
+        settings = ("model", "top_k", "nms")
+        if tuple(old.meta.get(k) for k in settings) != tuple(meta[k] for k in settings):
+            raise ValueError(f"{out} was made with {old.meta.get('model')!r}, top_k={old.meta.get('top_k')}, "
+                             f"nms={old.meta.get('nms')}; pass --overwrite to recompute")
         done.append(old)
     shards = lambda: sorted(parts.glob("shard-*.npz"))  # noqa: E731
     done += [ProposalCache.load(p) for p in shards()]

@@ -44,6 +44,12 @@ def test_propose_design_form_parallel(demo, model_path, tmp_path, capsys):
     # the same boxes as the model computes directly
     direct = Bing.load(model_path).propose(demo / "images" / f"{image_id}.jpg", 50)
     np.testing.assert_allclose(cache.boxes(image_id), direct)
+    with pytest.warns(UserWarning, match="not in the proposal cache"):
+        assert cache.proposals_for("nope", None).shape == (0, 4)  # missing image: scene crops, no crash
+    # settings that change the proposals are part of the cache: a rerun with another NMS refuses to mix
+    with pytest.raises(ValueError, match="nms"):
+        main(["--images", str(demo / "images"), "--model", str(model_path), "--out", str(out),
+              "--top-k", "50", "--nms", "0.7", "--no-progress"])
 
 
 def test_propose_resumes(demo, model_path, tmp_path, monkeypatch):
