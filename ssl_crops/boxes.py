@@ -252,14 +252,16 @@ class BoxIndex:
             raise ValueError(f"{json_path}: not a COCO detection json ({type(e).__name__}: {e})") from e
         per_image: dict = {}
         for a in annotations:
+            if not isinstance(a, Mapping):
+                raise ValueError(f"{json_path}: an annotation is not an object: {a!r:.80}")
             per_image.setdefault(a.get("image_id"), []).append(a)
         builder = _Builder(classes)
         for im in images:
             try:
                 w, h, name = float(im["width"]), float(im["height"]), str(im["file_name"])
+                anns = per_image.get(im["id"], [])
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{json_path}: image entry {im.get('id')!r} lacks width/height/file_name") from e
-            anns = per_image.get(im["id"], [])
+                raise ValueError(f"{json_path}: image entry {im!r:.120} lacks id/width/height/file_name") from e
             coords = np.full((len(anns), 4), np.nan)
             names = []
             for k, a in enumerate(anns):

@@ -187,6 +187,13 @@ def test_coco_errors_name_the_file(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}], "categories": []}))
     with pytest.raises(ValueError, match="b.json.*width"):
         BoxIndex.from_coco(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text(json.dumps({"images": [{"file_name": "x.jpg", "width": 4, "height": 4}],
+                                                 "categories": []}))
+    with pytest.raises(ValueError, match="c.json.*id"):
+        BoxIndex.from_coco(tmp_path / "c.json")
+    (tmp_path / "d.json").write_text(json.dumps({"images": [], "annotations": [3], "categories": []}))
+    with pytest.raises(ValueError, match="d.json.*annotation"):
+        BoxIndex.from_coco(tmp_path / "d.json")
 
 
 def test_demo_index_matches_its_coco_json(demo_root):
