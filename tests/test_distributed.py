@@ -107,6 +107,18 @@ WORKER = textwrap.dedent("""
         for t in [model.queue, model.queue_ptr.float(), *model.encoder_k.parameters(), *model.encoder_q.parameters()]:
             gathered = du.all_gather_cat(t.detach().reshape(1, -1))
             assert torch.equal(gathered[0], gathered[1]), "ranks differ after step %d" % step
+    # eval-mode BatchNorm has no batch statistics, so shuffle-BN must give each query its own key
+    # (running statistics are per rank, as buffers are not broadcast: use rank 0's everywhere)
+    for b in model.buffers():
+        dist.broadcast(b, 0)
+    model.eval()
+    ptr = int(model.queue_ptr)
+    x, xk = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    logits, _ = model(x, xk)
+    with torch.no_grad():
+        q, k = F.normalize(model.encoder_q(x), dim=1), F.normalize(model.encoder_k(xk), dim=1)
+    assert torch.allclose(logits[:, 0], (q * k).sum(1) / 0.2, atol=1e-5), "keys paired with the wrong queries"
+    assert torch.allclose(model.queue[:, ptr:ptr + 6], du.all_gather_cat(k).T, atol=1e-6)
     print("rank", info.rank, "queues identical", flush=True)
 
     main(sys.argv[1:])  # the trainer, under the same torchrun (reusing the process group)
