@@ -18,6 +18,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .files import atomic_write
+
 __all__ = ["BoxIndex", "load_npy_dict", "UnsafePickleError", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -300,13 +302,10 @@ class BoxIndex:
     # ------------------------------------------------------------------ storage
     def save(self, path) -> None:
         """Write a pickle-free ``.npz`` (atomically: temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         arrays = {name: getattr(self, "_" + name) for name in self._ARRAYS}
         meta = {"version": _FORMAT_VERSION, "dropped": self.dropped, "out_of_vocabulary": self.out_of_vocabulary}
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path) -> "BoxIndex":

@@ -5,7 +5,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch

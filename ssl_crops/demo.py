@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .files import atomic_write
 
 __all__ = ["make_demo", "DEMO_FILES", "DEMO_CLASSES"]
 
@@ -161,9 +162,8 @@ def make_demo(root, num_train: int = 160, num_test: int = 64, seed: int = 0,
                 image_id = f"{int(rng.integers(2**62)):016x}"
             used.add(image_id)
             img, objects = _scene(rng, min_size, max_size)
-            tmp = images_dir / f".{image_id}.jpg.tmp"
-            img.save(tmp, format="JPEG", quality=quality)
-            os.replace(tmp, images_dir / f"{image_id}.jpg")
+            with atomic_write(images_dir / f"{image_id}.jpg") as f:
+                img.save(f, format="JPEG", quality=quality)
             splits[split].append((image_id, img.width, img.height, objects))
 
     names = sorted(DEMO_CLASSES)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from .files import atomic_write
 from .metrics import frequency_groups, group_map, map_details, topk_accuracy
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -287,9 +288,8 @@ class FeatureCache:
     def save(self, key: dict, features, targets) -> Path:
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, features=features, targets=targets)
-        os.replace(tmp, p)
+        with atomic_write(p) as f:
+            np.savez(f, features=features, targets=targets)
         p.with_suffix(".json").write_text(json.dumps(key, indent=1, sort_keys=True))
         return p
 
@@ -793,7 +793,6 @@ def run_moco(info, args) -> dict | None:
     from torch.nn.parallel import DistributedDataParallel
 
     from .data import LabeledImageDataset
-    from .train import atomic_save
     from .transforms import eval_transform
     rank, world = _world()
     batch_size = _per_process_batch(args.batch_size, world)
@@ -851,8 +850,9 @@ def run_moco(info, args) -> dict | None:
         _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f}")
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
-                         "arch": args.arch}, out_dir / "linear_last.pth")
+            with atomic_write(out_dir / "linear_last.pth") as f:
+                torch.save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
+                            "arch": args.arch}, f)
     train_s = time.perf_counter() - t0
     model = nn.Sequential(backbone, fc).eval()
     test = LabeledImageDataset(test_root, test_index, eval_transform(args.image_size))

@@ -29,6 +29,7 @@ from . import distributed as du
 from .boxes import BoxIndex
 from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import DEMO_FILES, make_demo
+from .files import atomic_write
 from .moco import MoCo
 from .transforms import ObjectAwareCrop, moco_augment
 
@@ -313,26 +314,14 @@ def restore_rng(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(state, run_dir, keep):
-    """Write ``checkpoint_last.pth``; with ``keep`` also ``checkpoint_<epoch:04d>.pth``."""
+    """Write ``checkpoint_last.pth``; with ``keep`` also ``checkpoint_<epoch:04d>.pth`` (atomically)."""
     last = Path(run_dir) / "checkpoint_last.pth"
-    atomic_save(state, last)
+    with atomic_write(last) as f:
+        torch.save(state, f)
     if keep:
-        kept = last.with_name(f"checkpoint_{state['epoch']:04d}.pth")
-        tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
-        shutil.copyfile(last, tmp)
-        os.replace(tmp, kept)
+        with open(last, "rb") as src, atomic_write(last.with_name(f"checkpoint_{state['epoch']:04d}.pth")) as f:
+            shutil.copyfileobj(src, f)
 
 
 def load_checkpoint(path):

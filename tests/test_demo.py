@@ -1,6 +1,5 @@
 import hashlib
 
-import numpy as np
 
 from ssl_crops.boxes import load_npy_dict
 from ssl_crops.demo import DEMO_FILES, main, make_demo

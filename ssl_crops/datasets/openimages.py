@@ -22,7 +22,6 @@ import json
 import os
 import random
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from ..files import atomic_write
 
 __all__ = ["BoxCsv", "Selection", "select", "build", "read_ids", "download", "main",
            "COLUMNS", "DEFAULT_BASE_URL", "LABELS_FILE", "BOXES_FILE"]
@@ -292,10 +293,8 @@ def select(files, *, vocab=None, min_class_images=900, min_classes_per_image=2,
 # --------------------------------------------------------------------------- build
 def _save_npy(path: Path, obj) -> None:
     """``np.save(path, obj, allow_pickle=True)`` written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.save(f, obj, allow_pickle=True)
-    os.replace(tmp, path)
 
 
 def _summary(name: str, sel: Selection) -> dict:
@@ -447,9 +446,8 @@ def _fetch(url: str, dest: Path, retries: int, backoff: float, timeout: float) -
             bad = check_image(data)
             if bad:
                 return "corrupt", bad, attempt
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
+            with atomic_write(dest) as f:
+                f.write(data)
             return "downloaded", "", attempt
         if attempt <= retries:
             time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + random.random()))

@@ -35,6 +35,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..files import atomic_write
+
 __all__ = [
     "Bing", "ImageReadError", "ModelFileError", "read_image", "as_rgb", "normed_gradient",
     "box_iou", "evaluate_proposals", "format_table", "synthetic_scenes", "read_opencv_matrix", "SIDES",
@@ -369,11 +371,9 @@ class Bing:
     def save(self, path) -> None:
         """Write a pickle-free ``.npz`` (atomically)."""
         params = {"per_size": self.per_size, "nms_iou": self.nms_iou, "top_k": self.top_k}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, format=np.array(FORMAT), filter=self.filter, sizes=self.sizes,
-                 calib=self.calib, params=np.array(json.dumps(params)))
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            np.savez(f, format=np.array(FORMAT), filter=self.filter, sizes=self.sizes,
+                     calib=self.calib, params=np.array(json.dumps(params)))
 
     @classmethod
     def load(cls, path) -> "Bing":

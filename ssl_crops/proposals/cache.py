@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import warnings
@@ -24,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..boxes import IMAGE_EXTENSIONS
+from ..files import atomic_write
 from .bing import Bing, ImageReadError, as_rgb
 
 __all__ = ["ProposalCache", "open_proposals", "list_images", "propose_folder"]
@@ -112,11 +112,9 @@ class ProposalCache:
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:
         """Write the cache atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, ids=self.ids, offsets=self.offsets, boxes=self.boxes_flat, scores=self.scores_flat,
-                 sizes=self.sizes, meta=np.array(json.dumps(self.meta)))
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            np.savez(f, ids=self.ids, offsets=self.offsets, boxes=self.boxes_flat, scores=self.scores_flat,
+                     sizes=self.sizes, meta=np.array(json.dumps(self.meta)))
 
     @classmethod
     def load(cls, path) -> "ProposalCache":
