@@ -41,11 +41,11 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else {"broadcast_buffers": False})
-# --demo: a small ResNet on the generated data, about a minute on two CPU cores.
 BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
-DEMO_DEFAULTS = dict(arch="resnet18", epochs=10, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
+# --demo: a small ResNet on the generated data, about two minutes on two CPU cores.
+DEMO_DEFAULTS = dict(arch="resnet18", epochs=30, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
                      image_size=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
-                     save_name="demo", log_freq=1, save_freq=5, knn_every=5, seed=0)
+                     save_name="demo", log_freq=1, save_freq=10, knn_every=10, seed=0)
 
 
 def build_parser():
@@ -419,9 +419,8 @@ def train_worker(info, args):
     dataset, index = build_dataset(args, run_dir, main)
     check_queue(args, len(dataset), args.batch_size, main)
     workers = math.ceil(args.workers / info.local_world_size)
-    if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # workers and model share the cores
-        cores = len(os.sched_getaffinity(0)) // info.local_world_size
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - workers)))
+    if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # processes of a node share its cores
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // info.local_world_size))
     loader = build_loader(dataset, args, info, args.batch_size // info.world_size, workers)
     model = build_model(args).to(info.device)
     if args.channels_last:
