@@ -596,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("cached protocol")
     c.add_argument("--cache-dir", default=None, help=f"feature cache (default {default_cache_dir()})")
     c.add_argument("--no-cache", action="store_true")
-    c.add_argument("--train-crops", type=int, default=0,
+    c.add_argument("--train-crops", type=int, default=2,
                    help="augmented views (RandomResizedCrop + flip) per train image, added to the center "
                         "crops; decoded once with them (0: center crops only)")
     c.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2])

@@ -10,7 +10,7 @@ import torch
 from ssl_crops.evaluate import main
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["-a", "resnet18", "--image-size", "64", "-j", "0", "-b", "16", "--no-progress",
+FAST = ["-a", "resnet18", "--image-size", "64", "-j", "0", "-b", "16", "--no-progress", "--train-crops", "0",
         "--probe-epochs", "20", "--lrs", "1e-2", "--wds", "0", "1e-2"]
 
 
