@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ssl_crops.proposals import Bing, evaluate_proposals, format_table, synthetic_scenes
+from ssl_crops.demo import synthetic_scenes
+from ssl_crops.proposals import Bing, evaluate_proposals, format_table
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "opencv_bing_model"
 

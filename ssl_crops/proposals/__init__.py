@@ -5,9 +5,9 @@
 serve ``proposals_for(image_id, image)`` -> normalized xyxy, best first, to the dataset.
 """
 from .bing import (Bing, ImageReadError, ModelFileError, box_iou, evaluate_proposals, format_table,
-                   normed_gradient, read_image, synthetic_scenes)
+                   normed_gradient, read_image)
 from .cache import ProposalCache, list_images, open_proposals, propose_folder
 
 __all__ = ["Bing", "ProposalCache", "open_proposals", "propose_folder", "list_images", "ImageReadError",
            "ModelFileError", "read_image", "normed_gradient", "box_iou", "evaluate_proposals",
-           "format_table", "synthetic_scenes"]
+           "format_table"]

@@ -39,7 +39,7 @@ from ..files import atomic_write
 
 __all__ = [
     "Bing", "ImageReadError", "ModelFileError", "read_image", "as_rgb", "normed_gradient",
-    "box_iou", "evaluate_proposals", "format_table", "synthetic_scenes", "read_opencv_matrix", "SIDES",
+    "box_iou", "evaluate_proposals", "format_table", "read_opencv_matrix", "SIDES",
 ]
 
 W8 = 8                                   # feature window side
@@ -553,48 +553,3 @@ def format_table(result: dict, name: str = "") -> str:
 
 
 # --------------------------------------------------------------------------- scenes
-def synthetic_scenes(n: int, width: int = 640, height: int = 480, seed: int = 0,
-                     objects: tuple[int, int] = (1, 6)):
-    """``n`` generated scenes for tests and benchmarks: ``(uint8 RGB image, pixel xyxy boxes)``.
-
-    Solid or striped rectangles, ellipses and triangles of many sizes and aspect ratios on a
-    smooth, noisy background with thin clutter lines; objects mostly hidden by later ones
-    are left out of the boxes.
-    """
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        bg = cv2.resize(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), (width, height),
-                        interpolation=cv2.INTER_CUBIC)
-        img = cv2.add(bg, rng.integers(0, 12, bg.shape, dtype=np.uint8))
-        for _ in range(rng.integers(3, 8)):      # clutter: thin lines
-            p = rng.integers(0, [width, height, width, height])
-            cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), _colour(rng), 1)
-        boxes, owner = [], np.full((height, width), -1, np.int16)
-        for k in range(rng.integers(objects[0], objects[1] + 1)):
-            bw = int(np.exp(rng.uniform(np.log(16), np.log(width * 0.8))))
-            bh = int(np.clip(bw * np.exp(rng.uniform(-1.0, 1.0)), 12, height * 0.9))
-            x0, y0 = int(rng.integers(0, width - bw + 1)), int(rng.integers(0, height - bh + 1))
-            mask = np.zeros((bh, bw), np.uint8)
-            shape = rng.integers(3)
-            if shape == 0:
-                mask[:] = 1
-            elif shape == 1:
-                cv2.ellipse(mask, (bw // 2, bh // 2), (bw // 2, bh // 2), 0, 0, 360, 1, -1)
-            else:
-                cv2.fillPoly(mask, [np.array([[bw // 2, 0], [0, bh - 1], [bw - 1, bh - 1]], np.int32)], 1)
-            paint = np.empty((bh, bw, 3), np.uint8)
-            paint[:] = _colour(rng)
-            if rng.random() < 0.3:               # stripes
-                paint[::4] = 255 - paint[0, 0]
-            m = mask > 0
-            img[y0:y0 + bh, x0:x0 + bw][m] = paint[m]
-            owner[y0:y0 + bh, x0:x0 + bw][m] = k
-            boxes.append([x0, y0, x0 + bw, y0 + bh])
-        visible = [k for k, b in enumerate(boxes) if (owner[b[1]:b[3], b[0]:b[2]] == k).mean() > 0.4]
-        out.append((img, np.array([boxes[k] for k in visible], np.float32).reshape(-1, 4)))
-    return out
-
-
-def _colour(rng) -> tuple:
-    return tuple(int(v) for v in rng.integers(0, 256, 3))

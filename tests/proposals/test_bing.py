@@ -4,8 +4,9 @@ import gzip
 import numpy as np
 import pytest
 
+from ssl_crops.demo import synthetic_scenes
 from ssl_crops.proposals import (Bing, ImageReadError, ModelFileError, box_iou, evaluate_proposals,
-                                 normed_gradient, read_image, synthetic_scenes)
+                                 normed_gradient, read_image)
 
 
 def write_opencv_matrix(path, a, dt):
