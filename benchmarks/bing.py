@@ -18,11 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # numpy's BLAS: one thread too
+    os.environ.setdefault(_var, "1")
 
-from ssl_crops.demo import synthetic_scenes
-from ssl_crops.proposals import Bing, evaluate_proposals, format_table
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ssl_crops.demo import synthetic_scenes  # noqa: E402
+from ssl_crops.proposals import Bing, evaluate_proposals, format_table  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "opencv_bing_model"
 
