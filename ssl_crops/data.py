@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +15,7 @@ from .demo import DEMO_FILES, make_demo
 
 __all__ = [
     "ObjectCropDataset", "LabeledImageDataset", "ProposalSource", "CorruptImageError",
-    "load_image", "load_index", "find_annotation", "make_demo", "worker_seed",
+    "load_image", "load_index", "find_annotation", "make_demo",
 ]
 
 
@@ -167,10 +166,3 @@ def _must_exist(path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     return path
-
-
-def worker_seed(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from torch's per-worker seed."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
