@@ -13,8 +13,9 @@ import json
 import os
 import pickle
 import zipfile
+from operator import itemgetter
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +28,7 @@ _FORMAT_VERSION = 1
 
 # OpenImages box CSV columns, as rows of images_selected_with_all_features.npy hold them.
 _OI_LABEL, _OI_XMIN, _OI_XMAX, _OI_YMIN, _OI_YMAX = 2, 4, 5, 6, 7
+_OI_BOX, _OI_NAME = itemgetter(_OI_XMIN, _OI_YMIN, _OI_XMAX, _OI_YMAX), itemgetter(_OI_LABEL)
 
 
 # --------------------------------------------------------------------------- pickles
@@ -109,6 +111,9 @@ def _read_npy(f, source: str):
 
 
 # --------------------------------------------------------------------------- helpers
+_NAN = float("nan")
+
+
 def _to_float(v) -> float:
     try:
         return float(v)
@@ -128,59 +133,73 @@ def _clean_boxes(boxes: np.ndarray) -> np.ndarray:
 
 
 class _Builder:
-    """Accumulates images in flat lists and turns them into a :class:`BoxIndex`."""
+    """Accumulates images in flat lists and turns them into a :class:`BoxIndex`; boxes are
+    converted, validated and matched to classes once, over all images together."""
 
     def __init__(self, classes: Sequence[str] | None):
         self.fixed = classes is not None
-        self.class_ids: dict[str, int] = {c: i for i, c in enumerate(sorted(set(classes)))} if classes else {}
+        self.vocabulary = sorted(set(classes)) if self.fixed else None
         self.ids: list[str] = []
         self.files: list[str] = []
-        self.labels: list[list[str]] = []
+        self.labels: list = []       # class names per image (str, bytes or numpy strings)
         self.box_counts: list[int] = []
-        self.box_coords: list[np.ndarray] = []
-        self.box_names: list[str] = []
-        self.dropped = 0
-        self.out_of_vocabulary = 0
+        self.coords: list = []       # one [x0, y0, x1, y1] per box (numbers or numeric strings)
+        self.box_names: list = []    # class name per box (str, bytes or numpy strings)
 
-    def add(self, image_id: str, file: str, labels: Iterable[str], boxes: np.ndarray, box_names: Sequence[str]):
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        valid = _clean_boxes(boxes)
-        self.dropped += int((~valid).sum())
-        names = [n for n, ok in zip(box_names, valid) if ok]
-        boxes = boxes[valid]
-        labels = list(dict.fromkeys(str(c) for c in labels))
-        if self.fixed:
-            keep = np.array([n in self.class_ids for n in names], bool)
-            self.out_of_vocabulary += int((~keep).sum()) + sum(c not in self.class_ids for c in labels)
-            boxes, names = boxes[keep], [n for n, k in zip(names, keep) if k]
-            labels = [c for c in labels if c in self.class_ids]
+    def add(self, image_id: str, file: str, labels: Sequence, coords: Sequence, box_names: Sequence):
         self.ids.append(str(image_id))
         self.files.append(file)
         self.labels.append(labels)
-        self.box_counts.append(len(names))
-        self.box_coords.append(boxes.astype(np.float32))
-        self.box_names.extend(names)
+        self.box_counts.append(len(box_names))
+        self.coords.extend(coords)
+        self.box_names.extend(box_names)
 
     def build(self) -> "BoxIndex":
-        if not self.fixed:
-            names = set(self.box_names).union(*map(set, self.labels)) if self.labels else set()
-            self.class_ids = {c: i for i, c in enumerate(sorted(names))}
-        lookup = self.class_ids
-        label_lists = [sorted({lookup[c] for c in ls}) for ls in self.labels]
-        label_offsets = np.zeros(len(self.ids) + 1, np.int64)
+        n = len(self.ids)
+        boxes = _float_boxes(self.coords)
+        valid = _clean_boxes(boxes)
+        dropped = int((~valid).sum())
+        names = np.array(self.box_names, dtype=str)
+        if self.fixed:
+            classes = np.array(self.vocabulary, dtype=str)
+        else:
+            label_names = {_as_str(c) for ls in self.labels for c in ls}
+            classes = np.array(sorted(label_names.union(names[valid].tolist())), dtype=str)
+        box_labels = np.searchsorted(classes, names) if len(classes) else np.zeros(len(names), np.int64)
+        known = (box_labels < len(classes)) & (classes[np.minimum(box_labels, max(len(classes) - 1, 0))] == names) \
+            if len(classes) else np.zeros(len(names), bool)
+        keep = valid & known
+        out_of_vocabulary = int((valid & ~known).sum())
+        box_image = np.repeat(np.arange(n), self.box_counts)
+        box_offsets = np.zeros(n + 1, np.int64)
+        box_offsets[1:] = np.cumsum(np.bincount(box_image[keep], minlength=n))
+
+        lookup = {c: i for i, c in enumerate(classes.tolist())}
+        label_lists = []
+        for ls in self.labels:
+            names_in = {_as_str(c) for c in ls}
+            ids = sorted(lookup[c] for c in names_in if c in lookup)
+            out_of_vocabulary += len(names_in) - len(ids)
+            label_lists.append(ids)
+        label_offsets = np.zeros(n + 1, np.int64)
         label_offsets[1:] = np.cumsum([len(ls) for ls in label_lists])
         label_values = np.fromiter((c for ls in label_lists for c in ls), np.int32, int(label_offsets[-1]))
-        box_offsets = np.zeros(len(self.ids) + 1, np.int64)
-        box_offsets[1:] = np.cumsum(self.box_counts)
-        boxes = np.concatenate(self.box_coords) if self.box_coords else np.zeros((0, 4), np.float32)
-        box_labels = np.fromiter((lookup[n] for n in self.box_names), np.int32, len(self.box_names))
-        classes = sorted(lookup, key=lookup.get)
         return BoxIndex(
-            ids=np.array(self.ids, dtype=str), files=np.array(self.files, dtype=str),
-            classes=np.array(classes, dtype=str), label_offsets=label_offsets,
-            label_values=label_values, box_offsets=box_offsets, boxes=boxes.reshape(-1, 4),
-            box_labels=box_labels, dropped=self.dropped, out_of_vocabulary=self.out_of_vocabulary,
+            ids=np.array(self.ids, dtype=str), files=np.array(self.files, dtype=str), classes=classes,
+            label_offsets=label_offsets, label_values=label_values, box_offsets=box_offsets,
+            boxes=boxes[keep].astype(np.float32), box_labels=box_labels[keep], dropped=dropped,
+            out_of_vocabulary=out_of_vocabulary,
         )
+
+
+def _float_boxes(coords: list) -> np.ndarray:
+    """``(N, 4)`` float64 from rows of numbers or numeric strings; unparsable values are NaN."""
+    if not coords:
+        return np.zeros((0, 4))
+    try:
+        return np.array(coords, dtype=np.float64).reshape(-1, 4)
+    except (TypeError, ValueError):  # some value is not a number: convert one by one
+        return np.array([[_to_float(v) for v in row] for row in coords], dtype=np.float64).reshape(-1, 4)
 
 
 # --------------------------------------------------------------------------- index
@@ -232,10 +251,10 @@ class BoxIndex:
         for image_id, image_labels in labels.items():
             entry = boxes.get(image_id, ())
             rows = entry.get("data", ()) if isinstance(entry, Mapping) else entry
-            coords, names = _parse_rows(rows, image_id, labels_npy if boxes_npy is None else boxes_npy)
+            coords, names = _parse_rows(rows)
             if isinstance(image_labels, (str, bytes)):
                 image_labels = [image_labels]
-            builder.add(str(image_id), f"{image_id}{suffix}", [_as_str(c) for c in image_labels], coords, names)
+            builder.add(str(image_id), f"{image_id}{suffix}", image_labels, coords, names)
         return builder.build()
 
     @classmethod
@@ -411,16 +430,20 @@ def _as_str(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _parse_rows(rows, image_id, source) -> tuple[np.ndarray, list[str]]:
-    coords = np.full((len(rows), 4), np.nan)
-    names = []
-    for k, row in enumerate(rows):
+def _parse_rows(rows) -> tuple[list, list]:
+    """``([x0, y0, x1, y1] per row, class per row)`` from OpenImages box CSV rows; a row too
+    short to hold a box becomes NaN (dropped and counted)."""
+    try:  # the common case: every row is complete
+        return list(map(_OI_BOX, rows)), list(map(_OI_NAME, rows))
+    except (IndexError, TypeError, KeyError):
+        pass
+    coords, names = [], []
+    for row in rows:
         try:
-            names.append(_as_str(row[_OI_LABEL]))
-            x0, x1, y0, y1 = (_to_float(row[j]) for j in (_OI_XMIN, _OI_XMAX, _OI_YMIN, _OI_YMAX))
+            names.append(row[_OI_LABEL])
+            coords.append([row[_OI_XMIN], row[_OI_YMIN], row[_OI_XMAX], row[_OI_YMAX]])
         except (IndexError, TypeError, KeyError):
-            if len(names) == k:
+            if len(names) == len(coords):
                 names.append("")
-            continue  # malformed row: stays NaN, dropped and counted
-        coords[k] = (x0, y0, x1, y1)
+            coords.append([_NAN] * 4)
     return coords, names
