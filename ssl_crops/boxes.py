@@ -165,9 +165,11 @@ class _Builder:
         else:
             label_names = {_as_str(c) for ls in self.labels for c in ls}
             classes = np.array(sorted(label_names.union(names[valid].tolist())), dtype=str)
-        box_labels = np.searchsorted(classes, names) if len(classes) else np.zeros(len(names), np.int64)
-        known = (box_labels < len(classes)) & (classes[np.minimum(box_labels, max(len(classes) - 1, 0))] == names) \
-            if len(classes) else np.zeros(len(names), bool)
+        if len(classes):
+            box_labels = np.minimum(np.searchsorted(classes, names), len(classes) - 1)
+            known = classes[box_labels] == names
+        else:
+            box_labels, known = np.zeros(len(names), np.int64), np.zeros(len(names), bool)
         keep = valid & known
         out_of_vocabulary = int((valid & ~known).sum())
         box_image = np.repeat(np.arange(n), self.box_counts)
