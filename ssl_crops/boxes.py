@@ -21,7 +21,7 @@ import numpy as np
 
 from .files import atomic_write
 
-__all__ = ["BoxIndex", "load_npy_dict", "UnsafePickleError", "IMAGE_EXTENSIONS"]
+__all__ = ["BoxIndex", "load_npy_dict", "image_files", "UnsafePickleError", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _FORMAT_VERSION = 1
@@ -306,10 +306,7 @@ class BoxIndex:
         When every image sits in a first-level sub-folder, the sub-folder names are the
         class labels (ImageFolder layout); otherwise images have no labels.
         """
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: image folder not found")
-        files = sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = image_files(root)
         if not files:
             raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
         class_layout = all(len(p.parts) == 2 for p in files)
@@ -410,6 +407,14 @@ class BoxIndex:
     @property
     def nbytes(self) -> int:
         return sum(getattr(self, "_" + n).nbytes for n in self._ARRAYS)
+
+
+def image_files(root) -> list[Path]:
+    """Image files (``IMAGE_EXTENSIONS``) under ``root``, as sorted paths relative to it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: image folder not found")
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def _compact_files(ids: np.ndarray, files: np.ndarray) -> np.ndarray:

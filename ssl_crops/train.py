@@ -178,8 +178,6 @@ def fitted_proposals(index, root, path, seed, main=True, max_images=BING_FIT_IMA
     """BING proposals for the images without boxes when no ``--proposals`` is given: a model
     fitted by rank 0 on up to ``max_images`` annotated images and saved to ``path`` (reused
     when it exists, e.g. on resume); ``None`` (scene crops, with a warning) when no image has boxes."""
-    from PIL import Image
-
     from .proposals import Bing
 
     counts = index.num_boxes_per_image()
@@ -192,16 +190,10 @@ def fitted_proposals(index, root, path, seed, main=True, max_images=BING_FIT_IMA
     path = Path(path)
     if main and not path.exists():
         chosen = np.sort(np.random.default_rng(seed).choice(annotated, min(len(annotated), max_images), replace=False))
-        files, boxes = [], []
-        for i in chosen:
-            with Image.open(Path(root) / index.path(i)) as im:
-                w, h = im.size
-            files.append(Path(root) / index.path(i))
-            boxes.append(index.boxes(i) * np.array([w, h, w, h], np.float32))
         print(f"{int((counts == 0).sum())} images have no boxes: fitting BING proposals on {len(chosen)} "
               f"annotated images -> {path}", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        Bing.fit(files, boxes, seed=seed).save(path)
+        Bing.fit_index(index, root, chosen, seed=seed).save(path)
     du.barrier()
     return Bing.load(path)
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .bing import Bing, ImageReadError, ModelFileError, as_rgb, evaluate_proposals, format_table
 from .cache import ProposalCache, propose_folder
@@ -87,20 +86,11 @@ def _pixel_boxes(index, i, size) -> np.ndarray:
 
 def cmd_fit(args) -> None:
     index, rows = _index(args)
-    root = Path(args.images)
-    paths = [root / index.path(i) for i in rows]
-    boxes = []
-    for i, p in zip(rows, paths):
-        try:
-            with Image.open(p) as im:
-                boxes.append(_pixel_boxes(index, i, im.size))
-        except OSError as e:
-            raise SystemExit(f"error: {p}: cannot read image ({e})")
     t = time.perf_counter()
-    model = Bing.fit(paths, boxes, seed=args.seed, min_positives=args.min_positives,
-                     per_size=args.per_size, progress=True)
+    model = Bing.fit_index(index, args.images, rows, seed=args.seed, min_positives=args.min_positives,
+                           per_size=args.per_size, progress=True)
     model.save(args.out)
-    print(f"fitted {model} on {len(paths)} images ({sum(map(len, boxes))} boxes) in "
+    print(f"fitted {model} on {len(rows)} images ({sum(len(index.boxes(i)) for i in rows)} boxes) in "
           f"{time.perf_counter() - t:.1f} s; sizes (w, h): {model.sizes.tolist()}; wrote {args.out}")
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 from ..files import atomic_write
 
 __all__ = [
-    "Bing", "ImageReadError", "ModelFileError", "read_image", "as_rgb", "normed_gradient",
+    "Bing", "ImageReadError", "ModelFileError", "read_image", "image_size", "as_rgb", "normed_gradient",
     "box_iou", "evaluate_proposals", "format_table", "read_opencv_matrix", "SIDES",
 ]
 
@@ -63,6 +63,15 @@ def read_image(path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: cannot read image ({e})") from e
+
+
+def image_size(path) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header; :class:`ImageReadError` names it."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot read image ({e})") from e
 
 
@@ -303,6 +312,15 @@ class Bing:
         return self.propose(img, self.top_k) / np.array([w, h, w, h], np.float32)
 
     # ------------------------------------------------------------------ training
+    @classmethod
+    def fit_index(cls, index, root, images: Sequence[int], **kwargs) -> "Bing":
+        """:meth:`fit` on images ``images`` of a ``BoxIndex`` (files under ``root``, normalized
+        boxes); an unreadable image raises :class:`ImageReadError` naming it."""
+        paths = [Path(root) / index.path(i) for i in images]
+        boxes = [index.boxes(i) * np.array([*size, *size], np.float32)
+                 for i, size in zip(images, map(image_size, paths))]
+        return cls.fit(paths, boxes, **kwargs)
+
     @classmethod
     def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
             negatives_per_image: int = 100, per_size: int = 130, c: float = 1e-3,

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..boxes import IMAGE_EXTENSIONS
+from ..boxes import image_files
 from ..files import atomic_write
 from .bing import Bing, ImageReadError, as_rgb
 
@@ -155,12 +155,7 @@ def open_proposals(path):
 def list_images(root) -> list[tuple[str, str]]:
     """``(image_id, relative path)`` of the images under ``root``, sorted; ids as in
     ``BoxIndex.from_folder`` (relative path without the extension)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: image folder not found")
-    files = sorted(p.relative_to(root) for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    return [(p.with_suffix("").as_posix(), p.as_posix()) for p in files]
+    return [(p.with_suffix("").as_posix(), p.as_posix()) for p in image_files(root)]
 
 
 # --------------------------------------------------------------------------- writer

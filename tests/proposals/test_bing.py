@@ -162,3 +162,25 @@ def test_corrupt_image_names_the_file(tmp_path, fitted):
         read_image(bad)
     with pytest.raises(ImageReadError, match="broken.jpg"):
         fitted.propose(bad)
+
+
+def test_fit_index_matches_fit_on_pixel_boxes_and_names_unreadable_images(demo_root, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from ssl_crops.boxes import BoxIndex
+
+    index = BoxIndex.from_coco(demo_root / "annotations_train.json")
+    rows = [0, 3, 5, 7, 9, 11]
+    paths = [demo_root / "images" / index.path(i) for i in rows]
+    sizes = [Image.open(p).size for p in paths]
+    boxes = [index.boxes(i) * np.array([w, h, w, h], np.float32) for i, (w, h) in zip(rows, sizes)]
+    a = Bing.fit_index(index, demo_root / "images", rows, seed=0, min_positives=2)
+    b = Bing.fit(paths, boxes, seed=0, min_positives=2)
+    np.testing.assert_array_equal(a.filter, b.filter)
+    np.testing.assert_array_equal(a.sizes, b.sizes)
+    shutil.copytree(demo_root / "images", tmp_path / "images")
+    (tmp_path / "images" / index.path(3)).write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match=index.path(3)):
+        Bing.fit_index(index, tmp_path / "images", rows)
