@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .files import atomic_write
 from .metrics import frequency_groups, group_map, map_details, topk_accuracy
+from .transforms import eval_transform, linear_train_transform
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ARCH_CANDIDATES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -138,16 +139,6 @@ def checkpoint_fingerprint(path) -> dict:
 
 
 # ---------------------------------------------------------------------------- data
-def linear_train_transform(size: int = 224):
-    """MoCo linear-protocol training augmentation: RandomResizedCrop + flip + normalize."""
-    from torchvision.transforms import v2
-
-    from .transforms import IMAGENET_MEAN, IMAGENET_STD
-    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
-                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
 class MultiView:
     """Transform: one decoded image -> stacked views ``(V, 3, H, W)``, one per transform."""
 
@@ -483,7 +474,6 @@ class KNNMonitor:
                  workers: int = 4, k=(20, 200), temperature: float = 0.07, amp: str = "off",
                  multilabel: bool | None = None, progress: bool = False):
         from .data import LabeledImageDataset
-        from .transforms import eval_transform
         tf = eval_transform(image_size)
         self.train = LabeledImageDataset(root, train_index, tf)
         self.test = LabeledImageDataset(root, test_index, tf)
@@ -690,7 +680,6 @@ def _log(*a):
 def run_cached(info, args) -> dict | None:
     """Cached protocol (one process or each rank of a distributed launch); report on rank 0."""
     from .data import LabeledImageDataset
-    from .transforms import eval_transform
     rank, world = _world()
     batch_size = _per_process_batch(args.batch_size, world)
     train_root, train_index, test_root, test_index = load_splits(args)
@@ -793,7 +782,6 @@ def run_moco(info, args) -> dict | None:
     from torch.nn.parallel import DistributedDataParallel
 
     from .data import LabeledImageDataset
-    from .transforms import eval_transform
     rank, world = _world()
     batch_size = _per_process_batch(args.batch_size, world)
     train_root, train_index, test_root, test_index = load_splits(args)

@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as F
 
 __all__ = [
     "ObjectAwareCrop", "MoCoV2Augment", "MoCoV1Augment", "GaussianBlur", "TwoViews",
-    "moco_augment", "eval_transform", "to_normalized_boxes", "IMAGENET_MEAN", "IMAGENET_STD",
+    "moco_augment", "eval_transform", "linear_train_transform", "to_normalized_boxes", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,6 +96,12 @@ def eval_transform(size: int = 224, resize: int | None = None) -> v2.Compose:
         v2.CenterCrop(size),
         *_to_tensor_normalized(),
     ])
+
+
+def linear_train_transform(size: int = 224) -> v2.Compose:
+    """The MoCo linear-protocol training augmentation: RandomResizedCrop, flip, normalize."""
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                       *_to_tensor_normalized()])
 
 
 class TwoViews:
