@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from .boxes import BoxIndex
-from .demo import DEMO_FILES, make_demo
+from .demo import make_demo
+from .formats import SUBSET_FILES
 
 __all__ = [
     "ObjectCropDataset", "LabeledImageDataset", "ProposalSource", "CorruptImageError",
@@ -152,12 +153,12 @@ def load_index(data_dir, labels=None, boxes=None, coco=None, index=None) -> BoxI
         labels_path = _must_exist(labels, "labels dict")
         boxes_dir = labels_path.parent
     else:
-        labels_path, boxes_dir = find_annotation(DEMO_FILES["labels"], data_dir), data_dir
+        labels_path, boxes_dir = find_annotation(SUBSET_FILES["labels"], data_dir), data_dir
         if labels_path is None and boxes is not None:
-            raise FileNotFoundError(f"{DEMO_FILES['labels']}: labels dict not found beside {data_dir} (give --labels)")
+            raise FileNotFoundError(f"{SUBSET_FILES['labels']}: labels dict not found beside {data_dir} (give --labels)")
     if labels_path is None:
         return BoxIndex.from_folder(data_dir)
-    boxes_path = _must_exist(boxes, "boxes dict") if boxes is not None else find_annotation(DEMO_FILES["boxes"], boxes_dir)
+    boxes_path = _must_exist(boxes, "boxes dict") if boxes is not None else find_annotation(SUBSET_FILES["boxes"], boxes_dir)
     return BoxIndex.from_openimages(labels_path, boxes_path)
 
 

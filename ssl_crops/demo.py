@@ -15,18 +15,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .files import atomic_write
+from .formats import SUBSET_FILES
 
 __all__ = ["make_demo", "synthetic_scenes", "DEMO_FILES", "DEMO_CLASSES"]
 
-DEMO_FILES = {
-    "images": "images",
-    "labels": "images_selected_new.npy",
-    "boxes": "images_selected_with_all_features.npy",
-    "test_labels": "images_test.npy",
-    "test_boxes": "images_test_with_all_features.npy",
-    "coco_train": "annotations_train.json",
-    "coco_test": "annotations_test.json",
-}
+DEMO_FILES = SUBSET_FILES  # the demo writes the OpenImages-subset layout
 
 # class id -> (shape, base RGB colour, texture)
 DEMO_CLASSES = {

@@ -618,14 +618,14 @@ def load_splits(args):
     """``(train_root, train_index, test_root, test_index)`` from the arguments."""
     from .boxes import BoxIndex
     from .data import find_annotation, load_index
-    from .demo import DEMO_FILES
+    from .formats import SUBSET_FILES
     data = Path(args.data)
     if (data / "train").is_dir() and (data / "val").is_dir() and not args.labels:
         train = BoxIndex.from_folder(data / "train")
         return data / "train", train, data / "val", BoxIndex.from_folder(data / "val", classes=train.classes)
     if args.test_labels and not Path(args.test_labels).is_file():
         raise FileNotFoundError(f"{args.test_labels}: test labels dict not found")
-    test_labels = find_annotation(args.test_labels or DEMO_FILES["test_labels"], data)
+    test_labels = find_annotation(args.test_labels or SUBSET_FILES["test_labels"], data)
     if test_labels is None:
         raise FileNotFoundError(f"no test labels: pass --test-labels or put images_test.npy in {data} or "
                                 f"{data.parent}, or use a folder with train/ and val/")

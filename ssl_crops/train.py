@@ -28,7 +28,8 @@ from tqdm import tqdm
 from . import distributed as du
 from .boxes import BoxIndex
 from .data import ObjectCropDataset, find_annotation, load_index
-from .demo import DEMO_FILES, make_demo
+from .demo import make_demo
+from .formats import SUBSET_FILES
 from .files import atomic_write
 from .moco import MoCo
 from .transforms import ObjectAwareCrop, moco_augment
@@ -379,7 +380,7 @@ def _shared_seed(seed, device):
 def _knn_monitor(args, index):
     from .evaluate import KNNMonitor
 
-    test_labels = args.test_labels or find_annotation(DEMO_FILES["test_labels"], args.data)
+    test_labels = args.test_labels or find_annotation(SUBSET_FILES["test_labels"], args.data)
     if test_labels is None:
         raise FileNotFoundError("--knn-every needs test labels: images_test.npy beside DIR or --test-labels")
     test_index = BoxIndex.from_openimages(test_labels, classes=index.classes)
@@ -403,7 +404,7 @@ def train_worker(info, args):
     args.seed = _shared_seed(args.seed, info.device)
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     demo_root = Path(args.data).parent
-    if args.demo and main and not (demo_root / DEMO_FILES["labels"]).exists():
+    if args.demo and main and not (demo_root / SUBSET_FILES["labels"]).exists():
         print(f"making demo data in {demo_root} ...", flush=True)
         make_demo(demo_root)
     du.barrier()
@@ -480,7 +481,7 @@ def parse_args(argv=None):
     if args.demo:
         parser.set_defaults(**DEMO_DEFAULTS)
         args = parser.parse_args(argv)
-        args.data = str(Path(args.data or "demo_data") / DEMO_FILES["images"])
+        args.data = str(Path(args.data or "demo_data") / SUBSET_FILES["images"])
     elif args.data is None:
         parser.error("the image folder DIR is required (or use --demo)")
     return args

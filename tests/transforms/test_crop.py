@@ -43,7 +43,7 @@ def _contains(region, x, y):
 
 
 def _box_region(crop, box, w, h):
-    from ssl_crops.transforms import _pixel_region
+    from ssl_crops.transforms.geometry import _pixel_region
     return _pixel_region(box, w, h, crop.min_box_pixels)
 
 
@@ -110,7 +110,7 @@ def test_scene_statistics_match_torchvision():
 
 
 def test_dilation_is_relative_to_box_size_and_clipped():
-    from ssl_crops.transforms import _dilate
+    from ssl_crops.transforms.geometry import _dilate
 
     assert _dilate((100, 100, 120, 140), 0.5, 1000, 1000) == (90, 80, 130, 160)
     assert _dilate((900, 900, 1000, 1000), 0.5, 1000, 1000) == (850, 850, 1000, 1000)
