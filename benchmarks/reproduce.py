@@ -50,7 +50,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 from torchvision.transforms import v2
 
 from ssl_crops.boxes import BoxIndex
-from ssl_crops.data import LabeledImageDataset, ObjectCropDataset, load_image
+from ssl_crops.data import ObjectCropDataset, load_image
 from ssl_crops.demo import _mask
 from ssl_crops.distributed import DistInfo
 from ssl_crops.evaluate import extract_features, feature_loader, knn_classify, linear_probe
@@ -300,56 +300,70 @@ def random_encoder(seed: int, cfg: dict) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- evaluation
-def to_tensor(size: int) -> v2.Compose:
-    """Whole image (no crop) resized to ``size`` x ``size``, normalized."""
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+class Preloaded(Dataset):
+    """Evaluation inputs decoded once: uint8 ``(N, 3, S, S)`` images and their targets; items
+    are ``(normalized float image, target)``."""
 
-
-class ObjectCrops(Dataset):
-    """Every box of an index as an image of its own: the box dilated by ``dilation`` x its
-    size on each side (clipped), resized to ``size``; item ``j`` is ``(crop, one-hot class)``."""
-
-    def __init__(self, root, index: BoxIndex, size: int, dilation: float = 0.1):
-        self.root, self.index, self.dilation = Path(root), index, dilation
-        self.tf = to_tensor(size)
-        labels = [index.box_labels(i) for i in range(len(index))]
-        self.targets = np.eye(index.num_classes, dtype=np.float32)[np.concatenate(labels).astype(np.int64)]
+    def __init__(self, images: torch.Tensor, targets: np.ndarray):
+        self.images, self.targets = images, targets
+        self.norm = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __len__(self):
-        return self.index.num_boxes
+        return len(self.images)
 
-    def __getitem__(self, j):
-        img = load_image(self.root / self.index.path(int(self.index.box_image[j])))
+    def __getitem__(self, i):
+        return self.norm(self.images[i]), self.targets[i]
+
+
+def _resized(img: Image.Image, size: int, region=None) -> torch.Tensor:
+    x = v2.functional.pil_to_tensor(img.crop(region) if region is not None else img)
+    return v2.functional.resize(x, [size, size], antialias=True)
+
+
+def preload_scenes(root, index: BoxIndex, size: int) -> Preloaded:
+    """Whole scenes (no crop) resized to ``size`` x ``size``, with multi-hot image labels."""
+    images = torch.stack([_resized(load_image(Path(root) / index.path(i)), size) for i in range(len(index))])
+    return Preloaded(images, index.label_matrix())
+
+
+def preload_objects(root, index: BoxIndex, size: int, dilation: float = 0.1) -> Preloaded:
+    """Every box as an image of its own: the box dilated by ``dilation`` x its size on each
+    side (clipped), resized to ``size``; one-hot class targets."""
+    crops, labels = [], []
+    for i in range(len(index)):
+        if not len(index.boxes(i)):
+            continue
+        img = load_image(Path(root) / index.path(i))
         w, h = img.size
-        x0, y0, x1, y1 = self.index.flat_boxes[j] * np.array([w, h, w, h])
-        dx, dy = self.dilation * (x1 - x0), self.dilation * (y1 - y0)
-        region = (max(0, math.floor(x0 - dx)), max(0, math.floor(y0 - dy)),
-                  min(w, math.ceil(x1 + dx)), min(h, math.ceil(y1 + dy)))
-        return self.tf(img.crop(region)), self.targets[j]
+        for box, label in zip(index.boxes(i), index.box_labels(i)):
+            x0, y0, x1, y1 = box * np.array([w, h, w, h])
+            dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
+            region = (max(0, math.floor(x0 - dx)), max(0, math.floor(y0 - dy)),
+                      min(w, math.ceil(x1 + dx)), min(h, math.ceil(y1 + dy)))
+            crops.append(_resized(img, size, region))
+            labels.append(label)
+    return Preloaded(torch.stack(crops), np.eye(index.num_classes, dtype=np.float32)[np.asarray(labels, np.int64)])
 
 
 def evaluate(encoder: nn.Module, seed: int, cfg: dict, data: dict, device) -> dict:
     """Linear probe and kNN on whole scenes, kNN on object crops (fractions)."""
     t = time.perf_counter()
-    train, test = data["train_index"], data["test_index"]
 
     def feats(ds):
-        return extract_features(encoder, feature_loader(ds, 256, cfg["workers"]), device, cfg["amp"], progress=False)
+        return extract_features(encoder, feature_loader(ds, 256, 0), device, cfg["amp"], progress=False)
 
-    tf = to_tensor(cfg["probe_size"])
-    (xtr, ytr), (xte, yte) = feats(LabeledImageDataset(data["images"], train, tf)), \
-        feats(LabeledImageDataset(data["images"], test, tf))
+    (xtr, ytr), (xte, yte) = feats(data["eval"]["train_scenes"]), feats(data["eval"]["test_scenes"])
     probe = linear_probe(xtr, ytr, xte, multilabel=True, seed=seed, device=device, log=lambda *a: None)
     res = map_details(probe["test_scores"], yte)
-    counts = train.class_counts()
+    counts = data["train_index"].class_counts()
     ranked = np.sort(counts)[::-1]
     third = len(counts) // 3
     groups = group_map(res.ap, frequency_groups(counts, head_min=ranked[third], tail_max=ranked[-third - 1]))
+    k = cfg["knn_k"]
     out = {"linear_map": res.map, **{f"linear_{g}": v["map"] for g, v in groups.items()},
-           "knn_scene_map": knn_classify(xtr, ytr, xte, yte, k=cfg["knn_k"])[f"knn{cfg['knn_k']}_map"]}
-    (otr, ctr), (ote, cte) = (feats(ObjectCrops(data["images"], idx, cfg["view_size"])) for idx in (train, test))
-    out["knn_object_map"] = knn_classify(otr, ctr, ote, cte, k=cfg["knn_k"])[f"knn{cfg['knn_k']}_map"]
+           "knn_scene_map": knn_classify(xtr, ytr, xte, yte, k=k)[f"knn{k}_map"]}
+    (otr, ctr), (ote, cte) = feats(data["eval"]["train_objects"]), feats(data["eval"]["test_objects"])
+    out["knn_object_map"] = knn_classify(otr, ctr, ote, cte, k=k)[f"knn{k}_map"]
     out["eval_s"] = time.perf_counter() - t
     return out
 
@@ -439,6 +453,12 @@ def main(argv=None) -> dict:
     data["test_index"] = BoxIndex.from_coco(data["test"], classes=CLASS_NAMES)
     log(f"scenes: {len(data['train_index'])} train ({data['train_index'].num_boxes} objects), "
         f"{len(data['test_index'])} test; images per class {data['train_index'].class_counts().tolist()}")
+    data["eval"] = {f"{split}_scenes": preload_scenes(data["images"], data[f"{split}_index"], cfg["probe_size"])
+                    for split in ("train", "test")}
+    data["eval"].update({f"{split}_objects": preload_objects(data["images"], data[f"{split}_index"], cfg["view_size"])
+                         for split in ("train", "test")})
+    log(f"evaluation inputs decoded: {len(data['eval']['train_objects'])} train and "
+        f"{len(data['eval']['test_objects'])} test object crops")
     if "d_bing" in a.settings:
         data["proposals"], bing_s = bing_proposals(data, data["train_index"], cfg["bing_topk"])
         log(f"BING fitted on {cfg['num_bing_fit']} separate scenes, proposals for the train scenes: {bing_s:.0f} s")

@@ -29,7 +29,7 @@ def _has_colour(img, hex_colour, tol=40):
 
 @pytest.mark.parametrize("mode", ["object-object", "scene"])
 def test_crops_figure(demo_root, tmp_path, mode):
-    index = BoxIndex.from_coco(demo_root / "coco_train.json")
+    index = BoxIndex.from_coco(demo_root / "annotations_train.json")
     crop = ObjectAwareCrop(mode=mode, geometry="original", size=48, min_region=48)
     out = viz.crops_figure(index, demo_root / "images", tmp_path / "crops.png", crop, n=3, seed=1)
     img = assert_picture(out, (600, 600))
@@ -38,9 +38,9 @@ def test_crops_figure(demo_root, tmp_path, mode):
 
 
 def test_crops_cli_takes_npz_coco_json_and_data_folder(demo_root, tmp_path, capsys):
-    index = BoxIndex.from_coco(demo_root / "coco_train.json")
+    index = BoxIndex.from_coco(demo_root / "annotations_train.json")
     index.save(tmp_path / "index.npz")
-    for spec in (tmp_path / "index.npz", demo_root / "coco_train.json", demo_root / "images"):
+    for spec in (tmp_path / "index.npz", demo_root / "annotations_train.json", demo_root / "images"):
         out = tmp_path / f"{spec.stem}.png"
         viz.main(["crops", "--index", str(spec), "--images", str(demo_root / "images"), "--out", str(out),
                   "-n", "2", "--size", "32", "--min-region", "40", "--geometry", "relative"])
