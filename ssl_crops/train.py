@@ -44,10 +44,11 @@ NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
                        else {"broadcast_buffers": False})
 BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
 # --demo: a small ResNet on the generated data, about two minutes on two CPU cores. The original
-# method's epoch is one item per box (~5 per demo image), hence 6 epochs; its 224 px minimum
+# method's epoch is one item per box (~4.6 per demo image): 7 epochs are 154 steps, as many as
+# the 30 per-image epochs before. Its 224 px minimum
 # region is ~22% of an OpenImages photo's side, so on the 256-448 px demo scenes with 64 px views
 # the minimum region is 64 px (at 224 px every object crop would be most of the scene).
-DEMO_DEFAULTS = dict(arch="resnet18", epochs=6, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
+DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
                      image_size=64, min_region=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
                      save_name="demo", log_freq=1, save_freq=10, knn_every=10, seed=0)
 
