@@ -59,7 +59,7 @@ from ssl_crops.metrics import frequency_groups, group_map, map_details
 from ssl_crops.moco import MoCo
 from ssl_crops.proposals import Bing, ProposalCache
 from ssl_crops.train import adjust_learning_rate, build_loader, train_step
-from ssl_crops.transforms import IMAGENET_MEAN, IMAGENET_STD, ObjectAwareCrop, moco_augment
+from ssl_crops.transforms import IMAGENET_MEAN, IMAGENET_STD, MoCoV2Augment, ObjectAwareCrop
 
 # --------------------------------------------------------------------------- presets
 PRESETS = {
@@ -249,7 +249,7 @@ def encoder_factory(cfg: dict):
 # --------------------------------------------------------------------------- pretraining
 def make_crop(setting: str, cfg: dict) -> ObjectAwareCrop:
     mode, geometry, _ = SETTINGS[setting]
-    kw = dict(mode=mode, size=cfg["view_size"], augment=moco_augment(True))
+    kw = dict(mode=mode, size=cfg["view_size"], augment=MoCoV2Augment(blur_sigma=cfg["blur_sigma"]))
     if mode != "scene":
         kw.update(geometry=geometry, dilation=cfg["dilation"],
                   min_region=max(1, round(cfg["min_region_frac"] * cfg["image_size"])))
@@ -417,6 +417,19 @@ def _commit() -> str:
         return "unknown"
 
 
+def load_runs(path, cfg: dict) -> dict:
+    """Finished runs in ``path`` made with the same configuration (else none)."""
+    saved = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    return saved.get("runs", {}) if saved.get("config") == cfg else {}
+
+
+def save_run(path, cfg: dict, key: str, rec: dict) -> None:
+    """Add one run to ``path`` (re-read first, so processes sharing ``--out`` keep each other's runs)."""
+    runs = {**load_runs(path, cfg), key: rec}
+    with atomic_write(path, "w") as f:
+        json.dump({"config": cfg, "runs": runs}, f, indent=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -436,6 +449,9 @@ def main(argv=None) -> dict:
     cfg = {**COMMON, **PRESETS[a.preset]}
     if a.epochs is not None:
         cfg["epochs"] = a.epochs
+    # MoCo-v2's blur (sigma 0.1-2 px) is meant for 224 px views: scaled with the view size like
+    # min_region, or it wipes out the textures that tell the classes apart at small sizes
+    cfg["blur_sigma"] = [round(v * cfg["view_size"] / 224, 4) for v in (0.1, 2.0)]
     cfg = json.loads(json.dumps(cfg))  # as saved in results.json
     seeds = a.seeds or cfg["seeds"]
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -464,8 +480,7 @@ def main(argv=None) -> dict:
         log(f"BING fitted on {cfg['num_bing_fit']} separate scenes, proposals for the train scenes: {bing_s:.0f} s")
 
     results_path = out / "results.json"
-    saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results = saved.get("runs", {}) if saved.get("config") == cfg else {}
+    results = load_runs(results_path, cfg)
     for seed in seeds:
         for s in a.settings:
             key = f"{s}/{seed}"
@@ -479,8 +494,8 @@ def main(argv=None) -> dict:
             rec.update(evaluate(encoder, seed, cfg, data, device))
             results[key] = rec
             log(f"{key}: linear mAP {100 * rec['linear_map']:.1f}, kNN object mAP {100 * rec['knn_object_map']:.1f}")
-            with atomic_write(results_path, "w") as f:
-                json.dump({"config": cfg, "runs": results}, f, indent=1)
+            save_run(results_path, cfg, key, rec)
+    results = {**load_runs(results_path, cfg), **results}  # with runs of processes sharing --out
     table = summarize(results, a.settings, seeds)
     total = time.perf_counter() - start
     header = (f"preset {a.preset}, commit {_commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "

@@ -27,14 +27,19 @@ def _has_colour(img, hex_colour, tol=40):
     return int((np.abs(img - rgb).max(-1) < tol).sum())
 
 
-@pytest.mark.parametrize("mode", ["object-object", "scene"])
-def test_crops_figure(demo_root, tmp_path, mode):
+def test_crops_figure(demo_root, tmp_path):
     index = BoxIndex.from_coco(demo_root / "annotations_train.json")
-    crop = ObjectAwareCrop(mode=mode, geometry="original", size=48, min_region=48)
-    out = viz.crops_figure(index, demo_root / "images", tmp_path / "crops.png", crop, n=3, seed=1)
-    img = assert_picture(out, (600, 600))
-    assert _has_colour(img, viz.COLOURS["q"]) > 100 and _has_colour(img, viz.COLOURS["k"]) > 100
-    assert (_has_colour(img, viz.COLOURS["tight"]) > 50) == (mode != "scene")
+    pictures = {}
+    for mode in ("object-object", "scene"):
+        crop = ObjectAwareCrop(mode=mode, geometry="original", size=48, min_region=48)
+        out = viz.crops_figure(index, demo_root / "images", tmp_path / f"{mode}.png", crop, n=3, seed=1)
+        pictures[mode] = img = assert_picture(out, (600, 600))
+        assert _has_colour(img, viz.COLOURS["q"]) > 100 and _has_colour(img, viz.COLOURS["k"]) > 100
+    # same images; only object crops draw the tight (yellow) and context (orange) regions
+    assert _has_colour(pictures["object-object"], viz.COLOURS["tight"], 20) > \
+        _has_colour(pictures["scene"], viz.COLOURS["tight"], 20) + 100
+    assert _has_colour(pictures["object-object"], viz.COLOURS["context"], 20) > \
+        _has_colour(pictures["scene"], viz.COLOURS["context"], 20) + 100
 
 
 def test_crops_cli_takes_npz_coco_json_and_data_folder(demo_root, tmp_path, capsys):
