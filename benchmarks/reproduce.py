@@ -70,12 +70,13 @@ PRESETS = {
     "cpu": dict(image_size=96, num_train=1500, num_test=500, num_bing_fit=200, view_size=32, probe_size=64,
                 arch="small", width=16, epochs=20, batch_size=128, moco_k=512, seeds=(0, 1, 2), workers=1),
     # one GPU, about an hour: ResNet-18, 128 px views of 320 px scenes
-    "gpu": dict(image_size=320, num_train=12000, num_test=3000, num_bing_fit=500, view_size=128, probe_size=224,
+    "gpu": dict(image_size=320, num_train=12000, num_test=3000, num_bing_fit=500, view_size=128, probe_size=160,
                 arch="resnet18", width=64, epochs=50, batch_size=256, moco_k=4096, seeds=(0, 1, 2), workers=8,
                 amp="bf16"),
 }
 COMMON = dict(lr=0.06, momentum=0.9, weight_decay=5e-4, moco_dim=128, moco_m=0.99, moco_t=0.2, mlp=True,
               bn_splits=8, dilation=0.2, min_region_frac=224 / 1024, bing_topk=10, knn_k=20, amp="off")
+MAX_OBJECT_CROPS = 20000  # object crops per split for the kNN (decoded into memory once)
 SETTINGS = {  # name -> (crop mode, geometry, boxes)
     "a_scene": ("scene", None, "none"),
     "b_obj_orig": ("object-object", "original", "annotations"),
@@ -326,16 +327,22 @@ def preload_scenes(root, index: BoxIndex, size: int) -> Preloaded:
     return Preloaded(images, index.label_matrix())
 
 
-def preload_objects(root, index: BoxIndex, size: int, dilation: float = 0.1) -> Preloaded:
-    """Every box as an image of its own: the box dilated by ``dilation`` x its size on each
-    side (clipped), resized to ``size``; one-hot class targets."""
+def preload_objects(root, index: BoxIndex, size: int, dilation: float = 0.1, limit: int | None = None) -> Preloaded:
+    """Every box (or a fixed random ``limit`` of them) as an image of its own: the box dilated
+    by ``dilation`` x its size on each side (clipped), resized to ``size``; one-hot targets."""
+    keep = np.ones(index.num_boxes, bool)
+    if limit is not None and limit < index.num_boxes:
+        keep[:] = False
+        keep[np.random.default_rng(0).choice(index.num_boxes, limit, replace=False)] = True
     crops, labels = [], []
     for i in range(len(index)):
-        if not len(index.boxes(i)):
+        first = index.box_image.searchsorted(i)
+        chosen = keep[first:first + len(index.boxes(i))]
+        if not chosen.any():
             continue
         img = load_image(Path(root) / index.path(i))
         w, h = img.size
-        for box, label in zip(index.boxes(i), index.box_labels(i)):
+        for box, label in zip(index.boxes(i)[chosen], index.box_labels(i)[chosen]):
             x0, y0, x1, y1 = box * np.array([w, h, w, h])
             dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
             region = (max(0, math.floor(x0 - dx)), max(0, math.floor(y0 - dy)),
@@ -471,7 +478,8 @@ def main(argv=None) -> dict:
         f"{len(data['test_index'])} test; images per class {data['train_index'].class_counts().tolist()}")
     data["eval"] = {f"{split}_scenes": preload_scenes(data["images"], data[f"{split}_index"], cfg["probe_size"])
                     for split in ("train", "test")}
-    data["eval"].update({f"{split}_objects": preload_objects(data["images"], data[f"{split}_index"], cfg["view_size"])
+    data["eval"].update({f"{split}_objects": preload_objects(data["images"], data[f"{split}_index"], cfg["view_size"],
+                                                             limit=MAX_OBJECT_CROPS)
                          for split in ("train", "test")})
     log(f"evaluation inputs decoded: {len(data['eval']['train_objects'])} train and "
         f"{len(data['eval']['test_objects'])} test object crops")

@@ -93,3 +93,18 @@ def test_smoke_preset_end_to_end(rp, tmp_path, one_thread, capsys):
     capsys.readouterr()
     again = rp.main(argv)
     assert again["runs"] == res["runs"] and "seed 0" not in capsys.readouterr().out.split("preset smoke")[0]
+
+
+def test_preloaded_object_crops(demo_root, rp):
+    index = BoxIndex.from_coco(demo_root / "annotations_train.json")
+    every = rp.preload_objects(demo_root / "images", index, 24)
+    assert every.images.shape == (index.num_boxes, 3, 24, 24) and every.images.dtype == torch.uint8
+    labels = np.concatenate([index.box_labels(i) for i in range(len(index))])
+    np.testing.assert_array_equal(every.targets.argmax(1), labels)
+    some = rp.preload_objects(demo_root / "images", index, 24, limit=5)
+    assert len(some) == 5 and some.targets.sum() == 5
+    x, y = some[0]
+    assert x.dtype == torch.float32 and x.shape == (3, 24, 24) and abs(float(x.mean())) < 3
+    scenes = rp.preload_scenes(demo_root / "images", index, 40)
+    assert scenes.images.shape == (len(index), 3, 40, 40)
+    np.testing.assert_array_equal(scenes.targets, index.label_matrix())
