@@ -66,7 +66,8 @@ PRESETS = {
     # plumbing only: every setting, two seeds, tiny everything
     "smoke": dict(image_size=64, num_train=128, num_test=64, num_bing_fit=32, view_size=32, probe_size=48,
                   arch="small", width=8, epochs=2, batch_size=32, moco_k=64, seeds=(0, 1), workers=0),
-    # 2 CPU cores, <= 60 minutes: a small ResNet whose stem keeps the resolution, 32 px views
+    # 2 CPU cores: a small ResNet whose stem keeps the resolution, 32 px views; sized to finish on a
+    # shared machine (benchmarks/RESULTS.md); free cores leave room for more --epochs (not measured)
     "cpu": dict(image_size=96, num_train=1500, num_test=500, num_bing_fit=200, view_size=32, probe_size=64,
                 arch="small", width=16, epochs=20, batch_size=128, moco_k=512, seeds=(0, 1, 2), workers=1),
     # one GPU, about an hour: ResNet-18, 128 px views of 320 px scenes
