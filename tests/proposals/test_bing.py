@@ -39,13 +39,18 @@ def test_from_opencv_hand_computed_score(tmp_path):
     model = Bing.from_opencv(tmp_path)
     img = np.zeros((8, 8, 3), np.uint8)
     img[:, 4:, 2] = 200            # a vertical edge in one channel
-    # central differences: |gx| = 200 at columns 3 and 4, 0 elsewhere (borders too), gy = 0
-    # stage I: sum_y (w[y, 3] + w[y, 4]) * 200 = 8 * (0.04 + 0.05) * 200 = 144
-    # stage II: 0.5 * 144 - 1 = 71. The 16x16 window is clipped to the 8x8 image; 32x16 is
-    # more than twice the image width and skipped.
+    # OpenCV scores binarized weights (two +-1 bases, Nw = 2) against the gradient's top 4 bits:
+    # beta1 = mean(w) = 0.045 (all +1); residual w - 0.045, beta2 = mean|residual| = 0.02, so
+    # columns 0-3 weigh 0.025 and columns 4-7 0.065. |gx| = 200 at columns 3 and 4, 0 elsewhere
+    # (borders too), gy = 0; 200 >> 4 = 12. Stage I: 8 * 12 * (0.025 + 0.065) = 8.64; stage II:
+    # 0.5 * 8.64 - 1 = 3.32. The 16x16 window is clipped to the 8x8 image; 32x16 is more than
+    # twice the image width and skipped.
     boxes, scores = model.propose(img, return_scores=True)
     assert boxes.tolist() == [[0, 0, 8, 8]]
-    assert scores == pytest.approx([71.0], rel=1e-5)
+    assert scores == pytest.approx([3.32], rel=1e-5)
+    # the exact (unbinarized) score the calibration was not fitted on would be 0.5 * 144 - 1
+    exact = Bing(w1, [[16, 16]], [[0.5, -1.0]])
+    assert exact.propose(img, return_scores=True)[1] == pytest.approx([71.0], rel=1e-5)
 
 
 def test_normed_gradient_matches_definition():
@@ -108,7 +113,16 @@ def test_propose_output(scenes, fitted):
     img = scenes[1][0][0]
     boxes, scores = fitted.propose(img, 300, return_scores=True)
     assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 0 < len(boxes) <= 300
-    assert np.all(np.diff(scores) <= 0)
+    # the first sparse_top proposals are the best 5x5 maxima, then the best of the rest
+    head = fitted.sparse_top
+    assert np.all(np.diff(scores[:head]) <= 0) and np.all(np.diff(scores[head:]) <= 0)
+    fitted.sparse_top = 0
+    try:
+        plain_boxes, plain = fitted.propose(img, None, return_scores=True)
+    finally:
+        fitted.sparse_top = head
+    assert np.all(np.diff(plain) <= 0)
+    assert set(map(tuple, boxes[:head].tolist())) <= set(map(tuple, plain_boxes.tolist()))
     assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 192) and np.all(boxes[:, 3] <= 144)
     assert np.all(boxes[:, 2:] > boxes[:, :2])
     norm = fitted.proposals_for("x", img)
@@ -124,7 +138,49 @@ def test_propose_output(scenes, fitted):
 
 def test_tiny_images(fitted):
     assert fitted.propose(np.zeros((4, 4, 3), np.uint8)).shape == (0, 4)
-    assert fitted.propose(np.full((12, 9, 3), 50, np.uint8)).shape[1] == 4
+    assert fitted.propose(np.zeros((1, 1), np.uint8)).shape == (0, 4)
+    assert fitted.propose(np.zeros((7, 300, 3), np.uint8)).shape == (0, 4)
+    boxes = fitted.propose(np.full((12, 9, 3), 50, np.uint8))
+    assert boxes.shape[1] == 4 and len(boxes) > 0
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 9) and np.all(boxes[:, 3] <= 12)
+
+
+def test_sixteen_bit_and_one_channel_images_match_their_8_bit_rgb(scenes, fitted):
+    img = scenes[1][2][0]
+    ref, ref_scores = fitted.propose(img, 200, return_scores=True)
+    assert len(ref) == 200
+    wide = img.astype(np.uint16) * 257                     # the same picture in 16 bits
+    boxes, scores = fitted.propose(wide, 200, return_scores=True)
+    np.testing.assert_array_equal(boxes, ref)
+    np.testing.assert_array_equal(scores, ref_scores)
+    gray = img.mean(2).astype(np.uint8)
+    for one in (gray, gray[:, :, None], np.dstack([gray, np.full_like(gray, 255)])):
+        np.testing.assert_array_equal(fitted.propose(one, 200), fitted.propose(np.dstack([gray] * 3), 200))
+
+
+def test_huge_image_is_proposed_at_the_working_size(scenes, fitted):
+    import cv2
+
+    img = scenes[1][3][0]                                   # 192 x 144
+    model = Bing(fitted.filter, fitted.sizes, fitted.calib, max_side=192, color=fitted.color)
+    big = cv2.resize(img, None, fx=16, fy=16, interpolation=cv2.INTER_NEAREST)   # 3072 x 2304
+    small, big_boxes = model.propose(img, 100), model.propose(big, 100)
+    assert big_boxes.shape == (100, 4)
+    assert np.all(big_boxes[:, :2] >= 0) and np.all(big_boxes[:, 2] <= 3072) and np.all(big_boxes[:, 3] <= 2304)
+    # the same boxes, 16x larger, up to resampling: most match closely
+    best = box_iou(big_boxes / 16, small).max(1)
+    assert np.median(best) > 0.9, np.median(best)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (40, 300), (20, 20), (700, 90)])
+def test_no_duplicate_boxes(fitted, shape):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    model = Bing(fitted.filter, [(w, h) for w in (16, 32, 64, 128, 256, 512) for h in (16, 32, 64, 128, 256, 512)],
+                 np.tile([1.0, 0.0], (36, 1)))
+    boxes = model.propose(img, None)
+    assert len(boxes) > 0
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
 
 
 def test_save_load_round_trip(tmp_path, scenes, fitted):
@@ -134,6 +190,7 @@ def test_save_load_round_trip(tmp_path, scenes, fitted):
     np.testing.assert_array_equal(back.sizes, fitted.sizes)
     img = scenes[1][1][0]
     np.testing.assert_array_equal(back.propose(img), fitted.propose(img))
+    assert back.params == fitted.params and back.color == "hsv"
     with np.load(path, allow_pickle=False) as z:      # readable without pickle
         assert set(z.files) >= {"filter", "sizes", "calib"}
 
