@@ -63,7 +63,7 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"expected an integer or float image, got dtype {a.dtype}")
     if a.dtype == np.uint16:
-        return cv2.convertScaleAbs(a, alpha=255 / 65535)   # rounds, one pass
+        return cv2.convertScaleAbs(a, alpha=255 / 65535).reshape(a.shape)   # rounds, one pass
     if a.dtype == np.int8:
         return (a.astype(np.int16) + 128).astype(np.uint8)
     # wider integers (PIL's 32-bit "I" mode holds 16-bit PNGs): 16-bit range when it fits

@@ -241,3 +241,42 @@ def test_fit_index_matches_fit_on_pixel_boxes_and_names_unreadable_images(demo_r
     (tmp_path / "images" / index.path(3)).write_bytes(b"not an image")
     with pytest.raises(ImageReadError, match=index.path(3)):
         Bing.fit_index(index, tmp_path / "images", rows)
+
+
+# --------------------------------------------------------------------------- fuzzing (issue 12 item 9)
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+FUZZ_MODEL = Bing(np.random.default_rng(3).standard_normal((8, 8)) / 100,
+                  [(w, h) for w in (16, 32, 64, 128, 256, 512) for h in (16, 32, 64, 128, 256, 512)],
+                  np.tile([1.0, 0.0], (36, 1)), color="hsv")
+
+SHAPES = st.one_of(
+    st.tuples(st.integers(1, 24), st.integers(1, 24)),                       # tiny
+    st.tuples(st.integers(24, 300), st.integers(24, 300)),                   # ordinary
+    st.tuples(st.integers(1, 6), st.integers(1500, 5000)),                   # huge and thin
+    st.tuples(st.integers(1500, 3000), st.integers(1500, 3000)),             # huge
+).flatmap(lambda hw: st.sampled_from([hw, hw[::-1]]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=SHAPES, channels=st.sampled_from([None, 1, 2, 3, 4]),
+       dtype=st.sampled_from([np.uint8, np.uint16, np.float32]), seed=st.integers(0, 2 ** 16),
+       top_k=st.sampled_from([1, 10, 1000, None]))
+def test_propose_fuzz(shape, channels, dtype, seed, top_k):
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    full = (h, w) if channels is None else (h, w, channels)
+    if dtype is np.float32:
+        img = rng.random(full, dtype=np.float32)
+    else:
+        img = rng.integers(0, np.iinfo(dtype).max, full, dtype=dtype, endpoint=True)
+    boxes, scores = FUZZ_MODEL.propose(img, top_k, return_scores=True)
+    assert boxes.dtype == np.float32 and boxes.shape == (len(scores), 4)
+    if top_k is not None:
+        assert len(boxes) <= top_k
+    assert np.isfinite(boxes).all() and np.isfinite(scores).all()
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= w * (1 + 1e-6)) and np.all(boxes[:, 3] <= h * (1 + 1e-6))
+    assert np.all(boxes[:, 2:] > boxes[:, :2])
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
+    if min(h, w) >= 8:
+        assert len(boxes) > 0
