@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (.npz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-positives", type=int, default=10, help="drop window sizes with fewer boxes")
-    p.add_argument("--per-size", type=int, default=130, help="candidates per window size after NMS")
+    p.add_argument("--per-size", type=int, default=None, help="cap on candidates per window size (default: none)")
     p = sub.add_parser("propose", help="cache proposals for a folder (parallel, resumable)")
     p.add_argument("--images", required=True, help="image folder (searched recursively)")
     p.add_argument("--model", required=True, help="model .npz or OpenCV model folder")

@@ -108,7 +108,7 @@ class Bing:
     stage I (4 for OpenCV's binarized model).
     """
 
-    def __init__(self, filter, sizes, calib, per_size: int = 130, nms_iou: float | None = None,
+    def __init__(self, filter, sizes, calib, per_size: int | None = None, nms_iou: float | None = None,
                  top_k: int = 1000, color: str = "rgb", max_side: int | None = MAX_SIDE,
                  sparse_top: int = 100, gradient_shift: int = 0, maxima: str = "local"):
         self.filter = np.ascontiguousarray(np.asarray(filter, np.float32).reshape(W8, W8))
@@ -128,7 +128,7 @@ class Bing:
             raise ValueError(f"max_side must be at least {W8} px, got {max_side}")
         if not 0 <= int(gradient_shift) < 8:
             raise ValueError(f"gradient_shift must be in 0..7, got {gradient_shift}")
-        self.per_size, self.nms_iou, self.top_k = int(per_size), nms_iou, int(top_k)
+        self.per_size, self.nms_iou, self.top_k = per_size and int(per_size), nms_iou, int(top_k)
         self.color, self.sparse_top, self.gradient_shift = color, int(sparse_top), int(gradient_shift)
         self.maxima = maxima
         self.max_side = None if max_side is None else int(max_side)
@@ -247,7 +247,7 @@ class Bing:
 
     @classmethod
     def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
-            negatives_per_image: int = 100, per_size: int = 130, c: float = 1e-3, color: str = "hsv",
+            negatives_per_image: int = 100, per_size: int | None = None, c: float = 1e-3, color: str = "hsv",
             max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, progress: bool = False,
             **kwargs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).

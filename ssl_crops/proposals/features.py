@@ -27,8 +27,8 @@ def convert_color(img: np.ndarray, color: str) -> np.ndarray:
 
 def _maxdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-pixel max over channels of ``|a - b|`` (uint8)."""
-    d = cv2.absdiff(a, b)
-    return cv2.max(cv2.max(d[..., 0], d[..., 1]), d[..., 2])
+    c = cv2.split(cv2.absdiff(a, b))          # contiguous planes: faster than strided views
+    return cv2.max(cv2.max(c[0], c[1]), c[2])
 
 
 def _double(a: np.ndarray, b: np.ndarray) -> np.ndarray:
