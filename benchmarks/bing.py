@@ -129,14 +129,16 @@ def time_ours(models, folds, images, repeats=1):
     return ms
 
 
-def median_ms(fn, img, n=15):
-    fn(img)
-    out = []
+def paired_median_ms(fn, a, b, n=15):
+    """Median ms of ``fn(a)`` and of ``fn(b)``, calls alternating (a shared machine drifts)."""
+    fn(a), fn(b)
+    ta, tb = [], []
     for _ in range(n):
-        t = time.perf_counter()
-        fn(img)
-        out.append(1000 * (time.perf_counter() - t))
-    return float(np.median(out))
+        for img, out in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            fn(img)
+            out.append(1000 * (time.perf_counter() - t))
+    return float(np.median(ta)), float(np.median(tb))
 
 
 def row(name, result, ms=None):
@@ -220,9 +222,8 @@ def main() -> None:
     photo = images[order[0]]
     small = cv2.resize(photo, (640, 480), interpolation=cv2.INTER_AREA)
     big = cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_LINEAR)
-    ms_small = median_ms(lambda im: models[0].propose(im, 1000), small)
-    ms_big = median_ms(lambda im: models[0].propose(im, 1000), big)
-    print(f"one photo, median of 15: 640x480 {ms_small:.1f} ms, 4000x3000 {ms_big:.1f} ms ({ms_big / ms_small:.2f}x)")
+    ms_small, ms_big = paired_median_ms(lambda im: models[0].propose(im, 1000), small, big)
+    print(f"one photo, median of 15 alternating calls: 640x480 {ms_small:.1f} ms, 4000x3000 {ms_big:.1f} ms ({ms_big / ms_small:.2f}x)")
 
     if args.scenes:
         from ssl_crops.demo import synthetic_scenes

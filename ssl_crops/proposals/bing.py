@@ -47,7 +47,7 @@ __all__ = [
 
 FORMAT = "ssl_crops.bing/1"
 MAXIMA = ("grid", "local")              # candidates: features.grid_maxima or 3x3 local maxima
-FIT_SIDES = (16, 32, 64, 128, 256, 512)  # default sides of Bing.fit (held-out choice, see README)
+FIT_SIDES = (16, 32, 64, 91, 128, 181, 256, 362, 512)  # default sides of Bing.fit (held-out choice, README)
 MAX_SIDE = 640                           # default working size (long side, px)
 _OFFS = np.arange(W8)
 
@@ -110,7 +110,8 @@ class Bing:
 
     def __init__(self, filter, sizes, calib, per_size: int | None = None, nms_iou: float | None = None,
                  top_k: int = 1000, color: str = "rgb", max_side: int | None = MAX_SIDE,
-                 sparse_top: int = 100, gradient_shift: int = 0, maxima: str = "local"):
+                 sparse_top: int = 100, gradient_shift: int = 0, maxima: str = "local",
+                 fine_share: float = 0.1, fine_after: int = 100):
         self.filter = np.ascontiguousarray(np.asarray(filter, np.float32).reshape(W8, W8))
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
         self.calib = np.asarray(calib, np.float32).reshape(-1, 2)
@@ -131,6 +132,10 @@ class Bing:
         self.per_size, self.nms_iou, self.top_k = per_size and int(per_size), nms_iou, int(top_k)
         self.color, self.sparse_top, self.gradient_shift = color, int(sparse_top), int(gradient_shift)
         self.maxima = maxima
+        if not 0 <= fine_share <= 1:
+            raise ValueError(f"fine_share must be in [0, 1], got {fine_share}")
+        self.fine_share, self.fine_after = float(fine_share), int(fine_after)
+        self._fine = ~np.all(np.isin(self.sizes, OPENCV_SIDES), axis=1)     # a side between powers of two
         self.max_side = None if max_side is None else int(max_side)
         self._layout = lru_cache(maxsize=16)(self._columns)
 
@@ -150,7 +155,7 @@ class Bing:
         """Everything but the arrays (what :meth:`save` writes as JSON)."""
         return {"per_size": self.per_size, "nms_iou": self.nms_iou, "top_k": self.top_k, "color": self.color,
                 "max_side": self.max_side, "sparse_top": self.sparse_top, "gradient_shift": self.gradient_shift,
-                "maxima": self.maxima}
+                "maxima": self.maxima, "fine_share": self.fine_share, "fine_after": self.fine_after}
 
     # ------------------------------------------------------------------ inference
     def _working(self, img):
@@ -200,8 +205,8 @@ class Bing:
             return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
         return _Candidates(lay, *map(np.concatenate, zip(*out)))
 
-    def _rank(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
-        """Order of the proposals: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""
+    def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
+        """Best first: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""
         head = np.flatnonzero(sparse)
         head = head[_best(score[head], min(self.sparse_top, n, len(head)))]
         rest = np.ones(len(score), bool)
@@ -209,6 +214,26 @@ class Bing:
         rest = np.flatnonzero(rest)
         rest = rest[_best(score[rest], min(n - len(head), len(rest)))]
         return np.concatenate([head, rest])
+
+    def _rank(self, c: _Candidates, n: int) -> np.ndarray:
+        """Order of the first ``n`` proposals. Coarse sizes (power-of-two sides) are ranked by
+        :meth:`_rank_coarse`; fine sizes (a sqrt(2) step between) by score. After the first
+        ``fine_after`` ranks, fine sizes take a fixed share ``q = fine_share`` of the list
+        (rank ``i`` is fine when ``floor((j + 1) q) > floor(j q)``, ``j = i - fine_after``): a
+        fixed pattern, so that the list for ``top_k=10`` is the first 10 of the list for 1000.
+        A queue that runs out leaves its slots to the other."""
+        fine = self._fine[c.size]
+        a, b = np.flatnonzero(~fine), np.flatnonzero(fine)
+        ra = a[self._rank_coarse(c.score[a], c.sparse[a], min(n, len(a)))]
+        rb = b[_best(c.score[b], min(n, len(b)))]
+        j = np.arange(n) - self.fine_after
+        slot = (j >= 0) & (np.floor((j + 1) * self.fine_share) > np.floor(j * self.fine_share))
+        ia, ib = np.cumsum(~slot) - 1, np.cumsum(slot) - 1
+        ok = np.where(slot, ib < len(rb), ia < len(ra))
+        merged = np.where(slot, rb[np.minimum(ib, max(len(rb) - 1, 0))] if len(rb) else -1,
+                          ra[np.minimum(ia, max(len(ra) - 1, 0))] if len(ra) else -1)[ok]
+        used_a, used_b = int((ok & ~slot).sum()), int((ok & slot).sum())
+        return np.concatenate([merged, ra[used_a:], rb[used_b:]])[:n].astype(np.intp)
 
     def propose(self, img, top_k: int | None = 1000, return_scores: bool = False):
         """Proposals of ``img`` (array, PIL image or path): float32 ``(K, 4)`` pixel
@@ -219,7 +244,7 @@ class Bing:
             c = c.take(_top_per_group(c.size, c.score, self.per_size))
         score = c.score
         n = len(score) if top_k is None or self.nms_iou is not None else min(int(top_k), len(score))
-        order = self._rank(score, c.sparse, n)
+        order = self._rank(c, n)
         c, score = c.take(order), score[order].astype(np.float32)
         boxes = c.boxes() * np.array([fx, fy, fx, fy], np.float32)
         if self.nms_iou is not None and len(boxes):

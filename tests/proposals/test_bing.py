@@ -113,18 +113,23 @@ def test_propose_output(scenes, fitted):
     img = scenes[1][0][0]
     boxes, scores = fitted.propose(img, 300, return_scores=True)
     assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 0 < len(boxes) <= 300
-    # the first sparse_top proposals are the best 5x5 maxima, then the best of the rest
-    head = fitted.sparse_top
-    assert np.all(np.diff(scores[:head]) <= 0) and np.all(np.diff(scores[head:]) <= 0)
-    fitted.sparse_top = 0
-    try:
-        plain_boxes, plain = fitted.propose(img, None, return_scores=True)
-    finally:
-        fitted.sparse_top = head
-    assert np.all(np.diff(plain) <= 0)
-    assert set(map(tuple, boxes[:head].tolist())) <= set(map(tuple, plain_boxes.tolist()))
-    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 192) and np.all(boxes[:, 3] <= 144)
-    assert np.all(boxes[:, 2:] > boxes[:, :2])
+    # lists for different top_k are prefixes of each other
+    np.testing.assert_array_equal(fitted.propose(img, 10), boxes[:10])
+    np.testing.assert_array_equal(fitted.propose(img, None)[:300], boxes)
+    # fine sizes (sqrt 2 steps) only after fine_after ranks, then one rank in 1 / fine_share
+    work, _ = fitted._working(img)
+    cand = fitted._stage1(work)
+    fine = fitted._fine[cand.size[fitted._rank(cand, 400)]]
+    assert fitted._fine.any() and fine.sum() > 0
+    assert not fine[:fitted.fine_after].any()
+    assert fine[fitted.fine_after:].sum() == int(300 * fitted.fine_share)
+    # within each queue: best first; coarse: the best sparse_top 5x5 maxima, then the rest
+    order = fitted._rank(cand, len(cand.score))
+    fine, score, sparse = fitted._fine[cand.size[order]], cand.score[order], cand.sparse[order]
+    coarse, head = score[~fine], fitted.sparse_top
+    assert np.all(np.diff(score[fine]) <= 0)
+    assert np.all(np.diff(coarse[:head]) <= 0) and np.all(np.diff(coarse[head:]) <= 0)
+    assert sparse[~fine][:head].all() and coarse[head - 1] >= score[~fine & sparse][head:].max()
     norm = fitted.proposals_for("x", img)
     np.testing.assert_allclose(norm[:10], fitted.propose(img, 10) / [192, 144, 192, 144], rtol=1e-6)
     fitted.nms_iou = 0.5
