@@ -177,6 +177,20 @@ def test_huge_image_is_proposed_at_the_working_size(scenes, fitted):
     assert np.median(best) > 0.9, np.median(best)
 
 
+def test_large_jpeg_path_boxes_are_in_the_files_pixels(tmp_path, scenes, fitted):
+    import cv2
+    from PIL import Image
+
+    img = cv2.resize(scenes[1][4][0], None, fx=12.5, fy=12.5, interpolation=cv2.INTER_LINEAR)   # 2400 x 1800
+    path = tmp_path / "big.jpg"
+    Image.fromarray(img).save(path, quality=95)
+    from_path = fitted.propose(path, 100)               # decoded at 1/2 scale (DCT), then 640 px
+    from_array = fitted.propose(read_image(path), 100)
+    assert from_path[:, 2].max() <= 2400 and from_path[:, 3].max() <= 1800
+    assert from_path[:, 2].max() > 1200                 # not in the reduced decode's pixels
+    assert np.median(box_iou(from_path, from_array).max(1)) > 0.8
+
+
 @pytest.mark.parametrize("shape", [(256, 256), (40, 300), (20, 20), (700, 90)])
 def test_no_duplicate_boxes(fitted, shape):
     rng = np.random.default_rng(0)
