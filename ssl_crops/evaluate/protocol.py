@@ -1,0 +1,320 @@
+"""The ``linear_eval.py`` command line: the cached protocol and the original MoCo protocol."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from ..files import atomic_write
+from ..transforms import eval_transform, linear_train_transform
+from .checkpoints import (backbone_from_checkpoint, build_backbone, checkpoint_fingerprint, find_linear_resume,
+                          read_checkpoint)
+from .features import (AMP_DTYPES, FeatureCache, MultiView, autocast, default_cache_dir, extract_features,
+                       feature_loader, index_digest, is_multilabel, rank_and_world)
+from .knn import knn_classify
+from .probe import linear_probe
+from .report import build_report, format_table, write_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Linear evaluation of a frozen backbone (cached features by default, "
+                                            "or the original MoCo protocol with --protocol moco)")
+    p.add_argument("data", metavar="DATA", help="image folder (OpenImages-subset dicts beside it), or a folder "
+                                                "with train/ and val/ class sub-folders")
+    p.add_argument("--pretrained", default="", help="checkpoint (main_moco.py, original MoCo, or a torchvision "
+                                                    "state dict); empty: random-init backbone")
+    p.add_argument("-a", "--arch", default=None, help="torchvision arch (default: from the checkpoint, else resnet50)")
+    p.add_argument("--labels", help="train labels dict (default: images_selected_new.npy beside DATA)")
+    p.add_argument("--boxes", help="train boxes dict (default: images_selected_with_all_features.npy beside DATA)")
+    p.add_argument("--test-labels", help="test labels dict (default: images_test.npy beside DATA)")
+    p.add_argument("--task", choices=("auto", "multilabel", "singlelabel"), default="auto")
+    p.add_argument("--protocol", choices=("cached", "moco"), default="cached")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="crop size (default: the checkpoint's pretraining --image-size, else 224)")
+    p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="images per batch, total over all processes")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="off")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default=None, help="single process only (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", help="report folder (default: linear_eval/ beside the checkpoint)")
+    p.add_argument("--head-min", type=int, default=100, help="head classes: more train images than this")
+    p.add_argument("--tail-max", type=int, default=20, help="tail classes: fewer train images than this")
+    p.add_argument("--no-progress", action="store_true")
+    c = p.add_argument_group("cached protocol")
+    c.add_argument("--cache-dir", default=None, help=f"feature cache (default {default_cache_dir()})")
+    c.add_argument("--no-cache", action="store_true")
+    c.add_argument("--train-crops", type=int, default=2,
+                   help="augmented views (RandomResizedCrop + flip) per train image, added to the center "
+                        "crops; decoded once with them (0: center crops only)")
+    c.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2])
+    c.add_argument("--wds", type=float, nargs="+", default=[0.0, 1e-3, 1e-2, 1e-1])
+    c.add_argument("--val-fraction", type=float, default=0.2)
+    c.add_argument("--probe-epochs", type=int, default=100)
+    c.add_argument("--probe-batch-size", type=int, default=1024)
+    c.add_argument("--knn", action="store_true", help="also report kNN (k=20, 200) on the cached features")
+    m = p.add_argument_group("moco protocol (original main_lincls.py settings)")
+    m.add_argument("--epochs", type=int, default=100)
+    m.add_argument("--lr", type=float, default=30.0)
+    m.add_argument("--schedule", type=int, nargs="*", default=None,
+                   help="epochs at which lr drops 10x (default: 60%% and 80%% of --epochs)")
+    m.add_argument("--momentum", type=float, default=0.9)
+    m.add_argument("--wd", "--weight-decay", type=float, default=0.0, dest="weight_decay")
+    m.add_argument("--resume", default="", help="linear head checkpoint to continue from, or 'auto' "
+                   "(linear_last.pth in the out dir, if readable)")
+    d = p.add_argument_group("distributed (as main_moco.py)")
+    d.add_argument("--world-size", type=int, default=-1)
+    d.add_argument("--rank", type=int, default=-1)
+    d.add_argument("--dist-url", default="tcp://localhost:10005")
+    d.add_argument("--dist-backend", default=None)
+    d.add_argument("--gpu", type=int, default=None)
+    d.add_argument("--multiprocessing-distributed", action="store_true")
+    return p
+
+
+def load_splits(args):
+    """``(train_root, train_index, test_root, test_index)`` from the arguments."""
+    from ..boxes import BoxIndex
+    from ..data import find_annotation, load_index
+    from ..formats import SUBSET_FILES
+    data = Path(args.data)
+    if (data / "train").is_dir() and (data / "val").is_dir() and not args.labels:
+        train = BoxIndex.from_folder(data / "train")
+        return data / "train", train, data / "val", BoxIndex.from_folder(data / "val", classes=train.classes)
+    if args.test_labels and not Path(args.test_labels).is_file():
+        raise FileNotFoundError(f"{args.test_labels}: test labels dict not found")
+    test_labels = find_annotation(args.test_labels or SUBSET_FILES["test_labels"], data)
+    if test_labels is None:
+        raise FileNotFoundError(f"no test labels: pass --test-labels or put images_test.npy in {data} or "
+                                f"{data.parent}, or use a folder with train/ and val/")
+    train = load_index(data, labels=args.labels, boxes=args.boxes)
+    return data, train, data, BoxIndex.from_openimages(test_labels, classes=train.classes)
+
+
+def _setup(args, info):
+    device = torch.device(args.device if args.device and not info.distributed else info.device)
+    torch.manual_seed(args.seed)
+    if args.pretrained:
+        ckpt = read_checkpoint(args.pretrained)
+        if args.image_size is None:  # evaluate at the pretraining resolution
+            args.image_size = int((ckpt.get("args") or {}).get("image_size") or 224)
+        backbone = backbone_from_checkpoint(ckpt, args.arch, args.pretrained)
+        ident = checkpoint_fingerprint(args.pretrained)
+    else:
+        backbone = build_backbone(args.arch or "resnet50")
+        ident = {"random_init": args.arch or "resnet50", "seed": args.seed}
+    args.arch = backbone.arch
+    args.image_size = args.image_size or 224
+    for prm in backbone.parameters():
+        prm.requires_grad_(False)
+    backbone.to(device).eval()
+    return backbone, ident, device
+
+
+def _per_process_batch(batch_size: int, world: int) -> int:
+    """``-b/--batch-size`` is the total over all processes (as in ``main_moco.py``)."""
+    if batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} is not divisible by the {world} processes")
+    return batch_size // world
+
+
+def _targets(y, multilabel: bool):
+    return y.astype(np.float32) if multilabel else y.argmax(1)
+
+
+def _out_dir(args) -> Path:
+    if args.out_dir:
+        return Path(args.out_dir)
+    base = Path(args.pretrained).parent if args.pretrained else Path("linear_eval_runs")
+    name = Path(args.pretrained).stem if args.pretrained else f"random_{args.arch or 'resnet50'}"
+    return base / "linear_eval" / f"{name}_{args.protocol}"
+
+
+def _log(*a):
+    if rank_and_world()[0] == 0:
+        print(*a, flush=True)
+
+
+def run_cached(info, args) -> dict | None:
+    """Cached protocol (one process or each rank of a distributed launch); report on rank 0."""
+    from ..data import LabeledImageDataset
+    rank, world = rank_and_world()
+    batch_size = _per_process_batch(args.batch_size, world)
+    train_root, train_index, test_root, test_index = load_splits(args)
+    multilabel = is_multilabel(train_index) if args.task == "auto" else args.task == "multilabel"
+    backbone, ident, device = _setup(args, info)
+    cache = None if args.no_cache else FeatureCache(args.cache_dir or default_cache_dir())
+    timing = {}
+
+    def features(root, index, entries, seed=0):
+        """``entries``: name -> (transform, views, key); returns name -> (features (N, views, D),
+        targets), from the cache, or from one pass over the images for all missing entries."""
+        base = {"checkpoint": ident, "arch": args.arch, "amp": args.amp, "root": str(Path(root).resolve()),
+                **index_digest(index)}
+        keys = {name: {**base, "split": name, "transform": key} for name, (_, _, key) in entries.items()}
+        # rank 0 decides hit or miss for all ranks (a node-local cache may differ between nodes)
+        out = {name: cache.load(keys[name]) if cache and rank == 0 else None for name in entries}
+        todo = [name for name, hit in out.items() if hit is None]
+        if cache and world > 1:
+            shared = [todo]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            todo = shared[0]
+        for name in (n for n in entries if n not in todo):
+            _log(f"{name}: cached features {cache.path(keys[name])}")
+        if not todo:
+            return out
+        tfs = [tf for name in todo for tf in [entries[name][0]] * entries[name][1]]
+        t = time.perf_counter()
+        torch.manual_seed(seed)  # augmentation in the main process (workers=0) is reproducible too
+        loader = feature_loader(LabeledImageDataset(root, index, MultiView(tfs)),
+                                max(1, batch_size // len(tfs)), args.workers, seed=seed)
+        feats, targets = extract_features(backbone, loader, device, args.amp, args.channels_last,
+                                          not args.no_progress)
+        timing[f"extract_{'+'.join(todo)}_s"] = round(time.perf_counter() - t, 2)
+        _log(f"{'+'.join(todo)}: extracted {feats.shape[0]} images x {feats.shape[1]} views, "
+             f"{feats.shape[2]}-d, in {time.perf_counter() - t:.2f}s")
+        start = 0
+        for name in todo:
+            out[name] = feats[:, start:start + entries[name][1]], targets
+            start += entries[name][1]
+            if cache and rank == 0:
+                cache.save(keys[name], *out[name])
+        return out
+
+    center = (eval_transform(args.image_size), 1, {"kind": "center", "size": args.image_size})
+    train = {"train": center}
+    if args.train_crops:
+        train["train-crops"] = (linear_train_transform(args.image_size), args.train_crops,
+                                {"kind": "rrc-flip", "size": args.image_size, "views": args.train_crops,
+                                 "seed": args.seed})
+    train = features(train_root, train_index, train, seed=args.seed + 1)
+    test_x, test_y = features(test_root, test_index, {"test": center})["test"]
+    if rank != 0:  # other ranks only helped extracting (and lack the cache hits)
+        return None
+    train_x, train_y = train["train"][0][:, 0], train["train"][1]
+    test_x = test_x[:, 0]
+    rows = [train_x] + ([*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else [])
+    groups = np.tile(np.arange(len(train_x)), len(rows))
+    train_y, test_y = _targets(train_y, multilabel), _targets(test_y, multilabel)
+    t = time.perf_counter()
+    probe = linear_probe(np.concatenate(rows), np.concatenate([train_y] * len(rows)), test_x, multilabel,
+                         args.lrs, args.wds, args.val_fraction, args.probe_epochs, args.probe_batch_size,
+                         args.seed, device, train_groups=groups, num_classes=train_index.num_classes, log=_log)
+    timing["probe_s"] = round(time.perf_counter() - t, 2)
+    extra = {}
+    if args.knn:
+        extra["knn"] = knn_classify(train_x, train_y, test_x, test_y, multilabel=multilabel)
+    return _finish(args, train_index, test_y, probe["test_scores"], multilabel, ident,
+                   sweep=probe["sweep"], best=probe["best"], timing=timing, num_train=len(train_index), **extra)
+
+
+def _finish(args, train_index, test_y, scores, multilabel, ident, **extra) -> dict:
+    report = build_report(scores, test_y, train_index.class_counts(), train_index.classes, multilabel,
+                          args.head_min, args.tail_max, protocol=args.protocol, checkpoint=ident,
+                          arch=args.arch, image_size=args.image_size, **extra)
+    js, cs = write_report(report, _out_dir(args))
+    print(format_table(report))
+    print(f"report: {js}\nper-class AP: {cs}", flush=True)
+    return report
+
+
+def run_moco(info, args) -> dict | None:
+    """The original MoCo linear protocol: frozen backbone (BN in eval mode), a linear layer
+    trained with SGD on augmented images every epoch, step schedule; report on rank 0."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ..data import LabeledImageDataset
+    rank, world = rank_and_world()
+    batch_size = _per_process_batch(args.batch_size, world)
+    train_root, train_index, test_root, test_index = load_splits(args)
+    multilabel = is_multilabel(train_index) if args.task == "auto" else args.task == "multilabel"
+    backbone, ident, device = _setup(args, info)
+    if args.channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    fc = nn.Linear(backbone.num_features, train_index.num_classes).to(device)
+    nn.init.normal_(fc.weight, 0.0, 0.01), nn.init.zeros_(fc.bias)
+    head = DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else fc
+    opt = torch.optim.SGD(fc.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    schedule = args.schedule if args.schedule is not None else [int(0.6 * args.epochs), int(0.8 * args.epochs)]
+    out_dir = _out_dir(args)
+    start = 0
+    auto = args.resume == "auto"
+    state = find_linear_resume(args.resume, out_dir) if args.resume and (rank == 0 or not auto) else None
+    if auto and world > 1:  # rank 0's choice for all ranks (the out dir may be node-local)
+        shared = [state]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        state = shared[0]
+    if state is not None:
+        fc.load_state_dict(state["fc"]), opt.load_state_dict(state["optimizer"])
+        start = state["epoch"]
+        _log(f"resumed the linear head at epoch {start}")
+    dataset = LabeledImageDataset(train_root, train_index, linear_train_transform(args.image_size))
+    sampler = DistributedSampler(dataset, seed=args.seed) if world > 1 else None
+    loader = DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False,
+                        num_workers=args.workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(args.seed))
+    t0 = time.perf_counter()
+    for epoch in range(start, args.epochs):
+        lr = args.lr * 0.1 ** sum(epoch >= m for m in schedule)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        total, n = 0.0, 0
+        for i, (images, target) in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False,
+                                                   disable=args.no_progress or rank != 0)):
+            images = images.to(device, non_blocking=True)
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            target = target.to(device)
+            with torch.no_grad(), autocast(device, args.amp):
+                f = backbone(images)
+            logits = head(f.float())
+            loss = F.binary_cross_entropy_with_logits(logits, target) if multilabel \
+                else F.cross_entropy(logits, target.argmax(1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item() * len(images), n + len(images)
+        _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f}")
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(out_dir / "linear_last.pth") as f:
+                torch.save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
+                            "arch": args.arch}, f)
+    train_s = time.perf_counter() - t0
+    model = nn.Sequential(backbone, fc).eval()
+    test = LabeledImageDataset(test_root, test_index, eval_transform(args.image_size))
+    scores, test_y = extract_features(model, feature_loader(test, batch_size, args.workers), device,
+                                      args.amp, args.channels_last, not args.no_progress)
+    if rank != 0:
+        return None
+    return _finish(args, train_index, _targets(test_y, multilabel), scores, multilabel, ident,
+                   num_train=len(train_index), epochs=args.epochs, lr=args.lr, schedule=schedule,
+                   timing={"train_s": round(train_s, 2)})
+
+
+def _worker(info, args):
+    result = (run_moco if args.protocol == "moco" else run_cached)(info, args)
+    if result is not None and getattr(args, "_result", None) is not None:
+        args._result.append(result)
+
+
+def main(argv=None) -> dict | None:
+    """CLI entry: parse, launch (single process, torchrun, or legacy multiprocessing) and
+    return the report of rank 0 (``None`` in spawned workers)."""
+    args = build_parser().parse_args(argv)
+    from ..distributed import launch
+    args._result = []
+    launch(_worker, args)
+    return args._result[0] if args._result else None
