@@ -438,6 +438,9 @@ class BoxIndex:
             self._box_image = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self._box_offsets))
         return self._box_image
 
+    def num_labels_per_image(self) -> np.ndarray:
+        return np.diff(self._label_offsets)
+
     def num_boxes_per_image(self) -> np.ndarray:
         return np.diff(self._box_offsets)
 

@@ -1,6 +1,8 @@
 """Weighted kNN classification on features (faiss), and the online kNN monitor of training."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -14,9 +16,20 @@ def knn_scores(train_feats, train_targets, test_feats, k: int = 200, temperature
                chunk: int = 512) -> dict[int, np.ndarray]:
     """Weighted kNN vote scores (cosine similarity via faiss ``IndexFlatIP`` on L2-normalized
     features, weights ``exp(sim / T)``) for every ``k`` in ``k`` (int or tuple):
-    ``{k: (M, C) scores}``, normalized by the summed weights. ``train_targets`` multi-hot."""
+    ``{k: (M, C) scores}``, normalized by the summed weights. ``train_targets`` multi-hot.
+
+    A ``k`` larger than the training set cannot be honoured: it is capped at the number of
+    training samples with a warning, and the result is keyed by the ``k`` actually used.
+    """
     import faiss
     ks = (k,) if isinstance(k, int) else tuple(k)
+    n_train = len(train_feats)
+    if n_train == 0:
+        raise ValueError("kNN needs at least one training sample")
+    for kk in ks:
+        if kk > n_train:
+            warnings.warn(f"kNN: k={kk} exceeds the {n_train} training samples; reporting k={n_train} instead")
+    ks = tuple(dict.fromkeys(min(kk, n_train) for kk in ks))
     train = np.array(train_feats, dtype=np.float32, order="C")  # copies: normalized in place below
     test = np.array(test_feats, dtype=np.float32, order="C")
     faiss.normalize_L2(train), faiss.normalize_L2(test)
@@ -31,15 +44,15 @@ def knn_scores(train_feats, train_targets, test_feats, k: int = 200, temperature
         w = torch.exp((s - s[:, :1]) / temperature)  # shifted by the top similarity: no overflow
         votes = w.unsqueeze(2) * targets[torch.from_numpy(nbrs[lo:lo + chunk])]  # (m, kmax, C)
         for kk in ks:
-            kk_ = min(kk, kmax)
-            out[kk][lo:lo + chunk] = (votes[:, :kk_].sum(1) / w[:, :kk_].sum(1, keepdim=True)).numpy()
+            out[kk][lo:lo + chunk] = (votes[:, :kk].sum(1) / w[:, :kk].sum(1, keepdim=True)).numpy()
     return out
 
 
 def knn_classify(train_feats, train_targets, test_feats, test_targets, k=(20, 200), temperature: float = 0.07,
                  multilabel: bool = True) -> dict:
     """kNN evaluation: ``knn{k}_map`` (multi-label, mAP of vote scores) or ``knn{k}_top1``
-    (single-label; targets int labels or one-hot). Values are fractions."""
+    (single-label; targets int labels or one-hot). Values are fractions; ``k`` is the one
+    used (capped at the training set size, see :func:`knn_scores`)."""
     train_targets, test_targets = np.asarray(train_targets), np.asarray(test_targets)
     if not multilabel:
         if train_targets.ndim == 2:

@@ -98,15 +98,36 @@ class Standardizer:
         return ((np.asarray(x) - self.mean) / self.std).astype(np.float32)
 
 
+def _widen(values, best) -> list:
+    """Values to add to a sweep axis whose best value ``best`` sits on its edge: one step (the
+    ratio of the two outermost values, else 10x) beyond it; none for a single-valued axis or
+    below zero (a zero weight decay is a true bound)."""
+    values = sorted(set(values))
+    if len(values) < 2:
+        return []
+    out = []
+    if best == values[-1] and best > 0:
+        step = values[-1] / values[-2] if values[-2] > 0 else 10.0
+        out.append(best * step)
+    if best == values[0] and best > 0:
+        step = values[1] / values[0]
+        out.append(best / step)
+    return out
+
+
 def linear_probe(train_x, train_y, test_x, multilabel: bool, lrs=(1e-3, 1e-2), wds=(0.0, 1e-3, 1e-2, 1e-1),
                  val_fraction: float = 0.2, epochs: int = 100, batch_size: int = 1024, seed: int = 0,
-                 device="cpu", train_groups=None, num_classes: int | None = None, log=print) -> dict:
+                 device="cpu", train_groups=None, num_classes: int | None = None, widen: int = 3,
+                 log=print) -> dict:
     """Linear probe on fixed features: choose ``(lr, wd)`` on a held-out ``val_fraction`` of the
     training images, retrain on all of train with it, and score ``test_x``.
 
     ``train_groups`` (int per training row) names the image of each row, so augmented copies
-    of one image stay on one side of the split and validation uses rows flagged first.
-    Returns ``{"sweep": [...], "best": {...}, "test_scores": (M, C) array}``.
+    of one image stay on one side of the split and validation uses rows flagged first. When
+    the best setting lies on an edge of the grid, the grid grows one step past that edge (at
+    most ``widen`` times; all heads see the same minibatches) and the widening is reported
+    in ``notes``, as is a best setting still on an edge after that.
+    Returns ``{"sweep": [...], "best": {...}, "notes": [...], "test_scores": (M, C) array}``.
     """
     train_x, train_y = np.asarray(train_x), np.asarray(train_y)
     groups = np.arange(len(train_x)) if train_groups is None else np.asarray(train_groups)
@@ -116,24 +137,38 @@ def linear_probe(train_x, train_y, test_x, multilabel: bool, lrs=(1e-3, 1e-2), w
     is_val = np.isin(groups, val_images)
     _, first = np.unique(groups, return_index=True)
     val_rows = np.intersect1d(first, np.flatnonzero(is_val))  # one row (the first) per val image
+    lrs, wds = sorted(set(map(float, lrs))), sorted(set(map(float, wds)))
     configs = [(lr, wd) for lr in lrs for wd in wds]
-    sweep = []
+    sweep, notes = [], []
     if len(configs) > 1:
         std = Standardizer(train_x[~is_val])
-        t = time.perf_counter()
-        heads = train_linear_heads(std(train_x[~is_val]), train_y[~is_val], multilabel, configs,
-                                   epochs, batch_size, seed, device, num_classes=num_classes)
-        for (lr, wd), h in zip(configs, heads):
-            res = score_predictions(predict(h, std(train_x[val_rows]), device), train_y[val_rows], multilabel)
-            sweep.append({"lr": lr, "wd": wd, **{f"val_{k}": v for k, v in res.items()}})
-        log(f"sweep: {len(configs)} heads in {time.perf_counter() - t:.1f}s on {(~is_val).sum()} rows, "
-            f"validated on {len(val_rows)} images")
+        fit_x, fit_y, val_x = std(train_x[~is_val]), train_y[~is_val], std(train_x[val_rows])
         key = "val_map" if multilabel else "val_top1"
-        best = max(sweep, key=lambda r: -1.0 if np.isnan(r[key]) else r[key])
+        t = time.perf_counter()
+        for round_ in range(widen + 1):
+            heads = train_linear_heads(fit_x, fit_y, multilabel, configs, epochs, batch_size, seed, device,
+                                       num_classes=num_classes)
+            for (lr, wd), h in zip(configs, heads):
+                res = score_predictions(predict(h, val_x, device), train_y[val_rows], multilabel)
+                sweep.append({"lr": lr, "wd": wd, **{f"val_{k}": v for k, v in res.items()}})
+            best = max(sweep, key=lambda r: -1.0 if np.isnan(r[key]) else r[key])
+            new_lrs, new_wds = _widen(lrs, best["lr"]), _widen(wds, best["wd"])
+            if not new_lrs and not new_wds:
+                break
+            edge = f"best lr {best['lr']:g}, wd {best['wd']:g} on the edge of the grid (lr {lrs}, wd {wds})"
+            if round_ == widen:
+                notes.append(f"{edge} after widening {widen} times: a wider sweep may do better")
+                break
+            notes.append(f"{edge}: widened with lr {new_lrs or '-'}, wd {new_wds or '-'}")
+            log(f"sweep: {notes[-1]}")
+            lrs, wds = sorted(lrs + new_lrs), sorted(wds + new_wds)
+            done = {(r["lr"], r["wd"]) for r in sweep}
+            configs = [(lr, wd) for lr in lrs for wd in wds if (lr, wd) not in done]
+        log(f"sweep: {len(sweep)} heads in {time.perf_counter() - t:.1f}s on {(~is_val).sum()} rows, "
+            f"validated on {len(val_rows)} images")
     else:
         best = {"lr": configs[0][0], "wd": configs[0][1]}
     std = Standardizer(train_x)
     head = train_linear_heads(std(train_x), train_y, multilabel, [(best["lr"], best["wd"])],
                               epochs, batch_size, seed, device, num_classes=num_classes)[0]
-    return {"sweep": sweep, "best": best, "test_scores": predict(head, std(test_x), device)}
-
+    return {"sweep": sweep, "best": best, "notes": notes, "test_scores": predict(head, std(test_x), device)}

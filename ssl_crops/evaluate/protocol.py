@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from ..files import atomic_write
+from ..metrics import batch_mean_average_precision, topk_accuracy
 from ..transforms import eval_transform, linear_train_transform
 from .checkpoints import (backbone_from_checkpoint, build_backbone, checkpoint_fingerprint, find_linear_resume,
                           read_checkpoint)
@@ -22,20 +24,26 @@ from .features import (AMP_DTYPES, FeatureCache, MultiView, autocast, default_ca
                        feature_loader, index_digest, is_multilabel, rank_and_world)
 from .knn import knn_classify
 from .probe import linear_probe
-from .report import build_report, format_table, write_report
+from .report import PAPER_BATCH_SIZE, PAPER_LABEL, build_report, format_table, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Linear evaluation of a frozen backbone (cached features by default, "
                                             "or the original MoCo protocol with --protocol moco)")
-    p.add_argument("data", metavar="DATA", help="image folder (OpenImages-subset dicts beside it), or a folder "
-                                                "with train/ and val/ class sub-folders")
+    p.add_argument("data", metavar="DATA", help="train image folder (OpenImages-subset dicts beside it, or "
+                                                "--coco/--index), or a folder with train/ and val/ class sub-folders")
     p.add_argument("--pretrained", default="", help="checkpoint (main_moco.py, original MoCo, or a torchvision "
                                                     "state dict); empty: random-init backbone")
     p.add_argument("-a", "--arch", default=None, help="torchvision arch (default: from the checkpoint, else resnet50)")
     p.add_argument("--labels", help="train labels dict (default: images_selected_new.npy beside DATA)")
     p.add_argument("--boxes", help="train boxes dict (default: images_selected_with_all_features.npy beside DATA)")
     p.add_argument("--test-labels", help="test labels dict (default: images_test.npy beside DATA)")
+    p.add_argument("--coco", help="train annotations: COCO or LVIS detection json (image labels from its boxes)")
+    p.add_argument("--test-coco", help="test annotations: COCO or LVIS json (LVIS: federated AP)")
+    p.add_argument("--index", help="train annotations: a BoxIndex .npz (BoxIndex.save)")
+    p.add_argument("--test-index", help="test annotations: a BoxIndex .npz")
+    p.add_argument("--test-images", help="test image folder (default: DATA, or DATA/val for class folders)")
+    p.add_argument("--include-crowd", action="store_true", help="COCO: also count iscrowd boxes as labels")
     p.add_argument("--task", choices=("auto", "multilabel", "singlelabel"), default="auto")
     p.add_argument("--protocol", choices=("cached", "moco"), default="cached")
     p.add_argument("--image-size", type=int, default=None,
@@ -49,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="report folder (default: linear_eval/ beside the checkpoint)")
     p.add_argument("--head-min", type=int, default=100, help="head classes: more train images than this")
     p.add_argument("--tail-max", type=int, default=20, help="tail classes: fewer train images than this")
+    p.add_argument("--paper-batch-size", type=int, default=PAPER_BATCH_SIZE,
+                   help="test batch of the batch-mean mAP reported beside the whole-set mAP (original "
+                        "main_lincls.py: 256 divided by the GPUs; comparable with the paper only)")
     p.add_argument("--no-progress", action="store_true")
     c = p.add_argument_group("cached protocol")
     c.add_argument("--cache-dir", default=None, help=f"feature cache (default {default_cache_dir()})")
@@ -58,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "crops; decoded once with them (0: center crops only)")
     c.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2])
     c.add_argument("--wds", type=float, nargs="+", default=[0.0, 1e-3, 1e-2, 1e-1])
+    c.add_argument("--widen", type=int, default=3,
+                   help="times the lr/wd grid grows past an edge that holds the best setting")
     c.add_argument("--val-fraction", type=float, default=0.2)
     c.add_argument("--probe-epochs", type=int, default=100)
     c.add_argument("--probe-batch-size", type=int, default=1024)
@@ -81,23 +94,96 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_splits(args):
-    """``(train_root, train_index, test_root, test_index)`` from the arguments."""
+@dataclass
+class Splits:
+    """Train and test images of a linear evaluation, and what was left out of the test set."""
+    train_root: Path
+    train: object  # BoxIndex
+    test_root: Path
+    test: object   # BoxIndex, with the training classes
+    notes: dict = field(default_factory=dict)
+
+
+def _one_of(args, names: tuple[str, ...], what: str):
+    given = [n for n in names if getattr(args, n, None)]
+    if len(given) > 1:
+        raise ValueError(f"{what}: give only one of " + ", ".join("--" + n.replace("_", "-") for n in given))
+    return given[0] if given else None
+
+
+def load_splits(args, multilabel: bool | None = None) -> Splits:
+    """The train and test indices named by the arguments (see ``linear_eval.py -h``).
+
+    The test index gets the training classes. Test classes never seen in training are named
+    in ``notes["test_unseen_classes"]`` (class -> test images); in a single-label task their
+    images cannot be scored and are left out (``notes["test_images_left_out"]``).
+    """
     from ..boxes import BoxIndex
     from ..data import find_annotation, load_index
     from ..formats import SUBSET_FILES
     data = Path(args.data)
-    if (data / "train").is_dir() and (data / "val").is_dir() and not args.labels:
-        train = BoxIndex.from_folder(data / "train")
-        return data / "train", train, data / "val", BoxIndex.from_folder(data / "val", classes=train.classes)
-    if args.test_labels and not Path(args.test_labels).is_file():
-        raise FileNotFoundError(f"{args.test_labels}: test labels dict not found")
-    test_labels = find_annotation(args.test_labels or SUBSET_FILES["test_labels"], data)
-    if test_labels is None:
-        raise FileNotFoundError(f"no test labels: pass --test-labels or put images_test.npy in {data} or "
-                                f"{data.parent}, or use a folder with train/ and val/")
-    train = load_index(data, labels=args.labels, boxes=args.boxes)
-    return data, train, data, BoxIndex.from_openimages(test_labels, classes=train.classes)
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: image folder not found")
+    train_src = _one_of(args, ("coco", "index", "labels"), "train annotations")
+    test_src = _one_of(args, ("test_coco", "test_index", "test_labels"), "test annotations")
+    for name in ("coco", "index", "labels", "boxes", "test_coco", "test_index", "test_labels"):
+        path = getattr(args, name, None)
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: --{name.replace('_', '-')} file not found")
+    for name in ("labels", "test_labels"):
+        path = getattr(args, name, None)
+        if path and Path(path).suffix.lower() == ".json":
+            raise ValueError(f"{path}: a JSON file given to --{name.replace('_', '-')} (which reads the "
+                             f"OpenImages-subset .npy dicts); pass COCO/LVIS json as --{name.replace('labels', 'coco').replace('_', '-')}")
+    folders = (data / "train").is_dir() and (data / "val").is_dir() and not train_src and not test_src
+    if folders:
+        train_root, test_root = data / "train", Path(args.test_images or data / "val")
+        train, test = BoxIndex.from_folder(train_root), BoxIndex.from_folder(test_root)
+    else:
+        train_root, test_root = data, Path(args.test_images or data)
+        train = BoxIndex.from_coco(args.coco, include_crowd=args.include_crowd) if args.coco else \
+            load_index(data, labels=args.labels, boxes=args.boxes, index=args.index)
+        if args.test_coco:
+            test = BoxIndex.from_coco(args.test_coco, include_crowd=args.include_crowd)
+        elif args.test_index:
+            test = BoxIndex.load(args.test_index)
+        else:
+            test_labels = find_annotation(args.test_labels or SUBSET_FILES["test_labels"], data)
+            if test_labels is None:
+                raise FileNotFoundError(f"no test annotations: pass --test-coco, --test-index or --test-labels, put "
+                                        f"images_test.npy in {data} or {data.parent}, or use a folder with train/ "
+                                        f"and val/")
+            test = BoxIndex.from_openimages(test_labels)
+    if not test_root.is_dir():
+        raise FileNotFoundError(f"{test_root}: test image folder not found")
+    if len(train) == 0 or train.num_classes == 0:
+        raise ValueError(f"{train_root}: no labelled training images")
+    counts = dict(zip(test.classes, test.class_counts().tolist()))
+    unseen = {c: n for c, n in counts.items() if c not in set(train.classes) and n}
+    test = test.with_classes(train.classes)
+    notes = {}
+    if unseen:
+        notes["test_unseen_classes"] = unseen
+    single = not multilabel if multilabel is not None else not is_multilabel(train)
+    if single:
+        keep = test.num_labels_per_image() == 1
+        if not keep.all():
+            notes["test_images_left_out"] = int((~keep).sum())
+            test = test.subset(keep)
+    if len(test) == 0:
+        raise ValueError(f"{test_root}: no test image with a training class left to score")
+    return Splits(train_root, train, test_root, test, notes)
+
+
+def _unseen_notes(notes: dict) -> list[str]:
+    out = []
+    if notes.get("test_unseen_classes"):
+        unseen = notes["test_unseen_classes"]
+        out.append(f"{len(unseen)} test classes are not in train and are not scored: "
+                   + ", ".join(f"{c} ({n} images)" for c, n in sorted(unseen.items())))
+    if notes.get("test_images_left_out"):
+        out.append(f"{notes['test_images_left_out']} test images of those classes left out")
+    return out
 
 
 def _setup(args, info):
@@ -149,8 +235,8 @@ def run_cached(info, args) -> dict | None:
     from ..data import LabeledImageDataset
     rank, world = rank_and_world()
     batch_size = _per_process_batch(args.batch_size, world)
-    train_root, train_index, test_root, test_index = load_splits(args)
-    multilabel = is_multilabel(train_index) if args.task == "auto" else args.task == "multilabel"
+    multilabel, splits = _load(args)
+    train_root, train_index, test_root, test_index = splits.train_root, splits.train, splits.test_root, splits.test
     backbone, ident, device = _setup(args, info)
     cache = None if args.no_cache else FeatureCache(args.cache_dir or default_cache_dir())
     timing = {}
@@ -204,42 +290,81 @@ def run_cached(info, args) -> dict | None:
     test_x = test_x[:, 0]
     rows = [train_x] + ([*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else [])
     groups = np.tile(np.arange(len(train_x)), len(rows))
-    train_y, test_y = _targets(train_y, multilabel), _targets(test_y, multilabel)
+    train_y, test_y = _targets(train_y, multilabel), _test_targets(test_index, multilabel)
     t = time.perf_counter()
     probe = linear_probe(np.concatenate(rows), np.concatenate([train_y] * len(rows)), test_x, multilabel,
                          args.lrs, args.wds, args.val_fraction, args.probe_epochs, args.probe_batch_size,
-                         args.seed, device, train_groups=groups, num_classes=train_index.num_classes, log=_log)
+                         args.seed, device, train_groups=groups, num_classes=train_index.num_classes,
+                         widen=args.widen, log=_log)
     timing["probe_s"] = round(time.perf_counter() - t, 2)
     extra = {}
     if args.knn:
         extra["knn"] = knn_classify(train_x, train_y, test_x, test_y, multilabel=multilabel)
-    return _finish(args, train_index, test_y, probe["test_scores"], multilabel, ident,
-                   sweep=probe["sweep"], best=probe["best"], timing=timing, num_train=len(train_index), **extra)
+    return _finish(args, splits, test_y, probe["test_scores"], multilabel, ident, sweep=probe["sweep"],
+                   best=probe["best"], sweep_notes=probe["notes"], timing=timing, **extra)
 
 
-def _finish(args, train_index, test_y, scores, multilabel, ident, **extra) -> dict:
-    report = build_report(scores, test_y, train_index.class_counts(), train_index.classes, multilabel,
-                          args.head_min, args.tail_max, protocol=args.protocol, checkpoint=ident,
-                          arch=args.arch, image_size=args.image_size, **extra)
-    js, cs = write_report(report, _out_dir(args))
+def _load(args) -> tuple[bool, Splits]:
+    """``(multilabel, splits)``; notes about unseen test classes are printed on rank 0."""
+    forced = None if args.task == "auto" else args.task == "multilabel"
+    splits = load_splits(args, forced)
+    for note in _unseen_notes(splits.notes):
+        _log(f"warning: {note}")
+    return (is_multilabel(splits.train) if forced is None else forced), splits
+
+
+def _test_targets(index, multilabel: bool) -> np.ndarray:
+    """Test targets from the index: multi-hot (federated for LVIS: -1 not scored) or int labels."""
+    if multilabel:
+        return index.target_matrix().astype(np.float32)
+    return np.array([index.labels(i)[0] for i in range(len(index))], np.int64)
+
+
+def _finish(args, splits: Splits, test_y, scores, multilabel, ident, **extra) -> dict:
+    train = splits.train
+    report = build_report(scores, test_y, train.class_counts(), train.classes, multilabel, args.head_min,
+                          args.tail_max, args.paper_batch_size, protocol=args.protocol, checkpoint=ident,
+                          arch=args.arch, image_size=args.image_size, num_train=len(train),
+                          federated=bool(splits.test.federated), **splits.notes, **extra)
+    report["notes"] = _unseen_notes(splits.notes)
+    files = write_report(report, _out_dir(args))
     print(format_table(report))
-    print(f"report: {js}\nper-class AP: {cs}", flush=True)
+    print("\n".join(f"{name}: {path}" for name, path in files.items()), flush=True)
     return report
+
+
+def _epoch_figure(scores, test_y, multilabel: bool, batch_size: int) -> float:
+    """The original ``main_lincls.py`` test figure of one epoch: batch-mean mAP (top-1 when
+    single-label)."""
+    if multilabel:
+        return batch_mean_average_precision(scores, test_y, batch_size)
+    return topk_accuracy(scores, test_y, (1,))[1]
 
 
 def run_moco(info, args) -> dict | None:
     """The original MoCo linear protocol: frozen backbone (BN in eval mode), a linear layer
-    trained with SGD on augmented images every epoch, step schedule; report on rank 0."""
+    trained with SGD on augmented images every epoch, step schedule; report on rank 0.
+
+    As the backbone is frozen and the test transform fixed, test features are extracted
+    once and the head scores them after every epoch: the report holds the final epoch's
+    whole-set mAP (``map``) and, labelled, the original code's figure, the best epoch's
+    batch-mean mAP on the test set (``best_epoch``; the original evaluates before each
+    epoch's training, so it sees the states after 0 to E-1 epochs, we see 1 to E)."""
     from torch.nn.parallel import DistributedDataParallel
 
     from ..data import LabeledImageDataset
     rank, world = rank_and_world()
     batch_size = _per_process_batch(args.batch_size, world)
-    train_root, train_index, test_root, test_index = load_splits(args)
-    multilabel = is_multilabel(train_index) if args.task == "auto" else args.task == "multilabel"
+    multilabel, splits = _load(args)
+    train_index = splits.train
     backbone, ident, device = _setup(args, info)
     if args.channels_last:
         backbone.to(memory_format=torch.channels_last)
+    test = LabeledImageDataset(splits.test_root, splits.test, eval_transform(args.image_size))
+    test_x, _ = extract_features(backbone, feature_loader(test, batch_size, args.workers), device,
+                                 args.amp, args.channels_last, not args.no_progress)
+    test_x = torch.from_numpy(test_x).to(device)
+    test_y = _test_targets(splits.test, multilabel)
     fc = nn.Linear(backbone.num_features, train_index.num_classes).to(device)
     nn.init.normal_(fc.weight, 0.0, 0.01), nn.init.zeros_(fc.bias)
     head = DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -247,7 +372,7 @@ def run_moco(info, args) -> dict | None:
     opt = torch.optim.SGD(fc.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = args.schedule if args.schedule is not None else [int(0.6 * args.epochs), int(0.8 * args.epochs)]
     out_dir = _out_dir(args)
-    start = 0
+    start, history = 0, []
     auto = args.resume == "auto"
     state = find_linear_resume(args.resume, out_dir) if args.resume and (rank == 0 or not auto) else None
     if auto and world > 1:  # rank 0's choice for all ranks (the out dir may be node-local)
@@ -256,9 +381,9 @@ def run_moco(info, args) -> dict | None:
         state = shared[0]
     if state is not None:
         fc.load_state_dict(state["fc"]), opt.load_state_dict(state["optimizer"])
-        start = state["epoch"]
+        start, history = state["epoch"], list(state.get("history", []))
         _log(f"resumed the linear head at epoch {start}")
-    dataset = LabeledImageDataset(train_root, train_index, linear_train_transform(args.image_size))
+    dataset = LabeledImageDataset(splits.train_root, train_index, linear_train_transform(args.image_size))
     sampler = DistributedSampler(dataset, seed=args.seed) if world > 1 else None
     loader = DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
@@ -286,22 +411,30 @@ def run_moco(info, args) -> dict | None:
             loss.backward()
             opt.step()
             total, n = total + loss.item() * len(images), n + len(images)
-        _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f}")
+        with torch.no_grad():
+            figure = _epoch_figure(fc(test_x).cpu().numpy(), test_y, multilabel, args.paper_batch_size)
+        history.append({"epoch": epoch + 1, "test_batch_mean": figure})
+        _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f} "
+             f"test {'batch-mean mAP' if multilabel else 'top-1'} {100 * figure:.2f}")
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(out_dir / "linear_last.pth") as f:
                 torch.save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
-                            "arch": args.arch}, f)
+                            "arch": args.arch, "history": history}, f)
     train_s = time.perf_counter() - t0
-    model = nn.Sequential(backbone, fc).eval()
-    test = LabeledImageDataset(test_root, test_index, eval_transform(args.image_size))
-    scores, test_y = extract_features(model, feature_loader(test, batch_size, args.workers), device,
-                                      args.amp, args.channels_last, not args.no_progress)
     if rank != 0:
         return None
-    return _finish(args, train_index, _targets(test_y, multilabel), scores, multilabel, ident,
-                   num_train=len(train_index), epochs=args.epochs, lr=args.lr, schedule=schedule,
-                   timing={"train_s": round(train_s, 2)})
+    with torch.no_grad():
+        scores = fc.eval()(test_x).cpu().numpy()
+    extra = {}
+    if history:
+        best = max(history, key=lambda h: h["test_batch_mean"])
+        extra["best_epoch"] = {"epoch": best["epoch"], "value": best["test_batch_mean"],
+                               "metric": f"batch-mean mAP at batch {args.paper_batch_size}" if multilabel else "top1",
+                               "note": f"best epoch chosen on the test set, as the original main_lincls.py; "
+                                       f"{PAPER_LABEL}"}
+    return _finish(args, splits, test_y, scores, multilabel, ident, epochs=args.epochs, lr=args.lr,
+                   schedule=schedule, history=history, timing={"train_s": round(train_s, 2)}, **extra)
 
 
 def _worker(info, args):
