@@ -21,7 +21,7 @@ import numpy as np
 
 from .files import atomic_write
 
-__all__ = ["BoxIndex", "load_npy_dict", "image_files", "UnsafePickleError", "IMAGE_EXTENSIONS"]
+__all__ = ["BoxIndex", "load_npy_dict", "image_files", "coco_file_name", "UnsafePickleError", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _FORMAT_VERSION = 1
@@ -325,7 +325,7 @@ class BoxIndex:
         builder = _Builder(classes if classes is not None else categories.values())  # every category
         for im in images:
             try:
-                w, h, name = float(im["width"]), float(im["height"]), _coco_file_name(im)
+                w, h, name = float(im["width"]), float(im["height"]), coco_file_name(im)
                 anns = per_image.pop(im["id"], [])
                 neg = [categories[c] for c in im.get("neg_category_ids", ()) if c in categories]
                 nex = [categories[c] for c in im.get("not_exhaustive_category_ids", ()) if c in categories]
@@ -559,7 +559,7 @@ def _take_ragged(offsets: np.ndarray, values: np.ndarray, idx: np.ndarray) -> tu
     return out, values[starts + np.arange(out[-1])]
 
 
-def _coco_file_name(image: Mapping) -> str:
+def coco_file_name(image: Mapping) -> str:
     """``file_name`` of a COCO image entry, or ``<folder>/<name>`` of an LVIS ``coco_url``."""
     if "file_name" in image:
         return str(image["file_name"])

@@ -114,9 +114,10 @@ def _one_of(args, names: tuple[str, ...], what: str):
 def load_splits(args, multilabel: bool | None = None) -> Splits:
     """The train and test indices named by the arguments (see ``linear_eval.py -h``).
 
-    The test index gets the training classes. Test classes never seen in training are named
-    in ``notes["test_unseen_classes"]`` (class -> test images); in a single-label task their
-    images cannot be scored and are left out (``notes["test_images_left_out"]``).
+    The test index gets the training classes. Test classes without a training image are
+    named in ``notes["test_unseen_classes"]`` (class -> test images) and not scored: in a
+    single-label task their images are left out (``notes["test_images_left_out"]``), in a
+    multi-label one the class is not scored (:func:`_test_targets`).
     """
     from ..boxes import BoxIndex
     from ..data import find_annotation, load_index
@@ -158,15 +159,17 @@ def load_splits(args, multilabel: bool | None = None) -> Splits:
         raise FileNotFoundError(f"{test_root}: test image folder not found")
     if len(train) == 0 or train.num_classes == 0:
         raise ValueError(f"{train_root}: no labelled training images")
+    train_counts = dict(zip(train.classes, train.class_counts().tolist()))
     counts = dict(zip(test.classes, test.class_counts().tolist()))
-    unseen = {c: n for c, n in counts.items() if c not in set(train.classes) and n}
+    unseen = {c: n for c, n in counts.items() if n and not train_counts.get(c)}
     test = test.with_classes(train.classes)
     notes = {}
     if unseen:
         notes["test_unseen_classes"] = unseen
     single = not multilabel if multilabel is not None else not is_multilabel(train)
     if single:
-        keep = test.num_labels_per_image() == 1
+        trained = train.class_counts() > 0
+        keep = np.array([len(lab) == 1 and trained[lab[0]] for lab in map(test.labels, range(len(test)))], bool)
         if not keep.all():
             notes["test_images_left_out"] = int((~keep).sum())
             test = test.subset(keep)
@@ -179,7 +182,7 @@ def _unseen_notes(notes: dict) -> list[str]:
     out = []
     if notes.get("test_unseen_classes"):
         unseen = notes["test_unseen_classes"]
-        out.append(f"{len(unseen)} test classes are not in train and are not scored: "
+        out.append(f"{len(unseen)} test classes have no training image and are not scored: "
                    + ", ".join(f"{c} ({n} images)" for c, n in sorted(unseen.items())))
     if notes.get("test_images_left_out"):
         out.append(f"{notes['test_images_left_out']} test images of those classes left out")
@@ -290,7 +293,7 @@ def run_cached(info, args) -> dict | None:
     test_x = test_x[:, 0]
     rows = [train_x] + ([*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else [])
     groups = np.tile(np.arange(len(train_x)), len(rows))
-    train_y, test_y = _targets(train_y, multilabel), _test_targets(test_index, multilabel)
+    train_y, test_y = _targets(train_y, multilabel), _test_targets(test_index, multilabel, train_index.class_counts())
     t = time.perf_counter()
     probe = linear_probe(np.concatenate(rows), np.concatenate([train_y] * len(rows)), test_x, multilabel,
                          args.lrs, args.wds, args.val_fraction, args.probe_epochs, args.probe_batch_size,
@@ -313,10 +316,14 @@ def _load(args) -> tuple[bool, Splits]:
     return (is_multilabel(splits.train) if forced is None else forced), splits
 
 
-def _test_targets(index, multilabel: bool) -> np.ndarray:
-    """Test targets from the index: multi-hot (federated for LVIS: -1 not scored) or int labels."""
+def _test_targets(index, multilabel: bool, train_counts=None) -> np.ndarray:
+    """Test targets from the index: multi-hot (federated for LVIS: -1 not scored; classes
+    without a training image, ``train_counts == 0``, not scored) or int labels."""
     if multilabel:
-        return index.target_matrix().astype(np.float32)
+        y = index.target_matrix().astype(np.float32)
+        if train_counts is not None:
+            y[:, np.asarray(train_counts) == 0] = -1
+        return y
     return np.array([index.labels(i)[0] for i in range(len(index))], np.int64)
 
 
@@ -364,7 +371,7 @@ def run_moco(info, args) -> dict | None:
     test_x, _ = extract_features(backbone, feature_loader(test, batch_size, args.workers), device,
                                  args.amp, args.channels_last, not args.no_progress)
     test_x = torch.from_numpy(test_x).to(device)
-    test_y = _test_targets(splits.test, multilabel)
+    test_y = _test_targets(splits.test, multilabel, train_index.class_counts())
     fc = nn.Linear(backbone.num_features, train_index.num_classes).to(device)
     nn.init.normal_(fc.weight, 0.0, 0.01), nn.init.zeros_(fc.bias)
     head = DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None) \

@@ -24,7 +24,7 @@ def build_report(scores, targets, train_counts, classes, multilabel: bool, head_
     ``map`` is over the whole set; ``map_batch_mean`` is the mean over consecutive batches
     of ``paper_batch_size`` (``main_lincls.py``'s figure, for comparison with the paper only).
     """
-    targets = np.asarray(targets)
+    targets, train_counts = np.asarray(targets), np.asarray(train_counts)
     onehot = targets if multilabel else np.eye(len(classes), dtype=np.int8)[targets]
     res = map_details(scores, onehot)
     groups = frequency_groups(train_counts, head_min, tail_max)
@@ -36,7 +36,8 @@ def build_report(scores, targets, train_counts, classes, multilabel: bool, head_
               "map_batch_mean_note": f"mean of per-batch mAP over test batches of {paper_batch_size} "
                                      f"(original main_lincls.py); {PAPER_LABEL}",
               "classes_evaluated": int(len(classes) - len(res.skipped)),
-              "classes_skipped": [classes[i] for i in res.skipped],
+              "classes_skipped": [classes[i] for i in res.skipped if train_counts[i] > 0],
+              "classes_without_train_images": [classes[i] for i in res.skipped if train_counts[i] == 0],
               "thresholds": {"head_min": head_min, "tail_max": tail_max},
               "groups": _named(group_map(res.ap, groups, GROUPS, train_counts), groups, classes),
               "tertiles": _named(group_map(res.ap, tertiles, TERTILES, train_counts), tertiles, classes)}
@@ -94,6 +95,8 @@ def format_table(report: dict) -> str:
         rows.append(f"{(g + _range(r)):<44}{r['evaluated']:>8}{_pct(r['map']):>8}")
     if report["classes_skipped"]:
         rows.append(f"skipped (no test positive): {len(report['classes_skipped'])} classes")
+    if report.get("classes_without_train_images"):
+        rows.append(f"not scored (no training image): {len(report['classes_without_train_images'])} classes")
     for key in ("top1", "top5"):
         if key in report:
             rows.append(f"{key:<44}{'':>8}{_pct(report[key]):>8}")
