@@ -84,3 +84,34 @@ def test_no_widening_inside_the_grid():
         assert res["notes"] == [] and len(res["sweep"]) == 3
     else:  # the data decided otherwise: the grid must have grown
         assert res["notes"] and len(res["sweep"]) > 3
+
+
+def _multilabel_data(n, c=5, d=32, seed=0, informative=True):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < 0.3).astype(np.float32)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    if informative:
+        x = y @ rng.normal(size=(c, d)).astype(np.float32) * 2 + 0.3 * x
+    return x, y
+
+
+def test_linear_probe_near_perfect_on_label_features():
+    x, y = _multilabel_data(500)
+    res = linear_probe(x[:400], y[:400], x[400:], True, lrs=(1e-2,), wds=(0.0, 1e-3), epochs=50, log=lambda *a: None)
+    assert mean_average_precision(res["test_scores"], y[400:]) > 0.97
+    assert len(res["sweep"]) == 2 and res["best"]["lr"] == 1e-2
+
+
+def test_linear_probe_chance_on_random_features():
+    x, y = _multilabel_data(1200, informative=False)
+    res = linear_probe(x[:800], y[:800], x[800:], True, epochs=30, log=lambda *a: None)
+    chance = y[800:].mean()
+    assert abs(mean_average_precision(res["test_scores"], y[800:]) - chance) < 0.08
+
+
+def test_linear_probe_single_label():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 300)
+    x = np.eye(4, 16, dtype=np.float32)[labels] * 3 + rng.normal(size=(300, 16)).astype(np.float32) * 0.3
+    res = linear_probe(x[:200], labels[:200], x[200:], False, lrs=(1e-2,), wds=(0.0,), epochs=30)
+    assert (res["test_scores"].argmax(1) == labels[200:]).mean() > 0.95

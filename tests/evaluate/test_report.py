@@ -7,7 +7,6 @@ import pytest
 from ssl_crops.evaluate.report import build_report, format_table, write_report
 from ssl_crops.metrics import batch_mean_average_precision
 
-
 def _report(n=600, c=6, seed=0, **kw):
     rng = np.random.default_rng(seed)
     targets = (rng.random((n, c)) < 0.1).astype(np.float32)
@@ -54,3 +53,18 @@ def test_write_report_is_the_one_writer(tmp_path):
     assert js["map"] == rep["map"] and js["map_batch_mean"] == rep["map_batch_mean"] and "per_class" not in js
     rows = files["per-class AP"].read_text().splitlines()
     assert rows[0] == "class_index,class,train_images,test_positives,group,tertile,ap" and len(rows) == 7
+
+
+def test_report_groups_and_files(tmp_path):
+    rng = np.random.default_rng(0)
+    targets = (rng.random((50, 3)) < 0.4).astype(np.float32)
+    targets[:, 2] = 0
+    scores = targets + rng.normal(size=targets.shape) * 0.1
+    rep = build_report(scores, targets, np.array([150, 50, 5]), ["a", "b", "c"], True, head_min=100, tail_max=20)
+    assert rep["map"] == pytest.approx(1.0) and rep["classes_skipped"] == ["c"]
+    assert rep["groups"]["head"]["map"] == pytest.approx(1.0) and rep["groups"]["tail"]["map"] is None
+    files = write_report(rep, tmp_path)
+    assert set(files.values()) == {tmp_path / "report.json", tmp_path / "per_class_ap.csv"}
+    assert (tmp_path / "per_class_ap.csv").read_text().splitlines()[0] == \
+        "class_index,class,train_images,test_positives,group,tertile,ap"
+    assert "tail (<20)" in format_table(rep)
