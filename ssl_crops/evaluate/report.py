@@ -48,6 +48,7 @@ def build_report(scores, targets, train_counts, classes, multilabel: bool, head_
         {"class_index": i, "class": c, "train_images": int(train_counts[i]),
          "test_positives": int(res.num_positives[i]), "group": str(groups[i]), "tertile": str(tertiles[i]),
          "ap": None if np.isnan(res.ap[i]) else float(res.ap[i])} for i, c in enumerate(classes)]
+    report["per_class_ap"] = {r["class"]: r["ap"] for r in report["per_class"]}
     return report
 
 
@@ -59,8 +60,9 @@ def _named(stats: dict, labels, classes) -> dict:
 
 
 def write_report(report: dict, out_dir) -> dict[str, Path]:
-    """Write the report files into ``out_dir``: ``report.json`` (without the per-class rows)
-    and ``per_class_ap.csv``; returns ``{name: path}``. The one place report files are made."""
+    """Write the report files into ``out_dir``: ``report.json`` (per-class AP as a class -> AP
+    map) and ``per_class_ap.csv`` (per-class rows); returns ``{name: path}``. The one place
+    report files are made."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"report": out_dir / "report.json", "per-class AP": out_dir / "per_class_ap.csv"}

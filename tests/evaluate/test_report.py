@@ -51,6 +51,7 @@ def test_write_report_is_the_one_writer(tmp_path):
     assert set(files) == {"report", "per-class AP"}
     js = json.loads(files["report"].read_text())
     assert js["map"] == rep["map"] and js["map_batch_mean"] == rep["map_batch_mean"] and "per_class" not in js
+    assert js["per_class_ap"] == {r["class"]: r["ap"] for r in rep["per_class"]} and len(js["per_class_ap"]) == 6
     rows = files["per-class AP"].read_text().splitlines()
     assert rows[0] == "class_index,class,train_images,test_positives,group,tertile,ap" and len(rows) == 7
 
