@@ -162,6 +162,7 @@ def load_splits(args, multilabel: bool | None = None) -> Splits:
     train_counts = dict(zip(train.classes, train.class_counts().tolist()))
     counts = dict(zip(test.classes, test.class_counts().tolist()))
     unseen = {c: n for c, n in counts.items() if n and not train_counts.get(c)}
+    raw_labels = test.num_labels_per_image()
     test = test.with_classes(train.classes)
     notes = {}
     if unseen:
@@ -169,9 +170,12 @@ def load_splits(args, multilabel: bool | None = None) -> Splits:
     single = not multilabel if multilabel is not None else not is_multilabel(train)
     if single:
         trained = train.class_counts() > 0
-        keep = np.array([len(lab) == 1 and trained[lab[0]] for lab in map(test.labels, range(len(test)))], bool)
+        n_labels = test.num_labels_per_image()
+        keep = np.array([n == 1 and trained[test.labels(i)[0]] for i, n in enumerate(n_labels)], bool)
         if not keep.all():
             notes["test_images_left_out"] = int((~keep).sum())
+            if (raw_labels != 1).any():
+                notes["test_images_without_one_label"] = int((raw_labels != 1).sum())
             test = test.subset(keep)
     if len(test) == 0:
         raise ValueError(f"{test_root}: no test image with a training class left to score")
@@ -185,7 +189,9 @@ def _unseen_notes(notes: dict) -> list[str]:
         out.append(f"{len(unseen)} test classes have no training image and are not scored: "
                    + ", ".join(f"{c} ({n} images)" for c, n in sorted(unseen.items())))
     if notes.get("test_images_left_out"):
-        out.append(f"{notes['test_images_left_out']} test images of those classes left out")
+        other = notes.get("test_images_without_one_label", 0)
+        out.append(f"{notes['test_images_left_out']} test images left out of the single-label scoring"
+                   + (f" ({other} without exactly one label)" if other else ""))
     return out
 
 
