@@ -410,10 +410,10 @@ def read_ids(path, split: str = "train") -> list[tuple[str, str]]:
     if path.suffix in (".npy", ".pkl", ".pickle"):
         items = [(split, str(k), i + 1) for i, k in enumerate(load_npy_dict(path))]
     else:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             first = f.readline()
             f.seek(0)
-            if first.lstrip("\ufeff").startswith("ImageID"):
+            if first.startswith("ImageID"):
                 reader = csv.DictReader(f)
                 items = [(row.get("Subset") or split, row["ImageID"] or "", i + 2) for i, row in enumerate(reader)]
             else:
