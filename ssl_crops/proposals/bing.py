@@ -177,7 +177,8 @@ class Bing:
             ok = size >= 0
             v = np.where(ok, self.calib[np.maximum(size, 0), 0], 0).astype(np.float32)
             t = np.where(ok, self.calib[np.maximum(size, 0), 1], -np.inf).astype(np.float32)
-            cols.append((v[None], t[None]))
+            coarse = bool(np.any(ok & ~self._fine[np.maximum(size, 0)]))   # 5x5 maxima only rank coarse sizes
+            cols.append((v[None], t[None], coarse))
         return lay, cols
 
     def _stage1(self, work: np.ndarray) -> _Candidates:
@@ -198,7 +199,7 @@ class Bing:
                 continue
             pts = pts.reshape(-1, 2)
             xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
-            sparse = local_maxima(s, 5)[ys, xs] > 0
+            sparse = local_maxima(s, 5)[ys, xs] > 0 if cols[j][2] else np.zeros(len(xs), bool)
             out.append((ys + lay.y0[j], xs + c0, size[xs], s[ys, xs], sparse))
         if not out:
             e = np.zeros(0, np.intp)
