@@ -185,15 +185,23 @@ def main() -> None:
     ours = evaluate_proposals(props, [gts[i] for i in order], ks=KS)
 
     contrib = None
-    if not args.no_opencv:
-        contrib = OpenCVContrib(args.venv, args.opencv_model)
+    if not args.no_opencv and not (args.opencv_model / "ObjNessB2W8MAXBGR.wS1.yml.gz").exists():
+        print(f"no OpenCV model in {args.opencv_model}: OpenCV contrib skipped (--opencv-model)")
+    elif not args.no_opencv:
+        try:
+            contrib = OpenCVContrib(args.venv, args.opencv_model)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"error: cannot set up opencv-contrib in {args.venv} ({e}); "
+                             "pass --no-opencv to skip it") from e
+    if contrib is not None:
         contrib.ask(paths=[str(paths[i]) for i in order])
         with tempfile.TemporaryDirectory() as d:
             contrib.ask(op="boxes", out=f"{d}/boxes.npz")
             with np.load(f"{d}/boxes.npz") as z:
                 cv_props = [z[f"arr_{k}"][:1000] for k in range(len(order))]
         theirs = evaluate_proposals(cv_props, [gts[i] for i in order], ks=KS)
-    voc = Bing.from_opencv(args.opencv_model, max_side=args.max_side) if args.opencv_model.is_dir() else None
+    voc = (Bing.from_opencv(args.opencv_model, max_side=args.max_side)
+           if (args.opencv_model / "ObjNessB2W8MAXBGR.wS1.yml.gz").exists() else None)
 
     ours_ms, cv_ms, ratios = [], [], []              # interleaved rounds
     for _ in range(args.repeats):
@@ -223,7 +231,8 @@ def main() -> None:
     small = cv2.resize(photo, (640, 480), interpolation=cv2.INTER_AREA)
     big = cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_LINEAR)
     ms_small, ms_big = paired_median_ms(lambda im: models[0].propose(im, 1000), small, big)
-    print(f"one photo, median of 15 alternating calls: 640x480 {ms_small:.1f} ms, 4000x3000 {ms_big:.1f} ms ({ms_big / ms_small:.2f}x)")
+    print(f"one photo, median of 15 alternating calls: 640x480 {ms_small:.1f} ms, "
+          f"4000x3000 {ms_big:.1f} ms ({ms_big / ms_small:.2f}x)")
 
     if args.scenes:
         from ssl_crops.demo import synthetic_scenes
