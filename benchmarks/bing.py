@@ -1,6 +1,6 @@
 """BING proposals on real photos: ours (2-fold fitted) against OpenCV contrib's ObjectnessBING.
 
-    python benchmarks/bing.py DATA [--opencv-model DIR] [--repeats 5] [--scenes 100]
+    python benchmarks/bing.py DATA [--opencv-model DIR] [--repeats 7] [--scenes 100]
 
 ``DATA`` is a folder with ``images/`` and a COCO ``instances.json`` (e.g. coco128-train).
 Headline: 2-fold on the photos (fit on one half, score the other, both ways), working size
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="venv for opencv-contrib (made if missing)")
     ap.add_argument("--no-opencv", action="store_true", help="skip OpenCV contrib")
     ap.add_argument("--max-side", type=int, default=640, help="working size (long side)")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
     ap.add_argument("--scenes", type=int, default=100, help="generated scenes to fit on (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
