@@ -117,7 +117,7 @@ def load_coco(root: Path):
             [np.array(boxes[im["id"]], np.float32).reshape(-1, 4) for im in ims])
 
 
-def time_ours(models, folds, images, repeats=1):
+def time_ours(models, folds, images):
     """Per-image ms of ``models[f].propose`` over the images of fold ``f`` (warm-up first)."""
     ms = []
     for model, test in zip(models, folds):
