@@ -1,6 +1,6 @@
 """BING proposals on real photos: ours (2-fold fitted) against OpenCV contrib's ObjectnessBING.
 
-    python benchmarks/bing.py DATA [--opencv-model DIR] [--repeats 5] [--scenes 100]
+    python benchmarks/bing.py DATA [--opencv-model DIR] [--repeats 7] [--scenes 100]
 
 ``DATA`` is a folder with ``images/`` and a COCO ``instances.json`` (e.g. coco128-train).
 Headline: 2-fold on the photos (fit on one half, score the other, both ways), working size
@@ -117,7 +117,7 @@ def load_coco(root: Path):
             [np.array(boxes[im["id"]], np.float32).reshape(-1, 4) for im in ims])
 
 
-def time_ours(models, folds, images, repeats=1):
+def time_ours(models, folds, images):
     """Per-image ms of ``models[f].propose`` over the images of fold ``f`` (warm-up first)."""
     ms = []
     for model, test in zip(models, folds):
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="venv for opencv-contrib (made if missing)")
     ap.add_argument("--no-opencv", action="store_true", help="skip OpenCV contrib")
     ap.add_argument("--max-side", type=int, default=640, help="working size (long side)")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
     ap.add_argument("--scenes", type=int, default=100, help="generated scenes to fit on (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -185,15 +185,23 @@ def main() -> None:
     ours = evaluate_proposals(props, [gts[i] for i in order], ks=KS)
 
     contrib = None
-    if not args.no_opencv:
-        contrib = OpenCVContrib(args.venv, args.opencv_model)
+    if not args.no_opencv and not (args.opencv_model / "ObjNessB2W8MAXBGR.wS1.yml.gz").exists():
+        print(f"no OpenCV model in {args.opencv_model}: OpenCV contrib skipped (--opencv-model)")
+    elif not args.no_opencv:
+        try:
+            contrib = OpenCVContrib(args.venv, args.opencv_model)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"error: cannot set up opencv-contrib in {args.venv} ({e}); "
+                             "pass --no-opencv to skip it") from e
+    if contrib is not None:
         contrib.ask(paths=[str(paths[i]) for i in order])
         with tempfile.TemporaryDirectory() as d:
             contrib.ask(op="boxes", out=f"{d}/boxes.npz")
             with np.load(f"{d}/boxes.npz") as z:
                 cv_props = [z[f"arr_{k}"][:1000] for k in range(len(order))]
         theirs = evaluate_proposals(cv_props, [gts[i] for i in order], ks=KS)
-    voc = Bing.from_opencv(args.opencv_model, max_side=args.max_side) if args.opencv_model.is_dir() else None
+    voc = (Bing.from_opencv(args.opencv_model, max_side=args.max_side)
+           if (args.opencv_model / "ObjNessB2W8MAXBGR.wS1.yml.gz").exists() else None)
 
     ours_ms, cv_ms, ratios = [], [], []              # interleaved rounds
     for _ in range(args.repeats):
@@ -223,7 +231,8 @@ def main() -> None:
     small = cv2.resize(photo, (640, 480), interpolation=cv2.INTER_AREA)
     big = cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_LINEAR)
     ms_small, ms_big = paired_median_ms(lambda im: models[0].propose(im, 1000), small, big)
-    print(f"one photo, median of 15 alternating calls: 640x480 {ms_small:.1f} ms, 4000x3000 {ms_big:.1f} ms ({ms_big / ms_small:.2f}x)")
+    print(f"one photo, median of 15 alternating calls: 640x480 {ms_small:.1f} ms, "
+          f"4000x3000 {ms_big:.1f} ms ({ms_big / ms_small:.2f}x)")
 
     if args.scenes:
         from ssl_crops.demo import synthetic_scenes

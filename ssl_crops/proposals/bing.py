@@ -5,17 +5,20 @@ Pipeline for one image (``Bing.propose``):
 1. The image (8 or 16 bit, gray or colour) becomes uint8 RGB, is shrunk to the working size
    (long side ``max_side``, 640 px by default; never enlarged) and converted to the model's
    colour space (HSV for fitted models, RGB for OpenCV's).
-2. For every window size ``(w, h)`` of the model (sides 8..724 px in sqrt(2) steps; sizes
-   larger than twice the image skipped, sizes larger than the image clipped to it and kept
-   once) the image is resized to ``round(8 W / w) x round(8 H / h)`` so that one 8x8 window
+2. For every window size ``(w, h)`` of the model (sides from 8..724 px in sqrt(2) steps;
+   fitted models: 16..512 in powers of two plus 91, 181, 362; sizes larger than twice the
+   image skipped, sizes larger than the image clipped to it and kept once) the image is resized to ``round(8 W / w) x round(8 H / h)`` so that one 8x8 window
    is one candidate (bilinear, separable: one resize per width, one per height band).
 3. Normed gradients ``min(255, max_c |gx_c| + max_c |gy_c|)`` (``features.gradient``).
 4. Stage I: the 8x8 linear filter correlated with every band (exact float weights; OpenCV's
    model keeps its binarized weights and 4-bit gradients, the scores its stage II was fitted on).
-5. Non-maximum suppression per size: 3x3 local maxima (the best ``per_size`` of each size),
-   flagged when also 5x5 maxima.
-6. Stage II: per-size calibration ``v_i * s + t_i``; the first ``sparse_top`` proposals are
-   the best 5x5 maxima, the rest the best of all; boxes mapped back to the input's pixels
+5. Stage II: per-size calibration ``v_i * s + t_i`` of the score maps.
+6. Non-maximum suppression per size: 3x3 local maxima (``maxima="grid"``: a one-pass
+   approximation of OpenCV's greedy 5x5 NMS), flagged when also 5x5 maxima; optionally the
+   best ``per_size`` of each size.
+7. Ranking: the first ``sparse_top`` proposals are the best 5x5 maxima of the coarse
+   (power-of-two) sizes, then the best of the rest, with one rank in ``1 / fine_share`` after
+   ``fine_after`` given to the fine (sqrt(2)) sizes; boxes mapped back to the input's pixels
    (continuous ``xyxy``, ``x1``/``y1`` exclusive); optional greedy box NMS.
 
 ``Bing.fit`` trains both stages (a primal-Newton L2-loss linear SVM for stage I, per-size
@@ -100,8 +103,10 @@ class Bing:
     """BING objectness model: an 8x8 stage-I filter and per-size stage-II calibration.
 
     ``sizes``: ``(K, 2)`` window ``(w, h)`` in pixels of the working image (sides in
-    ``SIDES``); ``calib``: ``(K, 2)`` ``(v, t)``; ``per_size``: candidates kept per size;
-    ``sparse_top``: leading proposals taken from the 5x5 maxima only; ``nms_iou``: optional
+    ``SIDES``); ``calib``: ``(K, 2)`` ``(v, t)``; ``per_size``: cap on candidates per size
+    (``None``: no cap); ``sparse_top``: leading proposals taken from the 5x5 maxima only;
+    ``maxima``: ``local`` (3x3) or ``grid`` candidates; ``fine_share``/``fine_after``: share
+    of the list given to sizes between powers of two, after that rank; ``nms_iou``: optional
     final box NMS; ``top_k``: number of proposals ``proposals_for`` returns; ``color``: the
     gradient's colour space (``rgb``, ``hsv``, ``gray``); ``max_side``: working size (long side,
     px; ``None`` = the input's size); ``gradient_shift``: low gradient bits dropped before
@@ -177,7 +182,8 @@ class Bing:
             ok = size >= 0
             v = np.where(ok, self.calib[np.maximum(size, 0), 0], 0).astype(np.float32)
             t = np.where(ok, self.calib[np.maximum(size, 0), 1], -np.inf).astype(np.float32)
-            cols.append((v[None], t[None]))
+            coarse = bool(np.any(ok & ~self._fine[np.maximum(size, 0)]))   # 5x5 maxima only rank coarse sizes
+            cols.append((v[None], t[None], coarse))
         return lay, cols
 
     def _stage1(self, work: np.ndarray) -> _Candidates:
@@ -198,7 +204,7 @@ class Bing:
                 continue
             pts = pts.reshape(-1, 2)
             xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
-            sparse = local_maxima(s, 5)[ys, xs] > 0
+            sparse = local_maxima(s, 5)[ys, xs] > 0 if cols[j][2] else np.zeros(len(xs), bool)
             out.append((ys + lay.y0[j], xs + c0, size[xs], s[ys, xs], sparse))
         if not out:
             e = np.zeros(0, np.intp)
