@@ -5,6 +5,11 @@ pure geometry) and an applying half (crop, resize, augment). Inside any ``Datase
 
     crop = ObjectAwareCrop(mode="object-object", dilation=0.2, size=224)
     view_q, view_k = crop(pil_image, boxes)      # boxes: normalized xyxy, or BoundingBoxes
+
+The applying half also takes an *encoded* image (:func:`ssl_crops.data.open_image`): any object
+with ``size`` (width, height) and ``decode_regions(regions, size) -> (image, regions)``, which
+decodes only as many pixels as the two regions need and maps them (as float boxes) into the
+decoded image. The regions are sampled in the original pixel coordinates either way.
 """
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.functional import pil_modes_mapping
 from torchvision.transforms.v2 import functional as F
 
-from .augment import MoCoV2Augment
+from .augment import MoCoAugment
 from .geometry import Region, _dilate, _pixel_region, _randint, _rrc, _uniform, to_normalized_boxes
 
 __all__ = ["ObjectAwareCrop", "MODES"]
@@ -38,12 +44,14 @@ class ObjectAwareCrop(v2.Transform):
 
     Boxes smaller than ``min_box_pixels`` are grown about their centre (inside the image);
     every region is clipped to the image. With no boxes, ``scene`` is used. Views are
-    resized to ``size`` and passed through ``augment`` (default :class:`MoCoV2Augment`);
+    resized to ``size`` and passed through ``augment`` (default :class:`MoCoAugment`, the fast
+    MoCo-v2 augmentation; ``v2.PILToTensor()`` gives uint8 views for :class:`BatchAugment`);
     with ``swap`` the query/key order is random. Randomness comes from torch's RNG (seed it
     with ``torch.manual_seed``; DataLoader workers are seeded per worker).
     """
 
     uses_boxes = True  # ObjectCropDataset passes (image, boxes)
+    accepts_encoded = True  # ... and an encoded image, decoded here at the scale the regions need
 
     def __init__(self, mode: str = "object-object", dilation: float = 0.2, min_scale: float = 0.2,
                  object_min_scale: float = 0.0, size: int = 224, min_box_pixels: int = 32,
@@ -61,7 +69,7 @@ class ObjectAwareCrop(v2.Transform):
         self.scale, self.object_scale = (float(min_scale), 1.0), (float(object_min_scale), 1.0)
         self.min_box_pixels, self.swap, self.ratio = int(min_box_pixels), bool(swap), tuple(ratio)
         self.interpolation = interpolation
-        self.augment = MoCoV2Augment() if augment is None else augment
+        self.augment = MoCoAugment() if augment is None else augment
 
     def sample_regions(self, width: int, height: int, boxes: Any = None,
                        generator: torch.Generator | None = None) -> tuple[Region, Region]:
@@ -88,25 +96,36 @@ class ObjectAwareCrop(v2.Transform):
         return regions
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        image = next(x for x in flat_inputs if isinstance(x, (Image.Image, torch.Tensor))
-                     and not isinstance(x, tv_tensors.BoundingBoxes))
-        boxes = next((x for x in flat_inputs[1:] if x is not None), None)
-        width, height = F.get_size(image)[::-1]
+        image, boxes = flat_inputs
+        if _is_encoded(image):
+            width, height = image.size
+        else:
+            height, width = F.get_size(image)
         return {"regions": self.sample_regions(width, height, boxes)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> tuple[Any, Any]:
-        views = []
-        for x0, y0, x1, y1 in params["regions"]:
-            view = F.resized_crop(inpt, y0, x0, y1 - y0, x1 - x0, [self.size, self.size],
-                                  interpolation=self.interpolation, antialias=True)
-            views.append(self.augment(view))
-        return tuple(views)
+        regions = params["regions"]
+        if _is_encoded(inpt):
+            inpt, regions = inpt.decode_regions(regions, self.size)
+        return tuple(self.augment(self._resized_crop(inpt, region)) for region in regions)
+
+    def _resized_crop(self, img: Any, region) -> Any:
+        """``region`` (float pixel box) of ``img`` resized to ``size`` x ``size``."""
+        if isinstance(img, Image.Image):  # PIL's resize reads fractional boxes: no rounding of the region
+            return img.resize((self.size, self.size), pil_modes_mapping[self.interpolation], box=tuple(region))
+        x0, y0, x1, y1 = (int(round(v)) for v in region)
+        return F.resized_crop(img, y0, x0, y1 - y0, x1 - x0, [self.size, self.size],
+                              interpolation=self.interpolation, antialias=True)
 
     def forward(self, img: Any, boxes: Any = None) -> tuple[Any, Any]:
-        """``(view_q, view_k)`` of a PIL image or image tensor and its normalized boxes."""
+        """``(view_q, view_k)`` of a PIL image, image tensor or encoded image and its normalized boxes."""
         return self.transform(img, self.make_params([img, boxes]))
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, dilation={self.dilation}, min_scale={self.scale[0]}, "
                 f"object_min_scale={self.object_scale[0]}, size={self.size}, "
                 f"min_box_pixels={self.min_box_pixels}, swap={self.swap}")
+
+
+def _is_encoded(img: Any) -> bool:
+    return hasattr(img, "decode_regions") and not isinstance(img, (Image.Image, torch.Tensor))
