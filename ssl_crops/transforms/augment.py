@@ -196,7 +196,7 @@ _JITTER_U8 = (_brightness_u8, _contrast_u8, _saturation_u8, _hue_u8)
 
 def _as_hwc_uint8(img: Any) -> np.ndarray:
     if isinstance(img, Image.Image):
-        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+        return np.array(img.convert("RGB") if img.mode != "RGB" else img)
     if isinstance(img, torch.Tensor):
         if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
             raise TypeError(f"expected a uint8 (3, H, W) tensor, got {img.dtype} {tuple(img.shape)}")
@@ -268,14 +268,12 @@ def _hue_f(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     rc, gc, bc = (maxc - r) / c, (maxc - g) / c, (maxc - b) / c
     h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     h = torch.remainder(h / 6.0 + f.view(-1, 1, 1), 1.0) * 6.0
-    i = torch.floor(h)
-    frac = h - i
-    i = i.long().remainder_(6).unsqueeze(1)
-    v = maxc
-    p, q, t = v * (1 - s), v * (1 - s * frac), v * (1 - s * (1 - frac))
-    #              i:  0  1  2  3  4  5
-    table = torch.stack([torch.stack(c, 1) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))], 1)
-    return table.gather(2, i.unsqueeze(1).expand(-1, 3, 1, -1, -1)).squeeze(2).clamp_(0, 1)
+    vs = maxc * s  # back to RGB: channel = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h + n, 6.0)
+        out.append(maxc - vs * torch.minimum(k, 4.0 - k).clamp_(0, 1))
+    return torch.stack(out, 1).clamp_(0, 1)
 
 
 def _jitter_f(op: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -338,7 +336,7 @@ class BatchAugment(torch.nn.Module):
         if r < 1:
             return x
         t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-        k = torch.exp(-t ** 2 / (2 * sigma.view(-1, 1) ** 2))
+        k = torch.exp(-t ** 2 / (2 * sigma.to(x.dtype).view(-1, 1) ** 2))
         k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)
         y = torch.nn.functional.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
         y = torch.nn.functional.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
