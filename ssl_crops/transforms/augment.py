@@ -239,8 +239,8 @@ class MoCoAugment(v2.Transform):
         return img
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> torch.Tensor:
-        out = torch.from_numpy(self.augment_uint8(_as_hwc_uint8(inpt), params)).permute(2, 0, 1)
-        return (out.float() - self.mean).mul_(self.scale)
+        out = torch.from_numpy(self.augment_uint8(_as_hwc_uint8(inpt), params)).permute(2, 0, 1).contiguous()
+        return out.float().sub_(self.mean).mul_(self.scale)
 
     def forward(self, img: Any) -> torch.Tensor:
         return self.transform(img, self.make_params([img]))
