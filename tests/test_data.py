@@ -183,6 +183,9 @@ def test_scale_choice_and_formats(tmp_path):
     assert png.scale_for([(0, 0, 800, 600)], 32) == 1  # other formats decode fully
     img, regions = png.decode_regions([(0, 0, 800, 600)], 32)
     assert img.size == (800, 600) and regions == [(0.0, 0.0, 800.0, 600.0)]
+    Image.open(tmp_path / "a.jpg").convert("L").save(tmp_path / "gray.jpg")
+    gray, regions = open_image(tmp_path / "gray.jpg").decode_regions([(0, 0, 800, 600)], 64)
+    assert gray.mode == "RGB" and gray.size == (100, 75) and regions == [(0.0, 0.0, 100.0, 75.0)]
     full = enc.decode()  # once decoded in full (e.g. for proposals), the full image is reused
     img, _ = enc.decode_regions([(0, 0, 800, 600)], 32)
     assert img is full
