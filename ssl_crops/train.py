@@ -33,7 +33,7 @@ from .demo import make_demo
 from .formats import SUBSET_FILES
 from .files import atomic_write
 from .moco import MoCo
-from .transforms import BatchAugment, ObjectAwareCrop, moco_augment
+from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
 CROP_MODES = ("scene", "object-object", "object-scene")
@@ -44,9 +44,13 @@ NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else {"broadcast_buffers": False})
 BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
-# --demo: a small ResNet on the generated data, about two minutes on two CPU cores.
-DEMO_DEFAULTS = dict(arch="resnet18", epochs=30, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
-                     image_size=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
+# --demo: a small ResNet on the generated data, about two minutes on two CPU cores. The original
+# method's epoch is one item per box (~4.6 per demo image): 7 epochs are 154 steps, as many as
+# the 30 per-image epochs before. Its 224 px minimum
+# region is ~22% of an OpenImages photo's side, so on the 256-448 px demo scenes with 64 px views
+# the minimum region is 64 px (at 224 px every object crop would be most of the scene).
+DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
+                     image_size=64, min_region=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
                      save_name="demo", log_freq=1, save_freq=10, knn_every=10, seed=0)
 
 
@@ -88,18 +92,31 @@ def build_parser():
     g = p.add_argument_group("object-aware crops")
     g.add_argument("--save_name", "--save-name", default="moco", help="run name: <output-dir>/<save_name>/")
     g.add_argument("--bing_crops", "--bing-crops", action="store_true",
-                   help="object-object crops with dilation from boxes; BING proposals for images without "
-                        "boxes (--proposals, or a model fitted on the annotated images)")
+                   help="the original method: object-object crops of the original geometry, one item per box "
+                        "per epoch (with --sampling image, BING proposals for images without boxes)")
     g.add_argument("--crop-mode", choices=CROP_MODES, default=None,
                    help="default: object-object with --bing_crops, else scene")
-    g.add_argument("--dilation", type=float, default=0.2)
+    g.add_argument("--crop-geometry", choices=GEOMETRIES, default="original",
+                   help="object regions: 'original' (the original code's, clipped to the image) or 'relative' "
+                        "(dilation x the box size, grown about the centre to --min-region)")
+    g.add_argument("--dilation", type=float, default=0.2, help="context dilation of the object regions")
+    g.add_argument("--min-region", type=int, default=224,
+                   help="smallest object region side in pixels of the image (the original's 224; scale it with "
+                        "the image resolution)")
+    g.add_argument("--min-scale", type=float, default=0.2,
+                   help="smallest scale of the RandomResizedCrop of the context (or scene) view")
     g.add_argument("--rescale_parameter", "--rescale-parameter", type=float, default=0.0,
-                   help="smallest scale of the tight object crop")
+                   help="smallest scale of the RandomResizedCrop of the tight object view")
+    g.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=False,
+                   help="both object views contain the box centre (default: placed uniformly, as the original)")
+    g.add_argument("--sampling", choices=["image", "box"], default=None,
+                   help="one item per image or per box (default: box for object crops, the original's epoch; "
+                        "image for scene crops)")
     g.add_argument("--proposals", default=None,
                    help="BING model, OpenCV BING model folder or proposal cache (.npz) for images without boxes "
-                        "(default: fit BING on the annotated images, saved as <run>/bing.npz)")
+                        "under --sampling image (default: fit BING on the annotated images, saved as "
+                        "<run>/bing.npz)")
     g.add_argument("--bing-topk", type=int, default=10, help="proposals used per image without boxes")
-    g.add_argument("--sampling", choices=["image", "box"], default="image", help="one sample per image or per box")
     g.add_argument("--image-size", type=int, default=224)
     g.add_argument("--labels", default=None, help="labels dict (images_selected_new.npy)")
     g.add_argument("--boxes", default=None, help="boxes dict (images_selected_with_all_features.npy)")
@@ -163,19 +180,30 @@ class SeededDataset(Dataset):
 
 
 def build_dataset(args, run_dir, main=True):
-    """``(ObjectCropDataset, BoxIndex)`` from the flags."""
+    """``(ObjectCropDataset, BoxIndex)`` from the flags. Object crops default to one item per box
+    (the original's epoch), or per image when the index has no boxes at all (proposals then)."""
     index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
     mode = args.crop_mode or ("object-object" if args.bing_crops else "scene")
+    sampling = args.sampling or ("box" if mode != "scene" and index.num_boxes > 0 else "image")
+    unboxed = int((index.num_boxes_per_image() == 0).sum())
     proposals = None
-    if args.proposals:
+    if sampling == "box":  # images without boxes are never visited: no proposals needed
+        if main and args.proposals:
+            warnings.warn(f"--proposals {args.proposals} is not used under --sampling box (one item per box); "
+                          "use --sampling image to crop images without boxes from proposals")
+        if main and unboxed:
+            print(f"{unboxed} of {len(index)} images have no boxes and are not visited (--sampling box)", flush=True)
+    elif args.proposals:
         from .proposals import open_proposals
         proposals = open_proposals(args.proposals)
-    elif mode != "scene" and (index.num_boxes_per_image() == 0).any():
+    elif mode != "scene" and unboxed:
         proposals = fitted_proposals(index, args.data, Path(run_dir) / "bing.npz", args.seed, main)
     on_device = getattr(args, "augment_on", None) == "device"  # workers then return uint8 crops
-    crop = ObjectAwareCrop(mode=mode, dilation=args.dilation, object_min_scale=args.rescale_parameter,
-                           size=args.image_size, augment=v2.PILToTensor() if on_device else moco_augment(args.aug_plus))
-    dataset = ObjectCropDataset(args.data, index, crop, proposals=proposals, sampling=args.sampling,
+    crop = ObjectAwareCrop(mode=mode, geometry=args.crop_geometry, dilation=args.dilation,
+                           min_scale=args.min_scale, object_min_scale=args.rescale_parameter, size=args.image_size,
+                           min_region=args.min_region, anchor=args.anchor,
+                           augment=v2.PILToTensor() if on_device else moco_augment(args.aug_plus))
+    dataset = ObjectCropDataset(args.data, index, crop, proposals=proposals, sampling=sampling,
                                 proposal_topk=args.bing_topk)
     return dataset, index
 

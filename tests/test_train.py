@@ -105,7 +105,8 @@ def test_rng_state_round_trip():
 def _run(demo, out, *extra, seed=3):
     argv = [str(demo / "images"), "-a", "resnet18", "-b", "32", "--moco-k", "64", "--image-size", "32",
             "-j", "0", "--lr", "0.05", "--mlp", "--aug-plus", "--cos", "--bing_crops",
-            "--epochs", "2", "--save-freq", "1", "--log-freq", "2", "--output-dir", str(out), "--save_name", "r",
+            "--sampling", "image", "--epochs", "2", "--save-freq", "1", "--log-freq", "2", "--output-dir", str(out),
+            "--save_name", "r",
             *(["--seed", str(seed)] if seed is not None else []), *extra]
     return train.main(argv)
 
@@ -168,7 +169,8 @@ def test_original_command_line_runs_on_cpu(demo, tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no CUDA device" in proc.stdout and "gloo" in proc.stdout
-    assert "using K=128" in proc.stderr  # the queue is shrunk below the 136 images
+    boxes = train.load_index(str(demo / "images")).num_boxes  # one item per box: the queue is shrunk below them
+    assert f"using K={(boxes - 1) // 128 * 128}" in proc.stderr
     ckpt = torch.load(tmp_path / "NAME" / "checkpoint_last.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "resnet18" and ckpt["args"]["bing_crops"]
     assert f"checkpoint: {tmp_path / 'NAME' / 'checkpoint_last.pth'}" in proc.stdout
@@ -198,8 +200,13 @@ def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
         del boxes[image_id]
     np.save(tmp_path / "labels.npy", labels, allow_pickle=True)
     np.save(tmp_path / "boxes.npy", boxes, allow_pickle=True)
-    args = parse_args([str(demo_root / "images"), "--bing_crops", "--labels", str(tmp_path / "labels.npy"),
-                       "--boxes", str(tmp_path / "boxes.npy"), "--image-size", "32", "--seed", "0"])
+    argv = [str(demo_root / "images"), "--bing_crops", "--labels", str(tmp_path / "labels.npy"),
+            "--boxes", str(tmp_path / "boxes.npy"), "--image-size", "32", "--seed", "0"]
+    # the original method (one item per box) never visits images without boxes: no BING model
+    dataset, index = build_dataset(parse_args(argv), tmp_path / "run")
+    assert dataset.sampling == "box" and dataset.proposals is None and not (tmp_path / "run").exists()
+    assert len(dataset) == index.num_boxes
+    args = parse_args(argv + ["--sampling", "image"])
     dataset, index = build_dataset(args, tmp_path / "run")
     assert isinstance(dataset.proposals, Bing) and (tmp_path / "run" / "bing.npz").is_file()
     i = next(j for j in range(len(index)) if index.image_id(j) in unboxed)
@@ -217,6 +224,47 @@ def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
     with pytest.warns(UserWarning, match="no image .* has boxes"):
         flat, _ = build_dataset(args, tmp_path / "run2")
     assert flat.proposals is None
+
+
+def test_bing_crops_alone_is_the_original_method(demo_root, tmp_path, capsys):
+    from ssl_crops.train import build_dataset, parse_args
+
+    dataset, index = build_dataset(parse_args([str(demo_root / "images"), "--bing_crops"]), tmp_path)
+    crop = dataset.transform
+    assert (crop.mode, crop.geometry, crop.dilation, crop.min_region, crop.anchor) == (
+        "object-object", "original", 0.2, 224, False)
+    assert (crop.scale, crop.object_scale, crop.size, crop.swap) == ((0.2, 1.0), (0.0, 1.0), (224, 224), True)
+    assert dataset.sampling == "box" and len(dataset) == index.num_boxes > len(index)
+    seen = np.concatenate([dataset._image_and_boxes(i)[1] for i in range(len(dataset))])  # one box per item
+    np.testing.assert_array_equal(seen, index.flat_boxes)
+    with pytest.warns(UserWarning, match="not used under --sampling box"):
+        build_dataset(parse_args([str(demo_root / "images"), "--bing_crops", "--proposals", "p.npz"]), tmp_path)
+    scene, _ = build_dataset(parse_args([str(demo_root / "images")]), tmp_path)
+    assert scene.transform.mode == "scene" and scene.sampling == "image" and len(scene) == len(index)
+
+
+def test_crop_flags_reach_the_transform(demo_root, tmp_path):
+    from ssl_crops.train import build_dataset, parse_args
+
+    args = parse_args([str(demo_root / "images"), "--bing_crops", "--crop-geometry", "relative", "--min-region", "96",
+                       "--min-scale", "0.3", "--rescale_parameter", "0.1", "--dilation", "0.5", "--anchor",
+                       "--sampling", "image", "--image-size", "48", "--crop-mode", "object-scene"])
+    dataset, index = build_dataset(args, tmp_path)
+    crop = dataset.transform
+    assert (crop.mode, crop.geometry, crop.min_region, crop.scale, crop.object_scale, crop.dilation, crop.anchor,
+            crop.size) == ("object-scene", "relative", 96, (0.3, 1.0), (0.1, 1.0), 0.5, True, (48, 48))
+    assert dataset.sampling == "image" and len(dataset) == len(index)
+    assert not parse_args(["D", "--anchor", "--no-anchor"]).anchor
+    with pytest.raises(SystemExit):
+        parse_args(["D", "--crop-geometry", "paper"])
+
+
+def test_demo_scales_the_minimum_region(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images_selected_new.npy").touch()
+    args = train.parse_args(["--demo", str(tmp_path)])
+    assert args.min_region == args.image_size == 64 and args.bing_crops and args.sampling is None
+    assert train.parse_args(["--demo", str(tmp_path), "--min-region", "100"]).min_region == 100
 
 
 def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_path, one_thread):
