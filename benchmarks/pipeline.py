@@ -3,7 +3,7 @@
   (a) the standard MoCo-v2 pipeline of the original code: torchvision transforms on the full
       decoded image (RandomResizedCrop 0.2-1, ColorJitter p=0.8, grayscale, PIL blur, flip);
   (b) ours, scene crops: reduced JPEG decoding + the fast CPU augmentation (MoCoAugment);
-  (c) ours, object-object crops (dilation 0.2) from the COCO boxes;
+  (c) ours, object-object crops from the COCO boxes, original geometry (dilation 0.2, min_region 224);
   (d) (c) with device augmentation: the workers return uint8 crops; the batched augmentation
       (BatchAugment) is timed separately, here on the CPU, per image (two views).
 
@@ -108,7 +108,7 @@ def stage_times(root, index, crop, n):
         enc = open_image(root / index.path(i % len(index)))
         regions = crop.sample_regions(*enc.size, index.boxes(i % len(index)))
         t1 = time.perf_counter()
-        img, boxes = enc.decode_regions(regions, crop.size)
+        img, boxes = enc.decode_regions(regions, crop.size[::-1])
         t2 = time.perf_counter()
         views = [crop._resized_crop(img, b) for b in boxes]
         t3 = time.perf_counter()
@@ -146,7 +146,7 @@ def main(argv=None):
         if index.num_boxes == 0:
             print("warning: no boxes: the object-object pipelines fall back to scene crops")
         size = args.size
-        object_crop = dict(mode="object-object", dilation=0.2, size=size)
+        object_crop = dict(mode="object-object", geometry="original", dilation=0.2, min_region=224, size=size)
         pipelines = {
             "(a) MoCo-v2 torchvision, full decode": ObjectCropDataset(root, index, original_moco_v2(size)),
             "(b) ours, scene": ObjectCropDataset(root, index, ObjectAwareCrop(mode="scene", size=size)),
