@@ -7,7 +7,8 @@ from .geometry import (GEOMETRIES, Region, object_regions, original_regions, ran
                        relative_regions, to_normalized_boxes)
 
 __all__ = [
-    "ObjectAwareCrop", "MoCoAugment", "BatchAugment", "AugmentSpec", "MoCoV2Augment", "MoCoV1Augment", "GaussianBlur", "TwoViews", "moco_augment",
+    "ObjectAwareCrop", "MoCoAugment", "BatchAugment", "AugmentSpec", "MoCoV2Augment", "MoCoV1Augment",
+    "GaussianBlur", "TwoViews", "moco_augment",
     "eval_transform", "linear_train_transform", "to_normalized_boxes", "IMAGENET_MEAN", "IMAGENET_STD",
     "MODES", "Region", "GEOMETRIES", "object_regions", "original_regions", "relative_regions",
     "random_resized_crop",
