@@ -198,9 +198,11 @@ def _as_hwc_uint8(img: Any) -> np.ndarray:
     if isinstance(img, Image.Image):
         return np.array(img.convert("RGB") if img.mode != "RGB" else img)
     if isinstance(img, torch.Tensor):
-        if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
-            raise TypeError(f"expected a uint8 (3, H, W) tensor, got {img.dtype} {tuple(img.shape)}")
-        img = img.permute(1, 2, 0).numpy()
+        if img.ndim != 3 or img.shape[0] not in (1, 3):
+            raise TypeError(f"expected a (3, H, W) or (1, H, W) image tensor, got shape {tuple(img.shape)}")
+        if img.is_floating_point():  # torchvision's convention: floats in [0, 1]
+            img = img.detach().mul(255).round_().clamp_(0, 255)
+        img = img.detach().cpu().to(torch.uint8).expand(3, -1, -1).permute(1, 2, 0).numpy()
     if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
         return np.ascontiguousarray(img)
     raise TypeError(f"expected an RGB PIL image, a uint8 (H, W, 3) array or (3, H, W) tensor, got {type(img).__name__}")
@@ -210,7 +212,8 @@ class MoCoAugment(v2.Transform):
     """MoCo-v2 (``aug_plus``) or MoCo-v1 augmentation of one view, fast: vectorized OpenCV kernels
     on the uint8 view, the parameter distributions of torchvision's (:class:`AugmentSpec`), output
     a normalized float ``(3, H, W)`` tensor like :class:`MoCoV2Augment`'s. Takes a PIL image, a
-    uint8 ``(H, W, 3)`` array or a uint8 ``(3, H, W)`` tensor. Randomness from torch's RNG."""
+    uint8 ``(H, W, 3)`` array or a ``(3, H, W)`` / ``(1, H, W)`` image tensor (uint8, or float in
+    [0, 1], quantized to uint8). Randomness from torch's RNG."""
 
     def __init__(self, aug_plus: bool = True, spec: AugmentSpec | None = None,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):

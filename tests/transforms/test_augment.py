@@ -127,8 +127,16 @@ def test_fast_augmentation_inputs_outputs_and_seeding():
     c = aug(img)
     assert a.shape == (3, 48, 48) and a.dtype == torch.float32
     assert torch.equal(a, b) and torch.equal(a, c)
-    with pytest.raises(TypeError, match="uint8"):
-        aug(torch.zeros(3, 8, 8))
+    torch.manual_seed(3)
+    d = aug(torch.from_numpy(img).permute(2, 0, 1).float() / 255)  # float image tensors in [0, 1]
+    assert torch.equal(a, d)
+    gray = torch.from_numpy(img[..., 0]).unsqueeze(0)
+    torch.manual_seed(4)
+    e = aug(gray)
+    torch.manual_seed(4)
+    assert torch.equal(e, aug(Image.fromarray(img[..., 0])))  # one channel, as PIL "L"
+    with pytest.raises(TypeError, match="shape"):
+        aug(torch.zeros(2, 3, 8, 8))
 
 
 def test_batch_augmentation_matches_the_cpu_augmentation_distributions(one_thread):
