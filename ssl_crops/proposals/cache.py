@@ -34,6 +34,8 @@ _KEYS = ("ids", "offsets", "boxes", "scores", "sizes")
 class ProposalCache:
     """Proposals of many images in flat arrays; ``proposals_for`` serves the training dataset."""
 
+    needs_image = False  # proposals_for reads the cache, not the pixels: the dataset need not decode
+
     def __init__(self, ids, offsets, boxes, scores, sizes, meta: dict | None = None):
         self.ids = np.asarray(ids, dtype=str).reshape(-1)
         self.offsets = np.asarray(offsets, np.int64).reshape(-1)
