@@ -3,6 +3,7 @@ import json
 import os
 import random
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from ssl_crops import train
+from ssl_crops.data import CorruptImageError
 from ssl_crops.demo import make_demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,19 +122,51 @@ def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env):
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()
               if '"type": "epoch"' in line]
     assert epochs == [0, 1]  # the resumed run appends to the log
-    with pytest.warns(UserWarning, match="starts afresh"):
+    log = (tmp_path / "r" / "log.jsonl").read_text()
+    with pytest.raises(SystemExit, match="holds a run .*--resume auto"):  # never starts afresh over a run
         _run(demo, tmp_path, "--epochs", "1")
-    assert '"epoch": 1' not in (tmp_path / "r" / "log.jsonl").read_text()  # a fresh run starts a new log
+    assert (tmp_path / "r" / "log.jsonl").read_text() == log
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         _run(demo, tmp_path, "--resume", str(tmp_path / "nope.pth"))
 
 
-def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env):
+def _signal_at(monkeypatch, *steps, sig=signal.SIGTERM):
+    """Make the process send itself ``sig`` during its ``steps``-th training steps (counted from 1)."""
+    calls = []
+    step = train.train_step
+
+    def train_step(*a, **k):
+        calls.append(1)
+        if len(calls) in steps:
+            os.kill(os.getpid(), sig)
+        return step(*a, **k)
+    monkeypatch.setattr(train, "train_step", train_step)
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env, monkeypatch, capsys):
+    """Stopped by SIGTERM mid-epoch, by SIGUSR1 in the next epoch, then its newest checkpoint
+    truncated: resumed three times, the run ends bit-identical to an uninterrupted one."""
     torch.set_num_threads(1)
     _run(demo, tmp_path / "a")
-    _run(demo, tmp_path / "b", "--epochs", "1")
-    last = tmp_path / "b" / "r" / "checkpoint_last.pth"
-    last.write_bytes(last.read_bytes()[:1000])  # killed while copying: resume falls back to checkpoint_0001
+    run = tmp_path / "b" / "r"
+    with monkeypatch.context() as m:
+        _signal_at(m, 3)
+        _run(demo, tmp_path / "b")  # 4 steps per epoch: stops after step 3, mid epoch 1
+    assert "SIGTERM: stopped after step 3 (epoch 1, batch 3/4)" in capsys.readouterr().out
+    stopped = torch.load(run / "checkpoint_last.pth", weights_only=True)
+    assert (stopped["epoch"], stopped["step"], stopped["epoch_state"]["batches"]) == (0, 3, 3)
+    with monkeypatch.context() as m:
+        _signal_at(m, 3, sig=signal.SIGUSR1)
+        _run(demo, tmp_path / "b", "--resume", "auto")  # steps 4, 5, 6: stops at batch 2 of epoch 2
+    assert "resumed from" in capsys.readouterr().out
+    assert torch.load(run / "checkpoint_last.pth", weights_only=True)["step"] == 6
+    assert torch.load(run / "checkpoint_prev.pth", weights_only=True)["step"] == 4
+    last = run / "checkpoint_last.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # killed while copying: resume falls back to checkpoint_prev
     with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
         _run(demo, tmp_path / "b", "--resume", "auto")
 
@@ -140,80 +174,79 @@ def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env):
     b = torch.load(last, weights_only=True)
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 8
     assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert "module.encoder_q.conv1.weight" in a["state_dict"] and "module.queue" in a["state_dict"]
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    assert not torch.equal(a["state_dict"]["queue"], torch.load(tmp_path / "b" / "r" / "checkpoint_0001.pth",
-                                                                  weights_only=True)["state_dict"]["queue"])
+    assert not torch.equal(a["state_dict"]["module.queue"], torch.load(
+        run / "checkpoint_0001.pth", weights_only=True)["state_dict"]["module.queue"])
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
 
-    records = [json.loads(line) for line in (tmp_path / "b" / "r" / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in records if r.get("type") != "epoch"]
-    assert [r["step"] for r in steps] == [2, 4, 6, 8]
-    assert {"loss", "lr", "data_time", "step_time", "images_per_s", "epoch", "step"} <= steps[0].keys()
-    assert [r["epoch"] for r in records if r.get("type") == "epoch"] == [0, 1]
+    ra, rb = _records(tmp_path / "a" / "r"), _records(run)
+    steps = [r for r in rb if r["type"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8]  # no duplicates after three resumes
+    assert {"loss", "lr", "data_time", "compute_time", "images_per_s", "epoch", "step"} <= steps[0].keys()
+    assert [(r["epoch"], r["step"]) for r in rb if r["type"] == "epoch"] == [(0, 4), (1, 8)]
+    assert [r["signal"] for r in rb if r["type"] == "stop"] == ["SIGTERM"]  # the SIGUSR1 stop was redone
+    for key in ("loss", "bad_images", "scene_fallbacks"):  # the epoch losses too, to the last bit
+        assert [r[key] for r in ra if r["type"] == "epoch"] == [r[key] for r in rb if r["type"] == "epoch"]
+    assert [r["loss"] for r in ra if r["type"] == "step"] == [r["loss"] for r in steps]
 
 
-def test_original_command_line_runs_on_cpu(demo, tmp_path):
-    """The literal command (with -a resnet18, --epochs 1 and a small --image-size appended)."""
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU fallback")
-    line = ORIGINAL.replace("DATA", str(demo / "images")).replace("resnet50", "resnet18")
-    cmd = [sys.executable, *shlex.split(line)[1:], "--epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path)]
-    with socket.socket() as s:
-        if s.connect_ex(("localhost", 10005)) == 0:
-            pytest.skip("port 10005 of the original --dist-url is in use")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID")}
-    proc = subprocess.run(cmd, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "no CUDA device" in proc.stdout and "gloo" in proc.stdout
-    assert "using K=128" in proc.stderr  # the queue is shrunk below the 136 images
-    ckpt = torch.load(tmp_path / "NAME" / "checkpoint_last.pth", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["arch"] == "resnet18" and ckpt["args"]["bing_crops"]
-    assert f"checkpoint: {tmp_path / 'NAME' / 'checkpoint_last.pth'}" in proc.stdout
-
-
-def test_demo_runs_with_knn_monitor(demo, tmp_path, clean_env, capsys):
-    """--demo on existing (small) demo data, one epoch: trains, runs the kNN monitor, says where things are."""
-    run_dir = train.main(["--demo", str(demo), "--epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path)])
+def test_bad_images_counted_over_workers_and_named_once(bad_images, tmp_path, clean_env, capsys):
+    torch.set_num_threads(1)
+    argv = [str(bad_images.images), "--coco", str(bad_images.coco), "-a", "resnet18", "-b", "4", "--moco-k", "40",
+            "--image-size", "16", "-j", "2", "--epochs", "2", "--crop-mode", "scene", "--seed", "0",
+            "--output-dir", str(tmp_path), "--save_name", "bad", "--log-freq", "100"]
+    train.main(argv)
     out = capsys.readouterr().out
-    assert run_dir == tmp_path / "demo" and "making demo data" not in out
-    assert f"checkpoint: {run_dir / 'checkpoint_last.pth'}" in out and f"log: {run_dir / 'log.jsonl'}" in out
-    summary = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()][-1]
-    assert summary["type"] == "epoch" and 0.0 <= summary["knn20_map"] <= 1.0
-    ckpt = torch.load(run_dir / "checkpoint_0001.pth", weights_only=True)
-    assert ckpt["args"]["moco_k"] == 128 and ckpt["arch"] == "resnet18"
+    epochs = [r for r in _records(tmp_path / "bad") if r["type"] == "epoch"]
+    assert [r["bad_images"] for r in epochs] == [4, 4]  # 44 items in 11 batches: each bad one visited once
+    assert "bad_images 4" in out and "4 unreadable images skipped" in out
+    lines = (tmp_path / "bad" / "bad_images.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(bad_images.unreadable)  # named once
+    assert all(len(line.split("\t")) == 2 and line.split("\t")[1] for line in lines)
+    with pytest.raises(CorruptImageError, match="missing.jpg|truncated.jpg|empty.jpg|huge.jpg"):
+        train.main([*argv[:-1], "strict", "--bad-image", "error", "-j", "0"])
 
 
-def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
-    from ssl_crops.boxes import load_npy_dict
-    from ssl_crops.proposals import Bing
-    from ssl_crops.train import build_dataset, parse_args
+def test_unwritable_output_fails_before_training(demo, tmp_path, clean_env, monkeypatch):
+    (tmp_path / "out").write_text("a file where the output folder should be")
+    started = []
+    monkeypatch.setattr(train, "build_dataset", lambda *a: started.append(1))
+    with pytest.raises(SystemExit) as err:
+        _run(demo, tmp_path / "out")
+    assert str(tmp_path / "out" / "r") in str(err.value) and "\n" not in str(err.value) and not started
+    (tmp_path / "ok" / "r" / "checkpoint_last.pth").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="checkpoint_last.pth: a directory is in the way"):
+        _run(demo, tmp_path / "ok")
+    assert not started
 
-    labels = load_npy_dict(demo_root / "images_selected_new.npy")
-    boxes = load_npy_dict(demo_root / "images_selected_with_all_features.npy")
-    unboxed = sorted(labels)[::2]
-    for image_id in unboxed:
-        del boxes[image_id]
-    np.save(tmp_path / "labels.npy", labels, allow_pickle=True)
-    np.save(tmp_path / "boxes.npy", boxes, allow_pickle=True)
-    args = parse_args([str(demo_root / "images"), "--bing_crops", "--labels", str(tmp_path / "labels.npy"),
-                       "--boxes", str(tmp_path / "boxes.npy"), "--image-size", "32", "--seed", "0"])
-    dataset, index = build_dataset(args, tmp_path / "run")
-    assert isinstance(dataset.proposals, Bing) and (tmp_path / "run" / "bing.npz").is_file()
-    i = next(j for j in range(len(index)) if index.image_id(j) in unboxed)
-    assert index.boxes(i).shape[0] == 0
-    (q, k), _ = dataset[i]
-    assert q.shape == (3, 32, 32)
-    img = Image.open(demo_root / "images" / index.path(i))
-    props = dataset.proposals.proposals_for(index.image_id(i), img)
-    assert props.shape[1] == 4 and len(props) >= args.bing_topk and (props >= 0).all() and (props <= 1).all()
-    # a run without any boxes falls back to scene crops with a warning
-    args.labels = args.boxes = None
-    args.data = str(tmp_path / "flat")
-    (tmp_path / "flat").mkdir()
-    img.save(tmp_path / "flat" / "a.jpg")
-    with pytest.warns(UserWarning, match="no image .* has boxes"):
-        flat, _ = build_dataset(args, tmp_path / "run2")
-    assert flat.proposals is None
+
+def test_disk_full_at_checkpoint_time_is_one_line(demo, tmp_path, clean_env, monkeypatch):
+    """The disk fills up while the second epoch's checkpoint is written: the run stops with one line
+    naming the file and ENOSPC, and the first epoch's checkpoint is intact."""
+    import errno
+    import io
+
+    from ssl_crops import checkpoint, files
+
+    class FullDisk(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    torch.set_num_threads(1)
+    save = checkpoint.save_checkpoint
+
+    def save_on_a_full_disk_at_epoch_2(state, run_dir, keep):
+        if state["epoch"] == 2:
+            monkeypatch.setattr(files, "open", lambda p, mode="r": FullDisk(p, mode.replace("b", "")), raising=False)
+        save(state, run_dir, keep)
+    monkeypatch.setattr(train, "save_checkpoint", save_on_a_full_disk_at_epoch_2)
+    with pytest.raises(SystemExit) as err:
+        _run(demo, tmp_path)
+    msg = str(err.value)
+    assert f"cannot write {tmp_path / 'r' / 'checkpoint_last.pth'}: No space left on device (ENOSPC)" in msg, msg
+    assert "\n" not in msg
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
