@@ -112,9 +112,13 @@ def _run(demo, out, *extra, seed=3):
     return train.main(argv)
 
 
-def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env):
+def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env, monkeypatch, capsys):
     torch.set_num_threads(1)
-    _run(demo, tmp_path, "--epochs", "1", seed=None)
+    with monkeypatch.context() as m:  # on a terminal: a progress bar on stderr, no plain step lines
+        m.setattr(sys.stderr, "isatty", lambda: True)
+        _run(demo, tmp_path, "--epochs", "1", seed=None)
+    out, err = capsys.readouterr()
+    assert "batch 2/4" not in out and "epoch 1/1" in err and "\r" in err
     first = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)["args"]["seed"]
     _run(demo, tmp_path, "--resume", "auto", seed=None)
     ckpt = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)
@@ -193,6 +197,34 @@ def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env, monkeypatch,
     assert [r["loss"] for r in ra if r["type"] == "step"] == [r["loss"] for r in steps]
 
 
+@pytest.mark.slow
+def test_sigterm_from_outside_saves_and_exits_0(demo, tmp_path):
+    """SIGTERM (what SLURM sends before preemption) to a running main_moco.py: it finishes the
+    step, saves checkpoint_last.pth mid-epoch, says so and exits 0. Without a terminal the log
+    is one plain line per interval (no carriage returns)."""
+    cmd = [sys.executable, "main_moco.py", str(demo / "images"), "-a", "resnet18", "-b", "8", "--moco-k", "64",
+           "--image-size", "32", "-j", "0", "--epochs", "3", "--log-freq", "1", "--seed", "0",
+           "--output-dir", str(tmp_path), "--save_name", "r"]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID")},
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # wait for the first step line, then preempt
+        lines.append(line)
+        if " step 1 " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    out = "".join(lines) + out
+    assert proc.returncode == 0, out + err
+    assert "SIGTERM: stopped after step" in out and "continue with --resume auto" in out
+    assert "\r" not in out + err and "loss" in lines[-1] and "compute" in lines[-1]
+    ckpt = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 17 and ckpt["epoch_state"]["batches"] == ckpt["step"]
+    stop = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()][-1]
+    assert stop["type"] == "stop" and stop["signal"] == "SIGTERM" and stop["step"] == ckpt["step"]
+
+
 def test_bad_images_counted_over_workers_and_named_once(bad_images, tmp_path, clean_env, capsys):
     torch.set_num_threads(1)
     argv = [str(bad_images.images), "--coco", str(bad_images.coco), "-a", "resnet18", "-b", "4", "--moco-k", "40",
@@ -207,7 +239,7 @@ def test_bad_images_counted_over_workers_and_named_once(bad_images, tmp_path, cl
     assert sorted(line.split("\t")[0] for line in lines) == sorted(bad_images.unreadable)  # named once
     assert all(len(line.split("\t")) == 2 and line.split("\t")[1] for line in lines)
     with pytest.raises(CorruptImageError, match="missing.jpg|truncated.jpg|empty.jpg|huge.jpg"):
-        train.main([*argv[:-1], "strict", "--bad-image", "error", "-j", "0"])
+        train.main([*argv, "--save_name", "strict", "--bad-image", "error", "-j", "0"])
 
 
 def test_unwritable_output_fails_before_training(demo, tmp_path, clean_env, monkeypatch):
