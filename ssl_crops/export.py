@@ -25,7 +25,8 @@ def export_backbone(checkpoint, arch=None):
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{checkpoint}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"{checkpoint}: cannot read checkpoint ({type(e).__name__}: {first_line})") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{checkpoint}: not a checkpoint (a {type(ckpt).__name__})")
     sd = {k: v for k, v in encoder_state_dict(ckpt).items() if not k.startswith("fc.")}

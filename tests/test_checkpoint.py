@@ -101,7 +101,8 @@ def test_export_reads_the_old_layout_and_checks_the_arch(tmp_path):
 
 def test_last_checkpoint_keeps_its_predecessor(tmp_path):
     for epoch in (1, 2, 3):
-        ck.save_checkpoint({"epoch": epoch, "step": 4 * epoch, "state_dict": {"w": torch.ones(2)}}, tmp_path, keep=False)
+        state = {"epoch": epoch, "step": 4 * epoch, "state_dict": {"w": torch.ones(2)}}
+        ck.save_checkpoint(state, tmp_path, keep=False)
     assert torch.load(tmp_path / "checkpoint_prev.pth", weights_only=True)["epoch"] == 2
     assert torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)["epoch"] == 3
     (tmp_path / "checkpoint_last.pth").write_bytes(b"PK\x03\x04 truncated")

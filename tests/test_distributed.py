@@ -162,8 +162,8 @@ FAULTY_WORKER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
             return step(*a, **k)
         train.train_step = train_step
-    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and rank == 0:
-        time.sleep(3)  # rank 1 reaches the rendezvous first, while rank 0's old keys are still in the store
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and fault and rank != int(os.environ["FAULT_RANK"]):
+        time.sleep(3)  # the killed rank comes back first, while its peer's old keys are still in the store
     train.main(sys.argv[1:])
 """)
 

@@ -282,3 +282,68 @@ def test_disk_full_at_checkpoint_time_is_one_line(demo, tmp_path, clean_env, mon
     assert "\n" not in msg
     monkeypatch.undo()
     assert torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
+
+
+def test_original_command_line_runs_on_cpu(demo, tmp_path):
+    """The literal command (with -a resnet18, --epochs 1 and a small --image-size appended)."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU fallback")
+    line = ORIGINAL.replace("DATA", str(demo / "images")).replace("resnet50", "resnet18")
+    cmd = [sys.executable, *shlex.split(line)[1:], "--epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path)]
+    with socket.socket() as s:
+        if s.connect_ex(("localhost", 10005)) == 0:
+            pytest.skip("port 10005 of the original --dist-url is in use")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID")}
+    proc = subprocess.run(cmd, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no CUDA device" in proc.stdout and "gloo" in proc.stdout
+    assert "using K=128" in proc.stderr  # the queue is shrunk below the 136 images
+    ckpt = torch.load(tmp_path / "NAME" / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["arch"] == "resnet18" and ckpt["args"]["bing_crops"]
+    assert f"checkpoint: {tmp_path / 'NAME' / 'checkpoint_last.pth'}" in proc.stdout
+
+
+def test_demo_runs_with_knn_monitor(demo, tmp_path, clean_env, capsys):
+    """--demo on existing (small) demo data, one epoch: trains, runs the kNN monitor, says where things are."""
+    run_dir = train.main(["--demo", str(demo), "--epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert run_dir == tmp_path / "demo" and "making demo data" not in out
+    assert f"checkpoint: {run_dir / 'checkpoint_last.pth'}" in out and f"log: {run_dir / 'log.jsonl'}" in out
+    summary = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()][-1]
+    assert summary["type"] == "epoch" and 0.0 <= summary["knn20_map"] <= 1.0
+    ckpt = torch.load(run_dir / "checkpoint_0001.pth", weights_only=True)
+    assert ckpt["args"]["moco_k"] == 128 and ckpt["arch"] == "resnet18"
+
+
+def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
+    from ssl_crops.boxes import load_npy_dict
+    from ssl_crops.proposals import Bing
+    from ssl_crops.train import build_dataset, parse_args
+
+    labels = load_npy_dict(demo_root / "images_selected_new.npy")
+    boxes = load_npy_dict(demo_root / "images_selected_with_all_features.npy")
+    unboxed = sorted(labels)[::2]
+    for image_id in unboxed:
+        del boxes[image_id]
+    np.save(tmp_path / "labels.npy", labels, allow_pickle=True)
+    np.save(tmp_path / "boxes.npy", boxes, allow_pickle=True)
+    args = parse_args([str(demo_root / "images"), "--bing_crops", "--labels", str(tmp_path / "labels.npy"),
+                       "--boxes", str(tmp_path / "boxes.npy"), "--image-size", "32", "--seed", "0"])
+    dataset, index = build_dataset(args, tmp_path / "run")
+    assert isinstance(dataset.proposals, Bing) and (tmp_path / "run" / "bing.npz").is_file()
+    i = next(j for j in range(len(index)) if index.image_id(j) in unboxed)
+    assert index.boxes(i).shape[0] == 0
+    (q, k), _ = dataset[i]
+    assert q.shape == (3, 32, 32)
+    img = Image.open(demo_root / "images" / index.path(i))
+    props = dataset.proposals.proposals_for(index.image_id(i), img)
+    assert props.shape[1] == 4 and len(props) >= args.bing_topk and (props >= 0).all() and (props <= 1).all()
+    # a run without any boxes falls back to scene crops with a warning
+    args.labels = args.boxes = None
+    args.data = str(tmp_path / "flat")
+    (tmp_path / "flat").mkdir()
+    img.save(tmp_path / "flat" / "a.jpg")
+    with pytest.warns(UserWarning, match="no image .* has boxes"):
+        flat, _ = build_dataset(args, tmp_path / "run2")
+    assert flat.proposals is None
