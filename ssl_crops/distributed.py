@@ -97,6 +97,7 @@ def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, lo
         if init_method == "env://" and "TORCHELASTIC_RESTART_COUNT" in env:
             store, _, _ = next(dist.rendezvous(init_method, rank, world_size,
                                                timeout=kwargs.get("timeout", timedelta(minutes=30))))
+            store.set_timeout(kwargs.get("timeout", timedelta(minutes=30)))
             kwargs["store"] = dist.PrefixStore(f"ssl_crops/attempt_{env['TORCHELASTIC_RESTART_COUNT']}/", store)
         else:
             kwargs["init_method"] = init_method
