@@ -31,7 +31,7 @@ from tqdm import tqdm
 from . import distributed as du
 from .boxes import BoxIndex
 from .checkpoint import (LAST, OutputError, capture_rng, check_output, locate_resume, resume, save_checkpoint,
-                         step_seed, to_moco_layout)
+                         seed_step, to_moco_layout)
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng  # noqa: F401 (ssl_crops.train names)
 from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
@@ -298,7 +298,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, 
     data_time, since_log, stopped = 0.0, 0, False
     for (im_q, im_k), _, events, skipped in loader:
         data_time += time.perf_counter() - end
-        torch.manual_seed(step_seed(args.seed, step))
+        seed_step(args.seed, step)
         loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt)
         tally.add(loss, events, skipped)
         step, since_log = step + 1, since_log + 1

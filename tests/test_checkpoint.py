@@ -179,3 +179,25 @@ def test_step_seed_depends_on_seed_and_step_only():
     assert ck.step_seed(0, 5) == ck.step_seed(0, 5)
     assert len({ck.step_seed(s, t) for s in range(3) for t in range(100)}) == 300
     assert 0 <= ck.step_seed(2**31, 10**9) < 2**63
+
+
+def test_seed_step_makes_a_step_independent_of_earlier_draws():
+    ck.seed_step(0, 7)
+    a = torch.randperm(16)
+    torch.rand(1000)  # e.g. a DataLoader iterator drawing its base seed
+    ck.seed_step(0, 7)
+    assert torch.equal(torch.randperm(16), a)
+    ck.seed_step(0, 8)
+    assert not torch.equal(torch.randperm(16), a)
+
+
+class Hostile:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_hostile_resume_checkpoint_is_refused(tmp_path, capsys):
+    torch.save({"state_dict": {}, "epoch": 1, "x": Hostile()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="evil.pth: cannot read checkpoint"):
+        ck.locate_resume(Namespace(resume=str(tmp_path / "evil.pth")), tmp_path)
+    assert "this ran" not in capsys.readouterr().out
