@@ -44,8 +44,10 @@ class StopSignal:
         self.received = signal.Signals(signum).name
 
     def requested(self, device):
+        if du.get_world_size() == 1:
+            return self.received is not None
         flag = torch.tensor([float(self.received is not None)], device=device)
-        return bool(du.all_gather_cat(flag).max().item()) if du.get_world_size() > 1 else bool(flag.item())
+        return bool(du.all_gather_cat(flag).max().item())
 
 
 class EpochTally:

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from . import distributed as du
 from .boxes import BoxIndex
-from .checkpoint import (LAST, OutputError, capture_rng, check_output, locate_resume, resume, save_checkpoint,
-                         seed_step, to_moco_layout)
+from .checkpoint import (LAST, OutputError, capture_rng, check_output, locate_resume, resume, run_checkpoints,
+                         save_checkpoint, seed_step, to_moco_layout)
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng  # noqa: F401 (ssl_crops.train names)
 from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
@@ -356,8 +356,8 @@ def train_worker(info, args):
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
     run_dir = Path(args.output_dir) / args.save_name
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-    if restart > 0 and not args.resume:
-        args.resume = "auto"
+    if restart > 0 and args.resume != "auto" and (not args.resume or run_checkpoints(run_dir)):
+        args.resume = "auto"  # also over an explicit --resume PATH once this run has checkpoints of its own
         if main:
             print(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)",
                   flush=True)

@@ -140,8 +140,8 @@ def test_two_ranks_under_torchrun(tmp_path, clean_env):
     assert proc.stdout.count("queues identical") == 2
     ckpt = torch.load(out / "ddp" / "checkpoint_last.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 3  # 24 images / global batch 8
-    assert ckpt["state_dict"]["queue"].shape == (128, 16)
-    assert int(ckpt["state_dict"]["queue_ptr"]) == 3 * 8 % 16
+    assert ckpt["state_dict"]["module.queue"].shape == (128, 16)  # the original MoCo key layout
+    assert int(ckpt["state_dict"]["module.queue_ptr"]) == 3 * 8 % 16
     assert ckpt["args"]["moco_k"] == 16
     assert (out / "ddp" / "checkpoint_0001.pth").is_file() and (out / "ddp" / "log.jsonl").is_file()
 
