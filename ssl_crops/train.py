@@ -165,7 +165,8 @@ class SeededDataset(Dataset):
         return len(self.dataset)
 
     def _counts(self):
-        return (getattr(self.dataset, "bad_images", 0), getattr(self.dataset.transform, "scene_fallbacks", 0))
+        transform = getattr(self.dataset, "transform", None)
+        return getattr(self.dataset, "bad_images", 0), getattr(transform, "scene_fallbacks", 0)
 
     def __getitem__(self, key):
         epoch, i = key

@@ -197,6 +197,41 @@ def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env, monkeypatch,
     assert [r["loss"] for r in ra if r["type"] == "step"] == [r["loss"] for r in steps]
 
 
+class _CountingCrop:
+    """A box-aware transform that falls back to a scene crop for every third call (per process)."""
+    uses_boxes = True
+
+    def __init__(self):
+        self.scene_fallbacks, self.calls = 0, 0
+
+    def __call__(self, img, boxes):
+        self.calls += 1
+        self.scene_fallbacks += self.calls % 3 == 0
+        return torch.zeros(1), torch.zeros(1)
+
+
+def test_event_counts_from_loader_workers_add_up(bad_images):
+    """Each item reports what it caused in the worker that loaded it; the sums over two workers
+    are the totals of one process loading everything."""
+    from torch.utils.data import DataLoader
+
+    from ssl_crops.boxes import BoxIndex
+    from ssl_crops.data import ObjectCropDataset
+
+    dataset = ObjectCropDataset(bad_images.images, BoxIndex.from_coco(bad_images.coco), _CountingCrop())
+    seeded = train.SeededDataset(dataset, seed=0)
+    keys = [(0, i) for i in range(len(dataset))]
+    with pytest.warns(RuntimeWarning):
+        alone = [seeded[k] for k in keys]
+    assert sum(item[2] for item in alone).tolist() == [4, 44 // 3]
+    fresh = ObjectCropDataset(bad_images.images, BoxIndex.from_coco(bad_images.coco), _CountingCrop())
+    loader = DataLoader(train.SeededDataset(fresh, seed=0), batch_size=4, sampler=keys, num_workers=2)
+    batches = list(loader)  # 11 batches: worker 0 loads 6 (24 items), worker 1 loads 5 (20 items)
+    assert sum(b[2].sum(0) for b in batches).tolist() == [4, 24 // 3 + 20 // 3]
+    skipped = "".join("".join(b[3]) for b in batches)
+    assert sorted(line.split("\t")[0] for line in skipped.splitlines()) == sorted(bad_images.unreadable)
+
+
 @pytest.mark.slow
 def test_sigterm_from_outside_saves_and_exits_0(demo, tmp_path):
     """SIGTERM (what SLURM sends before preemption) to a running main_moco.py: it finishes the
