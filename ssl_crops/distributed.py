@@ -13,9 +13,10 @@ NCCL is used with CUDA, gloo otherwise.
 Elastic restarts (``torchrun --max-restarts N``): the restarted workers keep talking to the
 agent's rendezvous TCP store, which torchrun shares between attempts (unless the agent runs
 with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``). The keys of the failed attempt (gloo's peer
-addresses among them) are still in it, so a new worker could read a dead peer's address and hang
-in gloo's ``connectFullMesh``. Each attempt therefore builds its process group on a
-``PrefixStore`` named after ``TORCHELASTIC_RESTART_COUNT``: fresh keys per attempt.
+addresses among them) are still in it under the same names, so a new worker can read a dead
+peer's address (reported as a hang in gloo's ``connectFullMesh``). Each attempt therefore builds
+its process group on a ``PrefixStore`` named after ``TORCHELASTIC_RESTART_COUNT``: fresh keys per
+attempt, whatever the agent's setting.
 """
 import os
 import re
@@ -27,6 +28,7 @@ from urllib.parse import urlparse
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.constants import default_pg_timeout
 
 
 @dataclass
@@ -94,10 +96,10 @@ def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, lo
         kwargs = dict(world_size=world_size, rank=rank, device_id=device if backend == "nccl" else None)
         if timeout is not None:
             kwargs["timeout"] = timedelta(seconds=timeout)
-        if init_method == "env://" and "TORCHELASTIC_RESTART_COUNT" in env:
+        if init_method == "env://" and "TORCHELASTIC_RESTART_COUNT" in env:  # fresh store keys per attempt
             store, _, _ = next(dist.rendezvous(init_method, rank, world_size,
-                                               timeout=kwargs.get("timeout", timedelta(minutes=30))))
-            store.set_timeout(kwargs.get("timeout", timedelta(minutes=30)))
+                                               timeout=kwargs.get("timeout", default_pg_timeout)))
+            store.set_timeout(kwargs.get("timeout", default_pg_timeout))
             kwargs["store"] = dist.PrefixStore(f"ssl_crops/attempt_{env['TORCHELASTIC_RESTART_COUNT']}/", store)
         else:
             kwargs["init_method"] = init_method
