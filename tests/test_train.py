@@ -112,6 +112,7 @@ def _run(demo, out, *extra, seed=3):
     return train.main(argv)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env, monkeypatch, capsys):
     torch.set_num_threads(1)
     with monkeypatch.context() as m:  # on a terminal: a progress bar on stderr, no plain step lines
@@ -151,6 +152,7 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env, monkeypatch, capsys):
     """Stopped by SIGTERM mid-epoch, by SIGUSR1 in the next epoch, then its newest checkpoint
     truncated: resumed three times, the run ends bit-identical to an uninterrupted one."""
@@ -260,6 +262,7 @@ def test_sigterm_from_outside_saves_and_exits_0(demo, tmp_path):
     assert stop["type"] == "stop" and stop["signal"] == "SIGTERM" and stop["step"] == ckpt["step"]
 
 
+@pytest.mark.slow
 def test_bad_images_counted_over_workers_and_named_once(bad_images, tmp_path, clean_env, capsys):
     torch.set_num_threads(1)
     argv = [str(bad_images.images), "--coco", str(bad_images.coco), "-a", "resnet18", "-b", "4", "--moco-k", "40",
