@@ -120,8 +120,11 @@ class ObjectCropDataset(torch.utils.data.Dataset):
     (:class:`~ssl_crops.transforms.ObjectAwareCrop`), else as ``transform(image)``; ``image`` is
     an :class:`EncodedImage` when it has ``accepts_encoded`` (reduced decoding), else the
     decoded RGB PIL image.
-    ``on_corrupt="skip"`` warns about an unreadable image and serves the next one instead;
-    ``"raise"`` raises :class:`CorruptImageError`.
+    ``on_corrupt="skip"`` warns about an unreadable image (missing, truncated, empty, not an
+    image, or a decompression bomb) and serves the next one instead; ``bad_images`` counts the
+    skips of this process and ``last_skipped`` lists ``(file name, reason)`` of the last item's
+    skips. ``"raise"`` raises :class:`CorruptImageError`. Valid images of any mode or size
+    (a PNG named ``.jpg``, CMYK, 1x1 px) are decoded as RGB and served.
     """
 
     max_consecutive_failures = 32
@@ -139,16 +142,17 @@ class ObjectCropDataset(torch.utils.data.Dataset):
         self.sampling, self.on_corrupt = sampling, on_corrupt
         self.uses_boxes = getattr(transform, "uses_boxes", False)
         self.accepts_encoded = getattr(transform, "accepts_encoded", False)  # decodes only what it crops
+        self.bad_images, self.last_skipped = 0, []
 
     def __len__(self) -> int:
         return self.index.num_boxes if self.sampling == "box" else len(self.index)
 
+    def _image_of(self, i: int) -> int:
+        return int(self.index.box_image[i]) if self.sampling == "box" else i
+
     def _image_and_boxes(self, i: int):
-        if self.sampling == "box":
-            image = int(self.index.box_image[i])
-            boxes = self.index.flat_boxes[i:i + 1]
-        else:
-            image, boxes = i, self.index.boxes(i)
+        image = self._image_of(i)
+        boxes = self.index.flat_boxes[i:i + 1] if self.sampling == "box" else self.index.boxes(i)
         img = open_image(self.root / self.index.path(image))
         if len(boxes) == 0 and self.proposals is not None:  # proposals computed from pixels need the full image
             pixels = img.decode() if getattr(self.proposals, "needs_image", True) else None
@@ -163,7 +167,7 @@ class ObjectCropDataset(torch.utils.data.Dataset):
         return (i + 1) % len(self)
 
     def __getitem__(self, i: int):
-        j = i
+        j, self.last_skipped = i, []
         for _ in range(self.max_consecutive_failures):
             try:
                 img, boxes = self._image_and_boxes(j)
@@ -172,6 +176,9 @@ class ObjectCropDataset(torch.utils.data.Dataset):
             except CorruptImageError as e:
                 if self.on_corrupt == "raise":
                     raise
+                name = self.index.path(self._image_of(j))
+                self.bad_images += 1
+                self.last_skipped.append((name, str(e).removeprefix(f"{self.root / name}: ")))
                 warnings.warn(f"skipping unreadable image: {e}", RuntimeWarning, stacklevel=2)
                 j = self._next_image_item(j)
         else:

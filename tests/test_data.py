@@ -220,3 +220,32 @@ def test_proposal_sources_that_need_no_pixels_get_none(demo_root):
     assert isinstance(seen[0], Image.Image) and seen[0].size == open_image(demo_root / "images" / no_boxes.path(0)).size
     (q, _), _ = ObjectCropDataset(demo_root / "images", no_boxes, ObjectAwareCrop(size=16), proposals=CachedProposals())[0]
     assert q.shape == (3, 16, 16)
+
+
+def test_seven_kinds_of_bad_image(bad_images):
+    """Missing, truncated, empty and 20000x20000-header files are skipped, counted and named with a
+    reason; a PNG named .jpg, a CMYK JPEG and a 1x1 image are valid images and are served as RGB."""
+    import warnings
+
+    images, unreadable = bad_images.images, bad_images.unreadable
+    index = BoxIndex.from_coco(bad_images.coco)
+    ds = ObjectCropDataset(images, index, ObjectAwareCrop(size=16))
+    reasons = {}
+    for i in range(len(ds)):
+        name = index.path(i)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (q, k), j = ds[i]
+        assert j == i and q.shape == k.shape == (3, 16, 16)
+        assert [n for n, _ in ds.last_skipped] == ([name] if name in unreadable else []), name
+        assert sum("skipping unreadable image" in str(w.message) for w in caught) == (name in unreadable)
+        reasons.update(ds.last_skipped)
+    assert ds.bad_images == 4 and sorted(reasons) == sorted(unreadable)
+    assert "not found" in reasons["missing.jpg"] and "truncated" in reasons["truncated.jpg"]
+    assert "cannot" in reasons["empty.jpg"] and "pixels" in reasons["huge.jpg"]
+    for name in bad_images.valid:
+        assert load_image(images / name).mode == "RGB"
+    strict = ObjectCropDataset(images, index, ObjectAwareCrop(size=16), on_corrupt="raise")
+    bad = next(i for i in range(len(index)) if index.path(i) == "truncated.jpg")
+    with pytest.raises(CorruptImageError, match="truncated.jpg"):
+        strict[bad]
