@@ -15,9 +15,10 @@ __all__ = ["atomic_write", "load_npy_dict", "UnsafePickleError"]
 
 
 @contextmanager
-def atomic_write(path, mode: str = "wb"):
+def atomic_write(path, mode: str = "wb", backup=None):
     """Open a temporary file beside ``path`` for writing; when the block ends without error,
-    flush and fsync it and rename it over ``path``, else remove it.
+    flush and fsync it and rename it over ``path``, else remove it. With ``backup``, an
+    existing ``path`` is first renamed to ``backup`` (so one of the two is always complete).
 
         with atomic_write("index.npz") as f:
             np.savez(f, ...)
@@ -29,6 +30,8 @@ def atomic_write(path, mode: str = "wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if backup is not None and path.is_file():
+            os.replace(path, backup)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
