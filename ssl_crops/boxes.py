@@ -10,8 +10,6 @@ non-numeric, inverted, zero area after clipping) and count them in ``index.dropp
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import zipfile
 from operator import itemgetter
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .files import atomic_write
+from .files import UnsafePickleError, atomic_write, load_npy_dict
 
 __all__ = ["BoxIndex", "load_npy_dict", "image_files", "coco_file_name", "UnsafePickleError", "IMAGE_EXTENSIONS"]
 
@@ -29,85 +27,6 @@ _FORMAT_VERSION = 1
 # OpenImages box CSV columns, as rows of images_selected_with_all_features.npy hold them.
 _OI_LABEL, _OI_XMIN, _OI_XMAX, _OI_YMIN, _OI_YMAX = 2, 4, 5, 6, 7
 _OI_BOX, _OI_NAME = itemgetter(_OI_XMIN, _OI_YMIN, _OI_XMAX, _OI_YMAX), itemgetter(_OI_LABEL)
-
-
-# --------------------------------------------------------------------------- pickles
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for something other than numpy arrays and builtin containers."""
-
-
-_SAFE_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "complex"),
-    ("_codecs", "encode"),  # bytes pickled by Python 2 / protocol 2
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
-        super().__init__(file, encoding="latin1")
-        self._source = source
-
-    def find_class(self, module: str, name: str):
-        canonical = module.replace("numpy.core.", "numpy._core.", 1)
-        if (canonical, name) not in _SAFE_GLOBALS:
-            raise UnsafePickleError(
-                f"{self._source}: refusing to unpickle {module}.{name}; only numpy arrays and "
-                "builtin containers, strings and numbers are allowed in annotation files"
-            )
-        if canonical.startswith("numpy._core") and not hasattr(np, "_core"):
-            canonical = canonical.replace("numpy._core.", "numpy.core.", 1)  # numpy < 2
-        return super().find_class(canonical, name)
-
-
-def load_npy_dict(path: str | os.PathLike) -> dict:
-    """Read a dict saved with ``np.save(path, d)`` without executing code from the pickle.
-
-    Plain pickle files (``.pkl``) are read with the same restrictions.
-    Raises :class:`UnsafePickleError` for a hostile pickle and ``ValueError`` for a file
-    that is truncated or holds no dict, each naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
-    with open(path, "rb") as f:
-        head = f.read(6)
-        f.seek(0)
-        try:
-            if head == b"\x93NUMPY":
-                obj = _read_npy(f, str(path))
-            else:
-                obj = _RestrictedUnpickler(f, str(path)).load()
-        except UnsafePickleError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}: not a readable annotation file ({type(e).__name__}: {e})") from e
-    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
-        obj = obj.item()
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
-    return dict(obj)
-
-
-def _read_npy(f, source: str):
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
-    if dtype.hasobject:
-        return _RestrictedUnpickler(f, source).load()
-    f.seek(0)
-    return np.load(f, allow_pickle=False)
 
 
 # --------------------------------------------------------------------------- helpers

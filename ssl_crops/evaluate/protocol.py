@@ -24,7 +24,7 @@ from .features import (AMP_DTYPES, FeatureCache, MultiView, autocast, default_ca
                        feature_loader, index_digest, is_multilabel, rank_and_world)
 from .knn import knn_classify
 from .probe import linear_probe
-from .report import PAPER_BATCH_SIZE, PAPER_LABEL, build_report, format_table, write_report
+from .report import PAPER_BATCH_SIZE, PAPER_LABEL, build_report, format_table, scoring_targets, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +117,7 @@ def load_splits(args, multilabel: bool | None = None) -> Splits:
     The test index gets the training classes. Test classes without a training image are
     named in ``notes["test_unseen_classes"]`` (class -> test images) and not scored: in a
     single-label task their images are left out (``notes["test_images_left_out"]``), in a
-    multi-label one the class is not scored (:func:`_test_targets`).
+    multi-label one the class is not scored (:func:`~.report.scoring_targets`).
     """
     from ..boxes import BoxIndex
     from ..data import find_annotation, load_index
@@ -299,7 +299,7 @@ def run_cached(info, args) -> dict | None:
     test_x = test_x[:, 0]
     rows = [train_x] + ([*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else [])
     groups = np.tile(np.arange(len(train_x)), len(rows))
-    train_y, test_y = _targets(train_y, multilabel), _test_targets(test_index, multilabel, train_index.class_counts())
+    train_y, test_y = _targets(train_y, multilabel), _test_targets(test_index, multilabel)
     t = time.perf_counter()
     probe = linear_probe(np.concatenate(rows), np.concatenate([train_y] * len(rows)), test_x, multilabel,
                          args.lrs, args.wds, args.val_fraction, args.probe_epochs, args.probe_batch_size,
@@ -322,14 +322,11 @@ def _load(args) -> tuple[bool, Splits]:
     return (is_multilabel(splits.train) if forced is None else forced), splits
 
 
-def _test_targets(index, multilabel: bool, train_counts=None) -> np.ndarray:
-    """Test targets from the index: multi-hot (federated for LVIS: -1 not scored; classes
-    without a training image, ``train_counts == 0``, not scored) or int labels."""
+def _test_targets(index, multilabel: bool) -> np.ndarray:
+    """Test targets from the index: multi-hot (federated for LVIS: -1 not scored) or int
+    labels. Classes without a training image are left out of the scores by the report."""
     if multilabel:
-        y = index.target_matrix().astype(np.float32)
-        if train_counts is not None:
-            y[:, np.asarray(train_counts) == 0] = -1
-        return y
+        return index.target_matrix().astype(np.float32)
     return np.array([index.labels(i)[0] for i in range(len(index))], np.int64)
 
 
@@ -346,11 +343,11 @@ def _finish(args, splits: Splits, test_y, scores, multilabel, ident, **extra) ->
     return report
 
 
-def _epoch_figure(scores, test_y, multilabel: bool, batch_size: int) -> float:
-    """The original ``main_lincls.py`` test figure of one epoch: batch-mean mAP (top-1 when
-    single-label)."""
+def _epoch_figure(scores, test_y, scored_y, multilabel: bool, batch_size: int) -> float:
+    """The original ``main_lincls.py`` test figure of one epoch: batch-mean mAP over
+    ``scored_y`` (:func:`scoring_targets`), top-1 of ``test_y`` when single-label."""
     if multilabel:
-        return batch_mean_average_precision(scores, test_y, batch_size)
+        return batch_mean_average_precision(scores, scored_y, batch_size)
     return topk_accuracy(scores, test_y, (1,))[1]
 
 
@@ -377,7 +374,8 @@ def run_moco(info, args) -> dict | None:
     test_x, _ = extract_features(backbone, feature_loader(test, batch_size, args.workers), device,
                                  args.amp, args.channels_last, not args.no_progress)
     test_x = torch.from_numpy(test_x).to(device)
-    test_y = _test_targets(splits.test, multilabel, train_index.class_counts())
+    test_y = _test_targets(splits.test, multilabel)
+    scored_y = scoring_targets(test_y, train_index.class_counts(), multilabel)
     fc = nn.Linear(backbone.num_features, train_index.num_classes).to(device)
     nn.init.normal_(fc.weight, 0.0, 0.01), nn.init.zeros_(fc.bias)
     head = DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -425,7 +423,8 @@ def run_moco(info, args) -> dict | None:
             opt.step()
             total, n = total + loss.item() * len(images), n + len(images)
         with torch.no_grad():
-            figure = _epoch_figure(fc(test_x).cpu().numpy(), test_y, multilabel, args.paper_batch_size)
+            figure = _epoch_figure(fc(test_x).cpu().numpy(), test_y, scored_y, multilabel,
+                                   args.paper_batch_size)
         history.append({"epoch": epoch + 1, "test_batch_mean": figure})
         _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f} "
              f"test {'batch-mean mAP' if multilabel else 'top-1'} {100 * figure:.2f}")

@@ -15,6 +15,15 @@ PAPER_BATCH_SIZE = 256  # the original main_lincls.py test batch (divided by the
 PAPER_LABEL = "comparable with the paper only"
 
 
+def scoring_targets(targets, train_counts, multilabel: bool) -> np.ndarray:
+    """The ``(N, C)`` targets AP is computed on: multi-hot (int labels become one-hot), with
+    -1 (not scored) in the columns of classes without a training image."""
+    targets, train_counts = np.asarray(targets), np.asarray(train_counts)
+    out = (targets if multilabel else np.eye(len(train_counts), dtype=np.int8)[targets]).astype(np.float32)
+    out[:, train_counts == 0] = -1  # a class never seen in training cannot be learned
+    return out
+
+
 def build_report(scores, targets, train_counts, classes, multilabel: bool, head_min: int = 100,
                  tail_max: int = 20, paper_batch_size: int = PAPER_BATCH_SIZE, **extra) -> dict:
     """Overall and per-class AP, mAP by training frequency (fixed thresholds and class
@@ -23,21 +32,28 @@ def build_report(scores, targets, train_counts, classes, multilabel: bool, head_
     ``targets``: multi-hot (or federated: -1 not scored), or int labels when single-label.
     ``map`` is over the whole set; ``map_batch_mean`` is the mean over consecutive batches
     of ``paper_batch_size`` (``main_lincls.py``'s figure, for comparison with the paper only).
+    Classes without a training image are not scored (``classes_without_train_images``
+    lists those with test positives) and belong to no tertile.
     """
     targets, train_counts = np.asarray(targets), np.asarray(train_counts)
     onehot = targets if multilabel else np.eye(len(classes), dtype=np.int8)[targets]
-    res = map_details(scores, onehot)
+    positives = (onehot > 0).sum(0)
+    untrained = train_counts == 0
+    scored = scoring_targets(targets, train_counts, multilabel)
+    res = map_details(scores, scored)
     groups = frequency_groups(train_counts, head_min, tail_max)
-    tertiles = tertile_groups(train_counts)
+    tertiles = np.full(len(classes), "no training image", dtype=object)
+    tertiles[~untrained] = tertile_groups(train_counts[~untrained])
+    tertiles = tertiles.astype(str)
     report = {**extra, "task": "multilabel" if multilabel else "singlelabel",
               "num_test": int(len(targets)), "num_classes": len(classes),
               "map": res.map,
-              "map_batch_mean": batch_mean_average_precision(scores, onehot, paper_batch_size),
+              "map_batch_mean": batch_mean_average_precision(scores, scored, paper_batch_size),
               "map_batch_mean_note": f"mean of per-batch mAP over test batches of {paper_batch_size} "
                                      f"(original main_lincls.py); {PAPER_LABEL}",
               "classes_evaluated": int(len(classes) - len(res.skipped)),
-              "classes_skipped": [classes[i] for i in res.skipped if train_counts[i] > 0],
-              "classes_without_train_images": [classes[i] for i in res.skipped if train_counts[i] == 0],
+              "classes_skipped": [classes[i] for i in res.skipped if positives[i] == 0],
+              "classes_without_train_images": [classes[i] for i in np.flatnonzero(untrained & (positives > 0))],
               "thresholds": {"head_min": head_min, "tail_max": tail_max},
               "groups": _named(group_map(res.ap, groups, GROUPS, train_counts), groups, classes),
               "tertiles": _named(group_map(res.ap, tertiles, TERTILES, train_counts), tertiles, classes)}
@@ -46,7 +62,7 @@ def build_report(scores, targets, train_counts, classes, multilabel: bool, head_
         report.update(top1=acc[1], top5=acc[5])
     report["per_class"] = [
         {"class_index": i, "class": c, "train_images": int(train_counts[i]),
-         "test_positives": int(res.num_positives[i]), "group": str(groups[i]), "tertile": str(tertiles[i]),
+         "test_positives": int(positives[i]), "group": str(groups[i]), "tertile": str(tertiles[i]),
          "ap": None if np.isnan(res.ap[i]) else float(res.ap[i])} for i, c in enumerate(classes)]
     report["per_class_ap"] = {r["class"]: r["ap"] for r in report["per_class"]}
     return report
@@ -98,7 +114,8 @@ def format_table(report: dict) -> str:
     if report["classes_skipped"]:
         rows.append(f"skipped (no test positive): {len(report['classes_skipped'])} classes")
     if report.get("classes_without_train_images"):
-        rows.append(f"not scored (no training image): {len(report['classes_without_train_images'])} classes")
+        rows.append(f"not scored (test positives but no training image): "
+                    f"{len(report['classes_without_train_images'])} classes")
     for key in ("top1", "top5"):
         if key in report:
             rows.append(f"{key:<44}{'':>8}{_pct(report[key]):>8}")

@@ -37,12 +37,16 @@ def test_tertiles_beside_thresholds_name_their_classes():
     assert "frequent third [2000-5000 imgs]" in table and "rare third [900-901 imgs]" in table
 
 
-def test_classes_without_training_images_are_not_called_skipped():
-    targets = np.array([[1, 0, -1], [0, 1, -1], [1, 1, -1]], np.float32)
-    rep = build_report(np.random.default_rng(0).random((3, 3)), targets, np.array([5, 4, 0]),
-                       ["a", "b", "c"], True)
-    assert rep["classes_without_train_images"] == ["c"] and rep["classes_skipped"] == []
-    assert "not scored (no training image): 1 classes" in format_table(rep)
+def test_classes_without_training_images_are_not_scored_and_named():
+    targets = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]], np.float32)
+    scores = np.array([[0.9, 0.1, 0.1, 0.5], [0.2, 0.8, 0.1, 0.5], [0.7, 0.6, 0.9, 0.5]])
+    rep = build_report(scores, targets, np.array([5, 4, 0, 0]), ["a", "b", "c", "d"], True)
+    assert rep["map"] == pytest.approx(1.0)  # c (AP 0.58 if it were scored) has no training image
+    assert rep["classes_without_train_images"] == ["c"] and rep["classes_skipped"] == ["d"]
+    assert rep["per_class"][2]["test_positives"] == 2 and rep["per_class"][2]["ap"] is None
+    assert [r["tertile"] for r in rep["per_class"]] == ["frequent third", "middle third", "no training image",
+                                                        "no training image"]
+    assert "not scored (test positives but no training image): 1 classes" in format_table(rep)
 
 
 def test_write_report_is_the_one_writer(tmp_path):
