@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.models as models
+from torchvision.transforms import v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
@@ -32,7 +33,7 @@ from .demo import make_demo
 from .formats import SUBSET_FILES
 from .files import atomic_write
 from .moco import MoCo
-from .transforms import GEOMETRIES, ObjectAwareCrop, moco_augment
+from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
 CROP_MODES = ("scene", "object-object", "object-scene")
@@ -126,6 +127,9 @@ def build_parser():
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on with CUDA)")
     g.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    g.add_argument("--augment-on", choices=["cpu", "device"], default=None,
+                   help="MoCo augmentation in the loader workers (cpu) or batched on the training device "
+                        "(device: workers return uint8 crops); default: device with CUDA, else cpu")
     g.add_argument("--output-dir", default="checkpoints")
     g.add_argument("--save-freq", type=int, default=10, help="keep checkpoint_<epoch>.pth every N epochs")
     g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
@@ -193,9 +197,11 @@ def build_dataset(args, run_dir, main=True):
         proposals = open_proposals(args.proposals)
     elif mode != "scene" and unboxed:
         proposals = fitted_proposals(index, args.data, Path(run_dir) / "bing.npz", args.seed, main)
+    on_device = getattr(args, "augment_on", None) == "device"  # workers then return uint8 crops
     crop = ObjectAwareCrop(mode=mode, geometry=args.crop_geometry, dilation=args.dilation,
                            min_scale=args.min_scale, object_min_scale=args.rescale_parameter, size=args.image_size,
-                           min_region=args.min_region, anchor=args.anchor, augment=moco_augment(args.aug_plus))
+                           min_region=args.min_region, anchor=args.anchor,
+                           augment=v2.PILToTensor() if on_device else moco_augment(args.aug_plus))
     dataset = ObjectCropDataset(args.data, index, crop, proposals=proposals, sampling=sampling,
                                 proposal_topk=args.bing_topk)
     return dataset, index
@@ -265,11 +271,15 @@ def adjust_learning_rate(optimizer, epoch, args):
     return lr
 
 
-def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_format=torch.contiguous_format):
-    """One SGD step on a batch of view pairs; returns ``(loss, top-1 accuracy)`` tensors (no sync)."""
+def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_format=torch.contiguous_format,
+               augment=None):
+    """One SGD step on a batch of view pairs; returns ``(loss, top-1 accuracy)`` tensors (no sync).
+    With ``augment`` (a :class:`BatchAugment`) the views are uint8 crops, augmented on the device."""
     device = next(model.parameters()).device
-    im_q = im_q.to(device, non_blocking=True, memory_format=memory_format)
-    im_k = im_k.to(device, non_blocking=True, memory_format=memory_format)
+    im_q, im_k = im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
+    if augment is not None:
+        im_q, im_k = augment(im_q), augment(im_k)
+    im_q, im_k = im_q.contiguous(memory_format=memory_format), im_k.contiguous(memory_format=memory_format)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits, labels = model(im_q, im_k)
         loss = F.cross_entropy(logits, labels)
@@ -291,9 +301,10 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, args, info, l
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main, dynamic_ncols=True, leave=False)
     start = last_log = end = time.perf_counter()
     data_time, since_log = 0.0, 0
+    augment = BatchAugment(args.aug_plus) if args.augment_on == "device" else None
     for (im_q, im_k), _ in loader:
         data_time += time.perf_counter() - end
-        loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt)
+        loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt, augment)
         loss_sum += loss
         step, since_log = step + 1, since_log + 1
         if step % args.log_freq == 0:
@@ -421,6 +432,8 @@ def train_worker(info, args):
         torch.backends.cudnn.benchmark = True
     if args.channels_last is None:
         args.channels_last = info.device.type == "cuda"
+    if args.augment_on is None:
+        args.augment_on = "device" if info.device.type == "cuda" else "cpu"
     if args.batch_size % info.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
     run_dir = Path(args.output_dir) / args.save_name

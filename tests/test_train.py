@@ -265,3 +265,44 @@ def test_demo_scales_the_minimum_region(tmp_path):
     args = train.parse_args(["--demo", str(tmp_path)])
     assert args.min_region == args.image_size == 64 and args.bing_crops and args.sampling is None
     assert train.parse_args(["--demo", str(tmp_path), "--min-region", "100"]).min_region == 100
+
+
+def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_path, one_thread):
+    from ssl_crops.transforms import BatchAugment
+
+    assert train.parse_args(["D"]).augment_on is None  # resolved per device: cpu here, device with CUDA
+    args = train.parse_args([str(demo / "images"), "--bing_crops", "--aug-plus", "--image-size", "32",
+                             "--augment-on", "device", "--seed", "0"])
+    dataset, _ = train.build_dataset(args, tmp_path / "run")
+    (q, k), _ = dataset[0]
+    assert q.dtype == k.dtype == torch.uint8 and q.shape == (3, 32, 32)
+    args.augment_on = "cpu"
+    (q_cpu, _), _ = train.build_dataset(args, tmp_path / "run")[0][0]
+    assert q_cpu.dtype == torch.float32 and q_cpu.shape == (3, 32, 32)
+
+    batch = torch.stack([dataset[i][0][0] for i in range(8)]), torch.stack([dataset[i][0][1] for i in range(8)])
+    losses = []
+    for on_device in (True, False):
+        torch.manual_seed(0)
+        model = train.MoCo(train.models.resnet18, dim=16, K=32, m=0.99, T=0.2, mlp=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        torch.manual_seed(1)
+        if on_device:
+            loss, _ = train.train_step(model, *batch, opt, scaler, memory_format=torch.channels_last,
+                                       augment=BatchAugment())
+        else:  # the same augmentation done by hand before the step
+            aug = BatchAugment()
+            im_q, im_k = aug(batch[0]), aug(batch[1])
+            loss, _ = train.train_step(model, im_q, im_k, opt, scaler)
+        losses.append(loss.item())
+    assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_training_runs_with_device_augmentation(demo, tmp_path, clean_env):
+    torch.set_num_threads(1)
+    run_dir = _run(demo, tmp_path, "--epochs", "1", "--augment-on", "device")
+    ckpt = torch.load(run_dir / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["args"]["augment_on"] == "device"
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records)
