@@ -133,7 +133,7 @@ def test_two_ranks_under_torchrun(tmp_path, clean_env):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), str(script), str(data / "images"), "-a", "resnet18", "--epochs", "1",
            "-b", "8", "--moco-k", "16", "--image-size", "32", "-j", "0", "--mlp", "--aug-plus", "--cos",
-           "--bing_crops", "--seed", "0", "--output-dir", str(out), "--save_name", "ddp"]
+           "--bing_crops", "--sampling", "image", "--seed", "0", "--output-dir", str(out), "--save_name", "ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
