@@ -52,9 +52,8 @@ NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
 BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
 # --demo: a small ResNet on the generated data, about two minutes on two CPU cores. The original
 # method's epoch is one item per box (~4.6 per demo image): 7 epochs are 154 steps, as many as
-# the 30 per-image epochs before. Its 224 px minimum
-# region is ~22% of an OpenImages photo's side, so on the 256-448 px demo scenes with 64 px views
-# the minimum region is 64 px (at 224 px every object crop would be most of the scene).
+# 30 per-image epochs. Its 224 px minimum region is ~22% of an OpenImages photo's side; on the
+# 256-448 px demo scenes with 64 px views it is 64 px (224 px would make most object crops scenes).
 DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
                      image_size=64, min_region=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
                      save_name="demo", log_freq=1, save_freq=10, knn_every=10, seed=0)
@@ -119,8 +118,8 @@ def build_parser():
     g.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=False,
                    help="both object views contain the box centre (default: placed uniformly, as the original)")
     g.add_argument("--sampling", choices=["image", "box"], default=None,
-                   help="one item per image or per box (default: box for object crops, the original's epoch; "
-                        "image for scene crops)")
+                   help="one item per image or per box (default: box for object crops, the original's epoch, "
+                        "unless no image has boxes; image for scene crops)")
     g.add_argument("--proposals", default=None,
                    help="BING model, OpenCV BING model folder or proposal cache (.npz) for images without boxes "
                         "under --sampling image (default: fit BING on the annotated images, saved as "
