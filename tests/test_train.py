@@ -473,3 +473,21 @@ def test_training_runs_with_device_augmentation(demo, tmp_path, clean_env):
     assert ckpt["epoch"] == 1 and ckpt["args"]["augment_on"] == "device"
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_scene_fallbacks_of_the_crop_are_logged_per_epoch(demo, tmp_path, clean_env, capsys):
+    """Object crops on images without boxes (and no proposals) fall back to scene crops: the real
+    ObjectAwareCrop counts each one, and the epoch record and line report the count."""
+    torch.set_num_threads(1)
+    images = tmp_path / "unboxed"
+    images.mkdir()
+    for path in sorted((demo / "images").iterdir())[:16]:
+        (images / path.name).write_bytes(path.read_bytes())
+    argv = [str(images), "-a", "resnet18", "-b", "8", "--moco-k", "8", "--image-size", "16", "-j", "0",
+            "--epochs", "1", "--crop-mode", "object-object", "--seed", "0", "--output-dir", str(tmp_path / "out"),
+            "--save_name", "fb", "--log-freq", "100"]
+    with pytest.warns(UserWarning, match="no image of .* has boxes"):
+        train.main(argv)
+    epochs = [r for r in _records(tmp_path / "out" / "fb") if r["type"] == "epoch"]
+    assert [r["scene_fallbacks"] for r in epochs] == [16]
+    assert "scene_fallbacks 16" in capsys.readouterr().out
