@@ -3,16 +3,19 @@
 
 Cached features and a swept linear probe by default; ``--protocol moco`` runs the original
 MoCo protocol. Reads checkpoints of main_moco.py, of the original MoCo code and plain
-torchvision state dicts. Example (demo layout, dicts beside the image folder):
+torchvision state dicts. Examples (demo layout, dicts beside the image folder; COCO json):
 
     python linear_eval.py demo_data/images --pretrained checkpoints/demo/checkpoint_last.pth
+    python linear_eval.py coco/train2017 --coco instances_train2017.json \
+        --test-images coco/val2017 --test-coco instances_val2017.json --pretrained CKPT
 """
+import pickle
 import sys
 
-from ssl_crops.evaluate import CheckpointError, main
+from ssl_crops.evaluate import main
 
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, CheckpointError) as e:
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # bad input files: one line
         sys.exit(f"linear_eval.py: error: {e}")

@@ -56,7 +56,7 @@ def main(argv=None):
         name = torch.cuda.get_device_name(device)
     else:
         name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"{datetime.date.today()}  {name}  torch {torch.__version__}")
+    print(f"{datetime.date.today()}  device: {device} ({name})  torch {torch.__version__}")
     print(f"MoCo v2 {args.arch}, batch {args.batch_size}, {args.image_size} px, K={args.moco_k}, "
           f"{args.steps} timed steps after {args.warmup} warm-up steps")
     fp32 = images_per_second(args, device, None, False)

@@ -10,8 +10,6 @@ non-numeric, inverted, zero area after clipping) and count them in ``index.dropp
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import zipfile
 from operator import itemgetter
 from pathlib import Path
@@ -19,9 +17,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .files import atomic_write
+from .files import UnsafePickleError, atomic_write, load_npy_dict
 
-__all__ = ["BoxIndex", "load_npy_dict", "image_files", "UnsafePickleError", "IMAGE_EXTENSIONS"]
+__all__ = ["BoxIndex", "load_npy_dict", "image_files", "coco_file_name", "UnsafePickleError", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _FORMAT_VERSION = 1
@@ -29,85 +27,6 @@ _FORMAT_VERSION = 1
 # OpenImages box CSV columns, as rows of images_selected_with_all_features.npy hold them.
 _OI_LABEL, _OI_XMIN, _OI_XMAX, _OI_YMIN, _OI_YMAX = 2, 4, 5, 6, 7
 _OI_BOX, _OI_NAME = itemgetter(_OI_XMIN, _OI_YMIN, _OI_XMAX, _OI_YMAX), itemgetter(_OI_LABEL)
-
-
-# --------------------------------------------------------------------------- pickles
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for something other than numpy arrays and builtin containers."""
-
-
-_SAFE_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "complex"),
-    ("_codecs", "encode"),  # bytes pickled by Python 2 / protocol 2
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
-        super().__init__(file, encoding="latin1")
-        self._source = source
-
-    def find_class(self, module: str, name: str):
-        canonical = module.replace("numpy.core.", "numpy._core.", 1)
-        if (canonical, name) not in _SAFE_GLOBALS:
-            raise UnsafePickleError(
-                f"{self._source}: refusing to unpickle {module}.{name}; only numpy arrays and "
-                "builtin containers, strings and numbers are allowed in annotation files"
-            )
-        if canonical.startswith("numpy._core") and not hasattr(np, "_core"):
-            canonical = canonical.replace("numpy._core.", "numpy.core.", 1)  # numpy < 2
-        return super().find_class(canonical, name)
-
-
-def load_npy_dict(path: str | os.PathLike) -> dict:
-    """Read a dict saved with ``np.save(path, d)`` without executing code from the pickle.
-
-    Plain pickle files (``.pkl``) are read with the same restrictions.
-    Raises :class:`UnsafePickleError` for a hostile pickle and ``ValueError`` for a file
-    that is truncated or holds no dict, each naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
-    with open(path, "rb") as f:
-        head = f.read(6)
-        f.seek(0)
-        try:
-            if head == b"\x93NUMPY":
-                obj = _read_npy(f, str(path))
-            else:
-                obj = _RestrictedUnpickler(f, str(path)).load()
-        except UnsafePickleError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}: not a readable annotation file ({type(e).__name__}: {e})") from e
-    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
-        obj = obj.item()
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
-    return dict(obj)
-
-
-def _read_npy(f, source: str):
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
-    if dtype.hasobject:
-        return _RestrictedUnpickler(f, source).load()
-    f.seek(0)
-    return np.load(f, allow_pickle=False)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -145,11 +64,17 @@ class _Builder:
         self.box_counts: list[int] = []
         self.coords: list = []       # one [x0, y0, x1, y1] per box (numbers or numeric strings)
         self.box_names: list = []    # class name per box (str, bytes or numpy strings)
+        self.negatives: list = []    # LVIS: verified-absent class names per image
+        self.not_exhaustive: list = []  # LVIS: classes not exhaustively annotated per image
+        self.skipped: dict[str, int] = {}  # annotations left out on purpose, by reason
 
-    def add(self, image_id: str, file: str, labels: Sequence, coords: Sequence, box_names: Sequence):
+    def add(self, image_id: str, file: str, labels: Sequence, coords: Sequence, box_names: Sequence,
+            negatives: Sequence = (), not_exhaustive: Sequence = ()):
         self.ids.append(str(image_id))
         self.files.append(file)
         self.labels.append(labels)
+        self.negatives.append(negatives)
+        self.not_exhaustive.append(not_exhaustive)
         self.box_counts.append(len(box_names))
         self.coords.extend(coords)
         self.box_names.extend(box_names)
@@ -177,20 +102,30 @@ class _Builder:
         box_offsets[1:] = np.cumsum(np.bincount(box_image[keep], minlength=n))
 
         lookup = {c: i for i, c in enumerate(classes.tolist())}
-        label_lists = []
-        for ls in self.labels:
-            names_in = {_as_str(c) for c in ls}
-            ids = sorted(lookup[c] for c in names_in if c in lookup)
-            out_of_vocabulary += len(names_in) - len(ids)
-            label_lists.append(ids)
-        label_offsets = np.zeros(n + 1, np.int64)
-        label_offsets[1:] = np.cumsum([len(ls) for ls in label_lists])
-        label_values = np.fromiter((c for ls in label_lists for c in ls), np.int32, int(label_offsets[-1]))
+
+        def ragged(lists, count=True):
+            nonlocal out_of_vocabulary
+            out = []
+            for ls in lists:
+                names_in = {_as_str(c) for c in ls}
+                ids = sorted(lookup[c] for c in names_in if c in lookup)
+                if count:
+                    out_of_vocabulary += len(names_in) - len(ids)
+                out.append(ids)
+            offsets = np.zeros(n + 1, np.int64)
+            offsets[1:] = np.cumsum([len(ls) for ls in out])
+            return offsets, np.fromiter((c for ls in out for c in ls), np.int32, int(offsets[-1]))
+
+        label_offsets, label_values = ragged(self.labels)
+        federated = {}
+        if any(self.negatives) or any(self.not_exhaustive):
+            federated = dict(zip(("neg_offsets", "neg_values"), ragged(self.negatives, False)))
+            federated.update(zip(("nex_offsets", "nex_values"), ragged(self.not_exhaustive, False)))
         return BoxIndex(
             ids=np.array(self.ids, dtype=str), files=np.array(self.files, dtype=str), classes=classes,
             label_offsets=label_offsets, label_values=label_values, box_offsets=box_offsets,
             boxes=boxes[keep].astype(np.float32), box_labels=box_labels[keep], dropped=dropped,
-            out_of_vocabulary=out_of_vocabulary,
+            out_of_vocabulary=out_of_vocabulary, skipped=self.skipped, **federated,
         )
 
 
@@ -213,9 +148,11 @@ class BoxIndex:
     """
 
     _ARRAYS = ("ids", "files", "classes", "label_offsets", "label_values", "box_offsets", "boxes", "box_labels")
+    _FEDERATED = ("neg_offsets", "neg_values", "nex_offsets", "nex_values")
 
     def __init__(self, *, ids, files, classes, label_offsets, label_values, box_offsets, boxes,
-                 box_labels, dropped=0, out_of_vocabulary=0):
+                 box_labels, dropped=0, out_of_vocabulary=0, skipped=None, neg_offsets=None, neg_values=None,
+                 nex_offsets=None, nex_values=None):
         self._ids = np.asarray(ids, dtype=str)
         self._files = _compact_files(self._ids, np.asarray(files, dtype=str))
         self._classes = np.asarray(classes, dtype=str)
@@ -226,8 +163,16 @@ class BoxIndex:
         self._box_labels = np.asarray(box_labels, np.int32)
         self.dropped = int(dropped)
         self.out_of_vocabulary = int(out_of_vocabulary)
+        self.skipped = {k: int(v) for k, v in (skipped or {}).items() if v}
         self._box_image = None
         n = len(self._ids)
+        self.federated = neg_offsets is not None
+        if self.federated:  # LVIS: verified negatives and not-exhaustive classes per image
+            self._neg_offsets, self._nex_offsets = (np.asarray(a, np.int64) for a in (neg_offsets, nex_offsets))
+            self._neg_values, self._nex_values = (np.asarray(a, np.int32) for a in (neg_values, nex_values))
+            if len(self._neg_offsets) != n + 1 or len(self._nex_offsets) != n + 1 or \
+                    self._neg_offsets[-1] != len(self._neg_values) or self._nex_offsets[-1] != len(self._nex_values):
+                raise ValueError("BoxIndex: federated arrays do not match the number of images")
         if len(self._label_offsets) != n + 1 or len(self._box_offsets) != n + 1:
             raise ValueError("BoxIndex: offsets do not match the number of images")
         if self._box_offsets[-1] != len(self._boxes) or len(self._box_labels) != len(self._boxes):
@@ -260,8 +205,20 @@ class BoxIndex:
         return builder.build()
 
     @classmethod
-    def from_coco(cls, json_path, classes: Sequence[str] | None = None) -> "BoxIndex":
-        """Read a COCO detection json (absolute ``[x, y, w, h]`` boxes, category names)."""
+    def from_coco(cls, json_path, classes: Sequence[str] | None = None, include_crowd: bool = False) -> "BoxIndex":
+        """Read a COCO detection json (absolute ``[x, y, w, h]`` boxes, category names) or an
+        LVIS json.
+
+        LVIS images carry ``coco_url`` instead of ``file_name``: the file is then
+        ``<folder>/<name>`` of the URL (e.g. ``train2017/000000391895.jpg``, relative to the
+        COCO folder; LVIS v1 val draws from both train2017 and val2017). Their
+        ``neg_category_ids`` and ``not_exhaustive_category_ids`` are kept for federated AP
+        (:meth:`target_matrix`). The classes are all the json's categories (or ``classes``).
+        Crowd annotations (``iscrowd``) are left out unless
+        ``include_crowd`` (as in ``ssl_crops.datasets.crops``). Annotations left out on
+        purpose are counted by reason in ``index.skipped`` (crowd, unknown category id,
+        unknown image id); invalid boxes in ``index.dropped``.
+        """
         json_path = Path(json_path)
         try:
             with open(json_path) as f:
@@ -271,32 +228,39 @@ class BoxIndex:
             annotations = coco.get("annotations", [])
         except FileNotFoundError:
             raise FileNotFoundError(f"{json_path}: COCO json not found") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise ValueError(f"{json_path}: not a COCO detection json ({type(e).__name__}: {e})") from e
         per_image: dict = {}
+        skipped = {"crowd": 0, "unknown category id": 0, "unknown image id": 0}
         for a in annotations:
             if not isinstance(a, Mapping):
                 raise ValueError(f"{json_path}: an annotation is not an object: {a!r:.80}")
-            per_image.setdefault(a.get("image_id"), []).append(a)
-        builder = _Builder(classes)
+            if a.get("iscrowd") and not include_crowd:
+                skipped["crowd"] += 1
+            elif a.get("category_id") not in categories:
+                skipped["unknown category id"] += 1
+            else:
+                per_image.setdefault(a.get("image_id"), []).append(a)
+        builder = _Builder(classes if classes is not None else categories.values())  # every category
         for im in images:
             try:
-                w, h, name = float(im["width"]), float(im["height"]), str(im["file_name"])
-                anns = per_image.get(im["id"], [])
+                w, h, name = float(im["width"]), float(im["height"]), coco_file_name(im)
+                anns = per_image.pop(im["id"], [])
+                neg = [categories[c] for c in im.get("neg_category_ids", ()) if c in categories]
+                nex = [categories[c] for c in im.get("not_exhaustive_category_ids", ()) if c in categories]
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{json_path}: image entry {im!r:.120} lacks id/width/height/file_name") from e
+                raise ValueError(f"{json_path}: image entry {im!r:.120} lacks id/width/height/file_name "
+                                 f"(or coco_url)") from e
             coords = np.full((len(anns), 4), np.nan)
-            names = []
+            names = [categories[a["category_id"]] for a in anns]
             for k, a in enumerate(anns):
                 bbox = a.get("bbox")
-                names.append(categories.get(a.get("category_id"), ""))
                 if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and w > 0 and h > 0:
                     x, y, bw, bh = (_to_float(v) for v in bbox)
                     coords[k] = (x / w, y / h, (x + bw) / w, (y + bh) / h)
-            unknown = [n == "" for n in names]
-            coords[unknown] = np.nan
-            kept = [n for n in names if n]
-            builder.add(Path(name).stem, name, sorted(set(kept)), coords, names)
+            builder.add(Path(name).stem, name, sorted(set(names)), coords, names, neg, nex)
+        skipped["unknown image id"] = sum(map(len, per_image.values()))
+        builder.skipped = skipped
         return builder.build()
 
     @classmethod
@@ -320,8 +284,10 @@ class BoxIndex:
     # ------------------------------------------------------------------ storage
     def save(self, path) -> None:
         """Write a pickle-free ``.npz`` (atomically: temporary file, then rename)."""
-        arrays = {name: getattr(self, "_" + name) for name in self._ARRAYS}
-        meta = {"version": _FORMAT_VERSION, "dropped": self.dropped, "out_of_vocabulary": self.out_of_vocabulary}
+        names = self._ARRAYS + (self._FEDERATED if self.federated else ())
+        arrays = {name: getattr(self, "_" + name) for name in names}
+        meta = {"version": _FORMAT_VERSION, "dropped": self.dropped, "out_of_vocabulary": self.out_of_vocabulary,
+                "skipped": self.skipped}
         with atomic_write(path) as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -332,14 +298,15 @@ class BoxIndex:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                arrays = {name: z[name] for name in cls._ARRAYS}
+                arrays = {name: z[name] for name in cls._ARRAYS + cls._FEDERATED if name in z}
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: index file not found") from None
         except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
             raise ValueError(f"{path}: not a readable BoxIndex file ({type(e).__name__}: {e})") from e
         if meta.get("version") != _FORMAT_VERSION:
             raise ValueError(f"{path}: BoxIndex format version {meta.get('version')} is not supported")
-        return cls(**arrays, dropped=meta["dropped"], out_of_vocabulary=meta.get("out_of_vocabulary", 0))
+        return cls(**arrays, dropped=meta["dropped"], out_of_vocabulary=meta.get("out_of_vocabulary", 0),
+                   skipped=meta.get("skipped"))
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -390,6 +357,9 @@ class BoxIndex:
             self._box_image = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self._box_offsets))
         return self._box_image
 
+    def num_labels_per_image(self) -> np.ndarray:
+        return np.diff(self._label_offsets)
+
     def num_boxes_per_image(self) -> np.ndarray:
         return np.diff(self._box_offsets)
 
@@ -399,6 +369,78 @@ class BoxIndex:
         rows = np.repeat(np.arange(len(self)), np.diff(self._label_offsets))
         out[rows, self._label_values] = 1.0
         return out
+
+    def negative_labels(self, i: int) -> np.ndarray:
+        """Classes verified absent from image ``i`` (LVIS ``neg_category_ids``; empty otherwise)."""
+        if not self.federated:
+            return np.zeros(0, np.int64)
+        return self._neg_values[self._neg_offsets[i]:self._neg_offsets[i + 1]].astype(np.int64)
+
+    def not_exhaustive_labels(self, i: int) -> np.ndarray:
+        """Classes not exhaustively annotated in image ``i`` (LVIS; empty otherwise)."""
+        if not self.federated:
+            return np.zeros(0, np.int64)
+        return self._nex_values[self._nex_offsets[i]:self._nex_offsets[i + 1]].astype(np.int64)
+
+    def target_matrix(self) -> np.ndarray:
+        """Evaluation targets ``(len, num_classes)`` int8: the multi-hot labels, or for a
+        federated (LVIS) index 1 positive, 0 verified negative, -1 not scored
+        (:func:`ssl_crops.metrics.federated_targets`)."""
+        if not self.federated:
+            return self.label_matrix().astype(np.int8)
+        from .metrics import federated_targets
+
+        def matrix(offsets, values):
+            m = np.zeros((len(self), self.num_classes), bool)
+            m[np.repeat(np.arange(len(self)), np.diff(offsets)), values] = True
+            return m
+        return federated_targets(matrix(self._label_offsets, self._label_values),
+                                 matrix(self._neg_offsets, self._neg_values), matrix(self._nex_offsets, self._nex_values))
+
+    def subset(self, images) -> "BoxIndex":
+        """A new index of the given images (indices or a boolean mask), in that order."""
+        idx = np.arange(len(self))[images] if np.asarray(images).dtype == bool else np.asarray(images, np.int64)
+        files = self._files if self._files.ndim == 0 else self._files[idx]
+        lo, lv = _take_ragged(self._label_offsets, self._label_values, idx)
+        bo, keep = _take_ragged(self._box_offsets, np.arange(self.num_boxes), idx)
+        fed = {}
+        if self.federated:
+            fed = dict(zip(("neg_offsets", "neg_values"), _take_ragged(self._neg_offsets, self._neg_values, idx)))
+            fed.update(zip(("nex_offsets", "nex_values"), _take_ragged(self._nex_offsets, self._nex_values, idx)))
+        return BoxIndex(ids=self._ids[idx], files=np.char.add(self._ids[idx], files) if files.ndim == 0 else files,
+                        classes=self._classes, label_offsets=lo, label_values=lv, box_offsets=bo,
+                        boxes=self._boxes[keep], box_labels=self._box_labels[keep], dropped=self.dropped,
+                        out_of_vocabulary=self.out_of_vocabulary, skipped=self.skipped, **fed)
+
+    def with_classes(self, classes: Sequence[str]) -> "BoxIndex":
+        """The same images with class indices of the vocabulary ``classes`` (e.g. the training
+        classes for a test split); labels and boxes of other classes are left out and counted
+        in ``out_of_vocabulary``."""
+        classes = np.asarray(sorted(set(classes)), dtype=str)
+        if np.array_equal(classes, self._classes):
+            return self
+        new = {c: i for i, c in enumerate(classes.tolist())}
+        mapping = np.array([new.get(c, -1) for c in self._classes.tolist()] + [-1], np.int32)
+
+        def remap(offsets, values):
+            v = mapping[values] if len(values) else np.zeros(0, np.int32)
+            keep = v >= 0
+            counts = np.bincount(np.repeat(np.arange(len(self)), np.diff(offsets))[keep], minlength=len(self))
+            out = np.zeros(len(self) + 1, np.int64)
+            out[1:] = np.cumsum(counts)
+            return out, v[keep], keep
+        lo, lv, lkeep = remap(self._label_offsets, self._label_values)
+        bo, bl, bkeep = remap(self._box_offsets, self._box_labels)
+        fed = {}
+        if self.federated:
+            no, nv, _ = remap(self._neg_offsets, self._neg_values)
+            xo, xv, _ = remap(self._nex_offsets, self._nex_values)
+            fed = {"neg_offsets": no, "neg_values": nv, "nex_offsets": xo, "nex_values": xv}
+        files = np.char.add(self._ids, self._files) if self._files.ndim == 0 else self._files
+        return BoxIndex(ids=self._ids, files=files, classes=classes, label_offsets=lo, label_values=lv,
+                        box_offsets=bo, boxes=self._boxes[bkeep], box_labels=bl, dropped=self.dropped,
+                        out_of_vocabulary=self.out_of_vocabulary + int((~lkeep).sum() + (~bkeep).sum()),
+                        skipped=self.skipped, **fed)
 
     def class_counts(self) -> np.ndarray:
         """Number of images per class."""
@@ -425,6 +467,25 @@ def _compact_files(ids: np.ndarray, files: np.ndarray) -> np.ndarray:
     if suffix is not None and np.array_equal(np.char.add(ids, suffix), files):
         return np.array(suffix, dtype=str)
     return files
+
+
+def _take_ragged(offsets: np.ndarray, values: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and values of the rows ``idx`` of a ragged array."""
+    counts = (offsets[1:] - offsets[:-1])[idx]
+    out = np.zeros(len(idx) + 1, np.int64)
+    out[1:] = np.cumsum(counts)
+    starts = np.repeat(offsets[:-1][idx] - out[:-1], counts)
+    return out, values[starts + np.arange(out[-1])]
+
+
+def coco_file_name(image: Mapping) -> str:
+    """``file_name`` of a COCO image entry, or ``<folder>/<name>`` of an LVIS ``coco_url``."""
+    if "file_name" in image:
+        return str(image["file_name"])
+    parts = [p for p in str(image["coco_url"]).split("/") if p]
+    if not parts:
+        raise ValueError("empty coco_url")
+    return "/".join(parts[-2:])
 
 
 def _as_dict(source) -> dict:

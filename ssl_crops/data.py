@@ -1,10 +1,11 @@
 """Datasets: object-aware two-view pretraining data and labelled images for evaluation."""
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -15,8 +16,8 @@ from .demo import make_demo
 from .formats import SUBSET_FILES
 
 __all__ = [
-    "ObjectCropDataset", "LabeledImageDataset", "ProposalSource", "CorruptImageError",
-    "load_image", "load_index", "find_annotation", "make_demo",
+    "ObjectCropDataset", "LabeledImageDataset", "ProposalSource", "CorruptImageError", "EncodedImage",
+    "open_image", "load_image", "load_index", "find_annotation", "make_demo",
 ]
 
 
@@ -25,21 +26,87 @@ class CorruptImageError(ValueError):
 
 
 class ProposalSource(Protocol):
-    """Boxes for images without annotations (a BING model or a proposal cache)."""
+    """Boxes for images without annotations (a BING model or a proposal cache). A source that
+    does not look at the pixels (a cache) may set ``needs_image = False``: it then gets ``None``
+    and the image is decoded only as far as the crops need."""
 
-    def proposals_for(self, image_id: str, image: Image.Image) -> np.ndarray:
+    def proposals_for(self, image_id: str, image: Image.Image | None) -> np.ndarray:
         """Normalized ``x0, y0, x1, y1`` proposals ``(K, 4)``, best first."""
+
+
+JPEG_SCALES = (8, 4, 2)  # the DCT scale divisors libjpeg decodes at, besides 1 (the full image)
+
+
+class EncodedImage:
+    """An image file read but not decoded: ``size`` comes from the header; pixels are decoded on
+    demand, a JPEG at a reduced DCT scale (1/2, 1/4, 1/8) when the regions asked for allow it.
+
+    A missing, truncated or undecodable file raises :class:`CorruptImageError` naming it.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptImageError(f"{path}: image file not found") from None
+        except OSError as e:
+            raise CorruptImageError(f"{path}: cannot read image ({e})") from e
+        with self._open() as f:
+            self.size, self.format = f.size, f.format
+        self._decoded: Image.Image | None = None
+
+    def decode(self) -> Image.Image:
+        """The whole image as RGB at full resolution (decoded once)."""
+        if self._decoded is None:
+            self._decoded = self._load(self._open())
+        return self._decoded
+
+    def scale_for(self, regions: Sequence, size) -> int:
+        """The largest JPEG scale divisor (8, 4, 2, else 1) at which every region keeps at least
+        ``size`` (``int`` or ``(width, height)``) pixels along each axis; 1 for other formats."""
+        if self._decoded is not None or self.format != "JPEG":
+            return 1
+        out_w, out_h = (size, size) if isinstance(size, int) else size
+        short = min(min((x1 - x0) / out_w, (y1 - y0) / out_h) for x0, y0, x1, y1 in regions)
+        return next((k for k in JPEG_SCALES if short >= k), 1)
+
+    def decode_regions(self, regions: Sequence, size) -> tuple[Image.Image, list[tuple[float, ...]]]:
+        """``(image, regions)``: the RGB image decoded at :meth:`scale_for` and the pixel regions
+        ``(x0, y0, x1, y1)`` mapped exactly into it (floats, 1/k of the original coordinates:
+        reduced pixel ``i`` covers original pixels ``[k i, k (i + 1))``)."""
+        k = self.scale_for(regions, size)
+        if k > 1:
+            f = self._open()
+            drafted = f.draft("RGB", (self.size[0] // k, self.size[1] // k))
+            if drafted is not None:  # None: a JPEG PIL cannot draft, decoded fully below
+                scale = self.size[0] / drafted[1][2]
+                return self._load(f), [tuple(v / scale for v in r) for r in regions]
+        return self.decode(), [tuple(float(v) for v in r) for r in regions]
+
+    def _open(self) -> Image.Image:
+        try:
+            return Image.open(io.BytesIO(self._data))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise CorruptImageError(f"{self.path}: cannot decode image ({e})") from e
+
+    def _load(self, f: Image.Image) -> Image.Image:
+        try:
+            with f:
+                return f.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise CorruptImageError(f"{self.path}: cannot decode image ({e})") from e
+
+
+def open_image(path) -> EncodedImage:
+    """Read an image file without decoding it (:class:`EncodedImage`); hand it to
+    :class:`~ssl_crops.transforms.ObjectAwareCrop` to decode only what the two views need."""
+    return EncodedImage(path)
 
 
 def load_image(path) -> Image.Image:
     """Decode an image fully as RGB; :class:`CorruptImageError` names the file on failure."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise CorruptImageError(f"{path}: image file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise CorruptImageError(f"{path}: cannot decode image ({e})") from e
+    return EncodedImage(path).decode()
 
 
 class ObjectCropDataset(torch.utils.data.Dataset):
@@ -50,9 +117,14 @@ class ObjectCropDataset(torch.utils.data.Dataset):
     are not visited. Images without boxes take the top ``proposal_topk`` boxes of
     ``proposals`` when given, else the transform falls back to scene crops.
     ``transform`` is called as ``transform(image, boxes)`` when it has ``uses_boxes``
-    (:class:`~ssl_crops.transforms.ObjectAwareCrop`), else as ``transform(image)``.
-    ``on_corrupt="skip"`` warns about an unreadable image and serves the next one instead;
-    ``"raise"`` raises :class:`CorruptImageError`.
+    (:class:`~ssl_crops.transforms.ObjectAwareCrop`), else as ``transform(image)``; ``image`` is
+    an :class:`EncodedImage` when it has ``accepts_encoded`` (reduced decoding), else the
+    decoded RGB PIL image.
+    ``on_corrupt="skip"`` warns about an unreadable image (missing, truncated, empty, not an
+    image, or a decompression bomb) and serves the next one instead; ``bad_images`` counts the
+    skips of this process and ``last_skipped`` lists ``(file name, reason)`` of the last item's
+    skips. ``"raise"`` raises :class:`CorruptImageError`. Valid images of any mode or size
+    (a PNG named ``.jpg``, CMYK, 1x1 px) are decoded as RGB and served.
     """
 
     max_consecutive_failures = 32
@@ -69,20 +141,23 @@ class ObjectCropDataset(torch.utils.data.Dataset):
         self.proposals, self.proposal_topk = proposals, int(proposal_topk)
         self.sampling, self.on_corrupt = sampling, on_corrupt
         self.uses_boxes = getattr(transform, "uses_boxes", False)
+        self.accepts_encoded = getattr(transform, "accepts_encoded", False)  # decodes only what it crops
+        self.bad_images, self.last_skipped = 0, []
 
     def __len__(self) -> int:
         return self.index.num_boxes if self.sampling == "box" else len(self.index)
 
+    def _image_of(self, i: int) -> int:
+        return int(self.index.box_image[i]) if self.sampling == "box" else i
+
     def _image_and_boxes(self, i: int):
-        if self.sampling == "box":
-            image = int(self.index.box_image[i])
-            boxes = self.index.flat_boxes[i:i + 1]
-        else:
-            image, boxes = i, self.index.boxes(i)
-        img = load_image(self.root / self.index.path(image))
-        if len(boxes) == 0 and self.proposals is not None:
-            boxes = self.proposals.proposals_for(self.index.image_id(image), img)[: self.proposal_topk]
-        return img, boxes
+        image = self._image_of(i)
+        boxes = self.index.flat_boxes[i:i + 1] if self.sampling == "box" else self.index.boxes(i)
+        img = open_image(self.root / self.index.path(image))
+        if len(boxes) == 0 and self.proposals is not None:  # proposals computed from pixels need the full image
+            pixels = img.decode() if getattr(self.proposals, "needs_image", True) else None
+            boxes = self.proposals.proposals_for(self.index.image_id(image), pixels)[: self.proposal_topk]
+        return (img if self.accepts_encoded else img.decode()), boxes
 
     def _next_image_item(self, i: int) -> int:
         """The first item of the image after item ``i``'s image (wrapping around)."""
@@ -92,19 +167,22 @@ class ObjectCropDataset(torch.utils.data.Dataset):
         return (i + 1) % len(self)
 
     def __getitem__(self, i: int):
-        j = i
+        j, self.last_skipped = i, []
         for _ in range(self.max_consecutive_failures):
             try:
                 img, boxes = self._image_and_boxes(j)
+                views = self.transform(img, boxes) if self.uses_boxes else self.transform(img)  # decodes
                 break
             except CorruptImageError as e:
                 if self.on_corrupt == "raise":
                     raise
+                name = self.index.path(self._image_of(j))
+                self.bad_images += 1
+                self.last_skipped.append((name, str(e).removeprefix(f"{self.root / name}: ")))
                 warnings.warn(f"skipping unreadable image: {e}", RuntimeWarning, stacklevel=2)
                 j = self._next_image_item(j)
         else:
             raise CorruptImageError(f"{self.max_consecutive_failures} unreadable images in a row from {self.root}")
-        views = self.transform(img, boxes) if self.uses_boxes else self.transform(img)
         return views, i
 
 

@@ -9,16 +9,26 @@ Launch modes, in order of precedence (see ``launch``):
    on machines without CUDA), or ``--world-size N --rank R`` for one process per node;
 4. a plain single process on one GPU (``--gpu``) or the CPU.
 NCCL is used with CUDA, gloo otherwise.
+
+Elastic restarts (``torchrun --max-restarts N``): the restarted workers keep talking to the
+agent's rendezvous TCP store, which torchrun shares between attempts (unless the agent runs
+with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``). The keys of the failed attempt (gloo's peer
+addresses among them) are still in it under the same names, so a new worker can read a dead
+peer's address (reported as a hang in gloo's ``connectFullMesh``). Each attempt therefore builds
+its process group on a ``PrefixStore`` named after ``TORCHELASTIC_RESTART_COUNT``: fresh keys per
+attempt, whatever the agent's setting.
 """
 import os
 import re
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.constants import default_pg_timeout
 
 
 @dataclass
@@ -45,12 +55,13 @@ def _url_port(url):
 
 
 def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, local_rank=None,
-                     local_world_size=None):
+                     local_world_size=None, timeout=None):
     """Set up the process group of this process (if any) and its device; returns ``DistInfo``.
 
     Explicit ``rank`` and ``world_size`` (legacy flags, ``mp.spawn`` workers) win over the
     environment; then torchrun's variables, then SLURM's; otherwise a single process without a
-    process group. ``local_rank`` picks the GPU (``cuda:local_rank``).
+    process group. ``local_rank`` picks the GPU (``cuda:local_rank``). ``timeout`` (seconds,
+    default torch's) bounds collectives and the rendezvous.
     """
     env = os.environ
     init_method = None
@@ -82,8 +93,17 @@ def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, lo
             warnings.warn("NCCL needs CUDA: using gloo on this CPU machine")
             backend = None
         backend = backend or ("nccl" if cuda else "gloo")
-        dist.init_process_group(backend, init_method=init_method, world_size=world_size, rank=rank,
-                                device_id=device if backend == "nccl" else None)
+        kwargs = dict(world_size=world_size, rank=rank, device_id=device if backend == "nccl" else None)
+        if timeout is not None:
+            kwargs["timeout"] = timedelta(seconds=timeout)
+        if init_method == "env://" and "TORCHELASTIC_RESTART_COUNT" in env:  # fresh store keys per attempt
+            store, _, _ = next(dist.rendezvous(init_method, rank, world_size,
+                                               timeout=kwargs.get("timeout", default_pg_timeout)))
+            store.set_timeout(kwargs.get("timeout", default_pg_timeout))
+            kwargs["store"] = dist.PrefixStore(f"ssl_crops/attempt_{env['TORCHELASTIC_RESTART_COUNT']}/", store)
+        else:
+            kwargs["init_method"] = init_method
+        dist.init_process_group(backend, **kwargs)
     return DistInfo(rank, world_size, local_rank, device, dist.is_available() and dist.is_initialized(),
                     local_world_size or min(world_size, max(1, torch.cuda.device_count())))
 
@@ -98,16 +118,21 @@ def _run(worker_fn, info, args):
 def _spawn_worker(local_rank, worker_fn, args, node_rank, nprocs, world_size):
     info = init_distributed(getattr(args, "dist_backend", None), args.dist_url,
                             rank=node_rank * nprocs + local_rank, world_size=world_size,
-                            local_rank=local_rank, local_world_size=nprocs)
+                            local_rank=local_rank, local_world_size=nprocs, timeout=_timeout(args))
     return _run(worker_fn, info, args)
+
+
+def _timeout(args):
+    minutes = getattr(args, "dist_timeout", None)
+    return None if minutes is None else minutes * 60
 
 
 def launch(worker_fn, args):
     """Run ``worker_fn(info, args)`` in every process of the job (see the module docstring).
 
     ``args`` may carry ``multiprocessing_distributed``, ``dist_url``, ``world_size``, ``rank``,
-    ``gpu`` and ``dist_backend`` (the original MoCo flags). Returns the worker's result when it
-    runs in this process.
+    ``gpu`` and ``dist_backend`` (the original MoCo flags) and ``dist_timeout`` (minutes).
+    Returns the worker's result when it runs in this process.
     """
     mp_dist = getattr(args, "multiprocessing_distributed", False)
     backend = getattr(args, "dist_backend", None)
@@ -116,7 +141,7 @@ def launch(worker_fn, args):
     if torchrun or (slurm and not mp_dist):
         if mp_dist:
             print("launched by torchrun: ignoring --multiprocessing-distributed", flush=True)
-        return _run(worker_fn, init_distributed(backend, getattr(args, "dist_url", None)), args)
+        return _run(worker_fn, init_distributed(backend, getattr(args, "dist_url", None), timeout=_timeout(args)), args)
     nodes, node_rank = max(1, getattr(args, "world_size", 1)), max(0, getattr(args, "rank", 0))
     if mp_dist:
         nprocs = torch.cuda.device_count()
@@ -130,7 +155,7 @@ def launch(worker_fn, args):
         return None
     if nodes > 1:
         info = init_distributed(backend, args.dist_url, rank=node_rank, world_size=nodes,
-                                local_rank=getattr(args, "gpu", None))
+                                local_rank=getattr(args, "gpu", None), timeout=_timeout(args))
     else:
         info = init_distributed(backend, local_rank=getattr(args, "gpu", None))
     return _run(worker_fn, info, args)
@@ -163,6 +188,15 @@ def all_gather_cat(tensor):
     out = [torch.empty_like(tensor) for _ in range(world)]
     dist.all_gather(out, tensor)
     return torch.cat(out)
+
+
+def all_gather_objects(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects)."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup():

@@ -1,18 +1,21 @@
 """MoCo-v2 pretraining with object-aware crops: the loop behind ``main_moco.py``.
 
 One worker function (``train_worker``) runs in every process that ``ssl_crops.distributed.launch``
-starts. Checkpoints (``<output-dir>/<save_name>/checkpoint_last.pth`` and
-``checkpoint_<epoch>.pth``) are written atomically at epoch ends; ``--resume auto`` continues
-from the newest readable one, so a killed run loses only its partial epoch. Augmentations are
-seeded per (seed, epoch, sample), so they do not depend on the number of workers or on resuming.
+starts. Every sample's augmentation is seeded by (seed, epoch, sample) and every step's torch
+randomness (shuffle-BN, on-device augmentation) by (seed, step), so a resumed run repeats an
+uninterrupted one whatever the number of loader workers. Checkpoints (``ssl_crops.checkpoint``)
+are written at epoch ends, and at the current step when SIGTERM or SIGUSR1 arrives (the run then
+exits 0); ``--resume auto`` continues from the newest readable one, mid-epoch with the same
+sample order. A restart under torchrun resumes by itself.
 """
 import argparse
 import inspect
+import itertools
 import json
 import math
 import os
 import random
-import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -21,18 +24,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.models as models
+from torchvision.transforms import v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from . import distributed as du
 from .boxes import BoxIndex
+from .checkpoint import (LAST, OutputError, capture_rng, check_output, locate_resume, resume, run_checkpoints,
+                         save_checkpoint, seed_step, to_moco_layout)
+from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng  # noqa: F401 (ssl_crops.train names)
 from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
 from .formats import SUBSET_FILES
-from .files import atomic_write
 from .moco import MoCo, default_bn_splits
-from .transforms import GEOMETRIES, ObjectAwareCrop, moco_augment
+from .run import EpochTally, RunLog, StopSignal, on_rank0
+from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
 CROP_MODES = ("scene", "object-object", "object-scene")
@@ -45,9 +52,8 @@ NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
 BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
 # --demo: a small ResNet on the generated data, about two minutes on two CPU cores. The original
 # method's epoch is one item per box (~4.6 per demo image): 7 epochs are 154 steps, as many as
-# the 30 per-image epochs before. Its 224 px minimum
-# region is ~22% of an OpenImages photo's side, so on the 256-448 px demo scenes with 64 px views
-# the minimum region is 64 px (at 224 px every object crop would be most of the scene).
+# 30 per-image epochs. Its 224 px minimum region is ~22% of an OpenImages photo's side; on the
+# 256-448 px demo scenes with 64 px views it is 64 px (224 px would make most object crops scenes).
 DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
                      image_size=64, min_region=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
                      save_name="demo", log_freq=1, save_freq=10, knn_every=10, seed=0)
@@ -72,11 +78,14 @@ def build_parser():
     g.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay")
     g.add_argument("-p", "--print-freq", "--log-freq", type=int, default=10, dest="log_freq",
                    help="log every N steps")
-    g.add_argument("--resume", default="", help="'auto' (newest readable checkpoint of this run) or a path")
+    g.add_argument("--resume", default="", help="'auto' (newest readable checkpoint of this run; implied by a "
+                                                 "torchrun restart) or a path")
     g.add_argument("--world-size", type=int, default=-1, help="number of nodes (legacy launch)")
     g.add_argument("--rank", type=int, default=-1, help="node rank (legacy launch)")
     g.add_argument("--dist-url", default="tcp://localhost:23456", help="rendezvous URL (legacy launch)")
     g.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"], help="default: nccl on GPU, gloo on CPU")
+    g.add_argument("--dist-timeout", type=float, default=30.0,
+                   help="minutes a collective (or the rendezvous) may wait for the other processes")
     g.add_argument("--seed", type=int, default=None, help="default: random, recorded in the checkpoint")
     g.add_argument("--gpu", type=int, default=None, help="GPU of a single-process run")
     g.add_argument("--multiprocessing-distributed", action="store_true",
@@ -112,8 +121,8 @@ def build_parser():
     g.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=False,
                    help="both object views contain the box centre (default: placed uniformly, as the original)")
     g.add_argument("--sampling", choices=["image", "box"], default=None,
-                   help="one item per image or per box (default: box for object crops, the original's epoch; "
-                        "image for scene crops)")
+                   help="one item per image or per box (default: box for object crops, the original's epoch, "
+                        "unless no image has boxes; image for scene crops)")
     g.add_argument("--proposals", default=None,
                    help="BING model, OpenCV BING model folder or proposal cache (.npz) for images without boxes "
                         "under --sampling image (default: fit BING on the annotated images, saved as "
@@ -125,11 +134,17 @@ def build_parser():
     g.add_argument("--coco", default=None, help="COCO detection json instead of the dicts")
     g.add_argument("--index", default=None,
                    help="a saved BoxIndex (.npz, e.g. index.npz of the OpenImages builder) instead of the dicts")
+    g.add_argument("--bad-image", choices=["skip", "error"], default="skip",
+                   help="an unreadable image (missing, truncated, empty, not an image, decompression bomb): skip it "
+                        "(counted per epoch, named once in <run>/bad_images.txt) or stop with an error")
     g = p.add_argument_group("speed, output, monitoring")
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="off", help="mixed precision (fp16 uses a GradScaler)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on with CUDA)")
     g.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    g.add_argument("--augment-on", choices=["cpu", "device"], default=None,
+                   help="MoCo augmentation in the loader workers (cpu) or batched on the training device "
+                        "(device: workers return uint8 crops); default: device with CUDA, else cpu")
     g.add_argument("--output-dir", default="checkpoints")
     g.add_argument("--save-freq", type=int, default=10, help="keep checkpoint_<epoch>.pth every N epochs")
     g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
@@ -141,25 +156,30 @@ def build_parser():
 
 # --------------------------------------------------------------------------- data
 class EpochSampler(Sampler):
-    """Wraps a ``DistributedSampler`` to yield ``(epoch, index)`` for ``SeededDataset``."""
+    """Wraps a ``DistributedSampler`` to yield ``(epoch, index)`` for ``SeededDataset``;
+    ``set_epoch(epoch, skip)`` leaves out the first ``skip`` indices (the done batches of a
+    resumed epoch)."""
 
     def __init__(self, sampler):
-        self.sampler, self.epoch = sampler, 0
+        self.sampler, self.epoch, self.skip = sampler, 0, 0
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, skip=0):
+        self.epoch, self.skip = epoch, skip
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        return ((self.epoch, i) for i in self.sampler)
+        return ((self.epoch, i) for i in itertools.islice(self.sampler, self.skip, None))
 
     def __len__(self):
-        return len(self.sampler)
+        return max(0, len(self.sampler) - self.skip)
 
 
 class SeededDataset(Dataset):
     """Item ``(epoch, i)`` is ``dataset[i]`` drawn with torch/numpy/random seeded by
-    ``(seed, epoch, i)``; the global RNG states are restored afterwards."""
+    ``(seed, epoch, i)`` (the global RNG states are restored afterwards), as
+    ``(views, i, events, skipped)``: ``events`` counts what this item caused in the process that
+    loaded it (``run.EVENTS``: skipped bad images, scene-crop fallbacks of the transform) and
+    ``skipped`` holds the skipped images as ``name\treason`` lines."""
 
     def __init__(self, dataset, seed):
         self.dataset, self.seed = dataset, seed
@@ -167,15 +187,23 @@ class SeededDataset(Dataset):
     def __len__(self):
         return len(self.dataset)
 
+    def _counts(self):
+        transform = getattr(self.dataset, "transform", None)
+        return getattr(self.dataset, "bad_images", 0), getattr(transform, "scene_fallbacks", 0)
+
     def __getitem__(self, key):
         epoch, i = key
         s = int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0])
         state = random.getstate(), np.random.get_state(), torch.get_rng_state()
         random.seed(s), np.random.seed(s), torch.default_generator.manual_seed(s)
+        before = self._counts()
         try:
-            return self.dataset[i]
+            views, index = self.dataset[i]
         finally:
             random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+        events = torch.tensor([a - b for a, b in zip(self._counts(), before)], dtype=torch.int64)
+        skipped = "".join(f"{name}\t{reason}\n" for name, reason in getattr(self.dataset, "last_skipped", ()))
+        return views, index, events, skipped
 
 
 def build_dataset(args, run_dir, main=True):
@@ -197,11 +225,13 @@ def build_dataset(args, run_dir, main=True):
         proposals = open_proposals(args.proposals)
     elif mode != "scene" and unboxed:
         proposals = fitted_proposals(index, args.data, Path(run_dir) / "bing.npz", args.seed, main)
+    on_device = getattr(args, "augment_on", None) == "device"  # workers then return uint8 crops
     crop = ObjectAwareCrop(mode=mode, geometry=args.crop_geometry, dilation=args.dilation,
                            min_scale=args.min_scale, object_min_scale=args.rescale_parameter, size=args.image_size,
-                           min_region=args.min_region, anchor=args.anchor, augment=moco_augment(args.aug_plus))
+                           min_region=args.min_region, anchor=args.anchor,
+                           augment=v2.PILToTensor() if on_device else moco_augment(args.aug_plus))
     dataset = ObjectCropDataset(args.data, index, crop, proposals=proposals, sampling=sampling,
-                                proposal_topk=args.bing_topk)
+                                proposal_topk=args.bing_topk, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"))
     return dataset, index
 
 
@@ -232,9 +262,11 @@ def fitted_proposals(index, root, path, seed, main=True, max_images=BING_FIT_IMA
 def build_loader(dataset, args, info, batch_size, workers):
     sampler = EpochSampler(DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
                                               shuffle=True, seed=args.seed, drop_last=True))
+    # its own generator: creating an iterator must not draw from the global one
     return DataLoader(SeededDataset(dataset, args.seed), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, pin_memory=info.device.type == "cuda",
-                      persistent_workers=workers > 0, drop_last=True)
+                      persistent_workers=workers > 0, drop_last=True,
+                      generator=torch.Generator().manual_seed(args.seed))
 
 
 def check_queue(args, num_samples, global_batch, main=True):
@@ -270,11 +302,15 @@ def adjust_learning_rate(optimizer, epoch, args):
     return lr
 
 
-def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_format=torch.contiguous_format):
-    """One SGD step on a batch of view pairs; returns ``(loss, top-1 accuracy)`` tensors (no sync)."""
+def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_format=torch.contiguous_format,
+               augment=None):
+    """One SGD step on a batch of view pairs; returns ``(loss, top-1 accuracy)`` tensors (no sync).
+    With ``augment`` (a :class:`BatchAugment`) the views are uint8 crops, augmented on the device."""
     device = next(model.parameters()).device
-    im_q = im_q.to(device, non_blocking=True, memory_format=memory_format)
-    im_k = im_k.to(device, non_blocking=True, memory_format=memory_format)
+    im_q, im_k = im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
+    if augment is not None:
+        im_q, im_k = augment(im_q), augment(im_k)
+    im_q, im_k = im_q.contiguous(memory_format=memory_format), im_k.contiguous(memory_format=memory_format)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits, labels = model(im_q, im_k)
         loss = F.cross_entropy(logits, labels)
@@ -285,119 +321,51 @@ def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_form
     return loss.detach(), (logits.detach().argmax(1) == 0).float().mean()
 
 
-def train_one_epoch(model, loader, optimizer, scaler, epoch, step, args, info, log):
-    """Returns ``(mean loss over all ranks, images/s, global step)``."""
+def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, info, log, stop):
+    """Train until the epoch ends or a stop is requested; returns ``(global step, stopped)``.
+
+    Before each step torch's generators are seeded from ``(seed, step)``. Every ``--log-freq``
+    steps rank 0 writes a ``step`` record and, without a terminal, one plain line (tqdm only
+    on a terminal)."""
     model.train()
     amp_dtype = AMP_DTYPES[args.amp]
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     main = info.rank == 0
     lr = optimizer.param_groups[0]["lr"]
-    loss_sum = torch.zeros((), device=info.device)
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main, dynamic_ncols=True, leave=False)
-    start = last_log = end = time.perf_counter()
-    data_time, since_log = 0.0, 0
-    for (im_q, im_k), _ in loader:
+    num_batches = tally.batches + len(loader)
+    bar = tqdm(total=num_batches, initial=tally.batches, desc=f"epoch {epoch + 1}/{args.epochs}",
+               disable=not (main and sys.stderr.isatty()), dynamic_ncols=True, leave=False)
+    last_log = end = time.perf_counter()
+    data_time, since_log, stopped = 0.0, 0, False
+    augment = BatchAugment(args.aug_plus) if args.augment_on == "device" else None
+    for (im_q, im_k), _, events, skipped in loader:
         data_time += time.perf_counter() - end
-        loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt)
-        loss_sum += loss
+        seed_step(args.seed, step)
+        loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt, augment)
+        tally.add(loss, events, skipped)
         step, since_log = step + 1, since_log + 1
         if step % args.log_freq == 0:
             loss_v, acc_v = loss.item(), acc.item()  # synchronizes, so the interval timing is right
             now = time.perf_counter()
-            rec = {"epoch": epoch, "step": step, "loss": loss_v, "acc1": acc_v, "lr": lr,
-                   "data_time": data_time / since_log, "step_time": (now - last_log) / since_log,
+            rec = {"type": "step", "epoch": epoch, "step": step, "loss": loss_v, "acc1": acc_v, "lr": lr,
+                   "data_time": data_time / since_log, "compute_time": (now - last_log - data_time) / since_log,
                    "images_per_s": args.batch_size * since_log / (now - last_log)}
             if main:
-                log(rec)
-                bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+                log.write(rec)
+                if bar.disable:
+                    print(f"epoch {epoch + 1}/{args.epochs} batch {tally.batches}/{num_batches} step {step} "
+                          f"loss {loss_v:.4f} acc1 {acc_v:.3f} lr {lr:.4g} data {rec['data_time']:.3f}s "
+                          f"compute {rec['compute_time']:.3f}s {rec['images_per_s']:.0f} img/s", flush=True)
+                else:
+                    bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.4f}", img_s=f"{rec['images_per_s']:.0f}")
             last_log, data_time, since_log = now, 0.0, 0
         bar.update()
+        if stop.requested(info.device):
+            stopped = True
+            break
         end = time.perf_counter()
     bar.close()
-    mean_loss = du.all_gather_cat((loss_sum / len(loader)).view(1)).mean().item()
-    return mean_loss, args.batch_size * len(loader) / (time.perf_counter() - start), step
-
-
-# --------------------------------------------------------------------------- checkpoints
-def capture_rng():
-    """RNG states as tensors and builtins (readable with ``torch.load(weights_only=True)``)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(),
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng(state):
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(state, run_dir, keep):
-    """Write ``checkpoint_last.pth``; with ``keep`` also ``checkpoint_<epoch:04d>.pth`` (atomically)."""
-    last = Path(run_dir) / "checkpoint_last.pth"
-    with atomic_write(last) as f:
-        torch.save(state, f)
-    if keep:
-        with open(last, "rb") as src, atomic_write(last.with_name(f"checkpoint_{state['epoch']:04d}.pth")) as f:
-            shutil.copyfileobj(src, f)
-
-
-def load_checkpoint(path):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError("not a checkpoint of main_moco.py (no 'state_dict')")
-    return ckpt
-
-
-def find_resume_checkpoint(run_dir):
-    """``(path, checkpoint)`` of the newest readable checkpoint in ``run_dir`` (``checkpoint_last.pth``,
-    then ``checkpoint_<epoch>.pth`` from the latest epoch down), or ``(None, None)``; unreadable
-    (e.g. truncated) files are skipped with a warning."""
-    run_dir = Path(run_dir)
-    numbered = sorted(run_dir.glob("checkpoint_[0-9]*.pth"), key=lambda p: int(p.stem.split("_")[-1]), reverse=True)
-    for path in [run_dir / "checkpoint_last.pth", *numbered]:
-        if not path.is_file():
-            continue
-        try:
-            return path, load_checkpoint(path)
-        except Exception as e:  # truncated zip, bad pickle, wrong content: try an older one
-            warnings.warn(f"skipping unreadable checkpoint {path}: {type(e).__name__}: {e}")
-    return None, None
-
-
-def locate_resume(args, run_dir):
-    """``(path, checkpoint)`` that ``--resume`` asks for; ``(None, None)`` for a fresh start."""
-    if not args.resume:
-        return None, None
-    if args.resume == "auto":
-        return find_resume_checkpoint(run_dir)
-    if not Path(args.resume).is_file():
-        raise FileNotFoundError(f"--resume {args.resume}: checkpoint not found")
-    try:
-        return args.resume, load_checkpoint(args.resume)
-    except Exception as e:
-        raise ValueError(f"--resume {args.resume}: cannot read checkpoint ({type(e).__name__}: {e})") from e
-
-
-def resume(path, ckpt, model, optimizer, scaler):
-    """Restore model, optimizer, scaler and RNG states; returns ``(start_epoch, step or None)``."""
-    state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}  # original MoCo keys
-    model.load_state_dict(state)
-    if ckpt.get("optimizer"):
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(ckpt["scaler"])
-    if ckpt.get("rng"):
-        restore_rng(ckpt["rng"])
-    if du.is_main_process():
-        print(f"resumed from {path} (epoch {ckpt['epoch']})", flush=True)
-    return ckpt["epoch"], ckpt.get("step")
+    return step, stopped
 
 
 # --------------------------------------------------------------------------- the run
@@ -426,14 +394,23 @@ def train_worker(info, args):
         torch.backends.cudnn.benchmark = True
     if args.channels_last is None:
         args.channels_last = info.device.type == "cuda"
+    if args.augment_on is None:
+        args.augment_on = "device" if info.device.type == "cuda" else "cpu"
     if args.batch_size % info.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
     run_dir = Path(args.output_dir) / args.save_name
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    if restart > 0 and args.resume != "auto" and (not args.resume or run_checkpoints(run_dir)):
+        args.resume = "auto"  # also over an explicit --resume PATH once this run has checkpoints of its own
+        if main:
+            print(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)",
+                  flush=True)
     resume_path, resume_ckpt = locate_resume(args, run_dir)
     if resume_ckpt is not None and args.seed is None:  # the resumed run keeps its seed
         args.seed = (resume_ckpt.get("args") or {}).get("seed")
     args.seed = _shared_seed(args.seed, info.device)
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    on_rank0(lambda: check_output(run_dir))  # before any work: an unwritable folder fails now
     demo_root = Path(args.data).parent
     if args.demo and main and not (demo_root / SUBSET_FILES["labels"]).exists():
         print(f"making demo data in {demo_root} ...", flush=True)
@@ -445,19 +422,21 @@ def train_worker(info, args):
     workers = math.ceil(args.workers / info.local_world_size)
     if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # processes of a node share its cores
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // info.local_world_size))
-    loader = build_loader(dataset, args, info, args.batch_size // info.world_size, workers)
+    rank_batch = args.batch_size // info.world_size
+    loader = build_loader(dataset, args, info, rank_batch, workers)
+    steps_per_epoch = len(loader)
     if args.bn_splits is None:
-        args.bn_splits = default_bn_splits(args.batch_size // info.world_size, info.world_size)
+        args.bn_splits = default_bn_splits(rank_batch, info.world_size)
     model = build_model(args).to(info.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=args.amp == "fp16")
-    start_epoch, step = args.start_epoch, None
+    start_epoch, step, epoch_state = args.start_epoch, None, None
     if resume_ckpt is not None:
-        start_epoch, step = resume(resume_path, resume_ckpt, model, optimizer, scaler)
+        start_epoch, step, epoch_state = resume(resume_path, resume_ckpt, model, optimizer, scaler)
         del resume_ckpt
-    step = start_epoch * len(loader) if step is None else step
+    step = start_epoch * steps_per_epoch if step is None else step
     if args.compile:
         model.encoder_q.compile()
         model.encoder_k.compile()
@@ -467,42 +446,62 @@ def train_worker(info, args):
                                       **NO_BUFFER_BROADCAST)
     knn = _knn_monitor(args, index) if args.knn_every > 0 else None  # called on every rank
 
+    log = None
     if main:
-        if resume_path is None and (run_dir / "checkpoint_last.pth").exists():
-            warnings.warn(f"{run_dir} holds a checkpoint and this run starts afresh: it and log.jsonl will be "
-                          "overwritten (--resume auto continues it)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(run_dir / "log.jsonl", "a" if resume_path is not None else "w")
+        log = RunLog(run_dir, resumed_step=step if resume_path is not None else None)
         print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops), "
               f"{info.world_size} process(es) on {info.device.type}, batch {args.batch_size}", flush=True)
 
-    def log(rec):
-        log_file.write(json.dumps({**rec, "time": time.time()}) + "\n")
-        log_file.flush()
+    def checkpoint(epoch, keep=False, epoch_state=None):
+        state = {"epoch": epoch, "arch": args.arch, "state_dict": to_moco_layout(model.state_dict()),
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                 "args": json.loads(json.dumps(vars(args), default=str)), "rng": capture_rng(), "step": step,
+                 "epoch_state": epoch_state}
+        on_rank0(lambda: save_checkpoint(state, run_dir, keep))
 
-    for epoch in range(start_epoch, args.epochs):
-        loader.sampler.set_epoch(epoch)
-        lr = adjust_learning_rate(optimizer, epoch, args)
-        loss, ips, step = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, args, info, log)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"mean loss of epoch {epoch} is {loss}")
-        done = epoch + 1
-        summary = {"type": "epoch", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "images_per_s": ips}
-        if knn is not None and (done % args.knn_every == 0 or done == args.epochs):
-            summary.update(knn(model.encoder_q))
-        if main:
-            log(summary)
-            print(f"epoch {done}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in summary.items()
-                                                            if k not in ("type", "epoch")), flush=True)
-            state = {"epoch": done, "arch": args.arch, "state_dict": model.state_dict(),
-                     "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                     "args": json.loads(json.dumps(vars(args), default=str)), "rng": capture_rng(), "step": step}
-            save_checkpoint(state, run_dir, keep=done % args.save_freq == 0 or done == args.epochs)
-        du.barrier()
+    with StopSignal() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            tally = EpochTally(info, epoch_state if epoch == start_epoch else None)
+            loader.sampler.set_epoch(epoch, skip=tally.batches * rank_batch)
+            lr = adjust_learning_rate(optimizer, epoch, args)
+            start, first = time.perf_counter(), tally.batches
+            step, stopped = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, tally, args, info, log, stop)
+            skipped = tally.take_skipped()
+            if main:
+                log.add_bad_images(skipped)
+            if tally.batches < steps_per_epoch:  # stopped mid-epoch
+                checkpoint(epoch, epoch_state=tally.state())
+                if main:
+                    signame = stop.received or "a signal to another process"
+                    log.write({"type": "stop", "signal": signame, "epoch": epoch, "step": step})
+                    print(f"{signame}: stopped after step {step} (epoch {epoch + 1}, batch {tally.batches}/"
+                          f"{steps_per_epoch}); saved {run_dir / LAST}; continue with --resume auto", flush=True)
+                break
+            loss, events = tally.summary(steps_per_epoch)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"mean loss of epoch {epoch} is {loss}")
+            done = epoch + 1
+            ips = args.batch_size * (tally.batches - first) / (time.perf_counter() - start)
+            summary = {"type": "epoch", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "images_per_s": ips,
+                       **events}
+            if knn is not None and (done % args.knn_every == 0 or done == args.epochs):
+                summary.update(knn(model.encoder_q))
+            if main:
+                log.write(summary)
+                print(f"epoch {done}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in summary.items()
+                                                                if k not in ("type", "epoch")), flush=True)
+                if events["bad_images"]:
+                    print(f"  {events['bad_images']} unreadable images skipped this epoch "
+                          f"(named in {log.bad_path})", flush=True)
+            checkpoint(done, keep=done % args.save_freq == 0 or done == args.epochs)
+            if stopped:
+                if main:
+                    print(f"{stop.received or 'a signal'}: stopped at the end of epoch {done}; saved {run_dir / LAST}; "
+                          "continue with --resume auto", flush=True)
+                break
     if main:
-        log_file.close()
-        print(f"checkpoint: {run_dir / 'checkpoint_last.pth'}\nlog: {run_dir / 'log.jsonl'}", flush=True)
+        log.close()
+        print(f"checkpoint: {run_dir / LAST}\nlog: {run_dir / 'log.jsonl'}", flush=True)
     return run_dir
 
 
@@ -522,4 +521,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    return du.launch(train_worker, args)
+    try:
+        return du.launch(train_worker, args)
+    except (OutputError, FileExistsError) as e:  # one line: which file, and why
+        raise SystemExit(f"main_moco.py: error: {e}") from None

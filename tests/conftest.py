@@ -21,3 +21,60 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+BAD_KINDS = {  # file name -> what it is; the first four cannot be decoded, the last three are valid images
+    "missing.jpg": "listed but absent", "truncated.jpg": "a JPEG cut in half", "empty.jpg": "zero bytes",
+    "huge.jpg": "a JPEG header claiming 20000x20000 px",
+    "png.jpg": "a PNG named .jpg", "cmyk.jpg": "a CMYK JPEG", "tiny.jpg": "1x1 px",
+}
+UNREADABLE = ("missing.jpg", "truncated.jpg", "empty.jpg", "huge.jpg")
+
+
+def _jpeg_claiming(width, height, data):
+    """``data`` (a baseline JPEG) with its SOF0 frame header rewritten to ``width`` x ``height``."""
+    sof = data.index(b"\xff\xc0")
+    return data[:sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[sof + 9:]
+
+
+@pytest.fixture(scope="session")
+def bad_images(tmp_path_factory):
+    """A COCO-indexed folder: 37 good 40 px JPEGs with the seven kinds of ``BAD_KINDS`` placed
+    among them (never two side by side), 44 images in all; ``.images``, ``.coco``, ``.unreadable``
+    and ``.valid`` (the odd but decodable kinds)."""
+    import io
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("bad_images")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    good = []
+    for n in range(37):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"g{n:02d}.jpg")
+        good.append(f"g{n:02d}.jpg")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    (images / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "huge.jpg").write_bytes(_jpeg_claiming(20000, 20000, jpeg))
+    Image.new("RGB", (30, 20), (0, 200, 0)).save(images / "png.jpg", "PNG")
+    Image.new("CMYK", (30, 20), (0, 255, 255, 0)).save(images / "cmyk.jpg", "JPEG")
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(images / "tiny.jpg")
+    names = list(good)
+    for k, bad in enumerate(BAD_KINDS):
+        names.insert(5 * k + 2, bad)
+    sizes = {"huge.jpg": (20000, 20000), "tiny.jpg": (1, 1), "png.jpg": (30, 20), "cmyk.jpg": (30, 20)}
+    coco = {"categories": [{"id": 1, "name": "thing"}], "images": [], "annotations": []}
+    for i, name in enumerate(names):
+        w, h = sizes.get(name, (40, 40))
+        coco["images"].append({"id": i, "file_name": name, "width": w, "height": h})
+        coco["annotations"].append({"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, w / 2, h / 2]})
+    (root / "coco.json").write_text(json.dumps(coco))
+    return SimpleNamespace(images=images, coco=root / "coco.json", unreadable=UNREADABLE,
+                           valid=tuple(k for k in BAD_KINDS if k not in UNREADABLE))

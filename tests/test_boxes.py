@@ -201,3 +201,62 @@ def test_demo_index_matches_its_coco_json(demo_root):
     b = BoxIndex.from_coco(demo_root / "annotations_train.json")
     _assert_same(a, b)
     assert 2 <= a.num_boxes_per_image().min() and a.num_boxes_per_image().max() <= 8
+
+
+def _lvis(path):
+    """A small LVIS-style json: ``coco_url`` instead of ``file_name``, federated fields."""
+    images = [{"id": 1, "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg", "width": 100,
+               "height": 50, "neg_category_ids": [3], "not_exhaustive_category_ids": [1]},
+              {"id": 2, "coco_url": "http://images.cocodataset.org/train2017/000000000002.jpg", "width": 100,
+               "height": 100, "neg_category_ids": [1], "not_exhaustive_category_ids": []}]
+    cats = [{"id": 1, "name": "apple", "frequency": "f"}, {"id": 2, "name": "bus", "frequency": "c"},
+            {"id": 3, "name": "cat", "frequency": "r"}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [0, 0, 50, 50]},
+            {"id": 3, "image_id": 2, "category_id": 99, "bbox": [0, 0, 50, 50]}]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def test_lvis_json_is_read_with_its_federated_fields(tmp_path):
+    index = BoxIndex.from_coco(_lvis(tmp_path / "lvis.json"))
+    assert [index.path(i) for i in range(2)] == ["val2017/000000000001.jpg", "train2017/000000000002.jpg"]
+    assert index.classes == ["apple", "bus", "cat"] and index.federated
+    np.testing.assert_allclose(index.boxes(0), [[0.1, 0.2, 0.3, 0.6]])
+    assert index.negative_labels(0).tolist() == [2] and index.not_exhaustive_labels(0).tolist() == [0]
+    # apple: positive but not exhaustively annotated in image 0 (not scored), verified absent in image 1
+    np.testing.assert_array_equal(index.target_matrix(), [[-1, -1, 0], [0, 1, -1]])
+    assert index.skipped == {"unknown category id": 1} and index.dropped == 0
+    index.save(tmp_path / "i.npz")
+    back = BoxIndex.load(tmp_path / "i.npz")
+    np.testing.assert_array_equal(back.target_matrix(), index.target_matrix())
+    assert back.skipped == index.skipped and back.path(1) == "train2017/000000000002.jpg"
+    plain = BoxIndex.from_coco(_coco(tmp_path / "c.json", {k: (100, 100) for k in OBJECTS}))
+    assert not plain.federated and plain.negative_labels(0).size == 0
+    np.testing.assert_array_equal(plain.target_matrix(), plain.label_matrix())
+
+
+def test_coco_crowd_and_unknown_categories_are_not_counted_as_dropped(tmp_path):
+    path = _coco(tmp_path / "c.json", {k: (100, 100) for k in OBJECTS})
+    coco = json.loads(path.read_text())
+    coco["annotations"] += [{"id": 50, "image_id": 100, "category_id": 7, "bbox": [0, 0, 10, 10], "iscrowd": 1},
+                            {"id": 51, "image_id": 100, "category_id": 1234, "bbox": [0, 0, 10, 10]},
+                            {"id": 52, "image_id": 100, "category_id": 7, "bbox": [5, 5, -1, 10]}]  # invalid box
+    path.write_text(json.dumps(coco))
+    index = BoxIndex.from_coco(path)
+    assert index.num_boxes == 3 and index.dropped == 1
+    assert index.skipped == {"crowd": 1, "unknown category id": 1}
+    assert BoxIndex.from_coco(path, include_crowd=True).num_boxes == 4
+
+
+def test_subset_and_with_classes(tmp_path):
+    index = BoxIndex.from_coco(_lvis(tmp_path / "lvis.json"))
+    sub = index.subset([1])
+    assert len(sub) == 1 and sub.path(0) == "train2017/000000000002.jpg" and sub.box_labels(0).tolist() == [1]
+    np.testing.assert_array_equal(sub.target_matrix(), index.target_matrix()[1:])
+    assert len(index.subset(np.array([True, False]))) == 1
+    other = index.with_classes(["bus", "cat", "dog"])
+    assert other.classes == ["bus", "cat", "dog"] and other.out_of_vocabulary == 2  # the apple label and box
+    np.testing.assert_array_equal(other.target_matrix(), [[-1, 0, -1], [1, -1, -1]])
+    assert other.num_boxes == 1 and other.box_labels(1).tolist() == [0]
+    assert index.with_classes(index.classes) is index

@@ -3,10 +3,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ssl_crops.boxes import BoxIndex
 from ssl_crops.data import (CorruptImageError, LabeledImageDataset, ObjectCropDataset, load_image,
-                            load_index)
+                            load_index, open_image)
 from ssl_crops.transforms import ObjectAwareCrop, TwoViews, eval_transform
 
 
@@ -120,3 +121,131 @@ def test_labeled_dataset_targets_are_multi_hot(demo_root):
     x, y = ds[1]
     assert x.shape == (3, 32, 32) and y.dtype == torch.float32
     assert set(np.flatnonzero(y.numpy())) == set(index.labels(1).tolist())
+
+
+def _photo(path, w=800, h=600, marker=(500, 260, 540, 300), fmt="JPEG"):
+    """A smooth colourful image with a white square marker; saved as JPEG (or PNG)."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h) + 60], -1)
+    x0, y0, x1, y1 = marker
+    img[y0:y1, x0:x1] = 255
+    Image.fromarray(img.astype(np.uint8)).save(path, fmt, quality=95)
+    return path
+
+
+def _centroid(view: torch.Tensor):
+    bright = (view.float().min(0).values > 235).float()
+    ys, xs = torch.nonzero(bright, as_tuple=True)
+    return xs.float().mean().item(), ys.float().mean().item()
+
+
+@pytest.mark.parametrize("size", [32, 64, 100])
+def test_reduced_decoding_keeps_regions_and_views(tmp_path, size):
+    from torchvision.transforms import v2
+
+    path = _photo(tmp_path / "a.jpg")
+    crop = ObjectAwareCrop(size=size, augment=v2.PILToTensor(), swap=False)
+    full = load_image(path)
+    scales, marker_seen = set(), 0
+    for seed in range(12):
+        regions = crop.sample_regions(800, 600, [[0.3, 0.2, 0.8, 0.8]], torch.Generator().manual_seed(seed))
+        enc = open_image(path)
+        assert enc.size == (800, 600)
+        img, mapped = enc.decode_regions(regions, size)
+        k = enc.scale_for(regions, size)
+        scales.add(k)
+        assert img.size == (-(-800 // k), -(-600 // k))
+        for r, m in zip(regions, mapped):
+            np.testing.assert_allclose(np.array(m) * k, r, atol=1e-9)  # exact mapping of the regions
+            if k > 1:  # never fewer pixels than the view needs
+                assert (m[2] - m[0]) >= size and (m[3] - m[1]) >= size
+        if k < 8:  # the coarsest scale that keeps them: one step coarser would not
+            assert min(min(r[2] - r[0], r[3] - r[1]) for r in regions) < 2 * k * size
+        for reduced_view, full_view, region in zip(crop.transform(open_image(path), {"regions": regions}),
+                                                   crop.transform(full, {"regions": regions}), regions):
+            assert reduced_view.shape == full_view.shape == (3, size, size)
+            assert reduced_view.dtype == full_view.dtype == torch.uint8
+            assert (reduced_view.float() - full_view.float()).abs().mean() < 6
+            x0, y0, x1, y1 = region
+            if x0 <= 500 and 540 <= x1 and y0 <= 260 and 300 <= y1:  # the marker in view: same place within a pixel
+                assert np.allclose(_centroid(reduced_view), _centroid(full_view), atol=1.0)
+                marker_seen += 1
+    assert len(scales) > 1 and marker_seen > 3  # reduced and full decoding both met, the marker seen
+
+
+def test_scale_choice_and_formats(tmp_path):
+    enc = open_image(_photo(tmp_path / "a.jpg"))
+    assert enc.scale_for([(0, 0, 800, 600), (0, 0, 800, 600)], 64) == 8
+    assert enc.scale_for([(0, 0, 800, 600), (100, 100, 300, 400)], 64) == 2  # the smaller region decides
+    assert enc.scale_for([(0, 0, 800, 600)], (200, 64)) == 4  # both axes keep the output's pixels
+    assert enc.scale_for([(0, 0, 127, 600)], 64) == 1
+    png = open_image(_photo(tmp_path / "a.png", fmt="PNG"))
+    assert png.scale_for([(0, 0, 800, 600)], 32) == 1  # other formats decode fully
+    img, regions = png.decode_regions([(0, 0, 800, 600)], 32)
+    assert img.size == (800, 600) and regions == [(0.0, 0.0, 800.0, 600.0)]
+    Image.open(tmp_path / "a.jpg").convert("L").save(tmp_path / "gray.jpg")
+    gray, regions = open_image(tmp_path / "gray.jpg").decode_regions([(0, 0, 800, 600)], 64)
+    assert gray.mode == "RGB" and gray.size == (100, 75) and regions == [(0.0, 0.0, 100.0, 75.0)]
+    full = enc.decode()  # once decoded in full (e.g. for proposals), the full image is reused
+    img, _ = enc.decode_regions([(0, 0, 800, 600)], 32)
+    assert img is full
+
+
+def test_truncated_jpeg_fails_in_reduced_decoding_with_the_file_name(tmp_path, demo_root):
+    path = _photo(tmp_path / "t.jpg")
+    path.write_bytes(path.read_bytes()[:2000])
+    enc = open_image(path)  # the header is intact
+    with pytest.raises(CorruptImageError, match="t.jpg"):
+        enc.decode_regions([(0, 0, 800, 600)], 32)
+    with pytest.raises(CorruptImageError, match="t.jpg"):
+        open_image(path).decode()
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    with pytest.raises(CorruptImageError, match="junk.jpg"):
+        open_image(tmp_path / "junk.jpg")
+
+
+def test_proposal_sources_that_need_no_pixels_get_none(demo_root):
+    class CachedProposals(FixedProposals):
+        needs_image = False
+
+        def proposals_for(self, image_id, image):
+            assert image is None
+            return super().proposals_for(image_id, image)
+
+    no_boxes = BoxIndex.from_openimages(demo_root / "images_selected_new.npy")
+    props = FixedProposals()
+    seen = []
+    props.proposals_for = lambda image_id, image: seen.append(image) or np.array([[0.1, 0.1, 0.6, 0.6]])
+    ObjectCropDataset(demo_root / "images", no_boxes, ObjectAwareCrop(size=16), proposals=props)[0]
+    assert isinstance(seen[0], Image.Image) and seen[0].size == open_image(demo_root / "images" / no_boxes.path(0)).size
+    (q, _), _ = ObjectCropDataset(demo_root / "images", no_boxes, ObjectAwareCrop(size=16), proposals=CachedProposals())[0]
+    assert q.shape == (3, 16, 16)
+
+
+def test_seven_kinds_of_bad_image(bad_images):
+    """Missing, truncated, empty and 20000x20000-header files are skipped, counted and named with a
+    reason; a PNG named .jpg, a CMYK JPEG and a 1x1 image are valid images and are served as RGB."""
+    import warnings
+
+    images, unreadable = bad_images.images, bad_images.unreadable
+    index = BoxIndex.from_coco(bad_images.coco)
+    ds = ObjectCropDataset(images, index, ObjectAwareCrop(size=16))
+    reasons = {}
+    for i in range(len(ds)):
+        name = index.path(i)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (q, k), j = ds[i]
+        assert j == i and q.shape == k.shape == (3, 16, 16)
+        assert [n for n, _ in ds.last_skipped] == ([name] if name in unreadable else []), name
+        assert sum("skipping unreadable image" in str(w.message) for w in caught) == (name in unreadable)
+        reasons.update(ds.last_skipped)
+    assert ds.bad_images == 4 and sorted(reasons) == sorted(unreadable)
+    assert "not found" in reasons["missing.jpg"] and "truncated" in reasons["truncated.jpg"]
+    assert "cannot" in reasons["empty.jpg"] and "pixels" in reasons["huge.jpg"]
+    for name in bad_images.valid:
+        assert load_image(images / name).mode == "RGB"
+    strict = ObjectCropDataset(images, index, ObjectAwareCrop(size=16), on_corrupt="raise")
+    bad = next(i for i in range(len(index)) if index.path(i) == "truncated.jpg")
+    with pytest.raises(CorruptImageError, match="truncated.jpg"):
+        strict[bad]

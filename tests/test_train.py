@@ -3,6 +3,7 @@ import json
 import os
 import random
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from ssl_crops import train
+from ssl_crops.data import CorruptImageError
 from ssl_crops.demo import make_demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,9 +113,14 @@ def _run(demo, out, *extra, seed=3):
     return train.main(argv)
 
 
-def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env):
+@pytest.mark.slow
+def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env, monkeypatch, capsys):
     torch.set_num_threads(1)
-    _run(demo, tmp_path, "--epochs", "1", seed=None)
+    with monkeypatch.context() as m:  # on a terminal: a progress bar on stderr, no plain step lines
+        m.setattr(sys.stderr, "isatty", lambda: True)
+        _run(demo, tmp_path, "--epochs", "1", seed=None)
+    out, err = capsys.readouterr()
+    assert "batch 2/4" not in out and "epoch 1/1" in err and "\r" in err
     first = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)["args"]["seed"]
     _run(demo, tmp_path, "--resume", "auto", seed=None)
     ckpt = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)
@@ -121,19 +128,52 @@ def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env):
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()
               if '"type": "epoch"' in line]
     assert epochs == [0, 1]  # the resumed run appends to the log
-    with pytest.warns(UserWarning, match="starts afresh"):
+    log = (tmp_path / "r" / "log.jsonl").read_text()
+    with pytest.raises(SystemExit, match="holds a run .*--resume auto"):  # never starts afresh over a run
         _run(demo, tmp_path, "--epochs", "1")
-    assert '"epoch": 1' not in (tmp_path / "r" / "log.jsonl").read_text()  # a fresh run starts a new log
+    assert (tmp_path / "r" / "log.jsonl").read_text() == log
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         _run(demo, tmp_path, "--resume", str(tmp_path / "nope.pth"))
 
 
-def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env):
+def _signal_at(monkeypatch, *steps, sig=signal.SIGTERM):
+    """Make the process send itself ``sig`` during its ``steps``-th training steps (counted from 1)."""
+    calls = []
+    step = train.train_step
+
+    def train_step(*a, **k):
+        calls.append(1)
+        if len(calls) in steps:
+            os.kill(os.getpid(), sig)
+        return step(*a, **k)
+    monkeypatch.setattr(train, "train_step", train_step)
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env, monkeypatch, capsys):
+    """Stopped by SIGTERM mid-epoch, by SIGUSR1 in the next epoch, then its newest checkpoint
+    truncated: resumed three times, the run ends bit-identical to an uninterrupted one."""
     torch.set_num_threads(1)
     _run(demo, tmp_path / "a")
-    _run(demo, tmp_path / "b", "--epochs", "1")
-    last = tmp_path / "b" / "r" / "checkpoint_last.pth"
-    last.write_bytes(last.read_bytes()[:1000])  # killed while copying: resume falls back to checkpoint_0001
+    run = tmp_path / "b" / "r"
+    with monkeypatch.context() as m:
+        _signal_at(m, 3)
+        _run(demo, tmp_path / "b")  # 4 steps per epoch: stops after step 3, mid epoch 1
+    assert "SIGTERM: stopped after step 3 (epoch 1, batch 3/4)" in capsys.readouterr().out
+    stopped = torch.load(run / "checkpoint_last.pth", weights_only=True)
+    assert (stopped["epoch"], stopped["step"], stopped["epoch_state"]["batches"]) == (0, 3, 3)
+    with monkeypatch.context() as m:
+        _signal_at(m, 3, sig=signal.SIGUSR1)
+        _run(demo, tmp_path / "b", "--resume", "auto")  # steps 4, 5, 6: stops at batch 2 of epoch 2
+    assert "resumed from" in capsys.readouterr().out
+    assert torch.load(run / "checkpoint_last.pth", weights_only=True)["step"] == 6
+    assert torch.load(run / "checkpoint_prev.pth", weights_only=True)["step"] == 4
+    last = run / "checkpoint_last.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # killed while copying: resume falls back to checkpoint_prev
     with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
         _run(demo, tmp_path / "b", "--resume", "auto")
 
@@ -141,18 +181,145 @@ def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env):
     b = torch.load(last, weights_only=True)
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 8
     assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert "module.encoder_q.conv1.weight" in a["state_dict"] and "module.queue" in a["state_dict"]
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    assert not torch.equal(a["state_dict"]["queue"], torch.load(tmp_path / "b" / "r" / "checkpoint_0001.pth",
-                                                                  weights_only=True)["state_dict"]["queue"])
+    assert not torch.equal(a["state_dict"]["module.queue"], torch.load(
+        run / "checkpoint_0001.pth", weights_only=True)["state_dict"]["module.queue"])
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
 
-    records = [json.loads(line) for line in (tmp_path / "b" / "r" / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in records if r.get("type") != "epoch"]
-    assert [r["step"] for r in steps] == [2, 4, 6, 8]
-    assert {"loss", "lr", "data_time", "step_time", "images_per_s", "epoch", "step"} <= steps[0].keys()
-    assert [r["epoch"] for r in records if r.get("type") == "epoch"] == [0, 1]
+    ra, rb = _records(tmp_path / "a" / "r"), _records(run)
+    steps = [r for r in rb if r["type"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8]  # no duplicates after three resumes
+    assert {"loss", "lr", "data_time", "compute_time", "images_per_s", "epoch", "step"} <= steps[0].keys()
+    assert [(r["epoch"], r["step"]) for r in rb if r["type"] == "epoch"] == [(0, 4), (1, 8)]
+    assert [r["signal"] for r in rb if r["type"] == "stop"] == ["SIGTERM"]  # the SIGUSR1 stop was redone
+    for key in ("loss", "bad_images", "scene_fallbacks"):  # the epoch losses too, to the last bit
+        assert [r[key] for r in ra if r["type"] == "epoch"] == [r[key] for r in rb if r["type"] == "epoch"]
+    assert [r["loss"] for r in ra if r["type"] == "step"] == [r["loss"] for r in steps]
+
+
+class _CountingCrop:
+    """A box-aware transform that falls back to a scene crop for every third call (per process)."""
+    uses_boxes = True
+
+    def __init__(self):
+        self.scene_fallbacks, self.calls = 0, 0
+
+    def __call__(self, img, boxes):
+        self.calls += 1
+        self.scene_fallbacks += self.calls % 3 == 0
+        return torch.zeros(1), torch.zeros(1)
+
+
+def test_event_counts_from_loader_workers_add_up(bad_images):
+    """Each item reports what it caused in the worker that loaded it; the sums over two workers
+    are the totals of one process loading everything."""
+    from torch.utils.data import DataLoader
+
+    from ssl_crops.boxes import BoxIndex
+    from ssl_crops.data import ObjectCropDataset
+
+    dataset = ObjectCropDataset(bad_images.images, BoxIndex.from_coco(bad_images.coco), _CountingCrop())
+    seeded = train.SeededDataset(dataset, seed=0)
+    keys = [(0, i) for i in range(len(dataset))]
+    with pytest.warns(RuntimeWarning):
+        alone = [seeded[k] for k in keys]
+    assert sum(item[2] for item in alone).tolist() == [4, 44 // 3]
+    fresh = ObjectCropDataset(bad_images.images, BoxIndex.from_coco(bad_images.coco), _CountingCrop())
+    loader = DataLoader(train.SeededDataset(fresh, seed=0), batch_size=4, sampler=keys, num_workers=2)
+    batches = list(loader)  # 11 batches: worker 0 loads 6 (24 items), worker 1 loads 5 (20 items)
+    assert sum(b[2].sum(0) for b in batches).tolist() == [4, 24 // 3 + 20 // 3]
+    skipped = "".join("".join(b[3]) for b in batches)
+    assert sorted(line.split("\t")[0] for line in skipped.splitlines()) == sorted(bad_images.unreadable)
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_saves_and_exits_0(demo, tmp_path):
+    """SIGTERM (what SLURM sends before preemption) to a running main_moco.py: it finishes the
+    step, saves checkpoint_last.pth mid-epoch, says so and exits 0. Without a terminal the log
+    is one plain line per interval (no carriage returns)."""
+    cmd = [sys.executable, "main_moco.py", str(demo / "images"), "-a", "resnet18", "-b", "8", "--moco-k", "64",
+           "--image-size", "32", "-j", "0", "--epochs", "3", "--log-freq", "1", "--seed", "0",
+           "--output-dir", str(tmp_path), "--save_name", "r"]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID")},
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # wait for the first step line, then preempt
+        lines.append(line)
+        if " step 1 " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    out = "".join(lines) + out
+    assert proc.returncode == 0, out + err
+    assert "SIGTERM: stopped after step" in out and "continue with --resume auto" in out
+    assert "\r" not in out + err and "loss" in lines[-1] and "compute" in lines[-1]
+    ckpt = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 17 and ckpt["epoch_state"]["batches"] == ckpt["step"]
+    stop = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()][-1]
+    assert stop["type"] == "stop" and stop["signal"] == "SIGTERM" and stop["step"] == ckpt["step"]
+
+
+@pytest.mark.slow
+def test_bad_images_counted_over_workers_and_named_once(bad_images, tmp_path, clean_env, capsys):
+    torch.set_num_threads(1)
+    argv = [str(bad_images.images), "--coco", str(bad_images.coco), "-a", "resnet18", "-b", "4", "--moco-k", "40",
+            "--image-size", "16", "-j", "2", "--epochs", "2", "--crop-mode", "scene", "--seed", "0",
+            "--output-dir", str(tmp_path), "--save_name", "bad", "--log-freq", "100"]
+    train.main(argv)
+    out = capsys.readouterr().out
+    epochs = [r for r in _records(tmp_path / "bad") if r["type"] == "epoch"]
+    assert [r["bad_images"] for r in epochs] == [4, 4]  # 44 items in 11 batches: each bad one visited once
+    assert "bad_images 4" in out and "4 unreadable images skipped" in out
+    lines = (tmp_path / "bad" / "bad_images.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(bad_images.unreadable)  # named once
+    assert all(len(line.split("\t")) == 2 and line.split("\t")[1] for line in lines)
+    with pytest.raises(CorruptImageError, match="missing.jpg|truncated.jpg|empty.jpg|huge.jpg"):
+        train.main([*argv, "--save_name", "strict", "--bad-image", "error", "-j", "0"])
+
+
+def test_unwritable_output_fails_before_training(demo, tmp_path, clean_env, monkeypatch):
+    (tmp_path / "out").write_text("a file where the output folder should be")
+    started = []
+    monkeypatch.setattr(train, "build_dataset", lambda *a: started.append(1))
+    with pytest.raises(SystemExit) as err:
+        _run(demo, tmp_path / "out")
+    assert str(tmp_path / "out" / "r") in str(err.value) and "\n" not in str(err.value) and not started
+    (tmp_path / "ok" / "r" / "checkpoint_last.pth").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="checkpoint_last.pth: a directory is in the way"):
+        _run(demo, tmp_path / "ok")
+    assert not started
+
+
+def test_disk_full_at_checkpoint_time_is_one_line(demo, tmp_path, clean_env, monkeypatch):
+    """The disk fills up while the epoch's checkpoint is written: the run stops with one line naming
+    the file and ENOSPC, and leaves no partial file (tests/test_checkpoint.py: the previous one is kept)."""
+    import errno
+    import io
+
+    from ssl_crops import files
+
+    class FullDisk(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    torch.set_num_threads(1)
+    save = train.save_checkpoint
+
+    def save_on_a_full_disk(state, run_dir, keep):
+        monkeypatch.setattr(files, "open", lambda p, mode="r": FullDisk(p, mode.replace("b", "")), raising=False)
+        save(state, run_dir, keep)
+    monkeypatch.setattr(train, "save_checkpoint", save_on_a_full_disk)
+    with pytest.raises(SystemExit) as err:
+        _run(demo, tmp_path, "--epochs", "1")
+    msg = str(err.value)
+    assert f"cannot write {tmp_path / 'r' / 'checkpoint_last.pth'}: No space left on device (ENOSPC)" in msg, msg
+    assert "\n" not in msg
+    monkeypatch.undo()
+    assert not (tmp_path / "r" / "checkpoint_last.pth").exists() and not list((tmp_path / "r").glob(".*tmp"))
 
 
 def test_original_command_line_runs_on_cpu(demo, tmp_path):
@@ -279,3 +446,62 @@ def test_demo_scales_the_minimum_region(tmp_path):
     args = train.parse_args(["--demo", str(tmp_path)])
     assert args.min_region == args.image_size == 64 and args.bing_crops and args.sampling is None
     assert train.parse_args(["--demo", str(tmp_path), "--min-region", "100"]).min_region == 100
+
+
+def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_path, one_thread):
+    from ssl_crops.transforms import BatchAugment
+
+    assert train.parse_args(["D"]).augment_on is None  # resolved per device: cpu here, device with CUDA
+    args = train.parse_args([str(demo / "images"), "--bing_crops", "--aug-plus", "--image-size", "32",
+                             "--augment-on", "device", "--seed", "0"])
+    dataset, _ = train.build_dataset(args, tmp_path / "run")
+    (q, k), _ = dataset[0]
+    assert q.dtype == k.dtype == torch.uint8 and q.shape == (3, 32, 32)
+    args.augment_on = "cpu"
+    (q_cpu, _), _ = train.build_dataset(args, tmp_path / "run")[0][0]
+    assert q_cpu.dtype == torch.float32 and q_cpu.shape == (3, 32, 32)
+
+    batch = torch.stack([dataset[i][0][0] for i in range(8)]), torch.stack([dataset[i][0][1] for i in range(8)])
+    losses = []
+    for on_device in (True, False):
+        torch.manual_seed(0)
+        model = train.MoCo(train.models.resnet18, dim=16, K=32, m=0.99, T=0.2, mlp=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        torch.manual_seed(1)
+        if on_device:
+            loss, _ = train.train_step(model, *batch, opt, scaler, memory_format=torch.channels_last,
+                                       augment=BatchAugment())
+        else:  # the same augmentation done by hand before the step
+            aug = BatchAugment()
+            im_q, im_k = aug(batch[0]), aug(batch[1])
+            loss, _ = train.train_step(model, im_q, im_k, opt, scaler)
+        losses.append(loss.item())
+    assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_training_runs_with_device_augmentation(demo, tmp_path, clean_env):
+    torch.set_num_threads(1)
+    run_dir = _run(demo, tmp_path, "--epochs", "1", "--augment-on", "device")
+    ckpt = torch.load(run_dir / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["args"]["augment_on"] == "device"
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_scene_fallbacks_of_the_crop_are_logged_per_epoch(demo, tmp_path, clean_env, capsys):
+    """Object crops on images without boxes (and no proposals) fall back to scene crops: the real
+    ObjectAwareCrop counts each one, and the epoch record and line report the count."""
+    torch.set_num_threads(1)
+    images = tmp_path / "unboxed"
+    images.mkdir()
+    for path in sorted((demo / "images").iterdir())[:16]:
+        (images / path.name).write_bytes(path.read_bytes())
+    argv = [str(images), "-a", "resnet18", "-b", "8", "--moco-k", "8", "--image-size", "16", "-j", "0",
+            "--epochs", "1", "--crop-mode", "object-object", "--seed", "0", "--output-dir", str(tmp_path / "out"),
+            "--save_name", "fb", "--log-freq", "100"]
+    with pytest.warns(UserWarning, match="no image of .* has boxes"):
+        train.main(argv)
+    epochs = [r for r in _records(tmp_path / "out" / "fb") if r["type"] == "epoch"]
+    assert [r["scene_fallbacks"] for r in epochs] == [16]
+    assert "scene_fallbacks 16" in capsys.readouterr().out

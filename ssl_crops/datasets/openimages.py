@@ -21,6 +21,7 @@ import io
 import json
 import os
 import random
+import re
 import sys
 import time
 import urllib.error
@@ -39,7 +40,7 @@ from tqdm import tqdm
 
 from ..files import atomic_write
 
-__all__ = ["BoxCsv", "Selection", "select", "build", "read_ids", "download", "main",
+__all__ = ["BoxCsv", "Selection", "select", "build", "read_ids", "default_report", "download", "main",
            "COLUMNS", "DEFAULT_BASE_URL", "LABELS_FILE", "BOXES_FILE"]
 
 COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
@@ -385,26 +386,60 @@ def build(boxes, out, *, classes=None, test_boxes=(), min_class_images=900, min_
 
 
 # --------------------------------------------------------------------------- download
+ID_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,128}")  # official ids: 16 hex digits
+SPLIT_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,64}")  # bucket folders: train, validation, test, ...
+
+
 def read_ids(path, split: str = "train") -> list[tuple[str, str]]:
-    """``(split, image_id)`` pairs from a pickled ``.npy``/``.pkl`` dict (its keys) or a text
-    file with one id a line (``<id>``, ``<split>/<id>`` or ``<split>/<id>.jpg``), deduplicated."""
+    """``(split, image_id)`` pairs, deduplicated, from:
+
+    - a pickled ``.npy``/``.pkl`` dict (its keys);
+    - a CSV whose header has ``ImageID`` (the official image lists such as
+      ``train-images-boxable-with-rotation.csv``, or box CSVs): the split is its
+      ``Subset`` column when present (``train``/``validation``/``test``), else ``split``;
+    - a text file with one id a line (``<id>``, ``<split>/<id>`` or ``<split>/<id>.jpg``).
+
+    Every id and split is checked (letters, digits, ``_``, ``-``): a file that yields
+    anything else (a header, a URL, a path) raises ``ValueError`` naming the file and lines.
+    """
     from ssl_crops.boxes import load_npy_dict
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: id list not found")
     if path.suffix in (".npy", ".pkl", ".pickle"):
-        items = [(split, str(k)) for k in load_npy_dict(path)]
+        items = [(split, str(k), i + 1) for i, k in enumerate(load_npy_dict(path))]
     else:
-        items = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            s, _, i = line.rpartition("/")
-            i = i[:-4] if i.lower().endswith(".jpg") else i
-            items.append((s or split, i))
-    return list(dict.fromkeys(items))
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            first = f.readline()
+            f.seek(0)
+            if first.startswith("ImageID"):
+                reader = csv.DictReader(f)
+                items = [(row.get("Subset") or split, row["ImageID"] or "", i + 2) for i, row in enumerate(reader)]
+            else:
+                items = []
+                for i, line in enumerate(f, 1):
+                    line = line.strip()
+                    if not line or line.startswith("#"):
+                        continue
+                    s, _, image_id = line.rpartition("/")
+                    image_id = image_id[:-4] if image_id.lower().endswith(".jpg") else image_id
+                    items.append((s or split, image_id, i))
+    bad = [(n, s, i) for s, i, n in items if not ID_PATTERN.fullmatch(i) or not SPLIT_PATTERN.fullmatch(s)]
+    if bad:
+        shown = "; ".join(f"line {n}: {s}/{i}"[:120] for n, s, i in bad[:3])
+        raise ValueError(f"{path}: {len(bad):,} of {len(items):,} entries are not image ids ({shown}); expected "
+                         f"[SPLIT/]ID lines, a CSV with an ImageID column, or a .npy dict")
+    return list(dict.fromkeys((s, i) for s, i, _ in items))
+
+
+def default_report(ids, out) -> Path:
+    """Where :func:`download` writes its report unless told: ``OUT/download_report_<stem>.json``
+    for an id file (so the train and test downloads into one folder keep separate reports),
+    else ``OUT/download_report.json``."""
+    if isinstance(ids, (str, os.PathLike)):
+        return Path(out) / f"download_report_{Path(ids).stem}.json"
+    return Path(out) / "download_report.json"
 
 
 def check_image(source) -> str | None:
@@ -458,12 +493,15 @@ def download(ids, out, *, base_url=DEFAULT_BASE_URL, split="train", workers=16, 
              backoff=1.0, timeout=60.0, report=None, progress=True) -> dict:
     """Fetch ``{base_url}/{split}/{id}.jpg`` for every listed id into ``out/<id>.jpg``.
 
-    ``ids``: a path (see :func:`read_ids`) or ``(split, id)`` pairs / bare ids. Files already
-    present and decodable are skipped (resume). Returns and writes (``report``, default
-    ``out/download_report.json``) the counts and the failures.
+    ``ids``: a path (see :func:`read_ids`) or ``(split, id)`` pairs / bare ids (checked the
+    same way). Files already present and decodable are skipped (resume). Returns and writes
+    (``report``, default :func:`default_report`) the counts and the failures.
     """
     items = read_ids(ids, split) if isinstance(ids, (str, os.PathLike)) else [
         i if isinstance(i, tuple) else (split, str(i)) for i in ids]
+    bad = [f"{s}/{i}" for s, i in items if not ID_PATTERN.fullmatch(i) or not SPLIT_PATTERN.fullmatch(s)]
+    if bad:
+        raise ValueError(f"{len(bad):,} entries are not image ids: {', '.join(bad[:3])}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = base_url.rstrip("/")
@@ -497,7 +535,7 @@ def download(ids, out, *, base_url=DEFAULT_BASE_URL, split="train", workers=16, 
     failures.sort(key=lambda f: f["id"])
     result = {"requested": len(items), "downloaded": counts["downloaded"], "skipped": counts["skipped"],
               "failed": len(failures), "failures": failures}
-    report = Path(report) if report else out / "download_report.json"
+    report = Path(report) if report else default_report(ids, out)
     report.write_text(json.dumps(result, indent=1))
     print(f"download: {len(items):,} requested, {counts['downloaded']:,} downloaded, "
           f"{counts['skipped']:,} already present, {len(failures):,} failed (report: {report})")
@@ -525,7 +563,9 @@ def main(argv=None) -> int:
     b.add_argument("--exclude-group-of", action="store_true", help="ignore IsGroupOf=1 boxes")
     b.add_argument("--no-progress", action="store_true")
     d = sub.add_parser("download", help="download the listed images")
-    d.add_argument("--ids", required=True, help=".npy dict (its keys) or text file of [SPLIT/]ID lines")
+    d.add_argument("--ids", required=True, help=".npy dict (its keys), official image list CSV (ImageID, Subset "
+                                                "columns, e.g. train-images-boxable-with-rotation.csv) or text file "
+                                                "of [SPLIT/]ID lines")
     d.add_argument("--out", required=True, help="image directory (files <id>.jpg)")
     d.add_argument("--base-url", default=DEFAULT_BASE_URL, help="bucket URL; files are BASE/SPLIT/ID.jpg")
     d.add_argument("--split", default="train", help="bucket folder for ids given without one")
@@ -533,7 +573,7 @@ def main(argv=None) -> int:
     d.add_argument("--retries", type=int, default=4)
     d.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     d.add_argument("--timeout", type=float, default=60.0)
-    d.add_argument("--report", help="failure report json (default OUT/download_report.json)")
+    d.add_argument("--report", help="failure report json (default OUT/download_report_<IDS stem>.json)")
     d.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:

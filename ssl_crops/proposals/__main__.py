@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model file to write (.npz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-positives", type=int, default=10, help="drop window sizes with fewer boxes")
-    p.add_argument("--per-size", type=int, default=130, help="candidates per window size after NMS")
+    p.add_argument("--per-size", type=int, default=None, help="cap on candidates per window size (default: none)")
+    p.add_argument("--max-side", type=int, default=640, help="working size: long side in px (0: the images' own)")
+    p.add_argument("--color", choices=("hsv", "rgb", "gray"), default="hsv", help="colour space of the gradient")
     p = sub.add_parser("propose", help="cache proposals for a folder (parallel, resumable)")
     p.add_argument("--images", required=True, help="image folder (searched recursively)")
     p.add_argument("--model", required=True, help="model .npz or OpenCV model folder")
@@ -88,7 +90,8 @@ def cmd_fit(args) -> None:
     index, rows = _index(args)
     t = time.perf_counter()
     model = Bing.fit_index(index, args.images, rows, seed=args.seed, min_positives=args.min_positives,
-                           per_size=args.per_size, progress=True)
+                           per_size=args.per_size, max_side=args.max_side or None, color=args.color,
+                           progress=True)
     model.save(args.out)
     print(f"fitted {model} on {len(rows)} images ({sum(len(index.boxes(i)) for i in rows)} boxes) in "
           f"{time.perf_counter() - t:.1f} s; sizes (w, h): {model.sizes.tolist()}; wrote {args.out}")

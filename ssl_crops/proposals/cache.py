@@ -24,7 +24,7 @@ import numpy as np
 
 from ..boxes import image_files
 from ..files import atomic_write
-from .bing import Bing, ImageReadError, as_rgb
+from .bing import Bing, ImageReadError, image_size
 
 __all__ = ["ProposalCache", "open_proposals", "list_images", "propose_folder"]
 
@@ -33,6 +33,8 @@ _KEYS = ("ids", "offsets", "boxes", "scores", "sizes")
 
 class ProposalCache:
     """Proposals of many images in flat arrays; ``proposals_for`` serves the training dataset."""
+
+    needs_image = False  # proposals_for reads the cache, not the pixels: the dataset need not decode
 
     def __init__(self, ids, offsets, boxes, scores, sizes, meta: dict | None = None):
         self.ids = np.asarray(ids, dtype=str).reshape(-1)
@@ -174,14 +176,14 @@ def _run_chunk(chunk: list[tuple[str, str]]) -> tuple[int, list[str]]:
     model, root, top_k = _WORKER["model"], _WORKER["root"], _WORKER["top_k"]
     records, failed = [], []
     for image_id, rel in chunk:
-        try:
-            img = as_rgb(root / rel)
+        try:   # from the path: large JPEGs are decoded at a reduced scale (model.max_side)
+            size = image_size(root / rel)
+            boxes, scores = model.propose(root / rel, top_k, return_scores=True)
         except ImageReadError as e:
             failed.append(str(e))
             records.append((image_id, np.zeros((0, 4)), np.zeros(0), (0, 0)))
             continue
-        boxes, scores = model.propose(img, top_k, return_scores=True)
-        records.append((image_id, boxes, scores, (img.shape[1], img.shape[0])))
+        records.append((image_id, boxes, scores, size))
     name = hashlib.sha1("\n".join(i for i, _ in chunk).encode()).hexdigest()[:16]
     ProposalCache.from_records(records, {"failed": failed}).save(_WORKER["parts"] / f"shard-{name}.npz")
     return len(chunk), failed

@@ -6,6 +6,11 @@ any ``Dataset``::
 
     crop = ObjectAwareCrop(mode="object-object", size=224)   # the original method's regions
     view_q, view_k = crop(pil_image, boxes)                   # boxes: normalized xyxy, or BoundingBoxes
+
+The applying half also takes an *encoded* image (:func:`ssl_crops.data.open_image`): any object
+with ``size`` (width, height) and ``decode_regions(regions, size) -> (image, regions)``, which
+decodes only as many pixels as the two regions need and maps them (as float boxes) into the
+decoded image. The regions are sampled in the original pixel coordinates either way.
 """
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.functional import pil_modes_mapping
 from torchvision.transforms.v2 import functional as F
 
-from .augment import MoCoV2Augment
+from .augment import MoCoAugment
 from .geometry import GEOMETRIES, Region, _randint, _uniform, object_regions, random_resized_crop, to_normalized_boxes
 
 __all__ = ["ObjectAwareCrop", "MODES", "GEOMETRIES"]
@@ -46,7 +52,9 @@ class ObjectAwareCrop(v2.Transform):
     least ``min_region`` px. ``min_region`` is in pixels of the input image (224 on the
     ~1024 px OpenImages photos; scale it for other resolutions). With ``anchor`` both views
     contain the box centre. Views are resized to ``size`` (int or ``(h, w)``) and passed
-    through ``augment``; with ``swap`` the query/key order is random (p=0.5).
+    through ``augment`` (default :class:`MoCoAugment`, the fast MoCo-v2 augmentation;
+    ``v2.PILToTensor()`` gives uint8 views for :class:`BatchAugment`); with ``swap`` the
+    query/key order is random (p=0.5).
 
     An object mode without boxes falls back to scene crops and counts it in
     ``scene_fallbacks`` (per process). Sampling uses ``generator`` when given, else torch's
@@ -54,6 +62,7 @@ class ObjectAwareCrop(v2.Transform):
     """
 
     uses_boxes = True  # ObjectCropDataset passes (image, boxes)
+    accepts_encoded = True  # ... and an encoded image, decoded here at the scale the regions need
 
     def __init__(self, mode: str = "object-object", geometry: str = "original", dilation: float = 0.2,
                  min_scale: float = 0.2, object_min_scale: float = 0.0, size: int | tuple[int, int] = 224,
@@ -83,7 +92,7 @@ class ObjectAwareCrop(v2.Transform):
         self.scale, self.object_scale = (float(min_scale), 1.0), (float(object_min_scale), 1.0)
         self.min_region, self.anchor = int(min_region), bool(anchor)
         self.swap, self.ratio, self.interpolation = bool(swap), tuple(ratio), interpolation
-        self.augment = MoCoV2Augment() if augment is None else augment
+        self.augment = MoCoAugment() if augment is None else augment
         self.scene_fallbacks = 0
 
     @property
@@ -141,16 +150,22 @@ class ObjectAwareCrop(v2.Transform):
 
     # ------------------------------------------------------------------ applying half
     def transform(self, inpt: Any, params: dict[str, Any]) -> tuple[Any, Any]:
-        views = []
-        for x0, y0, x1, y1 in params["regions"]:
-            view = F.resized_crop(inpt, y0, x0, y1 - y0, x1 - x0, list(self.size),
-                                  interpolation=self.interpolation, antialias=True)
-            views.append(self.augment(view))
-        return tuple(views)
+        regions = params["regions"]
+        if _is_encoded(inpt):
+            inpt, regions = inpt.decode_regions(regions, self.size[::-1])
+        return tuple(self.augment(self._resized_crop(inpt, region)) for region in regions)
+
+    def _resized_crop(self, img: Any, region) -> Any:
+        """``region`` (pixel box, possibly fractional) of ``img`` resized to ``size``."""
+        if isinstance(img, Image.Image):  # PIL's resize reads fractional boxes: no rounding of the region
+            return img.resize(self.size[::-1], pil_modes_mapping[self.interpolation], box=tuple(region))
+        x0, y0, x1, y1 = (int(round(v)) for v in region)
+        return F.resized_crop(img, y0, x0, y1 - y0, x1 - x0, list(self.size),
+                              interpolation=self.interpolation, antialias=True)
 
     def forward(self, img: Any, boxes: Any = None, generator: torch.Generator | None = None) -> tuple[Any, Any]:
-        """``(view_q, view_k)`` of a PIL image or image tensor and its boxes (normalized
-        ``x0, y0, x1, y1`` or ``tv_tensors.BoundingBoxes``)."""
+        """``(view_q, view_k)`` of a PIL image, image tensor or encoded image and its boxes
+        (normalized ``x0, y0, x1, y1`` or ``tv_tensors.BoundingBoxes``)."""
         return self.transform(img, self._params(img, boxes, generator))
 
     def extra_repr(self) -> str:
@@ -173,6 +188,8 @@ def _pair(size) -> tuple[int, int]:
 
 def _image_size(img: Any) -> tuple[int, int]:
     """``(height, width)`` of an image the crop can read; ``TypeError`` otherwise."""
+    if _is_encoded(img):
+        return img.size[1], img.size[0]
     if isinstance(img, Image.Image):
         return img.height, img.width
     if isinstance(img, torch.Tensor) and not isinstance(img, (tv_tensors.BoundingBoxes, tv_tensors.Mask)):
@@ -187,3 +204,7 @@ def _image_size(img: Any) -> tuple[int, int]:
         if len(img.shape) == 3 and img.shape[-1] in (1, 3):
             what += " (an H, W, C array: use PIL.Image.fromarray(a) or torch.from_numpy(a).permute(2, 0, 1))"
     raise TypeError(f"ObjectAwareCrop takes {_ACCEPTS}; got {what}")
+
+
+def _is_encoded(img: Any) -> bool:
+    return hasattr(img, "decode_regions") and not isinstance(img, (Image.Image, torch.Tensor))

@@ -167,10 +167,10 @@ def test_download_resume_and_failure_report(tmp_path, server, capsys):
     r = oi.download(ids, out, **kw)
     assert (r["requested"], r["downloaded"], r["skipped"], r["failed"]) == (6, 4, 0, 2)
     assert {(f["id"], f["status"]) for f in r["failures"]} == {("missing", "missing"), ("corrupt", "corrupt")}
-    assert json.loads((out / "download_report.json").read_text())["failed"] == 2
+    assert json.loads((out / "download_report_ids.json").read_text())["failed"] == 2
     assert server.requests.count("/train/missing.jpg") == 1  # 404 is not retried
     assert server.requests.count("/train/flaky.jpg") == 2  # 503 is
-    assert sorted(p.name for p in out.iterdir()) == ["a1.jpg", "a2.jpg", "download_report.json",
+    assert sorted(p.name for p in out.iterdir()) == ["a1.jpg", "a2.jpg", "download_report_ids.json",
                                                      "flaky.jpg", "v1.jpg"]  # no partial files
     assert (out / "v1.jpg").read_bytes() == jpeg(7)
     assert "2 failed" in capsys.readouterr().out
@@ -179,7 +179,7 @@ def test_download_resume_and_failure_report(tmp_path, server, capsys):
     (out / "a2.jpg").write_bytes(jpeg(2)[:200])  # a broken local file is fetched again
     assert oi.main(["download", "--ids", str(ids), "--out", str(out), "--base-url", url, "--retries", "0",
                     "--no-progress"]) == 1
-    r = json.loads((out / "download_report.json").read_text())
+    r = json.loads((out / "download_report_ids.json").read_text())
     assert (r["downloaded"], r["skipped"], r["failed"]) == (1, 3, 2)
     assert sorted(server.requests) == ["/train/a2.jpg", "/train/corrupt.jpg", "/train/missing.jpg"]
     server.requests.clear()
@@ -193,6 +193,51 @@ def test_read_ids_from_npy_dict(tmp_path):
     assert oi.read_ids(tmp_path / "d.npy") == [("train", "x1"), ("train", "x2")]
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         oi.read_ids(tmp_path / "nope.txt")
+
+
+OFFICIAL_LIST = (
+    "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,OriginalSize,"
+    "OriginalMD5,Thumbnail300KURL,Rotation\n"
+    "000002b66c9c498e,train,https://farm3.staticflickr.com/2861/9438458394_1fd5ecea35_o.jpg,"
+    "https://www.flickr.com/photos/x/9438458394,https://creativecommons.org/licenses/by/2.0/,"
+    "https://www.flickr.com/people/x/,\"Some One, Jr.\",\"A title, with commas\",2424573,"
+    "8Zj6GLKxaQuyBnaLbxMqzQ==,https://c2.staticflickr.com/3/2861/9438458394_1fd5ecea35_z.jpg?zz=1,0.0\n"
+    "000002b97e5471a0,validation,https://farm5.staticflickr.com/4/5_o.jpg,https://www.flickr.com/photos/y/5,"
+    "https://creativecommons.org/licenses/by/2.0/,https://www.flickr.com/people/y/,Other,Title,1,"
+    "abc==,https://c1.staticflickr.com/4/5_z.jpg,\n")
+
+
+def test_read_ids_from_the_official_image_list(tmp_path):
+    (tmp_path / "train-images-boxable-with-rotation.csv").write_text(OFFICIAL_LIST)
+    assert oi.read_ids(tmp_path / "train-images-boxable-with-rotation.csv") == [
+        ("train", "000002b66c9c498e"), ("validation", "000002b97e5471a0")]  # not the header or URL pieces
+
+
+def test_ids_are_validated_with_the_lines_named(tmp_path, server):
+    bad = tmp_path / "list.txt"  # the image list read as lines of ids: header and URL fragments
+    bad.write_text(OFFICIAL_LIST.replace("ImageID,", "Image ID,"))
+    with pytest.raises(ValueError, match=r"list.txt: 3 of 3 entries are not image ids \(line 1: "):
+        oi.read_ids(bad)
+    (tmp_path / "ok.txt").write_text("train/a1\n../../etc/passwd\nhttps://x.org/a.jpg\n")
+    with pytest.raises(ValueError, match=r"2 of 3 entries .*line 2: \.\./\.\./etc/passwd; line 3: "):
+        oi.read_ids(tmp_path / "ok.txt")
+    assert oi.main(["download", "--ids", str(bad), "--out", str(tmp_path / "o"), "--no-progress",
+                    "--base-url", f"http://127.0.0.1:{server.server_address[1]}"]) == 2
+    assert server.requests == [] and not (tmp_path / "o").exists()  # nothing fetched, nothing written
+    with pytest.raises(ValueError, match="not image ids: train/a b"):
+        oi.download([("train", "a b")], tmp_path / "o", progress=False)
+
+
+def test_train_and_test_downloads_keep_separate_reports(tmp_path, server):
+    (tmp_path / "images_selected_new.txt").write_text("a1\nmissing\n")
+    (tmp_path / "images_test.txt").write_text("validation/v1\n")
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    out = tmp_path / "images"
+    for ids in ("images_selected_new.txt", "images_test.txt"):
+        oi.download(tmp_path / ids, out, base_url=url, retries=0, progress=False)
+    train = json.loads((out / "download_report_images_selected_new.json").read_text())
+    test = json.loads((out / "download_report_images_test.json").read_text())
+    assert (train["requested"], train["failed"], test["requested"], test["failed"]) == (2, 1, 1, 0)
 
 
 # --------------------------------------------------------------------------- create_data.sh

@@ -39,13 +39,18 @@ def test_from_opencv_hand_computed_score(tmp_path):
     model = Bing.from_opencv(tmp_path)
     img = np.zeros((8, 8, 3), np.uint8)
     img[:, 4:, 2] = 200            # a vertical edge in one channel
-    # central differences: |gx| = 200 at columns 3 and 4, 0 elsewhere (borders too), gy = 0
-    # stage I: sum_y (w[y, 3] + w[y, 4]) * 200 = 8 * (0.04 + 0.05) * 200 = 144
-    # stage II: 0.5 * 144 - 1 = 71. The 16x16 window is clipped to the 8x8 image; 32x16 is
-    # more than twice the image width and skipped.
+    # OpenCV scores binarized weights (two +-1 bases, Nw = 2) against the gradient's top 4 bits:
+    # beta1 = mean(w) = 0.045 (all +1); residual w - 0.045, beta2 = mean|residual| = 0.02, so
+    # columns 0-3 weigh 0.025 and columns 4-7 0.065. |gx| = 200 at columns 3 and 4, 0 elsewhere
+    # (borders too), gy = 0; 200 >> 4 = 12. Stage I: 8 * 12 * (0.025 + 0.065) = 8.64; stage II:
+    # 0.5 * 8.64 - 1 = 3.32. The 16x16 window is clipped to the 8x8 image; 32x16 is more than
+    # twice the image width and skipped.
     boxes, scores = model.propose(img, return_scores=True)
     assert boxes.tolist() == [[0, 0, 8, 8]]
-    assert scores == pytest.approx([71.0], rel=1e-5)
+    assert scores == pytest.approx([3.32], rel=1e-5)
+    # the exact (unbinarized) score the calibration was not fitted on would be 0.5 * 144 - 1
+    exact = Bing(w1, [[16, 16]], [[0.5, -1.0]])
+    assert exact.propose(img, return_scores=True)[1] == pytest.approx([71.0], rel=1e-5)
 
 
 def test_normed_gradient_matches_definition():
@@ -108,9 +113,23 @@ def test_propose_output(scenes, fitted):
     img = scenes[1][0][0]
     boxes, scores = fitted.propose(img, 300, return_scores=True)
     assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 0 < len(boxes) <= 300
-    assert np.all(np.diff(scores) <= 0)
-    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 192) and np.all(boxes[:, 3] <= 144)
-    assert np.all(boxes[:, 2:] > boxes[:, :2])
+    # lists for different top_k are prefixes of each other
+    np.testing.assert_array_equal(fitted.propose(img, 10), boxes[:10])
+    np.testing.assert_array_equal(fitted.propose(img, None)[:300], boxes)
+    # fine sizes (sqrt 2 steps) only after fine_after ranks, then one rank in 1 / fine_share
+    work, _ = fitted._working(img)
+    cand = fitted._stage1(work)
+    fine = fitted._fine[cand.size[fitted._rank(cand, 400)]]
+    assert fitted._fine.any() and fine.sum() > 0
+    assert not fine[:fitted.fine_after].any()
+    assert fine[fitted.fine_after:].sum() == int(300 * fitted.fine_share)
+    # within each queue: best first; coarse: the best sparse_top 5x5 maxima, then the rest
+    order = fitted._rank(cand, len(cand.score))
+    fine, score, sparse = fitted._fine[cand.size[order]], cand.score[order], cand.sparse[order]
+    coarse, head = score[~fine], fitted.sparse_top
+    assert np.all(np.diff(score[fine]) <= 0)
+    assert np.all(np.diff(coarse[:head]) <= 0) and np.all(np.diff(coarse[head:]) <= 0)
+    assert sparse[~fine][:head].all() and coarse[head - 1] >= score[~fine & sparse][head:].max()
     norm = fitted.proposals_for("x", img)
     np.testing.assert_allclose(norm[:10], fitted.propose(img, 10) / [192, 144, 192, 144], rtol=1e-6)
     fitted.nms_iou = 0.5
@@ -124,7 +143,63 @@ def test_propose_output(scenes, fitted):
 
 def test_tiny_images(fitted):
     assert fitted.propose(np.zeros((4, 4, 3), np.uint8)).shape == (0, 4)
-    assert fitted.propose(np.full((12, 9, 3), 50, np.uint8)).shape[1] == 4
+    assert fitted.propose(np.zeros((1, 1), np.uint8)).shape == (0, 4)
+    assert fitted.propose(np.zeros((7, 300, 3), np.uint8)).shape == (0, 4)
+    boxes = fitted.propose(np.full((12, 9, 3), 50, np.uint8))
+    assert boxes.shape[1] == 4 and len(boxes) > 0
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 9) and np.all(boxes[:, 3] <= 12)
+
+
+def test_sixteen_bit_and_one_channel_images_match_their_8_bit_rgb(scenes, fitted):
+    img = scenes[1][2][0]
+    ref, ref_scores = fitted.propose(img, 200, return_scores=True)
+    assert len(ref) == 200
+    wide = img.astype(np.uint16) * 257                     # the same picture in 16 bits
+    boxes, scores = fitted.propose(wide, 200, return_scores=True)
+    np.testing.assert_array_equal(boxes, ref)
+    np.testing.assert_array_equal(scores, ref_scores)
+    gray = img.mean(2).astype(np.uint8)
+    for one in (gray, gray[:, :, None], np.dstack([gray, np.full_like(gray, 255)])):
+        np.testing.assert_array_equal(fitted.propose(one, 200), fitted.propose(np.dstack([gray] * 3), 200))
+
+
+def test_huge_image_is_proposed_at_the_working_size(scenes, fitted):
+    import cv2
+
+    img = scenes[1][3][0]                                   # 192 x 144
+    model = Bing(fitted.filter, fitted.sizes, fitted.calib, max_side=192, color=fitted.color)
+    big = cv2.resize(img, None, fx=16, fy=16, interpolation=cv2.INTER_NEAREST)   # 3072 x 2304
+    small, big_boxes = model.propose(img, 100), model.propose(big, 100)
+    assert big_boxes.shape == (100, 4)
+    assert np.all(big_boxes[:, :2] >= 0) and np.all(big_boxes[:, 2] <= 3072) and np.all(big_boxes[:, 3] <= 2304)
+    # the same boxes, 16x larger, up to resampling: most match closely
+    best = box_iou(big_boxes / 16, small).max(1)
+    assert np.median(best) > 0.9, np.median(best)
+
+
+def test_large_jpeg_path_boxes_are_in_the_files_pixels(tmp_path, scenes, fitted):
+    import cv2
+    from PIL import Image
+
+    img = cv2.resize(scenes[1][4][0], None, fx=12.5, fy=12.5, interpolation=cv2.INTER_LINEAR)   # 2400 x 1800
+    path = tmp_path / "big.jpg"
+    Image.fromarray(img).save(path, quality=95)
+    from_path = fitted.propose(path, 100)               # decoded at 1/2 scale (DCT), then 640 px
+    from_array = fitted.propose(read_image(path), 100)
+    assert from_path[:, 2].max() <= 2400 and from_path[:, 3].max() <= 1800
+    assert from_path[:, 2].max() > 1200                 # not in the reduced decode's pixels
+    assert np.median(box_iou(from_path, from_array).max(1)) > 0.8
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (40, 300), (20, 20), (700, 90)])
+def test_no_duplicate_boxes(fitted, shape):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    model = Bing(fitted.filter, [(w, h) for w in (16, 32, 64, 128, 256, 512) for h in (16, 32, 64, 128, 256, 512)],
+                 np.tile([1.0, 0.0], (36, 1)))
+    boxes = model.propose(img, None)
+    assert len(boxes) > 0
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
 
 
 def test_save_load_round_trip(tmp_path, scenes, fitted):
@@ -134,6 +209,7 @@ def test_save_load_round_trip(tmp_path, scenes, fitted):
     np.testing.assert_array_equal(back.sizes, fitted.sizes)
     img = scenes[1][1][0]
     np.testing.assert_array_equal(back.propose(img), fitted.propose(img))
+    assert back.params == fitted.params and back.color == "hsv"
     with np.load(path, allow_pickle=False) as z:      # readable without pickle
         assert set(z.files) >= {"filter", "sizes", "calib"}
 
@@ -184,3 +260,42 @@ def test_fit_index_matches_fit_on_pixel_boxes_and_names_unreadable_images(demo_r
     (tmp_path / "images" / index.path(3)).write_bytes(b"not an image")
     with pytest.raises(ImageReadError, match=index.path(3)):
         Bing.fit_index(index, tmp_path / "images", rows)
+
+
+# --------------------------------------------------------------------------- fuzzing (issue 12 item 9)
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+FUZZ_MODEL = Bing(np.random.default_rng(3).standard_normal((8, 8)) / 100,
+                  [(w, h) for w in (16, 32, 64, 128, 256, 512) for h in (16, 32, 64, 128, 256, 512)],
+                  np.tile([1.0, 0.0], (36, 1)), color="hsv")
+
+SHAPES = st.one_of(
+    st.tuples(st.integers(1, 24), st.integers(1, 24)),                       # tiny
+    st.tuples(st.integers(24, 300), st.integers(24, 300)),                   # ordinary
+    st.tuples(st.integers(1, 6), st.integers(1500, 5000)),                   # huge and thin
+    st.tuples(st.integers(1500, 3000), st.integers(1500, 3000)),             # huge
+).flatmap(lambda hw: st.sampled_from([hw, hw[::-1]]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=SHAPES, channels=st.sampled_from([None, 1, 2, 3, 4]),
+       dtype=st.sampled_from([np.uint8, np.uint16, np.float32]), seed=st.integers(0, 2 ** 16),
+       top_k=st.sampled_from([1, 10, 1000, None]))
+def test_propose_fuzz(shape, channels, dtype, seed, top_k):
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    full = (h, w) if channels is None else (h, w, channels)
+    if dtype is np.float32:
+        img = rng.random(full, dtype=np.float32)
+    else:
+        img = rng.integers(0, np.iinfo(dtype).max, full, dtype=dtype, endpoint=True)
+    boxes, scores = FUZZ_MODEL.propose(img, top_k, return_scores=True)
+    assert boxes.dtype == np.float32 and boxes.shape == (len(scores), 4)
+    if top_k is not None:
+        assert len(boxes) <= top_k
+    assert np.isfinite(boxes).all() and np.isfinite(scores).all()
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= w * (1 + 1e-6)) and np.all(boxes[:, 3] <= h * (1 + 1e-6))
+    assert np.all(boxes[:, 2:] > boxes[:, :2])
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
+    if min(h, w) >= 8:
+        assert len(boxes) > 0

@@ -300,7 +300,7 @@ def test_make_params_serves_the_v2_split():
 @given(geometry=geometries, mode=st.sampled_from(MODES), w=st.integers(1, 300), h=st.integers(1, 300),
        boxes=st.one_of(st.none(), boxes_strategy(max_boxes=5)), d=st.floats(0, 1.5), min_scale=st.floats(0, 1),
        object_min_scale=st.floats(0, 1), min_region=st.integers(1, 500), anchor=st.booleans(),
-       size=st.one_of(st.integers(8, 24), st.tuples(st.integers(8, 24), st.integers(8, 24))),
+       size=st.one_of(st.integers(1, 24), st.tuples(st.integers(1, 24), st.integers(1, 24))),
        pil=st.booleans(), seed=st.integers(0, 2**31))
 def test_whole_transform_fuzz(geometry, mode, w, h, boxes, d, min_scale, object_min_scale, min_region, anchor,
                               size, pil, seed):

@@ -1,0 +1,465 @@
+"""The ``linear_eval.py`` command line: the cached protocol and the original MoCo protocol."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from ..files import atomic_write
+from ..metrics import batch_mean_average_precision, topk_accuracy
+from ..transforms import eval_transform, linear_train_transform
+from .checkpoints import (backbone_from_checkpoint, build_backbone, checkpoint_fingerprint, find_linear_resume,
+                          read_checkpoint)
+from .features import (AMP_DTYPES, FeatureCache, MultiView, autocast, default_cache_dir, extract_features,
+                       feature_loader, index_digest, is_multilabel, rank_and_world)
+from .knn import knn_classify
+from .probe import linear_probe
+from .report import PAPER_BATCH_SIZE, PAPER_LABEL, build_report, format_table, scoring_targets, write_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Linear evaluation of a frozen backbone (cached features by default, "
+                                            "or the original MoCo protocol with --protocol moco)")
+    p.add_argument("data", metavar="DATA", help="train image folder (OpenImages-subset dicts beside it, or "
+                                                "--coco/--index), or a folder with train/ and val/ class sub-folders")
+    p.add_argument("--pretrained", default="", help="checkpoint (main_moco.py, original MoCo, or a torchvision "
+                                                    "state dict); empty: random-init backbone")
+    p.add_argument("-a", "--arch", default=None, help="torchvision arch (default: from the checkpoint, else resnet50)")
+    p.add_argument("--labels", help="train labels dict (default: images_selected_new.npy beside DATA)")
+    p.add_argument("--boxes", help="train boxes dict (default: images_selected_with_all_features.npy beside DATA)")
+    p.add_argument("--test-labels", help="test labels dict (default: images_test.npy beside DATA)")
+    p.add_argument("--coco", help="train annotations: COCO or LVIS detection json (image labels from its boxes)")
+    p.add_argument("--test-coco", help="test annotations: COCO or LVIS json (LVIS: federated AP)")
+    p.add_argument("--index", help="train annotations: a BoxIndex .npz (BoxIndex.save)")
+    p.add_argument("--test-index", help="test annotations: a BoxIndex .npz")
+    p.add_argument("--test-images", help="test image folder (default: DATA, or DATA/val for class folders)")
+    p.add_argument("--include-crowd", action="store_true", help="COCO: also count iscrowd boxes as labels")
+    p.add_argument("--task", choices=("auto", "multilabel", "singlelabel"), default="auto")
+    p.add_argument("--protocol", choices=("cached", "moco"), default="cached")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="crop size (default: the checkpoint's pretraining --image-size, else 224)")
+    p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="images per batch, total over all processes")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="off")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default=None, help="single process only (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", help="report folder (default: linear_eval/ beside the checkpoint)")
+    p.add_argument("--head-min", type=int, default=100, help="head classes: more train images than this")
+    p.add_argument("--tail-max", type=int, default=20, help="tail classes: fewer train images than this")
+    p.add_argument("--paper-batch-size", type=int, default=PAPER_BATCH_SIZE,
+                   help="test batch of the batch-mean mAP reported beside the whole-set mAP (original "
+                        "main_lincls.py: 256 divided by the GPUs; comparable with the paper only)")
+    p.add_argument("--no-progress", action="store_true")
+    c = p.add_argument_group("cached protocol")
+    c.add_argument("--cache-dir", default=None, help=f"feature cache (default {default_cache_dir()})")
+    c.add_argument("--no-cache", action="store_true")
+    c.add_argument("--train-crops", type=int, default=2,
+                   help="augmented views (RandomResizedCrop + flip) per train image, added to the center "
+                        "crops; decoded once with them (0: center crops only)")
+    c.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2])
+    c.add_argument("--wds", type=float, nargs="+", default=[0.0, 1e-3, 1e-2, 1e-1])
+    c.add_argument("--widen", type=int, default=3,
+                   help="times the lr/wd grid grows past an edge that holds the best setting")
+    c.add_argument("--val-fraction", type=float, default=0.2)
+    c.add_argument("--probe-epochs", type=int, default=100)
+    c.add_argument("--probe-batch-size", type=int, default=1024)
+    c.add_argument("--knn", action="store_true", help="also report kNN (k=20, 200) on the cached features")
+    m = p.add_argument_group("moco protocol (original main_lincls.py settings)")
+    m.add_argument("--epochs", type=int, default=100)
+    m.add_argument("--lr", type=float, default=30.0)
+    m.add_argument("--schedule", type=int, nargs="*", default=None,
+                   help="epochs at which lr drops 10x (default: 60%% and 80%% of --epochs)")
+    m.add_argument("--momentum", type=float, default=0.9)
+    m.add_argument("--wd", "--weight-decay", type=float, default=0.0, dest="weight_decay")
+    m.add_argument("--resume", default="", help="linear head checkpoint to continue from, or 'auto' "
+                   "(linear_last.pth in the out dir, if readable)")
+    d = p.add_argument_group("distributed (as main_moco.py)")
+    d.add_argument("--world-size", type=int, default=-1)
+    d.add_argument("--rank", type=int, default=-1)
+    d.add_argument("--dist-url", default="tcp://localhost:10005")
+    d.add_argument("--dist-backend", default=None)
+    d.add_argument("--gpu", type=int, default=None)
+    d.add_argument("--multiprocessing-distributed", action="store_true")
+    return p
+
+
+@dataclass
+class Splits:
+    """Train and test images of a linear evaluation, and what was left out of the test set."""
+    train_root: Path
+    train: object  # BoxIndex
+    test_root: Path
+    test: object   # BoxIndex, with the training classes
+    notes: dict = field(default_factory=dict)
+
+
+def _one_of(args, names: tuple[str, ...], what: str):
+    given = [n for n in names if getattr(args, n, None)]
+    if len(given) > 1:
+        raise ValueError(f"{what}: give only one of " + ", ".join("--" + n.replace("_", "-") for n in given))
+    return given[0] if given else None
+
+
+def load_splits(args, multilabel: bool | None = None) -> Splits:
+    """The train and test indices named by the arguments (see ``linear_eval.py -h``).
+
+    The test index gets the training classes. Test classes without a training image are
+    named in ``notes["test_unseen_classes"]`` (class -> test images) and not scored: in a
+    single-label task their images are left out (``notes["test_images_left_out"]``), in a
+    multi-label one the class is not scored (:func:`~.report.scoring_targets`).
+    """
+    from ..boxes import BoxIndex
+    from ..data import find_annotation, load_index
+    from ..formats import SUBSET_FILES
+    data = Path(args.data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: image folder not found")
+    train_src = _one_of(args, ("coco", "index", "labels"), "train annotations")
+    test_src = _one_of(args, ("test_coco", "test_index", "test_labels"), "test annotations")
+    for name in ("coco", "index", "labels", "boxes", "test_coco", "test_index", "test_labels"):
+        path = getattr(args, name, None)
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: --{name.replace('_', '-')} file not found")
+    for name in ("labels", "test_labels"):
+        path = getattr(args, name, None)
+        if path and Path(path).suffix.lower() == ".json":
+            raise ValueError(f"{path}: a JSON file given to --{name.replace('_', '-')} (which reads the "
+                             f"OpenImages-subset .npy dicts); pass COCO/LVIS json as --{name.replace('labels', 'coco').replace('_', '-')}")
+    folders = (data / "train").is_dir() and (data / "val").is_dir() and not train_src and not test_src
+    if folders:
+        train_root, test_root = data / "train", Path(args.test_images or data / "val")
+        train, test = BoxIndex.from_folder(train_root), BoxIndex.from_folder(test_root)
+    else:
+        train_root, test_root = data, Path(args.test_images or data)
+        train = BoxIndex.from_coco(args.coco, include_crowd=args.include_crowd) if args.coco else \
+            load_index(data, labels=args.labels, boxes=args.boxes, index=args.index)
+        if args.test_coco:
+            test = BoxIndex.from_coco(args.test_coco, include_crowd=args.include_crowd)
+        elif args.test_index:
+            test = BoxIndex.load(args.test_index)
+        else:
+            test_labels = find_annotation(args.test_labels or SUBSET_FILES["test_labels"], data)
+            if test_labels is None:
+                raise FileNotFoundError(f"no test annotations: pass --test-coco, --test-index or --test-labels, put "
+                                        f"images_test.npy in {data} or {data.parent}, or use a folder with train/ "
+                                        f"and val/")
+            test = BoxIndex.from_openimages(test_labels)
+    if not test_root.is_dir():
+        raise FileNotFoundError(f"{test_root}: test image folder not found")
+    if len(train) == 0 or train.num_classes == 0:
+        raise ValueError(f"{train_root}: no labelled training images")
+    train_counts = dict(zip(train.classes, train.class_counts().tolist()))
+    counts = dict(zip(test.classes, test.class_counts().tolist()))
+    unseen = {c: n for c, n in counts.items() if n and not train_counts.get(c)}
+    raw_labels = test.num_labels_per_image()
+    test = test.with_classes(train.classes)
+    notes = {}
+    if unseen:
+        notes["test_unseen_classes"] = unseen
+    single = not multilabel if multilabel is not None else not is_multilabel(train)
+    if single:
+        trained = train.class_counts() > 0
+        n_labels = test.num_labels_per_image()
+        keep = np.array([n == 1 and trained[test.labels(i)[0]] for i, n in enumerate(n_labels)], bool)
+        if not keep.all():
+            notes["test_images_left_out"] = int((~keep).sum())
+            if (raw_labels != 1).any():
+                notes["test_images_without_one_label"] = int((raw_labels != 1).sum())
+            test = test.subset(keep)
+    if len(test) == 0:
+        raise ValueError(f"{test_root}: no test image with a training class left to score")
+    return Splits(train_root, train, test_root, test, notes)
+
+
+def _unseen_notes(notes: dict) -> list[str]:
+    out = []
+    if notes.get("test_unseen_classes"):
+        unseen = notes["test_unseen_classes"]
+        out.append(f"{len(unseen)} test classes have no training image and are not scored: "
+                   + ", ".join(f"{c} ({n} images)" for c, n in sorted(unseen.items())))
+    if notes.get("test_images_left_out"):
+        other = notes.get("test_images_without_one_label", 0)
+        out.append(f"{notes['test_images_left_out']} test images left out of the single-label scoring"
+                   + (f" ({other} without exactly one label)" if other else ""))
+    return out
+
+
+def _setup(args, info):
+    device = torch.device(args.device if args.device and not info.distributed else info.device)
+    torch.manual_seed(args.seed)
+    if args.pretrained:
+        ckpt = read_checkpoint(args.pretrained)
+        if args.image_size is None:  # evaluate at the pretraining resolution
+            args.image_size = int((ckpt.get("args") or {}).get("image_size") or 224)
+        backbone = backbone_from_checkpoint(ckpt, args.arch, args.pretrained)
+        ident = checkpoint_fingerprint(args.pretrained)
+    else:
+        backbone = build_backbone(args.arch or "resnet50")
+        ident = {"random_init": args.arch or "resnet50", "seed": args.seed}
+    args.arch = backbone.arch
+    args.image_size = args.image_size or 224
+    for prm in backbone.parameters():
+        prm.requires_grad_(False)
+    backbone.to(device).eval()
+    return backbone, ident, device
+
+
+def _per_process_batch(batch_size: int, world: int) -> int:
+    """``-b/--batch-size`` is the total over all processes (as in ``main_moco.py``)."""
+    if batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} is not divisible by the {world} processes")
+    return batch_size // world
+
+
+def _targets(y, multilabel: bool):
+    return y.astype(np.float32) if multilabel else y.argmax(1)
+
+
+def _out_dir(args) -> Path:
+    if args.out_dir:
+        return Path(args.out_dir)
+    base = Path(args.pretrained).parent if args.pretrained else Path("linear_eval_runs")
+    name = Path(args.pretrained).stem if args.pretrained else f"random_{args.arch or 'resnet50'}"
+    return base / "linear_eval" / f"{name}_{args.protocol}"
+
+
+def _log(*a):
+    if rank_and_world()[0] == 0:
+        print(*a, flush=True)
+
+
+def run_cached(info, args) -> dict | None:
+    """Cached protocol (one process or each rank of a distributed launch); report on rank 0."""
+    from ..data import LabeledImageDataset
+    rank, world = rank_and_world()
+    batch_size = _per_process_batch(args.batch_size, world)
+    multilabel, splits = _load(args)
+    train_root, train_index, test_root, test_index = splits.train_root, splits.train, splits.test_root, splits.test
+    backbone, ident, device = _setup(args, info)
+    cache = None if args.no_cache else FeatureCache(args.cache_dir or default_cache_dir())
+    timing = {}
+
+    def features(root, index, entries, seed=0):
+        """``entries``: name -> (transform, views, key); returns name -> (features (N, views, D),
+        targets), from the cache, or from one pass over the images for all missing entries."""
+        base = {"checkpoint": ident, "arch": args.arch, "amp": args.amp, "root": str(Path(root).resolve()),
+                **index_digest(index)}
+        keys = {name: {**base, "split": name, "transform": key} for name, (_, _, key) in entries.items()}
+        # rank 0 decides hit or miss for all ranks (a node-local cache may differ between nodes)
+        out = {name: cache.load(keys[name]) if cache and rank == 0 else None for name in entries}
+        todo = [name for name, hit in out.items() if hit is None]
+        if cache and world > 1:
+            shared = [todo]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            todo = shared[0]
+        for name in (n for n in entries if n not in todo):
+            _log(f"{name}: cached features {cache.path(keys[name])}")
+        if not todo:
+            return out
+        tfs = [tf for name in todo for tf in [entries[name][0]] * entries[name][1]]
+        t = time.perf_counter()
+        torch.manual_seed(seed)  # augmentation in the main process (workers=0) is reproducible too
+        loader = feature_loader(LabeledImageDataset(root, index, MultiView(tfs)),
+                                max(1, batch_size // len(tfs)), args.workers, seed=seed)
+        feats, targets = extract_features(backbone, loader, device, args.amp, args.channels_last,
+                                          not args.no_progress)
+        timing[f"extract_{'+'.join(todo)}_s"] = round(time.perf_counter() - t, 2)
+        _log(f"{'+'.join(todo)}: extracted {feats.shape[0]} images x {feats.shape[1]} views, "
+             f"{feats.shape[2]}-d, in {time.perf_counter() - t:.2f}s")
+        start = 0
+        for name in todo:
+            out[name] = feats[:, start:start + entries[name][1]], targets
+            start += entries[name][1]
+            if cache and rank == 0:
+                cache.save(keys[name], *out[name])
+        return out
+
+    center = (eval_transform(args.image_size), 1, {"kind": "center", "size": args.image_size})
+    train = {"train": center}
+    if args.train_crops:
+        train["train-crops"] = (linear_train_transform(args.image_size), args.train_crops,
+                                {"kind": "rrc-flip", "size": args.image_size, "views": args.train_crops,
+                                 "seed": args.seed})
+    train = features(train_root, train_index, train, seed=args.seed + 1)
+    test_x, test_y = features(test_root, test_index, {"test": center})["test"]
+    if rank != 0:  # other ranks only helped extracting (and lack the cache hits)
+        return None
+    train_x, train_y = train["train"][0][:, 0], train["train"][1]
+    test_x = test_x[:, 0]
+    rows = [train_x] + ([*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else [])
+    groups = np.tile(np.arange(len(train_x)), len(rows))
+    train_y, test_y = _targets(train_y, multilabel), _test_targets(test_index, multilabel)
+    t = time.perf_counter()
+    probe = linear_probe(np.concatenate(rows), np.concatenate([train_y] * len(rows)), test_x, multilabel,
+                         args.lrs, args.wds, args.val_fraction, args.probe_epochs, args.probe_batch_size,
+                         args.seed, device, train_groups=groups, num_classes=train_index.num_classes,
+                         widen=args.widen, log=_log)
+    timing["probe_s"] = round(time.perf_counter() - t, 2)
+    extra = {}
+    if args.knn:
+        extra["knn"] = knn_classify(train_x, train_y, test_x, test_y, multilabel=multilabel)
+    return _finish(args, splits, test_y, probe["test_scores"], multilabel, ident, sweep=probe["sweep"],
+                   best=probe["best"], sweep_notes=probe["notes"], timing=timing, **extra)
+
+
+def _load(args) -> tuple[bool, Splits]:
+    """``(multilabel, splits)``; notes about unseen test classes are printed on rank 0."""
+    forced = None if args.task == "auto" else args.task == "multilabel"
+    splits = load_splits(args, forced)
+    for note in _unseen_notes(splits.notes):
+        _log(f"warning: {note}")
+    return (is_multilabel(splits.train) if forced is None else forced), splits
+
+
+def _test_targets(index, multilabel: bool) -> np.ndarray:
+    """Test targets from the index: multi-hot (federated for LVIS: -1 not scored) or int
+    labels. Classes without a training image are left out of the scores by the report."""
+    if multilabel:
+        return index.target_matrix().astype(np.float32)
+    return np.array([index.labels(i)[0] for i in range(len(index))], np.int64)
+
+
+def _finish(args, splits: Splits, test_y, scores, multilabel, ident, **extra) -> dict:
+    train = splits.train
+    report = build_report(scores, test_y, train.class_counts(), train.classes, multilabel, args.head_min,
+                          args.tail_max, args.paper_batch_size, protocol=args.protocol, checkpoint=ident,
+                          arch=args.arch, image_size=args.image_size, num_train=len(train),
+                          federated=bool(splits.test.federated), **splits.notes, **extra)
+    report["notes"] = _unseen_notes(splits.notes)
+    files = write_report(report, _out_dir(args))
+    print(format_table(report))
+    print("\n".join(f"{name}: {path}" for name, path in files.items()), flush=True)
+    return report
+
+
+def _epoch_figure(scores, test_y, scored_y, multilabel: bool, batch_size: int) -> float:
+    """The original ``main_lincls.py`` test figure of one epoch: batch-mean mAP over
+    ``scored_y`` (:func:`scoring_targets`), top-1 of ``test_y`` when single-label."""
+    if multilabel:
+        return batch_mean_average_precision(scores, scored_y, batch_size)
+    return topk_accuracy(scores, test_y, (1,))[1]
+
+
+def run_moco(info, args) -> dict | None:
+    """The original MoCo linear protocol: frozen backbone (BN in eval mode), a linear layer
+    trained with SGD on augmented images every epoch, step schedule; report on rank 0.
+
+    As the backbone is frozen and the test transform fixed, test features are extracted
+    once and the head scores them after every epoch: the report holds the final epoch's
+    whole-set mAP (``map``) and, labelled, the original code's figure, the best epoch's
+    batch-mean mAP on the test set (``best_epoch``; the original evaluates before each
+    epoch's training, so it sees the states after 0 to E-1 epochs, we see 1 to E)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ..data import LabeledImageDataset
+    rank, world = rank_and_world()
+    batch_size = _per_process_batch(args.batch_size, world)
+    multilabel, splits = _load(args)
+    train_index = splits.train
+    backbone, ident, device = _setup(args, info)
+    if args.channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    test = LabeledImageDataset(splits.test_root, splits.test, eval_transform(args.image_size))
+    test_x, _ = extract_features(backbone, feature_loader(test, batch_size, args.workers), device,
+                                 args.amp, args.channels_last, not args.no_progress)
+    test_x = torch.from_numpy(test_x).to(device)
+    test_y = _test_targets(splits.test, multilabel)
+    scored_y = scoring_targets(test_y, train_index.class_counts(), multilabel)
+    fc = nn.Linear(backbone.num_features, train_index.num_classes).to(device)
+    nn.init.normal_(fc.weight, 0.0, 0.01), nn.init.zeros_(fc.bias)
+    head = DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else fc
+    opt = torch.optim.SGD(fc.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    schedule = args.schedule if args.schedule is not None else [int(0.6 * args.epochs), int(0.8 * args.epochs)]
+    out_dir = _out_dir(args)
+    start, history = 0, []
+    auto = args.resume == "auto"
+    state = find_linear_resume(args.resume, out_dir) if args.resume and (rank == 0 or not auto) else None
+    if auto and world > 1:  # rank 0's choice for all ranks (the out dir may be node-local)
+        shared = [state]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        state = shared[0]
+    if state is not None:
+        fc.load_state_dict(state["fc"]), opt.load_state_dict(state["optimizer"])
+        start, history = state["epoch"], list(state.get("history", []))
+        _log(f"resumed the linear head at epoch {start}")
+    dataset = LabeledImageDataset(splits.train_root, train_index, linear_train_transform(args.image_size))
+    sampler = DistributedSampler(dataset, seed=args.seed) if world > 1 else None
+    loader = DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False,
+                        num_workers=args.workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(args.seed))
+    t0 = time.perf_counter()
+    for epoch in range(start, args.epochs):
+        lr = args.lr * 0.1 ** sum(epoch >= m for m in schedule)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        total, n = 0.0, 0
+        for i, (images, target) in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False,
+                                                   disable=args.no_progress or rank != 0)):
+            images = images.to(device, non_blocking=True)
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            target = target.to(device)
+            with torch.no_grad(), autocast(device, args.amp):
+                f = backbone(images)
+            logits = head(f.float())
+            loss = F.binary_cross_entropy_with_logits(logits, target) if multilabel \
+                else F.cross_entropy(logits, target.argmax(1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item() * len(images), n + len(images)
+        with torch.no_grad():
+            figure = _epoch_figure(fc(test_x).cpu().numpy(), test_y, scored_y, multilabel,
+                                   args.paper_batch_size)
+        history.append({"epoch": epoch + 1, "test_batch_mean": figure})
+        _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f} "
+             f"test {'batch-mean mAP' if multilabel else 'top-1'} {100 * figure:.2f}")
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(out_dir / "linear_last.pth") as f:
+                torch.save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
+                            "arch": args.arch, "history": history}, f)
+    train_s = time.perf_counter() - t0
+    if rank != 0:
+        return None
+    with torch.no_grad():
+        scores = fc.eval()(test_x).cpu().numpy()
+    extra = {}
+    if history:
+        best = max(history, key=lambda h: h["test_batch_mean"])
+        extra["best_epoch"] = {"epoch": best["epoch"], "value": best["test_batch_mean"],
+                               "metric": f"batch-mean mAP at batch {args.paper_batch_size}" if multilabel else "top1",
+                               "note": f"best epoch chosen on the test set, as the original main_lincls.py; "
+                                       f"{PAPER_LABEL}"}
+    return _finish(args, splits, test_y, scores, multilabel, ident, epochs=args.epochs, lr=args.lr,
+                   schedule=schedule, history=history, timing={"train_s": round(train_s, 2)}, **extra)
+
+
+def _worker(info, args):
+    result = (run_moco if args.protocol == "moco" else run_cached)(info, args)
+    if result is not None and getattr(args, "_result", None) is not None:
+        args._result.append(result)
+
+
+def main(argv=None) -> dict | None:
+    """CLI entry: parse, launch (single process, torchrun, or legacy multiprocessing) and
+    return the report of rank 0 (``None`` in spawned workers)."""
+    args = build_parser().parse_args(argv)
+    from ..distributed import launch
+    args._result = []
+    launch(_worker, args)
+    return args._result[0] if args._result else None

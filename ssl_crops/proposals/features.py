@@ -1,0 +1,204 @@
+"""BING features: colour spaces, normed gradients, the packed multi-size layout, 8x8 scoring
+and non-maximum suppression on score maps."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .images import as_rgb
+
+__all__ = ["W8", "SIDES", "COLORS", "convert_color", "normed_gradient", "Layout", "local_maxima"]
+
+W8 = 8                                                    # feature window side
+SIDES = np.rint(8 * 2 ** (np.arange(14) / 2)).astype(np.int64)   # window sides 8, 11, 16, ..., 724 (sqrt 2 steps)
+COLORS = ("rgb", "hsv", "gray")
+
+
+def convert_color(img: np.ndarray, color: str) -> np.ndarray:
+    """uint8 RGB ``img`` in the colour space the gradient is taken in (3 channels, uint8)."""
+    if color == "rgb":
+        return img
+    if color == "hsv":                                    # hue over the full 0..255 range
+        return cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL)
+    if color == "gray":
+        return np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+    raise ValueError(f"unknown colour space {color!r}; expected one of {COLORS}")
+
+
+def _maxdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel max over channels of ``|a - b|`` (uint8)."""
+    c = cv2.split(cv2.absdiff(a, b))          # contiguous planes: faster than strided views
+    return cv2.max(cv2.max(c[0], c[1]), c[2])
+
+
+def _double(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = _maxdiff(a, b)
+    return cv2.add(d, d)
+
+
+def gradient(a: np.ndarray, col_starts, col_ends, row_starts, row_ends) -> np.ndarray:
+    """Normed gradient ``min(255, max_c |gx| + max_c |gy|)`` of an ``H x W x 3`` canvas of packed images.
+
+    ``col_starts``/``col_ends`` (``row_...``) are the first/last column (row) of every packed
+    image: there the central difference is replaced by twice the one-sided one, as OpenCV
+    does on image borders, so packed images do not see each other.
+    """
+    gx = np.empty(a.shape[:2], np.uint8)
+    gx[:, 1:-1] = _maxdiff(a[:, 2:], a[:, :-2])
+    gx[:, col_starts] = _double(a[:, col_starts + 1], a[:, col_starts])
+    gx[:, col_ends] = _double(a[:, col_ends], a[:, col_ends - 1])
+    gy = np.empty(a.shape[:2], np.uint8)
+    gy[1:-1] = _maxdiff(a[2:], a[:-2])
+    gy[row_starts] = _double(a[row_starts + 1], a[row_starts])
+    gy[row_ends] = _double(a[row_ends], a[row_ends - 1])
+    return cv2.add(gx, gy)
+
+
+def normed_gradient(img, color: str = "rgb") -> np.ndarray:
+    """BING normed gradient of one image (uint8 ``H x W``) in colour space ``color``."""
+    a = convert_color(as_rgb(img), color)
+    if min(a.shape[:2]) < 2:
+        raise ValueError("normed_gradient needs an image at least 2x2")
+    h, w = a.shape[:2]
+    return gradient(a, np.array([0]), np.array([w - 1]), np.array([0]), np.array([h - 1]))
+
+
+class Layout:
+    """Where every window size's resized image sits, for one image size.
+
+    A window of ``w x h`` pixels (clipped to the image) is one 8x8 window of the image resized
+    to ``rw x rh = round(8 W / w) x round(8 H / h)``. Sizes more than twice the image are
+    skipped; sizes that clip to the same resized extent are kept once (the smallest). All
+    widths are packed side by side in one horizontal strip (one resize each); every height is
+    a band, the strip's columns of the widths it needs resized vertically to ``rh``. Global
+    score-map coordinates: row ``y0[band] + y``, column in strip coordinates.
+    """
+
+    def __init__(self, width: int, height: int, sizes: np.ndarray):
+        self.width, self.height = width, height
+        cw, ch = np.minimum(sizes[:, 0], width), np.minimum(sizes[:, 1], height)
+        rw = np.maximum(np.rint(W8 * width / cw), W8).astype(int)
+        rh = np.maximum(np.rint(W8 * height / ch), W8).astype(int)
+        ok = (sizes[:, 0] <= 2 * width) & (sizes[:, 1] <= 2 * height) & (width >= W8) & (height >= W8)
+        rw, rh = np.minimum(rw, max(width, W8)), np.minimum(rh, max(height, W8))
+        # one model size per resized extent: the smallest (ties of clipping)
+        order = np.lexsort((sizes[:, 1], sizes[:, 0], rh, rw))
+        self.active = np.zeros(len(sizes), bool)
+        seen = set()
+        for k in order:
+            if ok[k] and (rw[k], rh[k]) not in seen:
+                seen.add((rw[k], rh[k]))
+                self.active[k] = True
+        ks = np.flatnonzero(self.active)
+        self.rw, self.rh = np.unique(rw[ks]), np.unique(rh[ks])          # parts (widths), bands (heights)
+        self.x0 = np.concatenate([[0], np.cumsum(self.rw)[:-1]]).astype(int)
+        self.y0 = np.concatenate([[0], np.cumsum(self.rh)[:-1]]).astype(int)
+        self.cw, self.ch = int(self.rw.sum()), int(self.rh.sum())
+        self.part = np.full(len(sizes), -1)
+        self.band = np.full(len(sizes), -1)
+        self.part[ks] = np.searchsorted(self.rw, rw[ks])
+        self.band[ks] = np.searchsorted(self.rh, rh[ks])
+        self.table = np.full((len(self.rh), len(self.rw)), -1)       # band, part -> model size or -1
+        self.table[self.band[ks], self.part[ks]] = ks
+        self.col_part = np.full(max(self.cw, 0), -1)                  # window start column -> part
+        for i in range(len(self.rw)):
+            self.col_part[self.x0[i]:self.x0[i] + self.rw[i] - W8 + 1] = i
+        self.row_band = np.repeat(np.arange(len(self.rh)), self.rh)
+        self.sx, self.sy = width / self.rw, height / self.rh           # image pixels per resized pixel
+        # per band: the strip columns it needs and, per window start column, its size or -1
+        self.bands = []
+        for j in range(len(self.rh)):
+            parts = np.flatnonzero(self.table[j] >= 0)
+            c0, c1 = self.x0[parts[0]], self.x0[parts[-1]] + self.rw[parts[-1]]
+            cols = self.col_part[c0:c1 - W8 + 1]
+            size = np.where(cols >= 0, self.table[j, np.maximum(cols, 0)], -1)
+            inner = np.flatnonzero((self.x0 >= c0) & (self.x0 < c1))
+            self.bands.append((c0, c1, size, np.where(size >= 0, 0, -np.inf).astype(np.float32),
+                               self.x0[inner] - c0, self.x0[inner] + self.rw[inner] - 1 - c0))
+
+    def strip(self, img: np.ndarray) -> np.ndarray:
+        """``img`` resized to every width, side by side (``H x cw x 3``)."""
+        return np.concatenate([cv2.resize(img, (int(w), self.height), interpolation=cv2.INTER_LINEAR)
+                               for w in self.rw], axis=1)
+
+    def band_gradient(self, strip: np.ndarray, j: int) -> np.ndarray:
+        """Normed gradient of band ``j`` (its strip columns resized to height ``rh[j]``)."""
+        c0, c1, _, _, starts, ends = self.bands[j]
+        h = int(self.rh[j])
+        band = cv2.resize(strip[:, c0:c1], (int(c1 - c0), h), interpolation=cv2.INTER_LINEAR)
+        return gradient(band, starts, ends, np.array([0]), np.array([h - 1]))
+
+    def canvas(self, img: np.ndarray) -> np.ndarray:
+        """Normed gradients of all bands in one ``ch x cw`` uint8 canvas (zeros where unused)."""
+        strip = self.strip(img)
+        out = np.zeros((self.ch, self.cw), np.uint8)
+        for j, (c0, c1, *_) in enumerate(self.bands):
+            out[self.y0[j]:self.y0[j] + self.rh[j], c0:c1] = self.band_gradient(strip, j)
+        return out
+
+    def size_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Model size index of the windows at global positions ``(ys, xs)`` (-1: none)."""
+        part = self.col_part[xs]
+        return np.where(part >= 0, self.table[self.row_band[ys], np.maximum(part, 0)], -1)
+
+    def boxes(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Pixel xyxy boxes of the windows at global positions ``(ys, xs)``."""
+        i, j = self.col_part[xs], self.row_band[ys]
+        lx, ly = xs - self.x0[i], ys - self.y0[j]
+        sx, sy = self.sx[i], self.sy[j]
+        return np.stack([lx * sx, ly * sy, (lx + W8) * sx, (ly + W8) * sy], axis=1).astype(np.float32)
+
+    def place(self, ks: np.ndarray, fx: np.ndarray, fy: np.ndarray):
+        """Global ``(ys, xs)`` of size-``ks`` windows whose top-left corner is at the fraction
+        ``fx, fy`` (in [0, 1]) of the positions available to that size."""
+        i, j = self.part[ks], self.band[ks]
+        lx = np.rint(fx * (self.rw[i] - W8)).astype(int)
+        ly = np.rint(fy * (self.rh[j] - W8)).astype(int)
+        return self.y0[j] + ly, self.x0[i] + lx
+
+    def centred(self, ks: np.ndarray, box: np.ndarray):
+        """Global ``(ys, xs)`` of the size-``ks`` windows centred nearest to ``box``."""
+        i, j = self.part[ks], self.band[ks]
+        cx = (box[0] + box[2]) / 2 / self.sx[i] - W8 / 2
+        cy = (box[1] + box[3]) / 2 / self.sy[j] - W8 / 2
+        lx = np.clip(np.rint(cx), 0, self.rw[i] - W8).astype(int)
+        ly = np.clip(np.rint(cy), 0, self.rh[j] - W8).astype(int)
+        return self.y0[j] + ly, self.x0[i] + lx
+
+
+def _before(k: int) -> np.ndarray:
+    """``k x k`` kernel of the neighbours before the centre in raster order."""
+    m = np.ones((k, k), np.uint8)
+    m[k // 2, k // 2:] = 0
+    m[k // 2 + 1:] = 0
+    return m
+
+
+_KERNELS = {k: (np.ones((k, k), np.uint8), _before(k)) for k in (3, 5)}
+
+
+def local_maxima(s: np.ndarray, k: int) -> np.ndarray:
+    """uint8 mask of the positions of ``s`` that are the maximum of their ``k x k``
+    neighbourhood (ties go to the first in raster order; -inf is never a maximum)."""
+    full, before = _KERNELS[k]
+    c = k // 2
+    # -inf is never kept: it is not above its earlier neighbours nor the border (-FLT_MAX)
+    return cv2.bitwise_and(cv2.compare(s, cv2.dilate(s, full), cv2.CMP_GE),
+                           cv2.compare(s, cv2.dilate(s, before, anchor=(c, c)), cv2.CMP_GT))
+
+
+def grid_maxima(s: np.ndarray) -> np.ndarray:
+    """uint8 mask approximating OpenCV's greedy 5x5 NMS in one pass: the maximum of every 3x3
+    tile (tiles from the top-left corner) that no tile maximum within 2 px beats (ties go to
+    the first in raster order). Unlike local maxima this keeps a lattice of candidates on
+    slopes of the score map, as the greedy NMS does; -inf is never kept."""
+    h, w = s.shape
+    th, tw = -(-h // 3), -(-w // 3)
+    padded = cv2.copyMakeBorder(s, 0, 3 * th - h, 0, 3 * tw - w, cv2.BORDER_CONSTANT, value=-np.inf)
+    tile = cv2.dilate(padded, _KERNELS[3][0])[1::3, 1::3]                 # max of every tile
+    top = cv2.resize(tile, (3 * tw, 3 * th), interpolation=cv2.INTER_NEAREST)[:h, :w]
+    m = cv2.compare(s, top, cv2.CMP_GE)
+    t = np.where(m > 0, s, np.float32(-np.inf))                               # tile maxima only
+    full, before = _KERNELS[5]
+    return cv2.bitwise_and(cv2.compare(t, cv2.dilate(t, full), cv2.CMP_GE),
+                           cv2.compare(t, cv2.dilate(t, before, anchor=(2, 2)), cv2.CMP_GT))

@@ -1,0 +1,67 @@
+"""Checkpoint reading (ssl_crops/evaluate/checkpoints.py)."""
+import pytest
+import torch
+from torch import nn
+
+from ssl_crops.evaluate import CheckpointError, find_linear_resume, load_backbone
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _resnet18_sd():
+    import torchvision
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().state_dict()
+
+
+@pytest.mark.parametrize("fmt", ["original_moco", "main_moco", "plain"])
+def test_load_backbone_formats(tmp_path, fmt):
+    sd = _resnet18_sd()
+    if fmt == "original_moco":
+        state = {f"module.encoder_q.{k}": v for k, v in sd.items() if not k.startswith("fc")}
+        state |= {"module.encoder_q.fc.0.weight": torch.zeros(512, 512), "module.queue": torch.zeros(128, 8)}
+        ckpt = {"arch": "resnet18", "epoch": 200, "state_dict": state}
+    elif fmt == "main_moco":
+        state = {f"encoder_q.{k}": v for k, v in sd.items()} | {f"encoder_k.{k}": v for k, v in sd.items()}
+        state |= {"queue": torch.zeros(128, 8), "queue_ptr": torch.zeros(1, dtype=torch.long)}
+        ckpt = {"arch": "resnet18", "epoch": 1, "args": {"lr": 0.03}, "state_dict": state,
+                "rng": {"torch": torch.get_rng_state(), "python": (3, (1, 2), None)}}
+    else:
+        ckpt = sd  # no arch entry: inferred from the weights
+    path = tmp_path / "ckpt.pth"
+    torch.save(ckpt, path)
+    model = load_backbone(path)
+    assert isinstance(model.fc, nn.Identity) and model.num_features == 512 and not model.training
+    torch.testing.assert_close(model.layer4[1].conv2.weight, sd["layer4.1.conv2.weight"])
+
+
+def test_load_backbone_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_backbone(tmp_path / "nope.pth")
+    sd = _resnet18_sd()
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in sd.items()}, "arch": "resnet18"}, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        load_backbone(truncated)
+    incomplete = tmp_path / "incomplete.pth"
+    torch.save({"state_dict": {k: v for k, v in sd.items() if "layer3.0" not in k}, "arch": "resnet18"}, incomplete)
+    with pytest.raises(CheckpointError, match=r"incomplete.pth.*missing"):
+        load_backbone(incomplete)
+    with pytest.raises(CheckpointError, match="do not match resnet50"):
+        load_backbone(good, arch="resnet50")
+
+
+def test_find_linear_resume(tmp_path):
+    assert find_linear_resume("auto", tmp_path) is None
+    state = {"epoch": 3, "fc": {"weight": torch.ones(2, 4)}, "optimizer": {}}
+    torch.save(state, tmp_path / "linear_last.pth")
+    assert find_linear_resume("auto", tmp_path)["epoch"] == 3
+    assert find_linear_resume(str(tmp_path / "linear_last.pth"), tmp_path / "elsewhere")["epoch"] == 3
+    data = (tmp_path / "linear_last.pth").read_bytes()
+    (tmp_path / "linear_last.pth").write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="skipping unreadable .*linear_last.pth"):
+        assert find_linear_resume("auto", tmp_path) is None
+    with pytest.raises(CheckpointError, match="linear_last.pth"):
+        find_linear_resume(str(tmp_path / "linear_last.pth"), tmp_path)

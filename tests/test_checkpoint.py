@@ -1,0 +1,203 @@
+"""Checkpoints: original MoCo key layout, a kept predecessor, one-line write errors, resume rules, export."""
+import errno
+import io
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from ssl_crops import checkpoint as ck
+from ssl_crops import files
+from ssl_crops.moco import MoCo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _moco_checkpoint(path, mlp=True, epoch=3):
+    torch.manual_seed(0)
+    model = MoCo(torchvision.models.resnet18, dim=16, K=32, mlp=mlp)
+    state = {"epoch": epoch, "arch": "resnet18", "state_dict": ck.to_moco_layout(model.state_dict()), "step": 12}
+    torch.save(state, path)
+    return model, state
+
+
+def test_state_dict_has_the_original_moco_layout(tmp_path):
+    model, state = _moco_checkpoint(tmp_path / "c.pth")
+    keys = state["state_dict"].keys()
+    assert {"module.queue", "module.queue_ptr"} <= keys
+    assert all(k.startswith(("module.encoder_q.", "module.encoder_k.", "module.queue")) for k in keys)
+    # our reader takes both layouts
+    other = MoCo(torchvision.models.resnet18, dim=16, K=32, mlp=True)
+    for sd in (state["state_dict"], model.state_dict()):
+        torch.nn.init.zeros_(other.encoder_q.conv1.weight)
+        ck.load_model_state(other, sd)
+        assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))
+
+
+def test_official_main_lincls_loader_finds_every_key(tmp_path):
+    """The loading code of facebookresearch/moco's main_lincls.py, verbatim in substance."""
+    _moco_checkpoint(tmp_path / "c.pth")
+    checkpoint = torch.load(tmp_path / "c.pth", map_location="cpu", weights_only=True)
+    state_dict = checkpoint["state_dict"]
+    for k in list(state_dict.keys()):
+        if k.startswith("module.encoder_q") and not k.startswith("module.encoder_q.fc"):
+            state_dict[k[len("module.encoder_q."):]] = state_dict[k]
+        del state_dict[k]
+    model = torchvision.models.resnet18()
+    msg = model.load_state_dict(state_dict, strict=False)
+    assert set(msg.missing_keys) == {"fc.weight", "fc.bias"} and not msg.unexpected_keys
+    # detectron2's convert-pretrain-to-detectron2.py converts the keys starting with "module.encoder_q."
+    fresh = torch.load(tmp_path / "c.pth", weights_only=True)["state_dict"]
+    assert sum(k.startswith("module.encoder_q.") for k in fresh) == len(model.state_dict()) + 2  # + MLP head
+
+
+def test_evaluation_reads_the_new_layout(tmp_path):
+    from ssl_crops.evaluate import load_backbone
+
+    model, _ = _moco_checkpoint(tmp_path / "c.pth")
+    backbone = load_backbone(tmp_path / "c.pth")
+    assert backbone.arch == "resnet18"
+    ref = model.encoder_q.state_dict()
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_export_writes_a_plain_torchvision_state_dict(tmp_path):
+    model, _ = _moco_checkpoint(tmp_path / "c.pth")
+    proc = subprocess.run([sys.executable, "-m", "ssl_crops.export", str(tmp_path / "c.pth"), "--out",
+                           str(tmp_path / "backbone.pth")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "resnet18" in proc.stdout and "fc" in proc.stdout
+    sd = torch.load(tmp_path / "backbone.pth", weights_only=True)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()  # the projection head is not exported
+    net.load_state_dict(sd, strict=True)
+    assert torch.equal(net.conv1.weight, model.encoder_q.conv1.weight)
+    # a file that is not a checkpoint: one line naming it, nothing written
+    from ssl_crops.export import main
+
+    (tmp_path / "junk.pth").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pth")])
+    assert "junk.pth: cannot read checkpoint" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_export_reads_the_old_layout_and_checks_the_arch(tmp_path):
+    from ssl_crops.export import export_backbone
+
+    torch.manual_seed(0)
+    model = MoCo(torchvision.models.resnet18, dim=16, K=32)
+    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": model.state_dict()}, tmp_path / "old.pth")
+    sd, arch = export_backbone(tmp_path / "old.pth")
+    assert arch == "resnet18" and "conv1.weight" in sd and not any(k.startswith("fc.") for k in sd)
+    with pytest.raises(ValueError, match="resnet50"):
+        export_backbone(tmp_path / "old.pth", arch="resnet50")
+
+
+def test_last_checkpoint_keeps_its_predecessor(tmp_path):
+    for epoch in (1, 2, 3):
+        state = {"epoch": epoch, "step": 4 * epoch, "state_dict": {"w": torch.ones(2)}}
+        ck.save_checkpoint(state, tmp_path, keep=False)
+    assert torch.load(tmp_path / "checkpoint_prev.pth", weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)["epoch"] == 3
+    (tmp_path / "checkpoint_last.pth").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.warns(UserWarning, match="checkpoint_last.pth"):
+        path, ckpt = ck.find_resume_checkpoint(tmp_path)
+    assert path.name == "checkpoint_prev.pth" and ckpt["epoch"] == 2
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+class _FullDisk(io.FileIO):
+    """A file on a disk that fills up after ``room`` bytes."""
+    room = 200
+
+    def write(self, b):
+        if self.tell() + len(b) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(b)
+
+
+def _open_full(path, mode="r", *a, **k):
+    return _FullDisk(path, mode.replace("b", "")) if "w" in mode else open(path, mode, *a, **k)
+
+
+@pytest.mark.parametrize("fault", ["ENOSPC", "permission", "directory"])
+def test_failed_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch, fault):
+    big = {"epoch": 1, "step": 4, "state_dict": {"w": torch.arange(1000.0)}}
+    ck.save_checkpoint(big, tmp_path, keep=True)
+    if fault == "ENOSPC":  # torch wraps it as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"
+        monkeypatch.setattr(files, "open", _open_full, raising=False)
+        target, cause = "checkpoint_last.pth", "No space left on device (ENOSPC)"
+    elif fault == "permission":
+        def denied(path, *a, **k):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        monkeypatch.setattr(files, "open", denied, raising=False)
+        target, cause = "checkpoint_last.pth", "Permission denied (EACCES)"
+    else:
+        (tmp_path / "checkpoint_0002.pth").mkdir()
+        target, cause = "checkpoint_0002.pth", "a directory is in the way"
+    with pytest.raises(ck.OutputError) as err:
+        ck.save_checkpoint({**big, "epoch": 2, "step": 8}, tmp_path, keep=True)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / target) in msg and cause in msg, msg
+    monkeypatch.undo()
+    kept = "checkpoint_last.pth" if fault != "directory" else "checkpoint_prev.pth"
+    assert torch.load(tmp_path / kept, weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "checkpoint_0001.pth", weights_only=True)["epoch"] == 1
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_check_output_before_training(tmp_path):
+    ck.check_output(tmp_path / "run")  # creates it
+    assert (tmp_path / "run").is_dir() and not list((tmp_path / "run").iterdir())
+    (tmp_path / "run" / "checkpoint_last.pth").mkdir()
+    with pytest.raises(ck.OutputError, match="checkpoint_last.pth: a directory is in the way"):
+        ck.check_output(tmp_path / "run")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ck.OutputError, match="cannot write .*file/run"):
+        ck.check_output(tmp_path / "file" / "run")
+
+
+def test_resume_never_starts_afresh_over_a_run(tmp_path):
+    auto, fresh = Namespace(resume="auto"), Namespace(resume="")
+    assert ck.locate_resume(auto, tmp_path / "new") == (None, None)
+    assert ck.locate_resume(fresh, tmp_path / "new") == (None, None)
+    (tmp_path / "checkpoint_last.pth").write_bytes(b"truncated")
+    (tmp_path / "checkpoint_0010.pth").write_bytes(b"")
+    with pytest.warns(UserWarning), pytest.raises(FileExistsError, match="no readable checkpoint"):
+        ck.locate_resume(auto, tmp_path)
+    with pytest.raises(FileExistsError, match="holds a run"):
+        ck.locate_resume(fresh, tmp_path)
+
+
+def test_step_seed_depends_on_seed_and_step_only():
+    assert ck.step_seed(0, 5) == ck.step_seed(0, 5)
+    assert len({ck.step_seed(s, t) for s in range(3) for t in range(100)}) == 300
+    assert 0 <= ck.step_seed(2**31, 10**9) < 2**63
+
+
+def test_seed_step_makes_a_step_independent_of_earlier_draws():
+    ck.seed_step(0, 7)
+    a = torch.randperm(16)
+    torch.rand(1000)  # e.g. a DataLoader iterator drawing its base seed
+    ck.seed_step(0, 7)
+    assert torch.equal(torch.randperm(16), a)
+    ck.seed_step(0, 8)
+    assert not torch.equal(torch.randperm(16), a)
+
+
+class Hostile:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_hostile_resume_checkpoint_is_refused(tmp_path, capsys):
+    torch.save({"state_dict": {}, "epoch": 1, "x": Hostile()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="evil.pth: cannot read checkpoint"):
+        ck.locate_resume(Namespace(resume=str(tmp_path / "evil.pth")), tmp_path)
+    assert "this ran" not in capsys.readouterr().out
