@@ -281,7 +281,7 @@ def pretrain(setting: str, seed: int, cfg: dict, data: dict, device, log=print) 
         loader.sampler.set_epoch(epoch)
         adjust_learning_rate(optimizer, epoch, args)
         total = torch.zeros((), device=device)
-        for (im_q, im_k), _ in loader:
+        for (im_q, im_k), *_ in loader:  # (views, index, tallies of the sample)
             loss, _ = train_step(model, im_q, im_k, optimizer, scaler, amp)
             total += loss
         losses.append(total.item() / len(loader))

@@ -400,7 +400,8 @@ def test_bn_splits_default_in_one_process_and_checkpoint_loads_into_torchvision(
     _run(demo, tmp_path, "--epochs", "1")
     ckpt = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)
     assert ckpt["args"]["bn_splits"] == 8  # one process, batch 32
-    backbone = {k.removeprefix("encoder_q."): v for k, v in ckpt["state_dict"].items()
+    state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}  # original MoCo layout
+    backbone = {k.removeprefix("encoder_q."): v for k, v in state.items()
                 if k.startswith("encoder_q.") and ".fc." not in k}
     missing, unexpected = torchvision.models.resnet18().load_state_dict(backbone, strict=False)
     assert unexpected == [] and sorted(missing) == ["fc.bias", "fc.weight"]
