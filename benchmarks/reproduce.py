@@ -447,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated scenes")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all of the process's cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: OMP_NUM_THREADS, else all of the process's cores; "
+                        "use 1 on a shared machine: oversubscribed threads made epochs 3.4x slower)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     return p
 
@@ -463,8 +465,8 @@ def main(argv=None) -> dict:
     cfg = json.loads(json.dumps(cfg))  # as saved in results.json
     seeds = a.seeds or cfg["seeds"]
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
-        torch.set_num_threads(a.threads or len(os.sched_getaffinity(0)))
+    if device.type == "cpu" and (a.threads or "OMP_NUM_THREADS" not in os.environ):
+        torch.set_num_threads(a.threads or len(os.sched_getaffinity(0)))  # shared machine: --threads 1
     out = Path(a.out or f"runs/reproduce-{a.preset}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
