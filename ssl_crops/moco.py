@@ -2,8 +2,9 @@
 
 Follows facebookresearch/moco's ``builder.py``: a query encoder trained by SGD, a key encoder
 updated as an exponential moving average of it, and a queue of past keys as negatives.
-Differences: works without a process group (single process: no shuffle, see ``forward``),
-checks the queue size, and computes the logits in fp32 under autocast.
+Differences: works without a process group, where shuffle-BN is done with split BatchNorm as
+in MoCo's single-GPU demo (``bn_splits``); checks the queue size; computes the logits in fp32
+under autocast.
 """
 import torch
 import torch.distributed as dist
@@ -17,18 +18,89 @@ def _world_size():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalizes ``num_splits`` sub-batches separately (sample
+    ``i`` belongs to sub-batch ``i % num_splits``); the running statistics are the mean over the
+    sub-batches and evaluation is plain BatchNorm. Parameters and buffers are those of
+    ``BatchNorm2d``, so state dicts are interchangeable with it."""
+
+    def __init__(self, num_features, num_splits=1, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = int(num_splits)
+
+    def forward(self, x):
+        s = self.num_splits
+        if not self.training or s == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n % s:
+            raise ValueError(f"batch of {n} does not split into {s} BatchNorm sub-batches (bn_splits)")
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as in BatchNorm2d
+                factor = 1.0 / float(self.num_batches_tracked)
+        mean = self.running_mean.repeat(s) if self.track_running_stats else None
+        var = self.running_var.repeat(s) if self.track_running_stats else None
+        weight = self.weight.repeat(s) if self.affine else None
+        bias = self.bias.repeat(s) if self.affine else None
+        out = F.batch_norm(x.reshape(n // s, c * s, h, w), mean, var, weight, bias, True, factor, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.copy_(mean.view(s, c).mean(0))
+                self.running_var.copy_(var.view(s, c).mean(0))
+        return out.reshape(n, c, h, w)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+def split_batch_norm(module, num_splits):
+    """Replace every ``BatchNorm2d`` in ``module`` by a :class:`SplitBatchNorm` holding the same
+    parameters and buffers (in place); returns ``module``."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm):
+            like = next(iter(child.state_dict().values()), None)
+            bn = SplitBatchNorm(child.num_features, num_splits, eps=child.eps, momentum=child.momentum,
+                                affine=child.affine, track_running_stats=child.track_running_stats,
+                                device=None if like is None else like.device)
+            bn.load_state_dict(child.state_dict())
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            split_batch_norm(child, num_splits)
+    return module
+
+
+def default_bn_splits(per_process_batch, world_size, splits=8):
+    """``splits`` sub-batches in a single process when the batch divides into sub-batches of at
+    least 2 samples, else the largest such count below it; 1 with several processes (their
+    shuffle across ranks is already shuffle-BN)."""
+    if world_size > 1:
+        return 1
+    fits = [n for n in range(2, splits + 1) if per_process_batch % n == 0 and per_process_batch // n >= 2]
+    return max(fits, default=1)
+
+
 class MoCo(nn.Module):
     """MoCo with a query encoder, a momentum key encoder and a queue of ``K`` keys.
 
     ``base_encoder(num_classes=dim)`` builds an encoder (e.g. ``torchvision.models.resnet50``);
-    ``mlp=True`` puts a hidden layer in front of its ``fc`` (MoCo v2 head).
+    ``mlp=True`` puts a hidden layer in front of its ``fc`` (MoCo v2 head). ``bn_splits > 1``
+    makes every ``BatchNorm2d`` a :class:`SplitBatchNorm` over that many sub-batches, and
+    ``forward`` shuffles the key batch across them: shuffle-BN within one process.
     """
 
-    def __init__(self, base_encoder, dim=128, K=65536, m=0.999, T=0.07, mlp=False):
+    def __init__(self, base_encoder, dim=128, K=65536, m=0.999, T=0.07, mlp=False, bn_splits=1):
         super().__init__()
-        self.K, self.m, self.T = K, m, T
+        if bn_splits < 1:
+            raise ValueError(f"bn_splits must be >= 1, got {bn_splits}")
+        self.K, self.m, self.T, self.bn_splits = K, m, T, int(bn_splits)
         self.encoder_q = base_encoder(num_classes=dim)
         self.encoder_k = base_encoder(num_classes=dim)
+        if self.bn_splits > 1:
+            split_batch_norm(self.encoder_q, self.bn_splits)
+            split_batch_norm(self.encoder_k, self.bn_splits)
         if mlp:
             for enc in (self.encoder_q, self.encoder_k):
                 hidden = enc.fc.weight.shape[1]
@@ -71,6 +143,19 @@ class MoCo(nn.Module):
         return x_all[mine].contiguous(memory_format=fmt), idx_unshuffle
 
     @torch.no_grad()
+    def _key_features(self, im_k):
+        """Normalized keys, computed on a shuffled batch (across ranks, or across the BatchNorm
+        sub-batches of one process) and returned in the original order."""
+        if _world_size() > 1:
+            im_k, idx_unshuffle = self._batch_shuffle_ddp(im_k)
+            return self._batch_unshuffle_ddp(F.normalize(self.encoder_k(im_k), dim=1), idx_unshuffle)
+        if self.bn_splits > 1:  # torch's default generator: seeded runs stay reproducible
+            idx_shuffle = torch.randperm(im_k.shape[0], device=im_k.device)
+            k = F.normalize(self.encoder_k(im_k[idx_shuffle]), dim=1)
+            return k[torch.argsort(idx_shuffle)]
+        return F.normalize(self.encoder_k(im_k), dim=1)
+
+    @torch.no_grad()
     def _batch_unshuffle_ddp(self, x, idx_unshuffle):
         x_all = all_gather_cat(x)
         n, world = x.shape[0], x_all.shape[0] // x.shape[0]
@@ -79,18 +164,15 @@ class MoCo(nn.Module):
     def forward(self, im_q, im_k):
         """Returns ``(logits, labels)``: logits ``(N, 1 + K)`` (positive first), labels zeros.
 
-        With several ranks the keys go through shuffle-BN (each rank's key encoder sees a random
-        part of the global batch). In a single process no shuffle is done: BatchNorm statistics
-        of one batch do not depend on its order, so a permutation would change nothing.
+        The keys go through shuffle-BN: with several ranks each rank's key encoder sees a random
+        part of the global batch; in one process with ``bn_splits > 1`` each BatchNorm
+        sub-batch does. Otherwise the BatchNorm statistics of the query and its key come from
+        the same images, the leak that shuffle-BN closes.
         """
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
             self._momentum_update_key_encoder()
-            if _world_size() > 1:
-                im_k, idx_unshuffle = self._batch_shuffle_ddp(im_k)
-                k = self._batch_unshuffle_ddp(F.normalize(self.encoder_k(im_k), dim=1), idx_unshuffle)
-            else:
-                k = F.normalize(self.encoder_k(im_k), dim=1)
+            k = self._key_features(im_k)
         with torch.autocast(q.device.type, enabled=False):
             q, k = q.float(), k.float()
             l_pos = (q * k).sum(dim=1, keepdim=True)

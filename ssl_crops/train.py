@@ -37,7 +37,7 @@ from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng  # 
 from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
 from .formats import SUBSET_FILES
-from .moco import MoCo
+from .moco import MoCo, default_bn_splits
 from .run import EpochTally, RunLog, StopSignal, on_rank0
 from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
@@ -97,6 +97,9 @@ def build_parser():
     g.add_argument("--mlp", action="store_true", help="MLP projection head (MoCo v2)")
     g.add_argument("--aug-plus", action="store_true", help="MoCo v2 augmentation")
     g.add_argument("--cos", action="store_true", help="cosine learning-rate schedule")
+    g.add_argument("--bn-splits", type=int, default=None,
+                   help="BatchNorm over N sub-batches with the keys shuffled across them (shuffle-BN in one "
+                        "process); default: 8 with one process (fewer if the batch does not split), 1 with several")
     g = p.add_argument_group("object-aware crops")
     g.add_argument("--save_name", "--save-name", default="moco", help="run name: <output-dir>/<save_name>/")
     g.add_argument("--bing_crops", "--bing-crops", action="store_true",
@@ -283,7 +286,8 @@ def check_queue(args, num_samples, global_batch, main=True):
 
 # --------------------------------------------------------------------------- model and step
 def build_model(args):
-    return MoCo(getattr(models, args.arch), args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp)
+    return MoCo(getattr(models, args.arch), args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp,
+                bn_splits=args.bn_splits or 1)
 
 
 def adjust_learning_rate(optimizer, epoch, args):
@@ -421,6 +425,8 @@ def train_worker(info, args):
     rank_batch = args.batch_size // info.world_size
     loader = build_loader(dataset, args, info, rank_batch, workers)
     steps_per_epoch = len(loader)
+    if args.bn_splits is None:
+        args.bn_splits = default_bn_splits(rank_batch, info.world_size)
     model = build_model(args).to(info.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -105,3 +105,94 @@ def test_logits_are_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, _ = model(torch.randn(2, 6), torch.randn(2, 6))
     assert logits.dtype == torch.float32 and model.queue.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- split BatchNorm
+from ssl_crops.moco import SplitBatchNorm, default_bn_splits, split_batch_norm  # noqa: E402
+
+
+def test_split_batchnorm_normalizes_each_sub_batch_like_its_own_batchnorm():
+    torch.manual_seed(0)
+    x = torch.randn(12, 5, 3, 4) * 3 + 1
+    split = SplitBatchNorm(5, num_splits=3)
+    with torch.no_grad():
+        split.weight.uniform_(0.5, 2), split.bias.uniform_(-1, 1)
+    refs = [copy.deepcopy(nn.BatchNorm2d(5)) for _ in range(3)]
+    for ref in refs:
+        ref.load_state_dict(split.state_dict())
+    out = split(x)
+    for j, ref in enumerate(refs):  # sub-batch j holds samples j, j + 3, j + 6, ...
+        torch.testing.assert_close(out[j::3], ref(x[j::3]))
+    torch.testing.assert_close(split.running_mean, torch.stack([r.running_mean for r in refs]).mean(0))
+    torch.testing.assert_close(split.running_var, torch.stack([r.running_var for r in refs]).mean(0))
+    assert int(split.num_batches_tracked) == 1
+    assert not torch.allclose(out[0::3], nn.BatchNorm2d(5).train()(x)[0::3])  # differs from whole-batch BN
+    split.eval()
+    plain = nn.BatchNorm2d(5).eval()
+    plain.load_state_dict(split.state_dict())
+    torch.testing.assert_close(split(x), plain(x))
+
+
+def test_split_batchnorm_rejects_a_batch_that_does_not_split():
+    with pytest.raises(ValueError, match="does not split into 4"):
+        SplitBatchNorm(3, num_splits=4)(torch.randn(6, 3, 2, 2))
+
+
+def test_split_batch_norm_keeps_parameters_and_state_dict_keys():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=8)
+    net.bn1.running_mean.uniform_(-1, 1)
+    before = copy.deepcopy(net.state_dict())
+    split_batch_norm(net, 4)
+    assert isinstance(net.bn1, SplitBatchNorm) and isinstance(net.layer2[0].downsample[1], SplitBatchNorm)
+    after = net.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_bn_splits_checkpoint_loads_into_plain_torchvision_model():
+    torch.manual_seed(0)
+    model = MoCo(torchvision.models.resnet18, dim=8, K=16, bn_splits=4)
+    x = torch.randn(8, 3, 32, 32)
+    model(x, x.flip(3))  # one step: running statistics change
+    plain = torchvision.models.resnet18(num_classes=8)
+    plain.load_state_dict(model.encoder_q.state_dict())  # strict: same keys and shapes
+    assert not any(isinstance(m, SplitBatchNorm) for m in plain.modules())
+    model.eval(), plain.eval()
+    torch.testing.assert_close(plain(x), model.encoder_q(x))
+
+
+def test_bn_splits_shuffles_keys_with_torchs_default_generator():
+    torch.manual_seed(0)
+    model = MoCo(torchvision.models.resnet18, dim=8, K=16, m=0.5, bn_splits=4)
+    x_q, x_k = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    ref = copy.deepcopy(model)
+    torch.manual_seed(7)
+    logits, _ = model(x_q, x_k)
+    torch.manual_seed(7)
+    perm = torch.randperm(8)  # the one draw of forward
+    ref._momentum_update_key_encoder()
+    with torch.no_grad():
+        q = F.normalize(ref.encoder_q(x_q), dim=1)
+        k = F.normalize(ref.encoder_k(x_k[perm]), dim=1)[torch.argsort(perm)]
+        k_unshuffled = F.normalize(copy.deepcopy(ref.encoder_k)(x_k), dim=1)
+    torch.testing.assert_close(model.queue[:, :8], k.T)  # keys in the queries' order
+    torch.testing.assert_close(logits[:, 0], (q * k).sum(1) / model.T)
+    assert not torch.allclose(k, k_unshuffled, atol=1e-3)  # the sub-batches really differ
+    # same seed, same permutation: same keys
+    torch.manual_seed(0)
+    model2 = MoCo(torchvision.models.resnet18, dim=8, K=16, m=0.5, bn_splits=4)
+    torch.manual_seed(7)
+    model2(x_q, x_k)
+    torch.testing.assert_close(model2.queue, model.queue)
+
+
+@pytest.mark.parametrize("batch, world, expected", [(256, 1, 8), (32, 1, 8), (12, 1, 6), (8, 1, 4), (7, 1, 1),
+                                                    (3, 1, 1), (256, 2, 1)])
+def test_default_bn_splits(batch, world, expected):
+    assert default_bn_splits(batch, world) == expected
+
+
+def test_bn_splits_must_be_positive():
+    with pytest.raises(ValueError, match="bn_splits"):
+        MoCo(TinyNet, dim=4, K=8, bn_splits=0)
