@@ -72,13 +72,14 @@ def split_batch_norm(module, num_splits):
     return module
 
 
-def default_bn_splits(per_process_batch, world_size, splits=8):
+def default_bn_splits(per_process_batch, world_size, splits=8, min_split=32):
     """``splits`` sub-batches in a single process when the batch divides into sub-batches of at
-    least 2 samples, else the largest such count below it; 1 with several processes (their
-    shuffle across ranks is already shuffle-BN)."""
+    least ``min_split`` samples (MoCo's single-GPU demo: 512 in 8 of 64), else the largest such
+    count below it, else 1; 1 with several processes (their shuffle across ranks is already
+    shuffle-BN). Smaller sub-batches make BatchNorm statistics too noisy."""
     if world_size > 1:
         return 1
-    fits = [n for n in range(2, splits + 1) if per_process_batch % n == 0 and per_process_batch // n >= 2]
+    fits = [n for n in range(2, splits + 1) if per_process_batch % n == 0 and per_process_batch // n >= min_split]
     return max(fits, default=1)
 
 

@@ -187,8 +187,8 @@ def test_bn_splits_shuffles_keys_with_torchs_default_generator():
     torch.testing.assert_close(model2.queue, model.queue)
 
 
-@pytest.mark.parametrize("batch, world, expected", [(256, 1, 8), (32, 1, 8), (12, 1, 6), (8, 1, 4), (7, 1, 1),
-                                                    (3, 1, 1), (256, 2, 1)])
+@pytest.mark.parametrize("batch, world, expected", [(256, 1, 8), (128, 1, 4), (96, 1, 3), (64, 1, 2),
+                                                    (63, 1, 1), (32, 1, 1), (8, 1, 1), (256, 2, 1)])
 def test_default_bn_splits(batch, world, expected):
     assert default_bn_splits(batch, world) == expected
 

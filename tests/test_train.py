@@ -393,13 +393,13 @@ def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
     assert flat.proposals is None
 
 
-def test_bn_splits_default_in_one_process_and_checkpoint_loads_into_torchvision(demo, tmp_path, clean_env):
+def test_bn_splits_checkpoint_loads_into_torchvision(demo, tmp_path, clean_env):
     import torchvision
     torch.set_num_threads(1)
     assert train.build_parser().parse_args(["D", "--bn-splits", "4"]).bn_splits == 4
-    _run(demo, tmp_path, "--epochs", "1")
+    _run(demo, tmp_path, "--epochs", "1", "--bn-splits", "4")
     ckpt = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)
-    assert ckpt["args"]["bn_splits"] == 8  # one process, batch 32
+    assert ckpt["args"]["bn_splits"] == 4
     state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}  # original MoCo layout
     backbone = {k.removeprefix("encoder_q."): v for k, v in state.items()
                 if k.startswith("encoder_q.") and ".fc." not in k}
