@@ -4,12 +4,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..metrics import (GROUPS, TERTILES, batch_mean_average_precision, frequency_groups, group_map, map_details,
                        tertile_groups, topk_accuracy)
+from ..viz import per_class_ap_figure
 
 PAPER_BATCH_SIZE = 256  # the original main_lincls.py test batch (divided by the GPUs)
 PAPER_LABEL = "comparable with the paper only"
@@ -77,8 +79,9 @@ def _named(stats: dict, labels, classes) -> dict:
 
 def write_report(report: dict, out_dir) -> dict[str, Path]:
     """Write the report files into ``out_dir``: ``report.json`` (per-class AP as a class -> AP
-    map) and ``per_class_ap.csv`` (per-class rows); returns ``{name: path}``. The one place
-    report files are made."""
+    map), ``per_class_ap.csv`` (per-class rows) and ``per_class_ap.png`` (AP per class sorted by
+    training frequency; needs the ``[viz]`` extra, else a warning says how to install it);
+    returns ``{name: path}``. The one place report files are made."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"report": out_dir / "report.json", "per-class AP": out_dir / "per_class_ap.csv"}
@@ -87,6 +90,13 @@ def write_report(report: dict, out_dir) -> dict[str, Path]:
         w = csv.DictWriter(f, fieldnames=list(report["per_class"][0]))
         w.writeheader()
         w.writerows(report["per_class"])
+    rows = report["per_class"]
+    try:
+        files["per-class AP plot"] = per_class_ap_figure(
+            [r["ap"] for r in rows], [r["class"] for r in rows], [r["train_images"] for r in rows],
+            out_dir / "per_class_ap.png")
+    except ImportError as e:  # matplotlib is optional
+        warnings.warn(f"per_class_ap.png not written: {e}")
     return files
 
 

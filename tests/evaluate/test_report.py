@@ -52,12 +52,31 @@ def test_classes_without_training_images_are_not_scored_and_named():
 def test_write_report_is_the_one_writer(tmp_path):
     rep, _, _ = _report()
     files = write_report(rep, tmp_path / "out")
-    assert set(files) == {"report", "per-class AP"}
+    assert set(files) == {"report", "per-class AP", "per-class AP plot"}
     js = json.loads(files["report"].read_text())
     assert js["map"] == rep["map"] and js["map_batch_mean"] == rep["map_batch_mean"] and "per_class" not in js
     assert js["per_class_ap"] == {r["class"]: r["ap"] for r in rep["per_class"]} and len(js["per_class_ap"]) == 6
     rows = files["per-class AP"].read_text().splitlines()
     assert rows[0] == "class_index,class,train_images,test_positives,group,tertile,ap" and len(rows) == 7
+    from PIL import Image
+    with Image.open(files["per-class AP plot"]) as png:  # linear_eval's per_class_ap.png: a real picture
+        assert png.size[0] >= 300 and png.size[1] >= 200
+        assert np.asarray(png.convert("L")).std() > 10
+
+
+def test_write_report_without_matplotlib_warns_and_writes_the_rest(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.warns(UserWarning, match=r"per_class_ap.png not written.*pip install"):
+        files = write_report(_report()[0], tmp_path)
+    assert set(files) == {"report", "per-class AP"} and not (tmp_path / "per_class_ap.png").exists()
 
 
 def test_report_groups_and_files(tmp_path):
@@ -69,7 +88,7 @@ def test_report_groups_and_files(tmp_path):
     assert rep["map"] == pytest.approx(1.0) and rep["classes_skipped"] == ["c"]
     assert rep["groups"]["head"]["map"] == pytest.approx(1.0) and rep["groups"]["tail"]["map"] is None
     files = write_report(rep, tmp_path)
-    assert set(files.values()) == {tmp_path / "report.json", tmp_path / "per_class_ap.csv"}
+    assert set(files.values()) == {tmp_path / "report.json", tmp_path / "per_class_ap.csv", tmp_path / "per_class_ap.png"}
     assert (tmp_path / "per_class_ap.csv").read_text().splitlines()[0] == \
         "class_index,class,train_images,test_positives,group,tertile,ap"
     assert "tail (<20)" in format_table(rep)
