@@ -43,29 +43,16 @@ print(json.dumps({"seconds": seconds, "rss_mb": rss_mb() - before, "images": n, 
 
 
 def generate(workdir: Path, num_images: int, boxes_per_image: float, num_classes: int, seed: int):
-    from ssl_crops.boxes import BoxIndex
+    from ssl_crops.demo import random_index
 
-    rng = np.random.default_rng(seed)
-    counts = np.clip(rng.poisson(boxes_per_image - 1, num_images) + 1, 1, 60)
-    total = int(counts.sum())
-    x0, y0 = rng.uniform(0, 0.8, total), rng.uniform(0, 0.8, total)
-    boxes = np.stack([x0, y0, x0 + rng.uniform(0.02, 0.2, total), y0 + rng.uniform(0.02, 0.2, total)], 1)
-    box_labels = rng.zipf(1.6, total) % num_classes
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    ids = np.array([f"{v:016x}" for v in rng.integers(0, 2**62, num_images)])
-    label_lists = [np.unique(box_labels[offsets[i]:offsets[i + 1]]) for i in range(num_images)]
-    label_offsets = np.concatenate([[0], np.cumsum([len(v) for v in label_lists])])
-    classes = np.array([f"/m/{c:05d}" for c in range(num_classes)])
-    index = BoxIndex(ids=ids, files=np.char.add(ids, ".jpg"), classes=classes, label_offsets=label_offsets,
-                     label_values=np.concatenate(label_lists), box_offsets=offsets, boxes=boxes,
-                     box_labels=box_labels)
+    index = random_index(num_images, boxes_per_image, num_classes, seed=seed)
     index.save(workdir / "index.npz")
     # The original form: id -> {'data': rows}, rows of the box CSV with parsed coordinates.
-    original, id_list, names, coords = {}, ids.tolist(), classes[box_labels].tolist(), boxes.tolist()
-    for i in range(num_images):
-        rows = [[id_list[i], "xclick", names[j], "1", coords[j][0], coords[j][2], coords[j][1], coords[j][3]]
-                for j in range(offsets[i], offsets[i + 1])]
-        original[id_list[i]] = {"data": rows}
+    original, classes = {}, np.asarray(index.classes)
+    for i in range(len(index)):
+        image_id, names = index.image_id(i), classes[index.box_labels(i)].tolist()
+        original[image_id] = {"data": [[image_id, "xclick", name, "1", x0, x1, y0, y1]
+                                       for name, (x0, y0, x1, y1) in zip(names, index.boxes(i).tolist())]}
     np.save(workdir / "images_selected_with_all_features.npy", original, allow_pickle=True)
     return index
 

@@ -19,27 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssl_crops.boxes import BoxIndex
 from ssl_crops.data import ObjectCropDataset
+from ssl_crops.demo import random_index
 from ssl_crops.transforms import ObjectAwareCrop
-
-
-def generate_index(num_images, boxes_per_image, num_classes, files, seed=0):
-    """A random BoxIndex of the given size; image ``i`` is the file ``files[i % len(files)]``."""
-    rng = np.random.default_rng(seed)
-    counts = np.clip(rng.poisson(boxes_per_image - 1, num_images) + 1, 1, 60)
-    total = int(counts.sum())
-    x0, y0 = rng.uniform(0, 0.8, total), rng.uniform(0, 0.8, total)
-    boxes = np.stack([x0, y0, x0 + rng.uniform(0.02, 0.2, total), y0 + rng.uniform(0.02, 0.2, total)], 1)
-    box_labels = rng.zipf(1.6, total) % num_classes
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    label_lists = [np.unique(box_labels[offsets[i]:offsets[i + 1]]) for i in range(num_images)]
-    ids = np.array([f"{v:016x}" for v in rng.integers(0, 2**62, num_images)])
-    return BoxIndex(ids=ids, files=np.asarray(files)[np.arange(num_images) % len(files)],
-                    classes=np.array([f"/m/{c:05d}" for c in range(num_classes)]),
-                    label_offsets=np.concatenate([[0], np.cumsum([len(v) for v in label_lists])]),
-                    label_values=np.concatenate(label_lists), box_offsets=offsets, boxes=boxes,
-                    box_labels=box_labels)
 
 
 def write_images(folder, n, rng):
@@ -88,7 +70,7 @@ def main(argv=None):
         root = Path(tmp)
         files = write_images(root, a.files, np.random.default_rng(0))
         t = time.perf_counter()
-        index = generate_index(a.images, a.boxes_per_image, a.classes, files)
+        index = random_index(a.images, a.boxes_per_image, a.classes, files)
         print(f"index: {len(index):,} images, {index.num_boxes:,} boxes ({index.nbytes / 2**20:.0f} MiB arrays, "
               f"{time.perf_counter() - t:.1f} s); {a.files} image files reused")
         dataset = ObjectCropDataset(root, index, ObjectAwareCrop(size=a.size))

@@ -14,10 +14,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .boxes import BoxIndex
 from .files import atomic_write
 from .formats import SUBSET_FILES
 
-__all__ = ["make_demo", "synthetic_scenes", "DEMO_FILES", "DEMO_CLASSES"]
+__all__ = ["make_demo", "synthetic_scenes", "random_index", "DEMO_FILES", "DEMO_CLASSES"]
 
 DEMO_FILES = SUBSET_FILES  # the demo writes the OpenImages-subset layout
 
@@ -216,6 +217,28 @@ def synthetic_scenes(n: int, width: int = 640, height: int = 480, seed: int = 0,
         visible = [k for k, b in enumerate(boxes) if (owner[b[1]:b[3], b[0]:b[2]] == k).mean() > 0.4]
         out.append((img, np.array([boxes[k] for k in visible], np.float32).reshape(-1, 4)))
     return out
+
+
+def random_index(num_images: int, boxes_per_image: float = 12.0, num_classes: int = 208, files=None,
+                 seed: int = 0) -> BoxIndex:
+    """A random :class:`BoxIndex` at any scale (the OpenImages subset: 212,753 images, about 12
+    boxes each, 208 classes) for benchmarks: 1-60 boxes per image (Poisson), sides of 2-20% of
+    the image, Zipf-distributed labels; image ``i`` is ``files[i % len(files)]`` (default
+    ``<id>.jpg``)."""
+    rng = np.random.default_rng(seed)
+    counts = np.clip(rng.poisson(boxes_per_image - 1, num_images) + 1, 1, 60)
+    total = int(counts.sum())
+    x0, y0 = rng.uniform(0, 0.8, total), rng.uniform(0, 0.8, total)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(0.02, 0.2, total), y0 + rng.uniform(0.02, 0.2, total)], 1)
+    box_labels = rng.zipf(1.6, total) % num_classes
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    ids = np.array([f"{v:016x}" for v in rng.integers(0, 2**62, num_images)])
+    label_lists = [np.unique(box_labels[offsets[i]:offsets[i + 1]]) for i in range(num_images)]
+    files = np.char.add(ids, ".jpg") if files is None else np.asarray(files)[np.arange(num_images) % len(files)]
+    return BoxIndex(ids=ids, files=files, classes=np.array([f"/m/{c:05d}" for c in range(num_classes)]),
+                    label_offsets=np.concatenate([[0], np.cumsum([len(v) for v in label_lists])]),
+                    label_values=np.concatenate(label_lists), box_offsets=offsets, boxes=boxes,
+                    box_labels=box_labels)
 
 
 def _colour(rng) -> tuple:
