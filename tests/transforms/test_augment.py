@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import wasserstein_distance
 from torchvision.transforms.v2 import functional as F
 
 from ssl_crops.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, BatchAugment, MoCoAugment,
@@ -37,6 +36,15 @@ def _stats(view: torch.Tensor) -> np.ndarray:
 
 
 STAT_NAMES = ["mean R", "mean G", "mean B", "contrast", "saturation", "sharpness", "left-right", "gray"]
+
+
+def wasserstein_distance(u: np.ndarray, v: np.ndarray) -> float:
+    """Wasserstein-1 distance of two 1-D samples: the area between their empirical CDFs."""
+    u, v = np.sort(u), np.sort(v)
+    points = np.sort(np.concatenate([u, v]))
+    cdf_u = np.searchsorted(u, points[:-1], side="right") / len(u)
+    cdf_v = np.searchsorted(v, points[:-1], side="right") / len(v)
+    return float(np.sum(np.abs(cdf_u - cdf_v) * np.diff(points)))
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
