@@ -46,7 +46,7 @@ class GaussianBlur(v2.Transform):
             return inpt.filter(ImageFilter.GaussianBlur(radius=sigma))
         if isinstance(inpt, (tv_tensors.BoundingBoxes, tv_tensors.Mask)):
             return inpt
-        k = 2 * math.ceil(3 * sigma) + 1
+        k = min(2 * math.ceil(3 * sigma) + 1, 2 * min(F.get_size(inpt)) - 1)  # reflect padding needs k // 2 < side
         return F.gaussian_blur(inpt, [k, k], [sigma, sigma])
 
 

@@ -185,3 +185,14 @@ def test_batch_blur_matches_a_gaussian_blur_per_sample():
     for i, s in enumerate((0.5, 1.7)):
         ref = F.gaussian_blur(x[i], [13, 13], [s, s])
         torch.testing.assert_close(out[i], ref, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("side", [1, 2, 6])
+def test_reference_blur_handles_views_smaller_than_its_kernel(side):
+    from ssl_crops.transforms import GaussianBlur
+    x = torch.rand(3, side, side + 1)
+    blur = GaussianBlur((2.0, 2.0))  # kernel 13 px: wider than the view
+    out = blur(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    if side > 1:
+        assert not torch.equal(out, x)  # it still blurs
