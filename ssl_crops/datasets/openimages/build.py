@@ -1,54 +1,33 @@
-"""OpenImages subset: build the paper's dicts from the official box CSVs, download the images.
-
-``python -m ssl_crops.datasets.openimages build --boxes oidv6-train-annotations-bbox.csv
-[--classes class-descriptions-boxable.csv] [--test-boxes validation-annotations-bbox.csv ...]
---out DIR`` streams the CSV twice in bounded memory and writes ``images_selected_new.npy``
-(image id -> class ids) and ``images_selected_with_all_features.npy`` (image id ->
-``{'data': rows}``, rows verbatim as lists of CSV strings) in the original pickled form, plus
-a pickle-free ``index.npz``.
-
-``python -m ssl_crops.datasets.openimages download --ids DICT_OR_TXT --out DIR`` fetches only
-the listed images from the public bucket (parallel, retried, resumable, verified).
-"""
+"""Build the paper's OpenImages-subset dicts from the official box CSVs, streaming them twice
+in bounded memory: ``images_selected_new.npy``, ``images_selected_with_all_features.npy``
+(rows verbatim as lists of CSV strings), the test dicts and a pickle-free ``index.npz``."""
 from __future__ import annotations
 
-import argparse
 import csv
 import gc
 import gzip
-import http.client
-import io
 import json
 import os
-import random
-import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from array import array
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..files import atomic_write
-
-__all__ = ["BoxCsv", "Selection", "select", "build", "read_ids", "default_report", "download", "main",
-           "COLUMNS", "DEFAULT_BASE_URL", "LABELS_FILE", "BOXES_FILE"]
+from ...files import atomic_write
+from ...formats import SUBSET_FILES
 
 COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
            "IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
 REQUIRED = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
-DEFAULT_BASE_URL = "https://open-images-dataset.s3.amazonaws.com"
-LABELS_FILE, BOXES_FILE = "images_selected_new.npy", "images_selected_with_all_features.npy"
-TEST_LABELS_FILE, TEST_BOXES_FILE = "images_test.npy", "images_test_with_all_features.npy"
+LABELS_FILE, BOXES_FILE = SUBSET_FILES["labels"], SUBSET_FILES["boxes"]
+TEST_LABELS_FILE, TEST_BOXES_FILE = SUBSET_FILES["test_labels"], SUBSET_FILES["test_boxes"]
 
 
 # --------------------------------------------------------------------------- reading
@@ -383,212 +362,3 @@ def build(boxes, out, *, classes=None, test_boxes=(), min_class_images=900, min_
             (out / "images_test.txt").write_text("".join(f"{s}/{i}\n" for i, s in test.splits.items()))
         (out / "build_report.json").write_text(json.dumps(report, indent=1))
     return report
-
-
-# --------------------------------------------------------------------------- download
-ID_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,128}")  # official ids: 16 hex digits
-SPLIT_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,64}")  # bucket folders: train, validation, test, ...
-
-
-def read_ids(path, split: str = "train") -> list[tuple[str, str]]:
-    """``(split, image_id)`` pairs, deduplicated, from:
-
-    - a pickled ``.npy``/``.pkl`` dict (its keys);
-    - a CSV whose header has ``ImageID`` (the official image lists such as
-      ``train-images-boxable-with-rotation.csv``, or box CSVs): the split is its
-      ``Subset`` column when present (``train``/``validation``/``test``), else ``split``;
-    - a text file with one id a line (``<id>``, ``<split>/<id>`` or ``<split>/<id>.jpg``).
-
-    Every id and split is checked (letters, digits, ``_``, ``-``): a file that yields
-    anything else (a header, a URL, a path) raises ``ValueError`` naming the file and lines.
-    """
-    from ssl_crops.boxes import load_npy_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: id list not found")
-    if path.suffix in (".npy", ".pkl", ".pickle"):
-        items = [(split, str(k), i + 1) for i, k in enumerate(load_npy_dict(path))]
-    else:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            first = f.readline()
-            f.seek(0)
-            if first.startswith("ImageID"):
-                reader = csv.DictReader(f)
-                items = [(row.get("Subset") or split, row["ImageID"] or "", i + 2) for i, row in enumerate(reader)]
-            else:
-                items = []
-                for i, line in enumerate(f, 1):
-                    line = line.strip()
-                    if not line or line.startswith("#"):
-                        continue
-                    s, _, image_id = line.rpartition("/")
-                    image_id = image_id[:-4] if image_id.lower().endswith(".jpg") else image_id
-                    items.append((s or split, image_id, i))
-    bad = [(n, s, i) for s, i, n in items if not ID_PATTERN.fullmatch(i) or not SPLIT_PATTERN.fullmatch(s)]
-    if bad:
-        shown = "; ".join(f"line {n}: {s}/{i}"[:120] for n, s, i in bad[:3])
-        raise ValueError(f"{path}: {len(bad):,} of {len(items):,} entries are not image ids ({shown}); expected "
-                         f"[SPLIT/]ID lines, a CSV with an ImageID column, or a .npy dict")
-    return list(dict.fromkeys((s, i) for s, i, _ in items))
-
-
-def default_report(ids, out) -> Path:
-    """Where :func:`download` writes its report unless told: ``OUT/download_report_<stem>.json``
-    for an id file (so the train and test downloads into one folder keep separate reports),
-    else ``OUT/download_report.json``."""
-    if isinstance(ids, (str, os.PathLike)):
-        return Path(out) / f"download_report_{Path(ids).stem}.json"
-    return Path(out) / "download_report.json"
-
-
-def check_image(source) -> str | None:
-    """None if ``source`` (path or bytes) is a complete, decodable image, else the reason."""
-    from PIL import Image
-
-    try:
-        for full in (False, True):
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-                if full:  # JPEG draft mode decodes at 1/8 scale: cheap, still catches truncation
-                    im.draft("RGB", (64, 64))
-                    im.load()
-                else:
-                    im.verify()
-    except Exception as e:  # PIL raises many types for bad data
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def _retryable(code: int) -> bool:
-    return code >= 500 or code in (408, 429)
-
-
-def _fetch(url: str, dest: Path, retries: int, backoff: float, timeout: float) -> tuple[str, str, int]:
-    """Download ``url`` to ``dest`` atomically; returns (status, error, attempts)."""
-    error = ""
-    for attempt in range(1, retries + 2):
-        try:
-            req = urllib.request.Request(url, headers={"User-Agent": "ssl-crops-downloader"})
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                data = r.read()
-        except urllib.error.HTTPError as e:
-            error = f"HTTP {e.code}"
-            if not _retryable(e.code):
-                return "missing" if e.code in (403, 404, 410) else "failed", error, attempt
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-        else:
-            bad = check_image(data)
-            if bad:
-                return "corrupt", bad, attempt
-            with atomic_write(dest) as f:
-                f.write(data)
-            return "downloaded", "", attempt
-        if attempt <= retries:
-            time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
-    return "failed", error, retries + 1
-
-
-def download(ids, out, *, base_url=DEFAULT_BASE_URL, split="train", workers=16, retries=4,
-             backoff=1.0, timeout=60.0, report=None, progress=True) -> dict:
-    """Fetch ``{base_url}/{split}/{id}.jpg`` for every listed id into ``out/<id>.jpg``.
-
-    ``ids``: a path (see :func:`read_ids`) or ``(split, id)`` pairs / bare ids (checked the
-    same way). Files already present and decodable are skipped (resume). Returns and writes
-    (``report``, default :func:`default_report`) the counts and the failures.
-    """
-    items = read_ids(ids, split) if isinstance(ids, (str, os.PathLike)) else [
-        i if isinstance(i, tuple) else (split, str(i)) for i in ids]
-    bad = [f"{s}/{i}" for s, i in items if not ID_PATTERN.fullmatch(i) or not SPLIT_PATTERN.fullmatch(s)]
-    if bad:
-        raise ValueError(f"{len(bad):,} entries are not image ids: {', '.join(bad[:3])}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    base = base_url.rstrip("/")
-
-    def task(item):
-        s, image_id = item
-        dest, url = out / f"{image_id}.jpg", f"{base}/{s}/{image_id}.jpg"
-        if dest.is_file():
-            if check_image(dest) is None:
-                return item, url, "skipped", "", 0
-            dest.unlink()
-        return (item, url, *_fetch(url, dest, retries, backoff, timeout))
-
-    counts, failures = Counter(), []
-    todo, pending = iter(items), set()
-    with ThreadPoolExecutor(max(1, workers)) as ex, tqdm(total=len(items), unit="img", desc="download",
-                                                         disable=not progress) as bar:
-        while True:  # a bounded window of submitted tasks keeps memory flat for 200k+ ids
-            pending.update(ex.submit(task, it) for it in islice(todo, 4 * max(1, workers) - len(pending)))
-            if not pending:
-                break
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                (s, image_id), url, status, error, attempts = fut.result()
-                counts[status] += 1
-                if status not in ("downloaded", "skipped"):
-                    failures.append({"id": image_id, "split": s, "url": url, "status": status,
-                                     "error": error, "attempts": attempts})
-                bar.update()
-            bar.set_postfix(failed=len(failures), refresh=False)
-    failures.sort(key=lambda f: f["id"])
-    result = {"requested": len(items), "downloaded": counts["downloaded"], "skipped": counts["skipped"],
-              "failed": len(failures), "failures": failures}
-    report = Path(report) if report else default_report(ids, out)
-    report.write_text(json.dumps(result, indent=1))
-    print(f"download: {len(items):,} requested, {counts['downloaded']:,} downloaded, "
-          f"{counts['skipped']:,} already present, {len(failures):,} failed (report: {report})")
-    for f in failures[:20]:
-        print(f"  {f['split']}/{f['id']}: {f['status']} ({f['error']})", file=sys.stderr)
-    if len(failures) > 20:
-        print(f"  ... and {len(failures) - 20:,} more in {report}", file=sys.stderr)
-    return result
-
-
-# --------------------------------------------------------------------------- CLI
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ssl_crops.datasets.openimages", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build the subset dicts from the official box CSVs")
-    b.add_argument("--boxes", required=True, nargs="+", help="train box CSV(s), e.g. oidv6-train-annotations-bbox.csv")
-    b.add_argument("--classes", help="class vocabulary: class-descriptions-boxable.csv or one id a line")
-    b.add_argument("--test-boxes", nargs="*", default=[],
-                   help="validation/test box CSVs for the test dicts ([SPLIT=]PATH; split from the name)")
-    b.add_argument("--out", required=True, help="output directory")
-    b.add_argument("--min-class-images", type=int, default=900, help="keep classes with at least this many images")
-    b.add_argument("--min-classes-per-image", type=int, default=2,
-                   help="keep images with objects of at least this many distinct kept classes")
-    b.add_argument("--test-min-classes", type=int, default=1, help="the same rule for the test split")
-    b.add_argument("--exclude-group-of", action="store_true", help="ignore IsGroupOf=1 boxes")
-    b.add_argument("--no-progress", action="store_true")
-    d = sub.add_parser("download", help="download the listed images")
-    d.add_argument("--ids", required=True, help=".npy dict (its keys), official image list CSV (ImageID, Subset "
-                                                "columns, e.g. train-images-boxable-with-rotation.csv) or text file "
-                                                "of [SPLIT/]ID lines")
-    d.add_argument("--out", required=True, help="image directory (files <id>.jpg)")
-    d.add_argument("--base-url", default=DEFAULT_BASE_URL, help="bucket URL; files are BASE/SPLIT/ID.jpg")
-    d.add_argument("--split", default="train", help="bucket folder for ids given without one")
-    d.add_argument("--workers", type=int, default=16, help="parallel connections")
-    d.add_argument("--retries", type=int, default=4)
-    d.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
-    d.add_argument("--timeout", type=float, default=60.0)
-    d.add_argument("--report", help="failure report json (default OUT/download_report_<IDS stem>.json)")
-    d.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        if a.command == "build":
-            build(a.boxes, a.out, classes=a.classes, test_boxes=a.test_boxes, min_class_images=a.min_class_images,
-                  min_classes_per_image=a.min_classes_per_image, test_min_classes=a.test_min_classes,
-                  exclude_group_of=a.exclude_group_of, progress=not a.no_progress)
-            return 0
-        r = download(a.ids, a.out, base_url=a.base_url, split=a.split, workers=a.workers, retries=a.retries,
-                     backoff=a.backoff, timeout=a.timeout, report=a.report, progress=not a.no_progress)
-        return 1 if r["failed"] else 0
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
