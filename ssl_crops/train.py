@@ -56,7 +56,8 @@ BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
 # 256-448 px demo scenes with 64 px views it is 64 px (224 px would make most object crops scenes).
 DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
                      image_size=64, min_region=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
-                     save_name="demo", log_freq=1, save_freq=10, knn_every=10, seed=0)
+                     save_name="demo", log_freq=1, save_freq=10, knn_every=10, seed=0,
+                     resume="auto")  # running the Quick start again continues (or just reloads) the demo run
 
 
 def build_parser():

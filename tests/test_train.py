@@ -56,6 +56,8 @@ def test_demo_defaults_and_explicit_flags_win(tmp_path):
     args = train.parse_args(["--demo", str(tmp_path), "--epochs", "2"])
     assert args.arch == "resnet18" and args.moco_k < 160 and args.epochs == 2
     assert args.data == str(tmp_path / "images")
+    assert args.resume == "auto"  # the Quick start command can be run again
+    assert train.parse_args(["--demo", str(tmp_path), "--resume", ""]).resume == ""
     with pytest.raises(SystemExit):
         train.parse_args([])  # DIR is required without --demo
 
