@@ -79,10 +79,10 @@ def load_model_state(model, state_dict):
 
 def encoder_state_dict(ckpt, encoder="encoder_q"):
     """The torchvision weights of ``encoder`` in a checkpoint of either layout (or of a plain,
-    optionally ``module.``-prefixed, state dict), ``fc.*`` included."""
-    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(sd, dict):
+    optionally ``module.``-prefixed, state dict, also under a ``model`` entry), ``fc.*`` included."""
+    if not isinstance(ckpt, dict):
         raise ValueError("no state dict in the checkpoint")
+    sd = next((ckpt[k] for k in ("state_dict", "model") if isinstance(ckpt.get(k), dict)), ckpt)
     sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if any(k.startswith(f"{encoder}.") for k in sd):
         sd = {k[len(encoder) + 1:]: v for k, v in sd.items() if k.startswith(f"{encoder}.")}

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import encoder_state_dict
+
 ARCH_CANDIDATES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                    "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")
 
@@ -39,20 +41,11 @@ def read_checkpoint(path) -> dict:
 def backbone_state_dict(ckpt: dict) -> tuple[dict, str | None]:
     """Backbone weights (torchvision keys, ``fc.*`` dropped) and the arch named in ``ckpt``.
 
-    Reads ``main_moco.py`` checkpoints (``encoder_q.*``), the original MoCo ones
-    (``module.encoder_q.*``) and plain (optionally ``module.``-prefixed) state dicts.
+    Reads ``main_moco.py`` checkpoints (``module.encoder_q.*``, or ``encoder_q.*`` of older
+    versions), the original MoCo ones and plain (optionally ``module.``-prefixed) state dicts.
     """
     arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), str) else None
-    sd = ckpt
-    for key in ("state_dict", "model"):
-        if isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()
-          if isinstance(v, torch.Tensor)}
-    if any(k.startswith("encoder_q.") for k in sd):
-        sd = {k[len("encoder_q."):]: v for k, v in sd.items() if k.startswith("encoder_q.")}
-    return {k: v for k, v in sd.items() if not k.startswith("fc.")}, arch
+    return {k: v for k, v in encoder_state_dict(ckpt).items() if not k.startswith("fc.")}, arch
 
 
 def infer_arch(state_dict: dict) -> str | None:
