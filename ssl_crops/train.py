@@ -100,7 +100,8 @@ def build_parser():
     g.add_argument("--cos", action="store_true", help="cosine learning-rate schedule")
     g.add_argument("--bn-splits", type=int, default=None,
                    help="BatchNorm over N sub-batches with the keys shuffled across them (shuffle-BN in one "
-                        "process); default: 8 with one process (fewer if the batch does not split), 1 with several")
+                        "process); default: 8 with one process when the batch splits into sub-batches of at least 32 (fewer "
+                        "otherwise, 1 below a batch of 64), 1 with several processes")
     g = p.add_argument_group("object-aware crops")
     g.add_argument("--save_name", "--save-name", default="moco", help="run name: <output-dir>/<save_name>/")
     g.add_argument("--bing_crops", "--bing-crops", action="store_true",
