@@ -16,13 +16,17 @@ Pipeline for one image (``Bing.propose``):
 6. Non-maximum suppression per size: 3x3 local maxima (``maxima="grid"``: a one-pass
    approximation of OpenCV's greedy 5x5 NMS), flagged when also 5x5 maxima; optionally the
    best ``per_size`` of each size.
-7. Ranking: the first ``sparse_top`` proposals are the best 5x5 maxima of the coarse
+7. Stage III (fitted models; ``rescorer``): only the best ``rescorer.top`` (3000) candidates
+   by stage-II score are kept and re-scored by a logistic model of the stage-II score and
+   edge, placement and shape cues of the window against its surroundings (``rescoring``).
+8. Ranking: the first ``sparse_top`` proposals are the best 5x5 maxima of the coarse
    (power-of-two) sizes, then the best of the rest, with one rank in ``1 / fine_share`` after
    ``fine_after`` given to the fine (sqrt(2)) sizes; boxes mapped back to the input's pixels
    (continuous ``xyxy``, ``x1``/``y1`` exclusive); optional greedy box NMS.
 
-``Bing.fit`` trains both stages (a primal-Newton L2-loss linear SVM for stage I, per-size
-logistic fits for stage II); ``Bing.from_opencv`` imports OpenCV contrib's published model.
+``Bing.fit`` trains the stages (a primal-Newton L2-loss linear SVM for stage I, per-size
+logistic fits for stage II, a weighted logistic fit for stage III); ``Bing.from_opencv``
+imports OpenCV contrib's published model (stages I and II).
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from .features import COLORS, SIDES, W8, Layout, convert_color, grid_maxima, loc
 from .images import ImageReadError, as_rgb, image_size, read_image, working_image
 from .opencv import (OPENCV_GRADIENT_SHIFT, OPENCV_PREFIX, OPENCV_SIDES, ModelFileError, binarize_filter,
                      read_opencv_matrix)
+from .rescoring import Rescorer, cue_integral, cues
 from .solvers import logistic_1d, svm_l2
 
 __all__ = [
@@ -48,7 +53,8 @@ __all__ = [
     "box_iou", "evaluate_proposals", "format_table", "read_opencv_matrix", "SIDES",
 ]
 
-FORMAT = "ssl_crops.bing/1"
+FORMAT = "ssl_crops.bing/2"                # /2 adds the optional stage-III rescorer
+READABLE_FORMATS = ("ssl_crops.bing/1", FORMAT)
 MAXIMA = ("grid", "local")              # candidates: features.grid_maxima or 3x3 local maxima
 FIT_SIDES = (16, 32, 64, 91, 128, 181, 256, 362, 512)  # default sides of Bing.fit (held-out choice, README)
 MAX_SIDE = 640                           # default working size (long side, px)
@@ -97,6 +103,10 @@ class _Candidates:
     def boxes(self) -> np.ndarray:
         return self.lay.boxes(self.ys, self.xs)
 
+    def best(self, n: int) -> "_Candidates":
+        """The ``n`` best by score (in their original order)."""
+        return self if n >= len(self.score) else self.take(np.sort(np.argpartition(-self.score, n - 1)[:n]))
+
 
 # --------------------------------------------------------------------------- model
 class Bing:
@@ -110,13 +120,14 @@ class Bing:
     final box NMS; ``top_k``: number of proposals ``proposals_for`` returns; ``color``: the
     gradient's colour space (``rgb``, ``hsv``, ``gray``); ``max_side``: working size (long side,
     px; ``None`` = the input's size); ``gradient_shift``: low gradient bits dropped before
-    stage I (4 for OpenCV's binarized model).
+    stage I (4 for OpenCV's binarized model); ``rescorer``: optional stage III
+    (:class:`~.rescoring.Rescorer`).
     """
 
     def __init__(self, filter, sizes, calib, per_size: int | None = None, nms_iou: float | None = None,
                  top_k: int = 1000, color: str = "rgb", max_side: int | None = MAX_SIDE,
                  sparse_top: int = 100, gradient_shift: int = 0, maxima: str = "local",
-                 fine_share: float = 0.1, fine_after: int = 100):
+                 fine_share: float = 0.1, fine_after: int = 100, rescorer: Rescorer | None = None):
         self.filter = np.ascontiguousarray(np.asarray(filter, np.float32).reshape(W8, W8))
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
         self.calib = np.asarray(calib, np.float32).reshape(-1, 2)
@@ -142,11 +153,13 @@ class Bing:
         self.fine_share, self.fine_after = float(fine_share), int(fine_after)
         self._fine = ~np.all(np.isin(self.sizes, OPENCV_SIDES), axis=1)     # a side between powers of two
         self.max_side = None if max_side is None else int(max_side)
+        self.rescorer = rescorer
         self._layout = lru_cache(maxsize=16)(self._columns)
 
     def __repr__(self) -> str:
         return (f"Bing({len(self.sizes)} sizes, color={self.color}, max_side={self.max_side}, "
-                f"per_size={self.per_size}, nms_iou={self.nms_iou})")
+                f"per_size={self.per_size}, nms_iou={self.nms_iou}, "
+                f"rescore_top={self.rescorer and self.rescorer.top})")
 
     def __getstate__(self):                # picklable for multiprocessing (the cache is not)
         return {k: v for k, v in self.__dict__.items() if k != "_layout"}
@@ -157,21 +170,30 @@ class Bing:
 
     @property
     def params(self) -> dict:
-        """Everything but the arrays (what :meth:`save` writes as JSON)."""
+        """Everything but the arrays and the rescorer (what :meth:`save` writes as JSON)."""
         return {"per_size": self.per_size, "nms_iou": self.nms_iou, "top_k": self.top_k, "color": self.color,
                 "max_side": self.max_side, "sparse_top": self.sparse_top, "gradient_shift": self.gradient_shift,
                 "maxima": self.maxima, "fine_share": self.fine_share, "fine_after": self.fine_after}
 
     # ------------------------------------------------------------------ inference
     def _working(self, img):
-        """Working image in the model's colour space and the ``(x, y)`` factors back to ``img``'s pixels."""
+        """Working image (uint8 RGB) and the ``(x, y)`` factors back to ``img``'s pixels."""
         if isinstance(img, (str, os.PathLike)):             # decode big JPEGs at a reduced scale
             w, h = image_size(img)
             work, _ = working_image(read_image(img, self.max_side), self.max_side)
-            f = (w / work.shape[1], h / work.shape[0])
-        else:
-            work, f = working_image(as_rgb(img), self.max_side)
-        return convert_color(work, self.color), f
+            return work, (w / work.shape[1], h / work.shape[0])
+        return working_image(as_rgb(img), self.max_side)
+
+    def _candidates(self, work: np.ndarray) -> _Candidates:
+        """Candidates of an RGB working image: stage I and II, the ``per_size`` cap, and stage
+        III (only the ``rescorer.top`` best by stage-II score kept, and re-scored)."""
+        c = self._stage1(convert_color(work, self.color))
+        if self.per_size:
+            c = c.take(_top_per_group(c.size, c.score, self.per_size))
+        if self.rescorer is not None and len(c.score):
+            c = c.best(self.rescorer.top)
+            c.score = self.rescorer.score(cues(*cue_integral(work), c.boxes(), c.score))
+        return c
 
     def _columns(self, w: int, h: int):
         """Layout of a ``w x h`` working image and, per band, the calibration ``(v, t)`` of every
@@ -187,7 +209,8 @@ class Bing:
         return lay, cols
 
     def _stage1(self, work: np.ndarray) -> _Candidates:
-        """Candidates of a working image: the 3x3 maxima of every size's calibrated score map."""
+        """Candidates of a working image (in the model's colour space): the 3x3 maxima of every
+        size's calibrated score map."""
         lay, cols = self._layout(work.shape[1], work.shape[0])
         out = []
         strip = lay.strip(work) if lay.bands else None
@@ -245,9 +268,7 @@ class Bing:
         """Proposals of ``img`` (array, PIL image or path): float32 ``(K, 4)`` pixel
         ``x0, y0, x1, y1`` of ``img``, best first (and their scores when ``return_scores``)."""
         work, (fx, fy) = self._working(img)
-        c = self._stage1(work)
-        if self.per_size:
-            c = c.take(_top_per_group(c.size, c.score, self.per_size))
+        c = self._candidates(work)
         score = c.score
         n = len(score) if top_k is None or self.nms_iou is not None else min(int(top_k), len(score))
         order = self._rank(c, n)
@@ -279,8 +300,8 @@ class Bing:
     @classmethod
     def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
             negatives_per_image: int = 100, per_size: int | None = None, c: float = 1e-3, color: str = "hsv",
-            max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, progress: bool = False,
-            **kwargs) -> "Bing":
+            max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 3000,
+            box_weight: float = 30.0, fine_share: float = 0.15, progress: bool = False, **kwargs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).
 
         Images are taken at the working size ``max_side`` and in colour space ``color``, as
@@ -289,12 +310,15 @@ class Bing:
         flips), negatives random windows with IoU < 0.5 to every box; a class-balanced L2-loss
         linear SVM (regularization ``c``). Sizes with fewer than ``min_positives`` boxes are
         dropped. Stage II: per size, a logistic fit of "candidate has IoU >= 0.5 with a box"
-        on the stage-I score of the candidates of the same images. Deterministic given ``seed``.
+        on the stage-I score of the candidates of the same images. Stage III (unless
+        ``rescore_top`` is ``None``): a :class:`~.rescoring.Rescorer` of the best ``rescore_top``
+        candidates of the same images (``box_weight``: see :mod:`.rescoring`). ``fine_share``
+        and ``rescore_top`` defaults: held-out choices (README). Deterministic given ``seed``.
         """
         rng = np.random.default_rng(seed)
         all_sizes = np.array([(w, h) for h in sides for w in sides], np.int64)
-        proto = cls(np.zeros((W8, W8)), all_sizes, np.zeros((len(all_sizes), 2)), per_size=per_size,
-                    color=color, max_side=max_side, **kwargs)
+        kwargs = {"per_size": per_size, "color": color, "max_side": max_side, "fine_share": fine_share, **kwargs}
+        proto = cls(np.zeros((W8, W8)), all_sizes, np.zeros((len(all_sizes), 2)), **kwargs)
         data = []
         for img, b in _progress(list(zip(images, boxes)), progress, "BING images"):
             work, (fx, fy) = proto._working(img)
@@ -307,7 +331,7 @@ class Bing:
             ks = np.flatnonzero(lay.active)
             if len(ks) == 0:
                 continue
-            mag = lay.canvas(work)
+            mag = lay.canvas(convert_color(work, color))
             for b in gt:
                 ys, xs = lay.centred(ks, b)
                 hit = box_iou(lay.boxes(ys, xs), b[None])[:, 0] >= 0.5
@@ -334,11 +358,10 @@ class Bing:
         w = svm_l2(x, y, c)
         filt = (w[:-1] / 255.0).reshape(W8, W8)
         # stage II
-        model = cls(filt, all_sizes[keep], np.tile([1.0, 0.0], (len(keep), 1)), per_size=per_size,
-                    color=color, max_side=max_side, **kwargs)
+        model = cls(filt, all_sizes[keep], np.tile([1.0, 0.0], (len(keep), 1)), **kwargs)
         feats, labels, groups = [], [], []
         for work, gt in _progress(data, progress, "BING stage II"):
-            cand = model._stage1(work)
+            cand = model._stage1(convert_color(work, color))
             hit = (box_iou(cand.boxes(), gt).max(1) >= 0.5 if len(gt) and len(cand.size)
                    else np.zeros(len(cand.size), bool))
             feats.append(cand.score), labels.append(hit), groups.append(cand.size)
@@ -347,14 +370,24 @@ class Bing:
             m = groups == k
             model.calib[k] = logistic_1d(feats[m], labels[m])
         model._layout.cache_clear()
+        if rescore_top is not None:
+            rows, ious = [], []
+            for work, gt in _progress(data, progress, "BING stage III"):
+                cand = model._candidates(work).best(int(rescore_top))       # no rescorer yet
+                boxes = cand.boxes()
+                rows.append(cues(*cue_integral(work), boxes, cand.score))
+                ious.append(box_iou(boxes, gt) if len(gt) else np.zeros((len(boxes), 0)))
+            model.rescorer = Rescorer.fit(np.concatenate(rows), ious, int(rescore_top), box_weight)
         return model
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:
         """Write a pickle-free ``.npz`` (atomically)."""
         with atomic_write(path) as f:
+            extra = {} if self.rescorer is None else {"rescorer": self.rescorer.array,
+                                                      "rescore_top": np.array(self.rescorer.top)}
             np.savez(f, format=np.array(FORMAT), filter=self.filter, sizes=self.sizes,
-                     calib=self.calib, params=np.array(json.dumps(self.params)))
+                     calib=self.calib, params=np.array(json.dumps(self.params)), **extra)
 
     @classmethod
     def load(cls, path) -> "Bing":
@@ -363,10 +396,12 @@ class Bing:
             return cls.from_opencv(path)
         try:
             with np.load(path, allow_pickle=False) as z:
-                if "format" not in z.files or str(z["format"]) != FORMAT:
-                    raise ModelFileError(f"{path}: not a BING model file (no format '{FORMAT}')")
+                if "format" not in z.files or str(z["format"]) not in READABLE_FORMATS:
+                    raise ModelFileError(f"{path}: not a BING model file (no format in {READABLE_FORMATS})")
                 params = json.loads(str(z["params"]))
-                return cls(z["filter"], z["sizes"], z["calib"], **params)
+                rescorer = (Rescorer.from_array(z["rescorer"], int(z["rescore_top"]))
+                            if "rescorer" in z.files else None)
+                return cls(z["filter"], z["sizes"], z["calib"], rescorer=rescorer, **params)
         except ModelFileError:
             raise
         except FileNotFoundError as e:

@@ -1,4 +1,4 @@
-"""Solvers for BING's two stages: a class-balanced L2-loss linear SVM and a 1-D logistic fit."""
+"""Solvers for BING's stages: a class-balanced L2-loss linear SVM and logistic fits (1-D, weighted multi-D)."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,3 +57,23 @@ def logistic_1d(s: np.ndarray, y: np.ndarray, ridge: float = 1e-2, iters: int = 
             break
     v = th[0] / sd
     return np.array([v, th[1] - v * mu], np.float32)
+
+
+def logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, ridge: float = 1e-3, iters: int = 50) -> np.ndarray:
+    """Weights ``[w, b]`` of a ridge-regularized weighted logistic fit ``P(y) = sigmoid(x.w + b)``
+    (Newton; sample weights normalized to sum 1, the bias not regularized)."""
+    z = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    a = np.asarray(weight, np.float64) / max(float(np.sum(weight)), 1e-12)
+    yy = np.asarray(y, np.float64)
+    reg = np.full(z.shape[1], ridge)
+    reg[-1] = 1e-8
+    th = np.zeros(z.shape[1])
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(z @ th, -50, 50)))
+        grad = z.T @ (a * (p - yy)) + reg * th
+        hess = (z.T * (a * p * (1 - p))) @ z + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        th -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return th

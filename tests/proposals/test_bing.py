@@ -1,5 +1,6 @@
 """BING model: OpenCV model import, gradients, training, files, bad input."""
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -211,7 +212,47 @@ def test_save_load_round_trip(tmp_path, scenes, fitted):
     np.testing.assert_array_equal(back.propose(img), fitted.propose(img))
     assert back.params == fitted.params and back.color == "hsv"
     with np.load(path, allow_pickle=False) as z:      # readable without pickle
-        assert set(z.files) >= {"filter", "sizes", "calib"}
+        assert set(z.files) >= {"filter", "sizes", "calib", "rescorer"}
+    np.testing.assert_array_equal(back.rescorer.array, fitted.rescorer.array)
+    assert back.rescorer.top == fitted.rescorer.top == 3000
+
+
+def test_format_1_files_load_without_stage_three(tmp_path, scenes, fitted):
+    """Files of format /1 (before stage III) load as models without a rescorer."""
+    path = tmp_path / "old.npz"
+    np.savez(path, format=np.array("ssl_crops.bing/1"), filter=fitted.filter, sizes=fitted.sizes,
+             calib=fitted.calib, params=np.array(json.dumps(fitted.params)))
+    old = Bing.load(path)
+    assert old.rescorer is None
+    img = scenes[1][1][0]
+    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **fitted.params)
+    np.testing.assert_array_equal(old.propose(img), plain.propose(img))
+    np.savez(path, format=np.array("ssl_crops.bing/9"), filter=fitted.filter)
+    with pytest.raises(ModelFileError, match="old.npz.*not a BING model file"):
+        Bing.load(path)
+
+
+def test_stage_three_reranks_the_best_stage_two_candidates(scenes, fitted):
+    img = scenes[1][2][0]
+    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **fitted.params)
+    work, _ = plain._working(img)
+    everything = plain._candidates(work)
+    fitted.rescorer.top = 50
+    try:
+        boxes = fitted.propose(img, None)
+    finally:
+        fitted.rescorer.top = 3000
+    # the 50 best by stage-II score, in another order
+    best = everything.take(np.argsort(-everything.score)[:50]).boxes()
+    assert len(boxes) == 50
+    assert {tuple(b) for b in boxes.tolist()} == {tuple(b) for b in best.tolist()}
+    assert boxes.tolist() != plain.propose(img, 50).tolist()
+
+
+def test_fit_without_stage_three(scenes):
+    train, _ = scenes
+    model = Bing.fit([im for im, _ in train[:30]], [b for _, b in train[:30]], min_positives=5, rescore_top=None)
+    assert model.rescorer is None and model.fine_share == 0.15
 
 
 def test_bad_model_files_name_the_file(tmp_path):
