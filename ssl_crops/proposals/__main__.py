@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--color", choices=("hsv", "rgb", "gray"), default="hsv", help="colour space of the gradient")
     p.add_argument("--rescore-top", type=int, default=3000,
                    help="candidates re-scored by stage III (objectness cues) per image (0: no stage III)")
+    p.add_argument("--rescore-head", type=int, default=50,
+                   help="first proposals left in stage-II order by stage III (at most 100, the 5x5-maxima head)")
     p = sub.add_parser("propose", help="cache proposals for a folder (parallel, resumable)")
     p.add_argument("--images", required=True, help="image folder (searched recursively)")
     p.add_argument("--model", required=True, help="model .npz or OpenCV model folder")
@@ -93,7 +95,8 @@ def cmd_fit(args) -> None:
     t = time.perf_counter()
     model = Bing.fit_index(index, args.images, rows, seed=args.seed, min_positives=args.min_positives,
                            per_size=args.per_size, max_side=args.max_side or None, color=args.color,
-                           rescore_top=args.rescore_top or None, progress=True)
+                           rescore_top=args.rescore_top or None, rescore_head=args.rescore_head,
+                           progress=True)
     model.save(args.out)
     print(f"fitted {model} on {len(rows)} images ({sum(len(index.boxes(i)) for i in rows)} boxes) in "
           f"{time.perf_counter() - t:.1f} s; sizes (w, h): {model.sizes.tolist()}; wrote {args.out}")

@@ -18,7 +18,9 @@ Pipeline for one image (``Bing.propose``):
    best ``per_size`` of each size.
 7. Stage III (fitted models; ``rescorer``): only the best ``rescorer.top`` (3000) candidates
    by stage-II score are kept and re-scored by a logistic model of the stage-II score and
-   edge, placement and shape cues of the window against its surroundings (``rescoring``).
+   edge, placement and shape cues of the window against its surroundings (``rescoring``),
+   except the first ``rescorer.head`` (50) proposals, which keep the stage-II ranking (the
+   best 5x5 maxima of coarse sizes): their scores are lifted above the rest, in that order.
 8. Ranking: the first ``sparse_top`` proposals are the best 5x5 maxima of the coarse
    (power-of-two) sizes, then the best of the rest, with one rank in ``1 / fine_share`` after
    ``fine_after`` given to the fine (sqrt(2)) sizes; boxes mapped back to the input's pixels
@@ -58,6 +60,7 @@ READABLE_FORMATS = ("ssl_crops.bing/1", FORMAT)
 MAXIMA = ("grid", "local")              # candidates: features.grid_maxima or 3x3 local maxima
 FIT_SIDES = (16, 32, 64, 91, 128, 181, 256, 362, 512)  # default sides of Bing.fit (held-out choice, README)
 MAX_SIDE = 640                           # default working size (long side, px)
+LAYOUTS = 64                             # image sizes whose layouts are cached (coco128 has 58; ~90 kB each)
 _OFFS = np.arange(W8)
 
 
@@ -104,8 +107,13 @@ class _Candidates:
         return self.lay.boxes(self.ys, self.xs)
 
     def best(self, n: int) -> "_Candidates":
-        """The ``n`` best by score (in their original order)."""
-        return self if n >= len(self.score) else self.take(np.sort(np.argpartition(-self.score, n - 1)[:n]))
+        """The ``n`` best by score, in their original order (ties at the cut: the first)."""
+        if n >= len(self.score):
+            return self
+        cut = np.partition(self.score, len(self.score) - n)[len(self.score) - n]
+        keep = self.score > cut
+        keep[np.flatnonzero(self.score == cut)[:n - np.count_nonzero(keep)]] = True
+        return self.take(keep)
 
 
 # --------------------------------------------------------------------------- model
@@ -153,20 +161,24 @@ class Bing:
         self.fine_share, self.fine_after = float(fine_share), int(fine_after)
         self._fine = ~np.all(np.isin(self.sizes, OPENCV_SIDES), axis=1)     # a side between powers of two
         self.max_side = None if max_side is None else int(max_side)
+        if rescorer is not None and rescorer.head > min(self.sparse_top, self.fine_after):
+            raise ValueError(f"rescorer head ({rescorer.head}) must not exceed sparse_top ({self.sparse_top}) "
+                             f"and fine_after ({self.fine_after})")
         self.rescorer = rescorer
-        self._layout = lru_cache(maxsize=16)(self._columns)
+        self._layout = lru_cache(maxsize=LAYOUTS)(self._columns)
 
     def __repr__(self) -> str:
         return (f"Bing({len(self.sizes)} sizes, color={self.color}, max_side={self.max_side}, "
                 f"per_size={self.per_size}, nms_iou={self.nms_iou}, "
-                f"rescore_top={self.rescorer and self.rescorer.top})")
+                f"rescore_top={self.rescorer and self.rescorer.top}, "
+                f"rescore_head={self.rescorer and self.rescorer.head})")
 
     def __getstate__(self):                # picklable for multiprocessing (the cache is not)
         return {k: v for k, v in self.__dict__.items() if k != "_layout"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._layout = lru_cache(maxsize=16)(self._columns)
+        self._layout = lru_cache(maxsize=LAYOUTS)(self._columns)
 
     @property
     def params(self) -> dict:
@@ -186,14 +198,24 @@ class Bing:
 
     def _candidates(self, work: np.ndarray) -> _Candidates:
         """Candidates of an RGB working image: stage I and II, the ``per_size`` cap, and stage
-        III (only the ``rescorer.top`` best by stage-II score kept, and re-scored)."""
+        III (only the ``rescorer.top`` best by stage-II score kept, and re-scored but for the
+        :meth:`_head`)."""
         c = self._stage1(convert_color(work, self.color))
         if self.per_size:
             c = c.take(_top_per_group(c.size, c.score, self.per_size))
         if self.rescorer is not None and len(c.score):
             c = c.best(self.rescorer.top)
-            c.score = self.rescorer.score(cues(*cue_integral(work), c.boxes(), c.score))
+            head = self._head(c, self.rescorer.head)
+            s = self.rescorer.score(cues(*cue_integral(work), c.boxes(), c.score))
+            s[head] = s.max() + np.arange(len(head), 0, -1, dtype=np.float32)   # first, in stage-II order
+            c.score = s
         return c
+
+    def _head(self, c: _Candidates, n: int) -> np.ndarray:
+        """The first ``n`` (at most ``sparse_top`` and ``fine_after``) of :meth:`_rank`: the
+        best 5x5 maxima of coarse sizes, best first."""
+        head = np.flatnonzero(c.sparse & ~self._fine[c.size])
+        return head[_best(c.score[head], min(n, len(head)))]
 
     def _columns(self, w: int, h: int):
         """Layout of a ``w x h`` working image and, per band, the calibration ``(v, t)`` of every
@@ -221,7 +243,9 @@ class Bing:
             else:
                 g = cv2.add(g, 0, dtype=cv2.CV_32F)
             s = cv2.filter2D(g, -1, self.filter, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-            s = s[:g.shape[0] - W8 + 1, :g.shape[1] - W8 + 1] * cols[j][0] + cols[j][1]
+            s = s[:g.shape[0] - W8 + 1, :g.shape[1] - W8 + 1]      # windows inside the band, calibrated in place
+            s *= cols[j][0]
+            s += cols[j][1]
             pts = cv2.findNonZero(grid_maxima(s) if self.maxima == "grid" else local_maxima(s, 3))
             if pts is None:
                 continue
@@ -301,7 +325,7 @@ class Bing:
     def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
             negatives_per_image: int = 100, per_size: int | None = None, c: float = 1e-3, color: str = "hsv",
             max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 3000,
-            box_weight: float = 30.0, fine_share: float = 0.15, progress: bool = False, **kwargs) -> "Bing":
+            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.15, progress: bool = False, **kwargs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).
 
         Images are taken at the working size ``max_side`` and in colour space ``color``, as
@@ -312,13 +336,16 @@ class Bing:
         dropped. Stage II: per size, a logistic fit of "candidate has IoU >= 0.5 with a box"
         on the stage-I score of the candidates of the same images. Stage III (unless
         ``rescore_top`` is ``None``): a :class:`~.rescoring.Rescorer` of the best ``rescore_top``
-        candidates of the same images (``box_weight``: see :mod:`.rescoring`). ``fine_share``
-        and ``rescore_top`` defaults: held-out choices (README). Deterministic given ``seed``.
+        candidates of the same images (``box_weight``: see :mod:`.rescoring`), the first
+        ``rescore_head`` proposals left in stage-II order. ``fine_share``, ``rescore_top`` and
+        ``rescore_head`` defaults: held-out choices (README). Deterministic given ``seed``.
         """
         rng = np.random.default_rng(seed)
         all_sizes = np.array([(w, h) for h in sides for w in sides], np.int64)
         kwargs = {"per_size": per_size, "color": color, "max_side": max_side, "fine_share": fine_share, **kwargs}
         proto = cls(np.zeros((W8, W8)), all_sizes, np.zeros((len(all_sizes), 2)), **kwargs)
+        if rescore_top is not None and not 0 <= rescore_head <= min(proto.sparse_top, proto.fine_after, rescore_top):
+            raise ValueError(f"rescore_head must be in 0..min(sparse_top, fine_after, rescore_top), got {rescore_head}")
         data = []
         for img, b in _progress(list(zip(images, boxes)), progress, "BING images"):
             work, (fx, fy) = proto._working(img)
@@ -377,7 +404,7 @@ class Bing:
                 boxes = cand.boxes()
                 rows.append(cues(*cue_integral(work), boxes, cand.score))
                 ious.append(box_iou(boxes, gt) if len(gt) else np.zeros((len(boxes), 0)))
-            model.rescorer = Rescorer.fit(np.concatenate(rows), ious, int(rescore_top), box_weight)
+            model.rescorer = Rescorer.fit(np.concatenate(rows), ious, int(rescore_top), int(rescore_head), box_weight)
         return model
 
     # ------------------------------------------------------------------ files
@@ -385,7 +412,8 @@ class Bing:
         """Write a pickle-free ``.npz`` (atomically)."""
         with atomic_write(path) as f:
             extra = {} if self.rescorer is None else {"rescorer": self.rescorer.array,
-                                                      "rescore_top": np.array(self.rescorer.top)}
+                                                      "rescore_top": np.array(self.rescorer.top),
+                                                      "rescore_head": np.array(self.rescorer.head)}
             np.savez(f, format=np.array(FORMAT), filter=self.filter, sizes=self.sizes,
                      calib=self.calib, params=np.array(json.dumps(self.params)), **extra)
 
@@ -399,7 +427,8 @@ class Bing:
                 if "format" not in z.files or str(z["format"]) not in READABLE_FORMATS:
                     raise ModelFileError(f"{path}: not a BING model file (no format in {READABLE_FORMATS})")
                 params = json.loads(str(z["params"]))
-                rescorer = (Rescorer.from_array(z["rescorer"], int(z["rescore_top"]))
+                rescorer = (Rescorer.from_array(z["rescorer"], int(z["rescore_top"]),
+                                                int(z["rescore_head"]) if "rescore_head" in z.files else 0)
                             if "rescorer" in z.files else None)
                 return cls(z["filter"], z["sizes"], z["calib"], rescorer=rescorer, **params)
         except ModelFileError:

@@ -8,6 +8,8 @@ import pytest
 from ssl_crops.demo import synthetic_scenes
 from ssl_crops.proposals import (Bing, ImageReadError, ModelFileError, box_iou, evaluate_proposals,
                                  normed_gradient, read_image)
+from ssl_crops.proposals.bing import _Candidates
+from ssl_crops.proposals.features import Layout
 
 
 def write_opencv_matrix(path, a, dt):
@@ -214,7 +216,10 @@ def test_save_load_round_trip(tmp_path, scenes, fitted):
     with np.load(path, allow_pickle=False) as z:      # readable without pickle
         assert set(z.files) >= {"filter", "sizes", "calib", "rescorer"}
     np.testing.assert_array_equal(back.rescorer.array, fitted.rescorer.array)
-    assert back.rescorer.top == fitted.rescorer.top == 3000
+    assert (back.rescorer.top, back.rescorer.head) == (fitted.rescorer.top, fitted.rescorer.head) == (3000, 50)
+    with np.load(path, allow_pickle=False) as z:      # format /2 files written before rescore_head: head 0
+        np.savez(tmp_path / "no_head.npz", **{k: z[k] for k in z.files if k != "rescore_head"})
+    assert Bing.load(tmp_path / "no_head.npz").rescorer.head == 0
 
 
 def test_format_1_files_load_without_stage_three(tmp_path, scenes, fitted):
@@ -237,16 +242,48 @@ def test_stage_three_reranks_the_best_stage_two_candidates(scenes, fitted):
     plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **fitted.params)
     work, _ = plain._working(img)
     everything = plain._candidates(work)
-    fitted.rescorer.top = 50
+    fitted.rescorer.top, fitted.rescorer.head = 50, 0
     try:
         boxes = fitted.propose(img, None)
     finally:
-        fitted.rescorer.top = 3000
+        fitted.rescorer.top, fitted.rescorer.head = 3000, 50
     # the 50 best by stage-II score, in another order
     best = everything.take(np.argsort(-everything.score)[:50]).boxes()
     assert len(boxes) == 50
     assert {tuple(b) for b in boxes.tolist()} == {tuple(b) for b in best.tolist()}
     assert boxes.tolist() != plain.propose(img, 50).tolist()
+
+
+def test_stage_three_keeps_the_stage_two_head(scenes, fitted):
+    """The first ``rescorer.head`` proposals are the stage-II ranking's (the best 5x5 maxima of
+    coarse sizes), with scores above the rest; stage III re-ranks only below them."""
+    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **fitted.params)
+    assert fitted.rescorer.head == 50
+    for img, _ in scenes[1][:5]:
+        boxes, score = fitted.propose(img, 200, return_scores=True)
+        np.testing.assert_array_equal(boxes[:50], plain.propose(img, 50))
+        assert np.all(np.diff(score[:50]) < 0) and score[:50].min() > score[50:].max()
+        assert boxes[50:].tolist() != plain.propose(img, 200)[50:].tolist()    # re-ranked below
+    fitted.rescorer.head = 10
+    try:
+        np.testing.assert_array_equal(fitted.propose(img, 10), plain.propose(img, 10))
+        assert fitted.propose(img, 50)[10:].tolist() != plain.propose(img, 50)[10:].tolist()
+    finally:
+        fitted.rescorer.head = 50
+    with pytest.raises(ValueError, match="head .* must not exceed sparse_top"):
+        Bing(fitted.filter, fitted.sizes, fitted.calib, sparse_top=20, rescorer=fitted.rescorer)
+    with pytest.raises(ValueError, match="rescore_head must be in"):
+        Bing.fit([im for im, _ in scenes[0][:5]], [b for _, b in scenes[0][:5]], rescore_head=101)
+
+
+def test_best_candidates_keep_their_order_and_count_with_ties():
+    lay = Layout(64, 64, np.array([[16, 16]]))
+    score = np.array([3, 1, 2, 2, 2, 0, 5], np.float32)
+    n = len(score)
+    c = _Candidates(lay, np.arange(n), np.arange(n), np.zeros(n, int), score, np.zeros(n, bool))
+    best = c.best(3)
+    assert best.score.tolist() == [3, 2, 5] and best.ys.tolist() == [0, 2, 6]   # first of the tied 2s
+    assert c.best(7) is c and c.best(1).score.tolist() == [5]
 
 
 def test_fit_without_stage_three(scenes):
