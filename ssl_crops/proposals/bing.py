@@ -325,7 +325,8 @@ class Bing:
     def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
             negatives_per_image: int = 100, per_size: int | None = None, c: float = 1e-3, color: str = "hsv",
             max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 3000,
-            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.15, progress: bool = False, **kwargs) -> "Bing":
+            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.15, progress: bool = False,
+            **kwargs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).
 
         Images are taken at the working size ``max_side`` and in colour space ``color``, as
@@ -427,8 +428,7 @@ class Bing:
                 if "format" not in z.files or str(z["format"]) not in READABLE_FORMATS:
                     raise ModelFileError(f"{path}: not a BING model file (no format in {READABLE_FORMATS})")
                 params = json.loads(str(z["params"]))
-                rescorer = (Rescorer.from_array(z["rescorer"], int(z["rescore_top"]),
-                                                int(z["rescore_head"]) if "rescore_head" in z.files else 0)
+                rescorer = (Rescorer.from_array(z["rescorer"], int(z["rescore_top"]), int(z["rescore_head"]))
                             if "rescorer" in z.files else None)
                 return cls(z["filter"], z["sizes"], z["calib"], rescorer=rescorer, **params)
         except ModelFileError:
