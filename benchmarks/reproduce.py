@@ -15,13 +15,16 @@ Settings, all with the same budget (network, epochs, batch, queue, augmentation,
   (e) random-init  the same network untrained: the floor
 
 The scenes follow the method's premise: several small objects of different classes on a
-cluttered background (strokes and untextured-class distractor shapes), classes told apart
-only by shape and texture (colours are random per object, as colour jitter removes colour),
-long-tailed class frequencies (draw weight of the class of rank r: (r + 1) ** -1.5).
+cluttered gray-level background (strokes and untextured distractor polygons; no per-scene
+colour identity), classes told apart only by shape and texture (colours are random per
+object, as colour jitter removes colour), long-tailed class frequencies (draw weight of the
+class of rank r: (r + 1) ** -1.5). Colour jitter has SimCLR's strength (0.8/0.8/0.8/0.2)
+in every setting: at MoCo-v2's 0.4, scene-crop MoCo learned scene colours (RESULTS.md).
 
-Evaluation per run: a linear probe on whole scenes (multi-label mAP, and mAP of the head /
-medium / tail thirds of the classes by training frequency), kNN (k=20) mAP on whole scenes,
-and kNN mAP on object crops (each box dilated by 10%, at the training view size). Runs are
+Evaluation per run, on frozen features: the primary probe is kNN (k=20) mAP on object crops
+(each box dilated by 10%, at the training view size), also a linear probe on the same
+crops, a linear probe on whole scenes (multi-label) and kNN mAP on whole scenes; each mAP
+also over the head / medium / tail third of the classes by training frequency. Runs are
 saved one by one to ``<out>/results.json``; a rerun with the same ``--out`` skips finished
 runs. The table gives mean +- std over seeds and the paired difference to (a) per seed.
 """
@@ -53,7 +56,7 @@ from ssl_crops.boxes import BoxIndex
 from ssl_crops.data import ObjectCropDataset, load_image
 from ssl_crops.demo import _mask
 from ssl_crops.distributed import DistInfo
-from ssl_crops.evaluate import extract_features, feature_loader, knn_classify, linear_probe
+from ssl_crops.evaluate import extract_features, feature_loader, knn_classify, knn_scores, linear_probe
 from ssl_crops.files import atomic_write
 from ssl_crops.metrics import frequency_groups, group_map, map_details
 from ssl_crops.moco import MoCo
@@ -66,16 +69,17 @@ PRESETS = {
     # plumbing only: every setting, two seeds, tiny everything
     "smoke": dict(image_size=64, num_train=128, num_test=64, num_bing_fit=32, view_size=32, probe_size=48,
                   arch="small", width=8, epochs=2, batch_size=32, moco_k=64, seeds=(0, 1), workers=0),
-    # 2 CPU cores: a small ResNet whose stem keeps the resolution, 32 px views; sized to finish on a
-    # shared machine (benchmarks/RESULTS.md); free cores leave room for more --epochs (not measured)
+    # 2 CPU cores: a small ResNet whose stem keeps the resolution, 32 px views, 30 epochs (60 were
+    # worse for scene crops: benchmarks/RESULTS.md)
     "cpu": dict(image_size=96, num_train=1500, num_test=500, num_bing_fit=200, view_size=32, probe_size=64,
-                arch="small", width=16, epochs=20, batch_size=128, moco_k=512, seeds=(0, 1, 2), workers=1),
+                arch="small", width=16, epochs=30, batch_size=128, moco_k=512, seeds=(0, 1, 2), workers=1),
     # one GPU, about an hour: ResNet-18, 128 px views of 320 px scenes
     "gpu": dict(image_size=320, num_train=12000, num_test=3000, num_bing_fit=500, view_size=128, probe_size=160,
                 arch="resnet18", width=64, epochs=50, batch_size=256, moco_k=4096, seeds=(0, 1, 2), workers=8,
                 amp="bf16"),
 }
 COMMON = dict(lr=0.06, momentum=0.9, weight_decay=5e-4, moco_dim=128, moco_m=0.99, moco_t=0.2, mlp=True,
+              jitter=(0.8, 0.8, 0.8, 0.2),
               bn_splits=8, dilation=0.2, min_region_frac=224 / 1024, bing_topk=10, knn_k=20, amp="off")
 MAX_OBJECT_CROPS = 20000  # object crops per split for the kNN (decoded into memory once)
 SETTINGS = {  # name -> (crop mode, geometry, boxes)
@@ -116,21 +120,25 @@ def _texture(rng, kind: str, w: int, h: int) -> np.ndarray:
 
 
 def _clutter(rng, size: int) -> np.ndarray:
-    """Background: smooth colour field, random strokes and blobs that belong to no class."""
-    grid = rng.uniform(30, 220, size=(5, 5, 3)).astype(np.uint8)
+    """Background: a smooth gray-level field with weak chroma, gray strokes and gray noise
+    polygons that belong to no class. No per-scene colour identity: a random colour field per
+    scene let scene-crop MoCo tell scenes apart by their background colours (RESULTS.md)."""
+    level = rng.uniform(60, 200, size=(5, 5, 1))
+    grid = np.clip(level + rng.normal(0, 12, size=(5, 5, 3)), 0, 255).astype(np.uint8)
     img = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
     img += rng.normal(0, 8, img.shape)
     img = np.clip(img, 0, 255).astype(np.uint8)
     for _ in range(int(rng.integers(6, 13))):
         p = rng.integers(0, size, 4)
-        cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), [int(v) for v in rng.integers(0, 256, 3)],
-                 int(rng.integers(1, 3)))
-    for _ in range(int(rng.integers(2, 6))):  # irregular polygons with noise texture
+        v = int(rng.integers(0, 256))
+        cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), [v, v, v], int(rng.integers(1, 3)))
+    for _ in range(int(rng.integers(2, 6))):  # irregular polygons
         c, r = rng.uniform(0, size, 2), size * rng.uniform(0.05, 0.12)
         t = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(5, 8))))
         pts = np.stack([c[0] + r * rng.uniform(0.5, 1.2, len(t)) * np.cos(t),
                         c[1] + r * rng.uniform(0.5, 1.2, len(t)) * np.sin(t)], 1).astype(np.int32)
-        cv2.fillPoly(img, [pts], [int(v) for v in rng.integers(0, 256, 3)])
+        v = int(rng.integers(0, 256))
+        cv2.fillPoly(img, [pts], [v, v, v])
     return img
 
 
@@ -251,7 +259,8 @@ def encoder_factory(cfg: dict):
 # --------------------------------------------------------------------------- pretraining
 def make_crop(setting: str, cfg: dict) -> ObjectAwareCrop:
     mode, geometry, _ = SETTINGS[setting]
-    kw = dict(mode=mode, size=cfg["view_size"], augment=MoCoV2Augment(blur_sigma=cfg["blur_sigma"]))
+    kw = dict(mode=mode, size=cfg["view_size"],
+              augment=MoCoV2Augment(jitter=cfg["jitter"], blur_sigma=cfg["blur_sigma"]))
     if mode != "scene":
         kw.update(geometry=geometry, dilation=cfg["dilation"],
                   min_region=max(1, round(cfg["min_region_frac"] * cfg["image_size"])))
@@ -354,24 +363,33 @@ def preload_objects(root, index: BoxIndex, size: int, dilation: float = 0.1, lim
 
 
 def evaluate(encoder: nn.Module, seed: int, cfg: dict, data: dict, device) -> dict:
-    """Linear probe and kNN on whole scenes, kNN on object crops (fractions)."""
+    """kNN and linear probe on object crops, linear probe and kNN on whole scenes (fractions;
+    mAP of all classes and of the head / medium / tail third by training frequency)."""
     t = time.perf_counter()
 
     def feats(ds):
         return extract_features(encoder, feature_loader(ds, 256, 0), device, cfg["amp"], progress=False)
 
-    (xtr, ytr), (xte, yte) = feats(data["eval"]["train_scenes"]), feats(data["eval"]["test_scenes"])
-    probe = linear_probe(xtr, ytr, xte, multilabel=True, seed=seed, device=device, log=lambda *a: None)
-    res = map_details(probe["test_scores"], yte)
     counts = data["train_index"].class_counts()
     ranked = np.sort(counts)[::-1]
     third = len(counts) // 3
-    groups = group_map(res.ap, frequency_groups(counts, head_min=ranked[third], tail_max=ranked[-third - 1]))
+    thirds = frequency_groups(counts, head_min=ranked[third], tail_max=ranked[-third - 1])
+
+    def scored(name, scores, targets):
+        res = map_details(scores, targets)
+        return {name: res.map, **{f"{name}_{g}": v["map"] for g, v in group_map(res.ap, thirds).items()}}
+
     k = cfg["knn_k"]
-    out = {"linear_map": res.map, **{f"linear_{g}": v["map"] for g, v in groups.items()},
-           "knn_scene_map": knn_classify(xtr, ytr, xte, yte, k=k)[f"knn{k}_map"]}
     (otr, ctr), (ote, cte) = feats(data["eval"]["train_objects"]), feats(data["eval"]["test_objects"])
-    out["knn_object_map"] = knn_classify(otr, ctr, ote, cte, k=k)[f"knn{k}_map"]
+    (knn,) = knn_scores(otr, ctr, ote, k).values()           # k capped at the training set size
+    out = scored("knn_object_map", knn, cte)
+    probe = linear_probe(otr, ctr.argmax(1), ote, multilabel=False, seed=seed, device=device,
+                         num_classes=len(counts), log=lambda *a: None)
+    out.update(scored("linear_object_map", probe["test_scores"], cte))
+    (xtr, ytr), (xte, yte) = feats(data["eval"]["train_scenes"]), feats(data["eval"]["test_scenes"])
+    probe = linear_probe(xtr, ytr, xte, multilabel=True, seed=seed, device=device, log=lambda *a: None)
+    out.update(scored("linear_map", probe["test_scores"], yte))
+    (out["knn_scene_map"],) = knn_classify(xtr, ytr, xte, yte, k=k).values()
     out["eval_s"] = time.perf_counter() - t
     return out
 
@@ -379,8 +397,11 @@ def evaluate(encoder: nn.Module, seed: int, cfg: dict, data: dict, device) -> di
 # --------------------------------------------------------------------------- table
 def summarize(results: dict, settings, seeds) -> str:
     """Markdown table: mean +- std over seeds (percent), and paired differences to (a)."""
-    metrics = [("linear_map", "linear mAP"), ("linear_head", "head"), ("linear_medium", "medium"),
-               ("linear_tail", "tail"), ("knn_scene_map", "kNN scene mAP"), ("knn_object_map", "kNN object mAP")]
+    metrics = [("knn_object_map", "kNN object mAP"), ("knn_object_map_head", "head"),
+               ("knn_object_map_medium", "medium"), ("knn_object_map_tail", "tail"),
+               ("linear_object_map", "linear object mAP"), ("linear_map", "linear scene mAP"),
+               ("linear_map_head", "head"), ("linear_map_medium", "medium"), ("linear_map_tail", "tail"),
+               ("knn_scene_map", "kNN scene mAP")]
     lines = ["| setting | " + " | ".join(m[1] for m in metrics) + " | final loss | wall time / run |",
              "|---" * (len(metrics) + 3) + "|"]
     for s in settings:
@@ -399,7 +420,8 @@ def summarize(results: dict, settings, seeds) -> str:
         paired = [seed for seed in base if f"{s}/{seed}" in results]
         if not paired:
             continue
-        for m, name in (("linear_map", "linear mAP"), ("knn_object_map", "kNN object mAP")):
+        for m, name in (("knn_object_map", "kNN object mAP"), ("linear_object_map", "linear object mAP"),
+                        ("linear_map", "linear scene mAP")):
             d = [100 * (results[f"{s}/{seed}"][m] - results[f"a_scene/{seed}"][m]) for seed in paired]
             per_seed = ", ".join(f"{v:+.1f}" for v in d)
             diffs.append(f"| {LABELS[s][:3]} - (a) | {name} | {per_seed} | {_pm(d, '{:+.1f}')} |")
@@ -504,7 +526,8 @@ def main(argv=None) -> dict:
                 encoder, rec = pretrain(s, seed, cfg, data, device, log)
             rec.update(evaluate(encoder, seed, cfg, data, device))
             results[key] = rec
-            log(f"{key}: linear mAP {100 * rec['linear_map']:.1f}, kNN object mAP {100 * rec['knn_object_map']:.1f}")
+            log(f"{key}: kNN object mAP {100 * rec['knn_object_map']:.1f}, linear object mAP "
+                f"{100 * rec['linear_object_map']:.1f}, linear scene mAP {100 * rec['linear_map']:.1f}")
             save_run(results_path, cfg, key, rec)
     results = {**load_runs(results_path, cfg), **results}  # with runs of processes sharing --out
     table = summarize(results, a.settings, seeds)
