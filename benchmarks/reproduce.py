@@ -120,7 +120,7 @@ def _texture(rng, kind: str, w: int, h: int) -> np.ndarray:
 
 
 def _clutter(rng, size: int) -> np.ndarray:
-    """Background: a smooth gray-level field with weak chroma, gray strokes and gray noise
+    """Background: a smooth gray-level field with weak chroma, gray strokes and gray
     polygons that belong to no class. No per-scene colour identity: a random colour field per
     scene let scene-crop MoCo tell scenes apart by their background colours (RESULTS.md)."""
     level = rng.uniform(60, 200, size=(5, 5, 1))
