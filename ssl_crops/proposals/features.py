@@ -25,32 +25,33 @@ def convert_color(img: np.ndarray, color: str) -> np.ndarray:
     raise ValueError(f"unknown colour space {color!r}; expected one of {COLORS}")
 
 
-def _maxdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-pixel max over channels of ``|a - b|`` (uint8)."""
-    c = cv2.split(cv2.absdiff(a, b))          # contiguous planes: faster than strided views
-    return cv2.max(cv2.max(c[0], c[1]), c[2])
+def _maxdiff(p, q) -> np.ndarray:
+    """Per-pixel max over channels of ``|p_c - q_c|`` for lists of uint8 planes ``p``, ``q``."""
+    return cv2.max(cv2.max(cv2.absdiff(p[0], q[0]), cv2.absdiff(p[1], q[1])), cv2.absdiff(p[2], q[2]))
 
 
-def _double(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d = _maxdiff(a, b)
-    return cv2.add(d, d)
+def gradient(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray) -> np.ndarray:
+    """Normed gradient ``min(255, max_c |gx| + max_c |gy|)`` of an ``H x W x 3`` canvas of images
+    packed side by side.
 
-
-def gradient(a: np.ndarray, col_starts, col_ends, row_starts, row_ends) -> np.ndarray:
-    """Normed gradient ``min(255, max_c |gx| + max_c |gy|)`` of an ``H x W x 3`` canvas of packed images.
-
-    ``col_starts``/``col_ends`` (``row_...``) are the first/last column (row) of every packed
-    image: there the central difference is replaced by twice the one-sided one, as OpenCV
-    does on image borders, so packed images do not see each other.
+    ``col_starts``/``col_ends`` are the first/last column of every packed image: there (and on
+    the first and last row) the central difference is replaced by twice the one-sided one, as
+    OpenCV does on image borders, so packed images do not see each other.
     """
-    gx = np.empty(a.shape[:2], np.uint8)
-    gx[:, 1:-1] = _maxdiff(a[:, 2:], a[:, :-2])
-    gx[:, col_starts] = _double(a[:, col_starts + 1], a[:, col_starts])
-    gx[:, col_ends] = _double(a[:, col_ends], a[:, col_ends - 1])
-    gy = np.empty(a.shape[:2], np.uint8)
-    gy[1:-1] = _maxdiff(a[2:], a[:-2])
-    gy[row_starts] = _double(a[row_starts + 1], a[row_starts])
-    gy[row_ends] = _double(a[row_ends], a[row_ends - 1])
+    h, w = a.shape[:2]
+    p = cv2.split(a)                          # contiguous planes: faster than strided channels
+    gx, gy = np.empty((h, w), np.uint8), np.empty((h, w), np.uint8)
+    if w > 2:
+        gx[:, 1:-1] = _maxdiff([c[:, 2:] for c in p], [c[:, :-2] for c in p])
+    e = [np.take(c, np.concatenate([col_starts + 1, col_ends, col_starts, col_ends - 1]), axis=1) for c in p]
+    k = 2 * len(col_starts)
+    d = _maxdiff([c[:, :k] for c in e], [c[:, k:] for c in e])
+    gx[:, np.concatenate([col_starts, col_ends])] = cv2.add(d, d)
+    if h > 2:
+        gy[1:-1] = _maxdiff([c[2:] for c in p], [c[:-2] for c in p])
+    e = [c[[1, h - 1, 0, h - 2]] for c in p]
+    d = _maxdiff([c[:2] for c in e], [c[2:] for c in e])
+    gy[[0, h - 1]] = cv2.add(d, d)
     return cv2.add(gx, gy)
 
 
@@ -60,7 +61,7 @@ def normed_gradient(img, color: str = "rgb") -> np.ndarray:
     if min(a.shape[:2]) < 2:
         raise ValueError("normed_gradient needs an image at least 2x2")
     h, w = a.shape[:2]
-    return gradient(a, np.array([0]), np.array([w - 1]), np.array([0]), np.array([h - 1]))
+    return gradient(a, np.array([0]), np.array([w - 1]))
 
 
 class Layout:
@@ -118,15 +119,17 @@ class Layout:
 
     def strip(self, img: np.ndarray) -> np.ndarray:
         """``img`` resized to every width, side by side (``H x cw x 3``)."""
-        return np.concatenate([cv2.resize(img, (int(w), self.height), interpolation=cv2.INTER_LINEAR)
-                               for w in self.rw], axis=1)
+        out = np.empty((self.height, self.cw, 3), np.uint8)
+        for x0, w in zip(self.x0, self.rw):
+            cv2.resize(img, (int(w), self.height), dst=out[:, x0:x0 + w], interpolation=cv2.INTER_LINEAR)
+        return out
 
     def band_gradient(self, strip: np.ndarray, j: int) -> np.ndarray:
         """Normed gradient of band ``j`` (its strip columns resized to height ``rh[j]``)."""
         c0, c1, _, _, starts, ends = self.bands[j]
         h = int(self.rh[j])
         band = cv2.resize(strip[:, c0:c1], (int(c1 - c0), h), interpolation=cv2.INTER_LINEAR)
-        return gradient(band, starts, ends, np.array([0]), np.array([h - 1]))
+        return gradient(band, starts, ends)
 
     def canvas(self, img: np.ndarray) -> np.ndarray:
         """Normed gradients of all bands in one ``ch x cw`` uint8 canvas (zeros where unused)."""
