@@ -428,6 +428,10 @@ class Bing:
                 if "format" not in z.files or str(z["format"]) not in READABLE_FORMATS:
                     raise ModelFileError(f"{path}: not a BING model file (no format in {READABLE_FORMATS})")
                 params = json.loads(str(z["params"]))
+                weights = [k for k in ("filter", "calib", "rescorer") if k in z.files]
+                bad = [k for k in weights if not np.all(np.isfinite(z[k]))]
+                if bad:
+                    raise ModelFileError(f"{path}: non-finite values in {', '.join(bad)}")
                 rescorer = (Rescorer.from_array(z["rescorer"], int(z["rescore_top"]), int(z["rescore_head"]))
                             if "rescorer" in z.files else None)
                 return cls(z["filter"], z["sizes"], z["calib"], rescorer=rescorer, **params)

@@ -289,6 +289,18 @@ def test_fit_without_stage_three(scenes):
     assert model.rescorer is None and model.fine_share == 0.15
 
 
+def test_non_finite_model_weights_are_refused(tmp_path, fitted):
+    path = tmp_path / "bing.npz"
+    fitted.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["rescorer"] = arrays["rescorer"].copy()
+    arrays["rescorer"][2, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", **arrays)
+    with pytest.raises(ModelFileError, match="nan.npz: non-finite values in rescorer"):
+        Bing.load(tmp_path / "nan.npz")
+
+
 def test_bad_model_files_name_the_file(tmp_path):
     bad = tmp_path / "model.npz"
     bad.write_bytes(b"not a zip")
