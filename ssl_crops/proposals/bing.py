@@ -23,8 +23,13 @@ Pipeline for one image (``Bing.propose``):
    best 5x5 maxima of coarse sizes): their scores are lifted above the rest, in that order.
 8. Ranking: the first ``sparse_top`` proposals are the best 5x5 maxima of the coarse
    (power-of-two) sizes, then the best of the rest, with one rank in ``1 / fine_share`` after
-   ``fine_after`` given to the fine (sqrt(2)) sizes; boxes mapped back to the input's pixels
-   (continuous ``xyxy``, ``x1``/``y1`` exclusive); optional greedy box NMS.
+   ``fine_after`` given to the fine (sqrt(2)) sizes.
+9. Edge snapping (fitted models; ``snap``): every side of the proposals after the rescorer's
+   head moves by ``-snap``, 0 or ``+snap`` of the box's side to where the gradient runs along
+   it most (``rescoring.snap_edges``): window sizes are a factor 2 or sqrt(2) apart and
+   positions an eighth of a window apart, so many windows miss an object's outline; boxes
+   mapped back to the input's pixels (continuous ``xyxy``, ``x1``/``y1`` exclusive);
+   optional greedy box NMS.
 
 ``Bing.fit`` trains the stages (a primal-Newton L2-loss linear SVM for stage I, per-size
 logistic fits for stage II, a weighted logistic fit for stage III); ``Bing.from_opencv``
@@ -47,7 +52,7 @@ from .features import COLORS, SIDES, W8, Layout, convert_color, grid_maxima, loc
 from .images import ImageReadError, as_rgb, image_size, read_image, working_image
 from .opencv import (OPENCV_GRADIENT_SHIFT, OPENCV_PREFIX, OPENCV_SIDES, ModelFileError, binarize_filter,
                      read_opencv_matrix)
-from .rescoring import Rescorer, cue_integral, cues
+from .rescoring import Rescorer, cue_integral, cues, snap_edges
 from .solvers import logistic_1d, svm_l2
 
 __all__ = [
@@ -95,13 +100,16 @@ def _nms(boxes: np.ndarray, iou: float, top_k: int) -> np.ndarray:
 
 
 class _Candidates:
-    """Stage-I candidates of one working image: global score-map positions, size, score, 5x5 flag."""
+    """Stage-I candidates of one working image: global score-map positions, size, score, 5x5 flag,
+    and after stage III their stage-II score and the cue integral (``stage2``, ``cue``)."""
 
-    def __init__(self, lay: Layout, ys, xs, size, score, sparse):
+    def __init__(self, lay: Layout, ys, xs, size, score, sparse, stage2=None, cue=None):
         self.lay, self.ys, self.xs, self.size, self.score, self.sparse = lay, ys, xs, size, score, sparse
+        self.stage2, self.cue = stage2, cue
 
     def take(self, sel) -> "_Candidates":
-        return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel])
+        return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel],
+                           None if self.stage2 is None else self.stage2[sel], self.cue)
 
     def boxes(self) -> np.ndarray:
         return self.lay.boxes(self.ys, self.xs)
@@ -125,7 +133,8 @@ class Bing:
     (``None``: no cap); ``sparse_top``: leading proposals taken from the 5x5 maxima only;
     ``maxima``: ``local`` (3x3) or ``grid`` candidates; ``fine_share``/``fine_after``: share
     of the list given to sizes between powers of two, after that rank; ``nms_iou``: optional
-    final box NMS; ``top_k``: number of proposals ``proposals_for`` returns; ``color``: the
+    final box NMS; ``snap``: edge-snapping step, a share of the box's side (``None``: none);
+    ``top_k``: number of proposals ``proposals_for`` returns; ``color``: the
     gradient's colour space (``rgb``, ``hsv``, ``gray``); ``max_side``: working size (long side,
     px; ``None`` = the input's size); ``gradient_shift``: low gradient bits dropped before
     stage I (4 for OpenCV's binarized model); ``rescorer``: optional stage III
@@ -135,7 +144,8 @@ class Bing:
     def __init__(self, filter, sizes, calib, per_size: int | None = None, nms_iou: float | None = None,
                  top_k: int = 1000, color: str = "rgb", max_side: int | None = MAX_SIDE,
                  sparse_top: int = 100, gradient_shift: int = 0, maxima: str = "local",
-                 fine_share: float = 0.1, fine_after: int = 100, rescorer: Rescorer | None = None):
+                 fine_share: float = 0.1, fine_after: int = 100, rescorer: Rescorer | None = None,
+                 snap: float | None = None):
         self.filter = np.ascontiguousarray(np.asarray(filter, np.float32).reshape(W8, W8))
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
         self.calib = np.asarray(calib, np.float32).reshape(-1, 2)
@@ -165,13 +175,16 @@ class Bing:
             raise ValueError(f"rescorer head ({rescorer.head}) must not exceed sparse_top ({self.sparse_top}) "
                              f"and fine_after ({self.fine_after})")
         self.rescorer = rescorer
+        if snap is not None and not 0 < snap < 0.5:
+            raise ValueError(f"snap must be None or in (0, 0.5), got {snap}")
+        self.snap = None if snap is None else float(snap)
         self._layout = lru_cache(maxsize=LAYOUTS)(self._columns)
 
     def __repr__(self) -> str:
         return (f"Bing({len(self.sizes)} sizes, color={self.color}, max_side={self.max_side}, "
                 f"per_size={self.per_size}, nms_iou={self.nms_iou}, "
                 f"rescore_top={self.rescorer and self.rescorer.top}, "
-                f"rescore_head={self.rescorer and self.rescorer.head})")
+                f"rescore_head={self.rescorer and self.rescorer.head}, snap={self.snap})")
 
     def __getstate__(self):                # picklable for multiprocessing (the cache is not)
         return {k: v for k, v in self.__dict__.items() if k != "_layout"}
@@ -185,7 +198,8 @@ class Bing:
         """Everything but the arrays and the rescorer (what :meth:`save` writes as JSON)."""
         return {"per_size": self.per_size, "nms_iou": self.nms_iou, "top_k": self.top_k, "color": self.color,
                 "max_side": self.max_side, "sparse_top": self.sparse_top, "gradient_shift": self.gradient_shift,
-                "maxima": self.maxima, "fine_share": self.fine_share, "fine_after": self.fine_after}
+                "maxima": self.maxima, "fine_share": self.fine_share, "fine_after": self.fine_after,
+                "snap": self.snap}
 
     # ------------------------------------------------------------------ inference
     def _working(self, img):
@@ -206,7 +220,8 @@ class Bing:
         if self.rescorer is not None and len(c.score):
             c = c.best(self.rescorer.top)
             head = self._head(c, self.rescorer.head)
-            s = self.rescorer.score(cues(*cue_integral(work), c.boxes(), c.score))
+            c.stage2, c.cue = c.score, cue_integral(work)
+            s = self.rescorer.score(cues(*c.cue, c.boxes(), c.score))
             s[head] = s.max() + np.arange(len(head), 0, -1, dtype=np.float32)   # first, in stage-II order
             c.score = s
         return c
@@ -297,7 +312,12 @@ class Bing:
         n = len(score) if top_k is None or self.nms_iou is not None else min(int(top_k), len(score))
         order = self._rank(c, n)
         c, score = c.take(order), score[order].astype(np.float32)
-        boxes = c.boxes() * np.array([fx, fy, fx, fy], np.float32)
+        boxes = c.boxes()
+        head = self.rescorer.head if self.rescorer is not None else 0
+        if self.snap is not None and len(boxes) > head:
+            integral, factors = c.cue if c.cue is not None else cue_integral(work)
+            boxes[head:] = snap_edges(integral[1], factors, boxes[head:], self.snap, (c.lay.width, c.lay.height))
+        boxes *= np.array([fx, fy, fx, fy], np.float32)
         if self.nms_iou is not None and len(boxes):
             keep = _nms(boxes, self.nms_iou, len(boxes) if top_k is None else int(top_k))
             boxes, score = boxes[keep], score[keep]
@@ -324,9 +344,9 @@ class Bing:
     @classmethod
     def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
             negatives_per_image: int = 100, per_size: int | None = None, c: float = 1e-3, color: str = "hsv",
-            max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 3000,
-            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.15, progress: bool = False,
-            **kwargs) -> "Bing":
+            max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 6000,
+            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.1, snap: float | None = 0.1,
+            progress: bool = False, **kwargs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).
 
         Images are taken at the working size ``max_side`` and in colour space ``color``, as
@@ -338,12 +358,14 @@ class Bing:
         on the stage-I score of the candidates of the same images. Stage III (unless
         ``rescore_top`` is ``None``): a :class:`~.rescoring.Rescorer` of the best ``rescore_top``
         candidates of the same images (``box_weight``: see :mod:`.rescoring`), the first
-        ``rescore_head`` proposals left in stage-II order. ``fine_share``, ``rescore_top`` and
-        ``rescore_head`` defaults: held-out choices (README). Deterministic given ``seed``.
+        ``rescore_head`` proposals left in stage-II order. ``snap``: see :class:`Bing`.
+        ``fine_share``, ``rescore_top``, ``rescore_head`` and ``snap`` defaults: held-out choices
+        (README). Deterministic given ``seed``.
         """
         rng = np.random.default_rng(seed)
         all_sizes = np.array([(w, h) for h in sides for w in sides], np.int64)
-        kwargs = {"per_size": per_size, "color": color, "max_side": max_side, "fine_share": fine_share, **kwargs}
+        kwargs = {"per_size": per_size, "color": color, "max_side": max_side, "fine_share": fine_share, "snap": snap,
+                  **kwargs}
         proto = cls(np.zeros((W8, W8)), all_sizes, np.zeros((len(all_sizes), 2)), **kwargs)
         if rescore_top is not None and not 0 <= rescore_head <= min(proto.sparse_top, proto.fine_after, rescore_top):
             raise ValueError(f"rescore_head must be in 0..min(sparse_top, fine_after, rescore_top), got {rescore_head}")

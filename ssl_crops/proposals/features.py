@@ -30,8 +30,8 @@ def _maxdiff(p, q) -> np.ndarray:
     return cv2.max(cv2.max(cv2.absdiff(p[0], q[0]), cv2.absdiff(p[1], q[1])), cv2.absdiff(p[2], q[2]))
 
 
-def gradient(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray) -> np.ndarray:
-    """Normed gradient ``min(255, max_c |gx| + max_c |gy|)`` of an ``H x W x 3`` canvas of images
+def gradients(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray):
+    """``max_c |gx|`` and ``max_c |gy|`` (uint8, saturated) of an ``H x W x 3`` canvas of images
     packed side by side.
 
     ``col_starts``/``col_ends`` are the first/last column of every packed image: there (and on
@@ -52,7 +52,12 @@ def gradient(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray) -> np.
     e = [c[[1, h - 1, 0, h - 2]] for c in p]
     d = _maxdiff([c[:2] for c in e], [c[2:] for c in e])
     gy[[0, h - 1]] = cv2.add(d, d)
-    return cv2.add(gx, gy)
+    return gx, gy
+
+
+def gradient(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray) -> np.ndarray:
+    """Normed gradient ``min(255, max_c |gx| + max_c |gy|)`` of a packed canvas (:func:`gradients`)."""
+    return cv2.add(*gradients(a, col_starts, col_ends))
 
 
 def normed_gradient(img, color: str = "rgb") -> np.ndarray:
