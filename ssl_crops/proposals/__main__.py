@@ -45,11 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--per-size", type=int, default=None, help="cap on candidates per window size (default: none)")
     p.add_argument("--max-side", type=int, default=640, help="working size: long side in px (0: the images' own)")
     p.add_argument("--color", choices=("hsv", "rgb", "gray"), default="hsv", help="colour space of the gradient")
-    p.add_argument("--rescore-top", type=int, default=6000,
+    p.add_argument("--rescore-top", type=int, default=3000,
                    help="candidates re-scored by stage III (objectness cues) per image (0: no stage III)")
     p.add_argument("--rescore-head", type=int, default=50,
                    help="first proposals left in stage-II order by stage III (at most 100, the 5x5-maxima head)")
-    p.add_argument("--snap", type=float, default=0.1,
+    p.add_argument("--snap", type=float, default=0.12,
                    help="edge snapping of proposals after the head: step as a share of the box side (0: none)")
     p = sub.add_parser("propose", help="cache proposals for a folder (parallel, resumable)")
     p.add_argument("--images", required=True, help="image folder (searched recursively)")

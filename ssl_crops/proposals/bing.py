@@ -63,7 +63,7 @@ __all__ = [
 FORMAT = "ssl_crops.bing/2"                # /2 adds the optional stage-III rescorer
 READABLE_FORMATS = ("ssl_crops.bing/1", FORMAT)
 MAXIMA = ("grid", "local")              # candidates: features.grid_maxima or 3x3 local maxima
-FIT_SIDES = (16, 32, 64, 91, 128, 181, 256, 362, 512)  # default sides of Bing.fit (held-out choice, README)
+FIT_SIDES = (16, 32, 64, 128, 256, 512)  # default sides of Bing.fit (held-out choice, README)
 MAX_SIDE = 640                           # default working size (long side, px)
 LAYOUTS = 64                             # image sizes whose layouts are cached (coco128 has 58; ~90 kB each)
 _OFFS = np.arange(W8)
@@ -91,6 +91,28 @@ def _best(score: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")
 
 
+def _first(boxes: np.ndarray) -> np.ndarray:
+    """Mask of the rows of float32 ``boxes`` that no earlier row equals."""
+    rows = np.ascontiguousarray(boxes).view(np.dtype((np.void, boxes.itemsize * boxes.shape[1]))).ravel()
+    first = np.zeros(len(rows), bool)
+    first[np.unique(rows, return_index=True)[1]] = True
+    return first
+
+
+def _unique_snapped(boxes: np.ndarray, snapped: np.ndarray):
+    """``snapped`` with every box that repeats an earlier one put back unsnapped (``boxes`` has
+    no repeats), and the boxes that still repeat an earlier one dropped: ``(boxes, kept mask)``.
+    A box's fate depends only on the boxes before it, so shorter lists stay prefixes."""
+    out, back = snapped, np.zeros(len(snapped), bool)
+    while True:
+        again = ~_first(out)
+        new = again & ~back
+        if not new.any():
+            return out[~again], ~again
+        out = np.where(new[:, None], boxes, out)
+        back |= new
+
+
 def _nms(boxes: np.ndarray, iou: float, top_k: int) -> np.ndarray:
     """Greedy box NMS of ``boxes`` sorted best first; kept indices, best first."""
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
@@ -101,15 +123,14 @@ def _nms(boxes: np.ndarray, iou: float, top_k: int) -> np.ndarray:
 
 class _Candidates:
     """Stage-I candidates of one working image: global score-map positions, size, score, 5x5 flag,
-    and after stage III their stage-II score and the cue integral (``stage2``, ``cue``)."""
+    and after stage III the image's cue integrals (``cue``)."""
 
-    def __init__(self, lay: Layout, ys, xs, size, score, sparse, stage2=None, cue=None):
-        self.lay, self.ys, self.xs, self.size, self.score, self.sparse = lay, ys, xs, size, score, sparse
-        self.stage2, self.cue = stage2, cue
+    def __init__(self, lay: Layout, ys, xs, size, score, sparse, cue=None):
+        self.lay, self.ys, self.xs, self.size, self.score, self.sparse, self.cue = lay, ys, xs, size, score, sparse, cue
 
     def take(self, sel) -> "_Candidates":
         return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel],
-                           None if self.stage2 is None else self.stage2[sel], self.cue)
+                           self.cue)
 
     def boxes(self) -> np.ndarray:
         return self.lay.boxes(self.ys, self.xs)
@@ -210,17 +231,20 @@ class Bing:
             return work, (w / work.shape[1], h / work.shape[0])
         return working_image(as_rgb(img), self.max_side)
 
-    def _candidates(self, work: np.ndarray) -> _Candidates:
+    def _candidates(self, work: np.ndarray, n: int | None = None) -> _Candidates:
         """Candidates of an RGB working image: stage I and II, the ``per_size`` cap, and stage
         III (only the ``rescorer.top`` best by stage-II score kept, and re-scored but for the
-        :meth:`_head`)."""
+        :meth:`_head`; skipped when the first ``n`` proposals are all in the head, which it
+        leaves in stage-II order)."""
         c = self._stage1(convert_color(work, self.color))
         if self.per_size:
             c = c.take(_top_per_group(c.size, c.score, self.per_size))
         if self.rescorer is not None and len(c.score):
             c = c.best(self.rescorer.top)
             head = self._head(c, self.rescorer.head)
-            c.stage2, c.cue = c.score, cue_integral(work)
+            if n is not None and n <= len(head):
+                return c
+            c.cue = cue_integral(work)
             s = self.rescorer.score(cues(*c.cue, c.boxes(), c.score))
             s[head] = s.max() + np.arange(len(head), 0, -1, dtype=np.float32)   # first, in stage-II order
             c.score = s
@@ -307,7 +331,7 @@ class Bing:
         """Proposals of ``img`` (array, PIL image or path): float32 ``(K, 4)`` pixel
         ``x0, y0, x1, y1`` of ``img``, best first (and their scores when ``return_scores``)."""
         work, (fx, fy) = self._working(img)
-        c = self._candidates(work)
+        c = self._candidates(work, None if top_k is None or self.nms_iou is not None else int(top_k))
         score = c.score
         n = len(score) if top_k is None or self.nms_iou is not None else min(int(top_k), len(score))
         order = self._rank(c, n)
@@ -316,7 +340,10 @@ class Bing:
         head = self.rescorer.head if self.rescorer is not None else 0
         if self.snap is not None and len(boxes) > head:
             integral, factors = c.cue if c.cue is not None else cue_integral(work)
-            boxes[head:] = snap_edges(integral[1], factors, boxes[head:], self.snap, (c.lay.width, c.lay.height))
+            snapped = boxes.copy()
+            snapped[head:] = snap_edges(integral[1], factors, boxes[head:], self.snap, (c.lay.width, c.lay.height))
+            boxes, keep = _unique_snapped(boxes, snapped)
+            score = score[keep]
         boxes *= np.array([fx, fy, fx, fy], np.float32)
         if self.nms_iou is not None and len(boxes):
             keep = _nms(boxes, self.nms_iou, len(boxes) if top_k is None else int(top_k))
@@ -344,8 +371,8 @@ class Bing:
     @classmethod
     def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
             negatives_per_image: int = 100, per_size: int | None = None, c: float = 1e-3, color: str = "hsv",
-            max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 6000,
-            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.1, snap: float | None = 0.1,
+            max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 3000,
+            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.15, snap: float | None = 0.12,
             progress: bool = False, **kwargs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).
 
