@@ -6,9 +6,10 @@ Pipeline for one image (``Bing.propose``):
    (long side ``max_side``, 640 px by default; never enlarged) and converted to the model's
    colour space (HSV for fitted models, RGB for OpenCV's).
 2. For every window size ``(w, h)`` of the model (sides from 8..724 px in sqrt(2) steps;
-   fitted models: 16..512 in powers of two plus 91, 181, 362; sizes larger than twice the
-   image skipped, sizes larger than the image clipped to it and kept once) the image is resized to ``round(8 W / w) x round(8 H / h)`` so that one 8x8 window
-   is one candidate (bilinear, separable: one resize per width, one per height band).
+   fitted models by default 16..512 in powers of two; sizes larger than twice the image
+   skipped, sizes larger than the image clipped to it and kept once) the image is resized to
+   ``round(8 W / w) x round(8 H / h)`` so that one 8x8 window is one candidate (bilinear,
+   separable: one resize per width, one per height band).
 3. Normed gradients ``min(255, max_c |gx_c| + max_c |gy_c|)`` (``features.gradient``).
 4. Stage I: the 8x8 linear filter correlated with every band (exact float weights; OpenCV's
    model keeps its binarized weights and 4-bit gradients, the scores its stage II was fitted on).
@@ -18,18 +19,19 @@ Pipeline for one image (``Bing.propose``):
    best ``per_size`` of each size.
 7. Stage III (fitted models; ``rescorer``): only the best ``rescorer.top`` (3000) candidates
    by stage-II score are kept and re-scored by a logistic model of the stage-II score and
-   edge, placement and shape cues of the window against its surroundings (``rescoring``),
-   except the first ``rescorer.head`` (50) proposals, which keep the stage-II ranking (the
-   best 5x5 maxima of coarse sizes): their scores are lifted above the rest, in that order.
+   edge, edge-orientation, placement and shape cues of the window against its surroundings
+   (``rescoring``), except the first ``rescorer.head`` (50) proposals, which keep the stage-II
+   ranking (the best 5x5 maxima of coarse sizes): their scores are lifted above the rest, in
+   that order. Skipped when all proposals asked for are in that head.
 8. Ranking: the first ``sparse_top`` proposals are the best 5x5 maxima of the coarse
    (power-of-two) sizes, then the best of the rest, with one rank in ``1 / fine_share`` after
    ``fine_after`` given to the fine (sqrt(2)) sizes.
 9. Edge snapping (fitted models; ``snap``): every side of the proposals after the rescorer's
    head moves by ``-snap``, 0 or ``+snap`` of the box's side to where the gradient runs along
-   it most (``rescoring.snap_edges``): window sizes are a factor 2 or sqrt(2) apart and
-   positions an eighth of a window apart, so many windows miss an object's outline; boxes
-   mapped back to the input's pixels (continuous ``xyxy``, ``x1``/``y1`` exclusive);
-   optional greedy box NMS.
+   it most (``rescoring.snap_edges``; window sizes are a factor 2 apart and positions an
+   eighth of a window, so many windows miss an object's outline); a box snapped onto an
+   earlier one stays put. Boxes are mapped back to the input's pixels (continuous ``xyxy``,
+   ``x1``/``y1`` exclusive); optional greedy box NMS.
 
 ``Bing.fit`` trains the stages (a primal-Newton L2-loss linear SVM for stage I, per-size
 logistic fits for stage II, a weighted logistic fit for stage III); ``Bing.from_opencv``

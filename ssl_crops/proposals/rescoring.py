@@ -1,9 +1,9 @@
-"""Stage III of BING: re-scoring the best candidates with objectness cues.
+"""Stage III of BING: re-scoring the best candidates with objectness cues, and edge snapping.
 
 Stage I sees an 8x8 gradient window; the classic objectness cues (Alexe et al., PAMI 2012)
 see the window against its surroundings. For the best ``top`` candidates of an image, the
-edge cues are means over rectangles taken in O(1) from the integral image of the normed
-gradient (RGB) of the working image at half size:
+edge cues are means over rectangles taken in O(1) from integral images of the gradient (RGB)
+of the working image at half size (normed, ``|gx|`` and ``|gy|``):
 
 - edge density inside the window, on a ring around it (the window grown by a quarter of its
   side on every side), in the window's border band (outside its central half) and in its
@@ -21,8 +21,13 @@ With the calibrated stage-II score they feed one logistic model (:class:`Rescore
 on the candidates of the training images: label "IoU >= 0.5 with a box"; every box spreads
 a weight ``box_weight`` over the windows that hit it (negatives weigh 1), so that boxes hit
 by a few windows count as much as boxes hit by many.
+
+:func:`snap_edges` moves the sides of the ranked proposals onto nearby outlines, with the
+same border strips.
 """
 from __future__ import annotations
+
+import sys
 
 import cv2
 import numpy as np
@@ -32,8 +37,9 @@ from .solvers import logistic
 
 __all__ = ["CUES", "Rescorer", "cue_integral", "cues", "snap_edges"]
 
-CUES = ("score", "edge_in", "edge_ring", "edge_band", "edge_core", "edge_contrast", "edge_band_core", "centre_dx", "centre_y", "centre_y2", "log_area", "log_area2",
-        "log_aspect", "log_aspect2", "at_border", "border_orientation")
+CUES = ("score", "edge_in", "edge_ring", "edge_band", "edge_core", "edge_contrast", "edge_band_core", "centre_dx",
+        "centre_y", "centre_y2", "log_area", "log_area2", "log_aspect", "log_aspect2", "at_border",
+        "border_orientation")
 STRIP = 1 / 8                    # half-width of the border strips, as a share of the side
 
 
@@ -48,7 +54,8 @@ def cue_integral(rgb: np.ndarray):
     if min(rgb.shape[:2]) < 2:                       # too small for a gradient
         rgb = cv2.resize(rgb, (max(2, rgb.shape[1]), max(2, rgb.shape[0])), interpolation=cv2.INTER_NEAREST)
     gx, gy = gradients(rgb, np.array([0]), np.array([rgb.shape[1] - 1]))
-    packed = cv2.integral(cv2.merge([gx, gy]), sdepth=cv2.CV_32S).view(np.int64)[..., 0]   # int32 pairs, >= 0
+    pair = [gx, gy] if sys.byteorder == "little" else [gy, gx]                     # gx in the low half
+    packed = cv2.integral(cv2.merge(pair), sdepth=cv2.CV_32S).view(np.int64)[..., 0]    # int32 pairs, >= 0
     return (cv2.integral(cv2.add(gx, gy), sdepth=cv2.CV_32S), packed), (rgb.shape[1] / w, rgb.shape[0] / h)
 
 
