@@ -107,6 +107,11 @@ class _Candidates:
         self.lay, self.ys, self.xs, self.size, self.score, self.sparse = lay, ys, xs, size, score, sparse
         self.stage2, self.cue = stage2, cue
 
+    @staticmethod
+    def empty(lay: Layout) -> "_Candidates":
+        e = np.zeros(0, np.intp)
+        return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
+
     def take(self, sel) -> "_Candidates":
         return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel],
                            None if self.stage2 is None else self.stage2[sel], self.cue)
@@ -234,44 +239,39 @@ class Bing:
 
     def _columns(self, w: int, h: int):
         """Layout of a ``w x h`` working image and, per band, the calibration ``(v, t)`` of every
-        score-map column (``t = -inf`` where no window starts)."""
+        band column (``t = -inf`` where no window starts) and whether it has coarse sizes."""
         lay = Layout(w, h, self.sizes)
         cols = []
-        for _, _, size, _, _, _ in lay.bands:
-            ok = size >= 0
-            v = np.where(ok, self.calib[np.maximum(size, 0), 0], 0).astype(np.float32)
-            t = np.where(ok, self.calib[np.maximum(size, 0), 1], -np.inf).astype(np.float32)
-            coarse = bool(np.any(ok & ~self._fine[np.maximum(size, 0)]))   # 5x5 maxima only rank coarse sizes
-            cols.append((v[None], t[None], coarse))
+        for c0, c1, size in lay.bands:
+            v, t = np.zeros(c1 - c0, np.float32), np.full(c1 - c0, -np.inf, np.float32)
+            ok = np.flatnonzero(size >= 0)
+            v[ok], t[ok] = self.calib[size[ok]].T
+            cols.append((v, t, bool(np.any(~self._fine[size[ok]]))))   # 5x5 maxima only rank coarse sizes
         return lay, cols
 
     def _stage1(self, work: np.ndarray) -> _Candidates:
         """Candidates of a working image (in the model's colour space): the 3x3 maxima of every
         size's calibrated score map."""
         lay, cols = self._layout(work.shape[1], work.shape[0])
+        if not lay.bands:
+            return _Candidates.empty(lay)
         out = []
-        strip = lay.strip(work) if lay.bands else None
-        for j, (c0, c1, size, _, _, _) in enumerate(lay.bands):
-            g = lay.band_gradient(strip, j)
-            if self.gradient_shift:
-                g = cv2.add(g >> self.gradient_shift, 0, dtype=cv2.CV_32F)
-            else:
-                g = cv2.add(g, 0, dtype=cv2.CV_32F)
-            s = cv2.filter2D(g, -1, self.filter, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-            s = s[:g.shape[0] - W8 + 1, :g.shape[1] - W8 + 1]      # windows inside the band, calibrated in place
-            s *= cols[j][0]
-            s += cols[j][1]
-            pts = cv2.findNonZero(grid_maxima(s) if self.maxima == "grid" else local_maxima(s, 3))
+        mag = lay.canvas(work)
+        if self.gradient_shift:
+            mag >>= self.gradient_shift
+        for (c0, c1, size), y0, h, (v, t, coarse) in zip(lay.bands, lay.y0, lay.rh, cols):
+            s = cv2.filter2D(cv2.add(mag[y0:y0 + h, c0:c1], 0, dtype=cv2.CV_32F), -1, self.filter, anchor=(0, 0),
+                             borderType=cv2.BORDER_CONSTANT)[:h - W8 + 1]      # windows inside the band
+            s *= v                                     # calibrated in place, -inf where no window starts
+            s += t
+            pts = cv2.findNonZero(grid_maxima(s[:, :len(size)]) if self.maxima == "grid" else local_maxima(s, 3))
             if pts is None:
                 continue
             pts = pts.reshape(-1, 2)
             xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
-            sparse = local_maxima(s, 5)[ys, xs] > 0 if cols[j][2] else np.zeros(len(xs), bool)
-            out.append((ys + lay.y0[j], xs + c0, size[xs], s[ys, xs], sparse))
-        if not out:
-            e = np.zeros(0, np.intp)
-            return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
-        return _Candidates(lay, *map(np.concatenate, zip(*out)))
+            sparse = local_maxima(s, 5)[ys, xs] > 0 if coarse else np.zeros(len(xs), bool)
+            out.append((ys + y0, xs + c0, size[xs], s[ys, xs], sparse))
+        return _Candidates(lay, *map(np.concatenate, zip(*out))) if out else _Candidates.empty(lay)
 
     def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
         """Best first: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""

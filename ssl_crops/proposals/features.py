@@ -30,28 +30,34 @@ def _maxdiff(p, q) -> np.ndarray:
     return cv2.max(cv2.max(cv2.absdiff(p[0], q[0]), cv2.absdiff(p[1], q[1])), cv2.absdiff(p[2], q[2]))
 
 
-def gradients(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray):
-    """``max_c |gx|`` and ``max_c |gy|`` (uint8, saturated) of an ``H x W x 3`` canvas of images
-    packed side by side.
+def _one_sided(p, starts: np.ndarray, ends: np.ndarray, axis: int) -> np.ndarray:
+    """Twice the one-sided ``max_c |difference|`` of planes ``p`` along ``axis`` at the first
+    (``starts``) and last (``ends``) indices of packed images, in that order (uint8, saturated)."""
+    idx = np.concatenate([starts + 1, ends, starts, ends - 1])
+    d = _maxdiff(*zip(*(np.split(np.take(c, idx, axis=axis), 2, axis=axis) for c in p)))
+    return cv2.add(d, d)
 
-    ``col_starts``/``col_ends`` are the first/last column of every packed image: there (and on
-    the first and last row) the central difference is replaced by twice the one-sided one, as
-    OpenCV does on image borders, so packed images do not see each other.
+
+def gradients(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray, row_starts=None, row_ends=None):
+    """``max_c |gx|`` and ``max_c |gy|`` (uint8, saturated) of an ``H x W x 3`` canvas of images
+    packed side by side (and one above the other).
+
+    ``col_starts``/``col_ends`` are the first/last column of every packed image, ``row_starts``/
+    ``row_ends`` its first/last row (default: the canvas's): there the central difference is
+    replaced by twice the one-sided one, as OpenCV does on image borders, so packed images do
+    not see each other.
     """
     h, w = a.shape[:2]
+    if row_starts is None:
+        row_starts, row_ends = np.array([0]), np.array([h - 1])
     p = cv2.split(a)                          # contiguous planes: faster than strided channels
     gx, gy = np.empty((h, w), np.uint8), np.empty((h, w), np.uint8)
     if w > 2:
         gx[:, 1:-1] = _maxdiff([c[:, 2:] for c in p], [c[:, :-2] for c in p])
-    e = [np.take(c, np.concatenate([col_starts + 1, col_ends, col_starts, col_ends - 1]), axis=1) for c in p]
-    k = 2 * len(col_starts)
-    d = _maxdiff([c[:, :k] for c in e], [c[:, k:] for c in e])
-    gx[:, np.concatenate([col_starts, col_ends])] = cv2.add(d, d)
+    gx[:, np.concatenate([col_starts, col_ends])] = _one_sided(p, col_starts, col_ends, 1)
     if h > 2:
         gy[1:-1] = _maxdiff([c[2:] for c in p], [c[:-2] for c in p])
-    e = [c[[1, h - 1, 0, h - 2]] for c in p]
-    d = _maxdiff([c[:2] for c in e], [c[2:] for c in e])
-    gy[[0, h - 1]] = cv2.add(d, d)
+    gy[np.concatenate([row_starts, row_ends])] = _one_sided(p, row_starts, row_ends, 0)
     return gx, gy
 
 
@@ -117,10 +123,7 @@ class Layout:
             parts = np.flatnonzero(self.table[j] >= 0)
             c0, c1 = self.x0[parts[0]], self.x0[parts[-1]] + self.rw[parts[-1]]
             cols = self.col_part[c0:c1 - W8 + 1]
-            size = np.where(cols >= 0, self.table[j, np.maximum(cols, 0)], -1)
-            inner = np.flatnonzero((self.x0 >= c0) & (self.x0 < c1))
-            self.bands.append((c0, c1, size, np.where(size >= 0, 0, -np.inf).astype(np.float32),
-                               self.x0[inner] - c0, self.x0[inner] + self.rw[inner] - 1 - c0))
+            self.bands.append((c0, c1, np.where(cols >= 0, self.table[j, np.maximum(cols, 0)], -1)))
 
     def strip(self, img: np.ndarray) -> np.ndarray:
         """``img`` resized to every width, side by side (``H x cw x 3``)."""
@@ -129,20 +132,15 @@ class Layout:
             cv2.resize(img, (int(w), self.height), dst=out[:, x0:x0 + w], interpolation=cv2.INTER_LINEAR)
         return out
 
-    def band_gradient(self, strip: np.ndarray, j: int) -> np.ndarray:
-        """Normed gradient of band ``j`` (its strip columns resized to height ``rh[j]``)."""
-        c0, c1, _, _, starts, ends = self.bands[j]
-        h = int(self.rh[j])
-        band = cv2.resize(strip[:, c0:c1], (int(c1 - c0), h), interpolation=cv2.INTER_LINEAR)
-        return gradient(band, starts, ends)
-
     def canvas(self, img: np.ndarray) -> np.ndarray:
-        """Normed gradients of all bands in one ``ch x cw`` uint8 canvas (zeros where unused)."""
+        """Normed gradients of all bands in one ``ch x cw`` uint8 canvas (zeros where unused):
+        every band's strip columns resized to its height, packed, one gradient of the lot."""
         strip = self.strip(img)
-        out = np.zeros((self.ch, self.cw), np.uint8)
-        for j, (c0, c1, *_) in enumerate(self.bands):
-            out[self.y0[j]:self.y0[j] + self.rh[j], c0:c1] = self.band_gradient(strip, j)
-        return out
+        packed = np.zeros((self.ch, self.cw, 3), np.uint8)
+        for (c0, c1, _), y0, h in zip(self.bands, self.y0, self.rh):
+            cv2.resize(strip[:, c0:c1], (int(c1 - c0), int(h)), dst=packed[y0:y0 + h, c0:c1],
+                       interpolation=cv2.INTER_LINEAR)
+        return cv2.add(*gradients(packed, self.x0, self.x0 + self.rw - 1, self.y0, self.y0 + self.rh - 1))
 
     def size_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Model size index of the windows at global positions ``(ys, xs)`` (-1: none)."""
