@@ -33,8 +33,8 @@ def _maxdiff(p, q) -> np.ndarray:
 def _one_sided(p, starts: np.ndarray, ends: np.ndarray, axis: int) -> np.ndarray:
     """Twice the one-sided ``max_c |difference|`` of planes ``p`` along ``axis`` at the first
     (``starts``) and last (``ends``) indices of packed images, in that order (uint8, saturated)."""
-    idx = np.concatenate([starts + 1, ends, starts, ends - 1])
-    d = _maxdiff(*zip(*(np.split(np.take(c, idx, axis=axis), 2, axis=axis) for c in p)))
+    a, b = np.concatenate([starts + 1, ends]), np.concatenate([starts, ends - 1])
+    d = _maxdiff([c.take(a, axis) for c in p], [c.take(b, axis) for c in p])
     return cv2.add(d, d)
 
 
