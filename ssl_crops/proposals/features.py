@@ -117,6 +117,10 @@ class Layout:
             self.col_part[self.x0[i]:self.x0[i] + self.rw[i] - W8 + 1] = i
         self.row_band = np.repeat(np.arange(len(self.rh)), self.rh)
         self.sx, self.sy = width / self.rw, height / self.rh           # image pixels per resized pixel
+        # per global column / row: the window's pixel edges (x0, x1) / (y0, y1), for boxes
+        lx, ly = np.arange(self.cw) - self.x0[self.col_part], np.arange(self.ch) - self.y0[self.row_band]
+        self._xedges = (np.stack([lx, lx + W8], 1) * self.sx[self.col_part, None]).astype(np.float32)
+        self._yedges = (np.stack([ly, ly + W8], 1) * self.sy[self.row_band, None]).astype(np.float32)
         # per band: the strip columns it needs and, per window start column, its size or -1
         self.bands = []
         for j in range(len(self.rh)):
@@ -149,10 +153,7 @@ class Layout:
 
     def boxes(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Pixel xyxy boxes of the windows at global positions ``(ys, xs)``."""
-        i, j = self.col_part[xs], self.row_band[ys]
-        lx, ly = xs - self.x0[i], ys - self.y0[j]
-        sx, sy = self.sx[i], self.sy[j]
-        return np.stack([lx * sx, ly * sy, (lx + W8) * sx, (ly + W8) * sy], axis=1).astype(np.float32)
+        return np.stack([self._xedges.take(xs, 0), self._yedges.take(ys, 0)], 2).reshape(-1, 4)
 
     def place(self, ks: np.ndarray, fx: np.ndarray, fy: np.ndarray):
         """Global ``(ys, xs)`` of size-``ks`` windows whose top-left corner is at the fraction
