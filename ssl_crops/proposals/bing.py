@@ -279,7 +279,7 @@ class Bing:
         if self.gradient_shift:
             mag >>= self.gradient_shift
         for (c0, c1, size), y0, h, (v, t, coarse) in zip(lay.bands, lay.y0, lay.rh, cols):
-            s = cv2.filter2D(cv2.add(mag[y0:y0 + h, c0:c1], 0, dtype=cv2.CV_32F), -1, self.filter, anchor=(0, 0),
+            s = cv2.filter2D(mag[y0:y0 + h, c0:c1].astype(np.float32), -1, self.filter, anchor=(0, 0),
                              borderType=cv2.BORDER_CONSTANT)[:h - W8 + 1]      # windows inside the band
             s *= v                                     # calibrated in place, -inf where no window starts
             s += t

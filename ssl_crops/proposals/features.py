@@ -25,9 +25,10 @@ def convert_color(img: np.ndarray, color: str) -> np.ndarray:
     raise ValueError(f"unknown colour space {color!r}; expected one of {COLORS}")
 
 
-def _maxdiff(p, q) -> np.ndarray:
-    """Per-pixel max over channels of ``|p_c - q_c|`` for lists of uint8 planes ``p``, ``q``."""
-    return cv2.max(cv2.max(cv2.absdiff(p[0], q[0]), cv2.absdiff(p[1], q[1])), cv2.absdiff(p[2], q[2]))
+def _maxdiff(p, q, out=None) -> np.ndarray:
+    """Per-pixel max over channels of ``|p_c - q_c|`` for lists of uint8 planes ``p``, ``q``
+    (written to ``out`` when given)."""
+    return cv2.max(cv2.max(cv2.absdiff(p[0], q[0]), cv2.absdiff(p[1], q[1])), cv2.absdiff(p[2], q[2]), dst=out)
 
 
 def _one_sided(p, starts: np.ndarray, ends: np.ndarray, axis: int) -> np.ndarray:
@@ -53,10 +54,10 @@ def gradients(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray, row_s
     p = cv2.split(a)                          # contiguous planes: faster than strided channels
     gx, gy = np.empty((h, w), np.uint8), np.empty((h, w), np.uint8)
     if w > 2:
-        gx[:, 1:-1] = _maxdiff([c[:, 2:] for c in p], [c[:, :-2] for c in p])
+        _maxdiff([c[:, 2:] for c in p], [c[:, :-2] for c in p], gx[:, 1:-1])
     gx[:, np.concatenate([col_starts, col_ends])] = _one_sided(p, col_starts, col_ends, 1)
     if h > 2:
-        gy[1:-1] = _maxdiff([c[2:] for c in p], [c[:-2] for c in p])
+        _maxdiff([c[2:] for c in p], [c[:-2] for c in p], gy[1:-1])
     gy[np.concatenate([row_starts, row_ends])] = _one_sided(p, row_starts, row_ends, 0)
     return gx, gy
 
@@ -137,10 +138,10 @@ class Layout:
         return out
 
     def canvas(self, img: np.ndarray) -> np.ndarray:
-        """Normed gradients of all bands in one ``ch x cw`` uint8 canvas (zeros where unused):
+        """Normed gradients of all bands in one ``ch x cw`` uint8 canvas (undefined where unused):
         every band's strip columns resized to its height, packed, one gradient of the lot."""
         strip = self.strip(img)
-        packed = np.zeros((self.ch, self.cw, 3), np.uint8)
+        packed = np.empty((self.ch, self.cw, 3), np.uint8)
         for (c0, c1, _), y0, h in zip(self.bands, self.y0, self.rh):
             cv2.resize(strip[:, c0:c1], (int(c1 - c0), int(h)), dst=packed[y0:y0 + h, c0:c1],
                        interpolation=cv2.INTER_LINEAR)
