@@ -76,6 +76,12 @@ def normed_gradient(img, color: str = "rgb") -> np.ndarray:
     return gradient(a, np.array([0]), np.array([w - 1]))
 
 
+def _means(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``(a + b + 1) >> 1`` of uint8 arrays into ``out``: what OpenCV's bilinear resizing (11-bit
+    fixed point) gives halfway between two pixels (in float32 every term is exact)."""
+    return cv2.addWeighted(a, 0.5, b, 0.5, 0.25, dst=out)
+
+
 class Layout:
     """Where every window size's resized image sits, for one image size.
 
@@ -83,7 +89,8 @@ class Layout:
     to ``rw x rh = round(8 W / w) x round(8 H / h)``. Sizes more than twice the image are
     skipped; sizes that clip to the same resized extent are kept once (the smallest). All
     widths are packed side by side in one horizontal strip (one resize each); every height is
-    a band, the strip's columns of the widths it needs resized vertically to ``rh``. Global
+    a band, the strip's columns of the widths it needs resized vertically to ``rh`` (resizes by
+    integer factors take source lines directly, as OpenCV's bilinear resizing would). Global
     score-map coordinates: row ``y0[band] + y``, column in strip coordinates.
     """
 
@@ -122,6 +129,11 @@ class Layout:
         lx, ly = np.arange(self.cw) - self.x0[self.col_part], np.arange(self.ch) - self.y0[self.row_band]
         self._xedges = (np.stack([lx, lx + W8], 1) * self.sx[self.col_part, None]).astype(np.float32)
         self._yedges = (np.stack([ly, ly + W8], 1) * self.sy[self.row_band, None]).astype(np.float32)
+        # integer factors W / rw (powers of two) and H / rh, else 0: there bilinear resizing is
+        # a mean of two source lines or one line (:meth:`strip`, :meth:`canvas`)
+        kx, ky = width // np.maximum(self.rw, 1), height // np.maximum(self.rh, 1)
+        self.kx = np.where((kx * self.rw == width) & (kx >= 2) & (kx & (kx - 1) == 0), kx, 0)
+        self.ky = np.where(ky * self.rh == height, ky, 0)
         # per band: the strip columns it needs and, per window start column, its size or -1
         self.bands = []
         for j in range(len(self.rh)):
@@ -133,8 +145,16 @@ class Layout:
     def strip(self, img: np.ndarray) -> np.ndarray:
         """``img`` resized to every width, side by side (``H x cw x 3``)."""
         out = np.empty((self.height, self.cw, 3), np.uint8)
-        for x0, w in zip(self.x0, self.rw):
-            cv2.resize(img, (int(w), self.height), dst=out[:, x0:x0 + w], interpolation=cv2.INTER_LINEAR)
+        means = None
+        for x0, w, k in zip(self.x0, self.rw, self.kx):
+            if k:                      # W = k w: the means of columns k x + k/2 - 1 and k x + k/2
+                if means is None:      # (of all neighbouring columns, every k-th picked)
+                    means = np.empty((self.height, self.width + self.kx.max() // 2, 3), np.uint8)
+                    _means(img[:, :-1], img[:, 1:], means[:, :self.width - 1])
+                cv2.resize(means[:, k // 2 - 1:k // 2 - 1 + self.width], (int(w), self.height),
+                           dst=out[:, x0:x0 + w], interpolation=cv2.INTER_NEAREST)
+            else:
+                cv2.resize(img, (int(w), self.height), dst=out[:, x0:x0 + w], interpolation=cv2.INTER_LINEAR)
         return out
 
     def canvas(self, img: np.ndarray) -> np.ndarray:
@@ -142,9 +162,14 @@ class Layout:
         every band's strip columns resized to its height, packed, one gradient of the lot."""
         strip = self.strip(img)
         packed = np.empty((self.ch, self.cw, 3), np.uint8)
-        for (c0, c1, _), y0, h in zip(self.bands, self.y0, self.rh):
-            cv2.resize(strip[:, c0:c1], (int(c1 - c0), int(h)), dst=packed[y0:y0 + h, c0:c1],
-                       interpolation=cv2.INTER_LINEAR)
+        for (c0, c1, _), y0, h, k in zip(self.bands, self.y0, self.rh, self.ky):
+            band = packed[y0:y0 + h, c0:c1]
+            if k and k % 2 == 0:       # H = k rh: the means of rows k y + k/2 - 1 and k y + k/2
+                _means(strip[k // 2 - 1::k, c0:c1], strip[k // 2::k, c0:c1], band)
+            elif k:                    # odd k: row k y + (k - 1) / 2
+                band[...] = strip[k // 2::k, c0:c1]
+            else:
+                cv2.resize(strip[:, c0:c1], (int(c1 - c0), int(h)), dst=band, interpolation=cv2.INTER_LINEAR)
         return cv2.add(*gradients(packed, self.x0, self.x0 + self.rw - 1, self.y0, self.y0 + self.rh - 1))
 
     def size_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
