@@ -91,23 +91,16 @@ def _best(score: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")
 
 
-def _cut(order: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
-    """``order[_best(score[order], n)]`` for ``order`` sorted best first (ties in index order):
-    its first ``n``, unless a tie at the cut leaves the pick to ``_best``'s partition."""
-    n = min(n, len(order))
-    if 0 < n < len(order) and score[order[n - 1]] == score[order[n]]:
-        order = np.sort(order)
-        return order[_best(score[order], n)]
-    return order[:n]
-
-
 @lru_cache(maxsize=8)
 def _fine_slots(n: int, fine_after: int, fine_share: float):
     """Ranks of fine sizes among the first ``n`` (:meth:`Bing._rank`) and every rank's place
     in its queue (coarse, fine)."""
     j = np.arange(n) - fine_after
     slot = (j >= 0) & (np.floor((j + 1) * fine_share) > np.floor(j * fine_share))
-    return slot, np.cumsum(~slot) - 1, np.cumsum(slot) - 1
+    out = slot, np.cumsum(~slot) - 1, np.cumsum(slot) - 1
+    for a in out:
+        a.flags.writeable = False                      # shared by the cache
+    return out
 
 
 def _nms(boxes: np.ndarray, iou: float, top_k: int) -> np.ndarray:
@@ -293,16 +286,15 @@ class Bing:
             out.append((ys + y0, xs + c0, size.take(xs), s.ravel().take(f), sparse))
         return _Candidates(lay, *map(np.concatenate, zip(*out))) if out else _Candidates.empty(lay)
 
-    def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
-        """Best first among candidates ``order`` (sorted best first, ties in index order): the
-        best ``sparse_top`` 5x5 maxima, then the best of the rest."""
-        n = min(n, len(order))
-        head = order[sparse.take(order)]
-        head = _cut(head, score, min(self.sparse_top, n, len(head)))
-        taken = np.zeros(len(score), bool)
-        taken[head] = True
-        rest = order[~taken.take(order)]
-        return np.concatenate([head, _cut(rest, score, n - len(head))])
+    def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
+        """Best first: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""
+        head = np.flatnonzero(sparse)
+        head = head[_best(score.take(head), min(self.sparse_top, n, len(head)))]
+        rest = np.ones(len(score), bool)
+        rest[head] = False
+        rest = np.flatnonzero(rest)
+        rest = rest[_best(score.take(rest), min(n - len(head), len(rest)))]
+        return np.concatenate([head, rest])
 
     def _rank(self, c: _Candidates, n: int) -> np.ndarray:
         """Order of the first ``n`` proposals. Coarse sizes (power-of-two sides) are ranked by
@@ -311,10 +303,10 @@ class Bing:
         (rank ``i`` is fine when ``floor((j + 1) q) > floor(j q)``, ``j = i - fine_after``): a
         fixed pattern, so that the list for ``top_k=10`` is the first 10 of the list for 1000.
         A queue that runs out leaves its slots to the other."""
-        order = np.argsort(-c.score, kind="stable")            # best first, ties in index order
-        fine = self._fine.take(c.size.take(order))
-        ra = self._rank_coarse(c.score, c.sparse, order[~fine], n)
-        rb = _cut(order[fine], c.score, n)
+        fine = self._fine.take(c.size)
+        a, b = np.flatnonzero(~fine), np.flatnonzero(fine)
+        ra = a[self._rank_coarse(c.score.take(a), c.sparse.take(a), min(n, len(a)))]
+        rb = b[_best(c.score.take(b), min(n, len(b)))]
         slot, ia, ib = _fine_slots(n, self.fine_after, self.fine_share)
         ok = np.where(slot, ib < len(rb), ia < len(ra))
         merged = np.where(slot, rb[np.minimum(ib, max(len(rb) - 1, 0))] if len(rb) else -1,
