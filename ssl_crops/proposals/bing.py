@@ -138,7 +138,7 @@ class _Candidates:
         cut = np.partition(self.score, len(self.score) - n)[len(self.score) - n]
         keep = self.score > cut
         keep[np.flatnonzero(self.score == cut)[:n - np.count_nonzero(keep)]] = True
-        return self.take(keep)
+        return self.take(np.flatnonzero(keep))
 
 
 # --------------------------------------------------------------------------- model
