@@ -119,11 +119,6 @@ class _Candidates:
         self.lay, self.ys, self.xs, self.size, self.score, self.sparse = lay, ys, xs, size, score, sparse
         self.stage2, self.cue = stage2, cue
 
-    @staticmethod
-    def empty(lay: Layout) -> "_Candidates":
-        e = np.zeros(0, np.intp)
-        return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
-
     def take(self, sel) -> "_Candidates":
         return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel],
                            None if self.stage2 is None else self.stage2[sel], self.cue)
@@ -139,6 +134,11 @@ class _Candidates:
         keep = self.score > cut
         keep[np.flatnonzero(self.score == cut)[:n - np.count_nonzero(keep)]] = True
         return self.take(np.flatnonzero(keep))
+
+
+def _no_candidates(lay: Layout) -> _Candidates:
+    e = np.zeros(0, np.intp)
+    return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
 
 
 # --------------------------------------------------------------------------- model
@@ -266,7 +266,7 @@ class Bing:
         size's calibrated score map."""
         lay, cols = self._layout(work.shape[1], work.shape[0])
         if not lay.bands:
-            return _Candidates.empty(lay)
+            return _no_candidates(lay)
         out = []
         mag = lay.canvas(work)
         if self.gradient_shift:
@@ -284,7 +284,7 @@ class Bing:
             f = ys * s.shape[1] + xs                    # flat indices: take is faster than [ys, xs]
             sparse = local_maxima(s, 5).ravel().take(f) > 0 if coarse else np.zeros(len(f), bool)
             out.append((ys + y0, xs + c0, size.take(xs), s.ravel().take(f), sparse))
-        return _Candidates(lay, *map(np.concatenate, zip(*out))) if out else _Candidates.empty(lay)
+        return _Candidates(lay, *map(np.concatenate, zip(*out))) if out else _no_candidates(lay)
 
     def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
         """Best first: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""
