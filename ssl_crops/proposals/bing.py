@@ -115,6 +115,18 @@ def _unique_snapped(boxes: np.ndarray, snapped: np.ndarray):
         back |= new
 
 
+@lru_cache(maxsize=8)
+def _fine_slots(n: int, fine_after: int, fine_share: float):
+    """Ranks of fine sizes among the first ``n`` (:meth:`Bing._rank`) and every rank's place
+    in its queue (coarse, fine)."""
+    j = np.arange(n) - fine_after
+    slot = (j >= 0) & (np.floor((j + 1) * fine_share) > np.floor(j * fine_share))
+    out = slot, np.cumsum(~slot) - 1, np.cumsum(slot) - 1
+    for a in out:
+        a.flags.writeable = False                      # shared by the cache
+    return out
+
+
 def _nms(boxes: np.ndarray, iou: float, top_k: int) -> np.ndarray:
     """Greedy box NMS of ``boxes`` sorted best first; kept indices, best first."""
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
@@ -144,7 +156,12 @@ class _Candidates:
         cut = np.partition(self.score, len(self.score) - n)[len(self.score) - n]
         keep = self.score > cut
         keep[np.flatnonzero(self.score == cut)[:n - np.count_nonzero(keep)]] = True
-        return self.take(keep)
+        return self.take(np.flatnonzero(keep))
+
+
+def _no_candidates(lay: Layout) -> _Candidates:
+    e = np.zeros(0, np.intp)
+    return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
 
 
 # --------------------------------------------------------------------------- model
@@ -260,53 +277,49 @@ class Bing:
 
     def _columns(self, w: int, h: int):
         """Layout of a ``w x h`` working image and, per band, the calibration ``(v, t)`` of every
-        score-map column (``t = -inf`` where no window starts)."""
+        band column (``t = -inf`` where no window starts) and whether it has coarse sizes."""
         lay = Layout(w, h, self.sizes)
         cols = []
-        for _, _, size, _, _, _ in lay.bands:
-            ok = size >= 0
-            v = np.where(ok, self.calib[np.maximum(size, 0), 0], 0).astype(np.float32)
-            t = np.where(ok, self.calib[np.maximum(size, 0), 1], -np.inf).astype(np.float32)
-            coarse = bool(np.any(ok & ~self._fine[np.maximum(size, 0)]))   # 5x5 maxima only rank coarse sizes
-            cols.append((v[None], t[None], coarse))
+        for c0, c1, size in lay.bands:
+            v, t = np.zeros(c1 - c0, np.float32), np.full(c1 - c0, -np.inf, np.float32)
+            ok = np.flatnonzero(size >= 0)
+            v[ok], t[ok] = self.calib[size[ok]].T
+            cols.append((v, t, bool(np.any(~self._fine[size[ok]]))))   # 5x5 maxima only rank coarse sizes
         return lay, cols
 
     def _stage1(self, work: np.ndarray) -> _Candidates:
         """Candidates of a working image (in the model's colour space): the 3x3 maxima of every
         size's calibrated score map."""
         lay, cols = self._layout(work.shape[1], work.shape[0])
+        if not lay.bands:
+            return _no_candidates(lay)
         out = []
-        strip = lay.strip(work) if lay.bands else None
-        for j, (c0, c1, size, _, _, _) in enumerate(lay.bands):
-            g = lay.band_gradient(strip, j)
-            if self.gradient_shift:
-                g = cv2.add(g >> self.gradient_shift, 0, dtype=cv2.CV_32F)
-            else:
-                g = cv2.add(g, 0, dtype=cv2.CV_32F)
-            s = cv2.filter2D(g, -1, self.filter, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-            s = s[:g.shape[0] - W8 + 1, :g.shape[1] - W8 + 1]      # windows inside the band, calibrated in place
-            s *= cols[j][0]
-            s += cols[j][1]
-            pts = cv2.findNonZero(grid_maxima(s) if self.maxima == "grid" else local_maxima(s, 3))
+        mag = lay.canvas(work)
+        if self.gradient_shift:
+            mag >>= self.gradient_shift
+        for (c0, c1, size), y0, h, (v, t, coarse) in zip(lay.bands, lay.y0, lay.rh, cols):
+            s = cv2.filter2D(mag[y0:y0 + h, c0:c1].astype(np.float32), -1, self.filter, anchor=(0, 0),
+                             borderType=cv2.BORDER_CONSTANT)[:h - W8 + 1]      # windows inside the band
+            s *= v                                     # calibrated in place, -inf where no window starts
+            s += t
+            pts = cv2.findNonZero(grid_maxima(s[:, :len(size)]) if self.maxima == "grid" else local_maxima(s, 3))
             if pts is None:
                 continue
             pts = pts.reshape(-1, 2)
             xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
-            sparse = local_maxima(s, 5)[ys, xs] > 0 if cols[j][2] else np.zeros(len(xs), bool)
-            out.append((ys + lay.y0[j], xs + c0, size[xs], s[ys, xs], sparse))
-        if not out:
-            e = np.zeros(0, np.intp)
-            return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
-        return _Candidates(lay, *map(np.concatenate, zip(*out)))
+            f = ys * s.shape[1] + xs                    # flat indices: take is faster than [ys, xs]
+            sparse = local_maxima(s, 5).ravel().take(f) > 0 if coarse else np.zeros(len(f), bool)
+            out.append((ys + y0, xs + c0, size.take(xs), s.ravel().take(f), sparse))
+        return _Candidates(lay, *map(np.concatenate, zip(*out))) if out else _no_candidates(lay)
 
     def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
         """Best first: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""
         head = np.flatnonzero(sparse)
-        head = head[_best(score[head], min(self.sparse_top, n, len(head)))]
+        head = head[_best(score.take(head), min(self.sparse_top, n, len(head)))]
         rest = np.ones(len(score), bool)
         rest[head] = False
         rest = np.flatnonzero(rest)
-        rest = rest[_best(score[rest], min(n - len(head), len(rest)))]
+        rest = rest[_best(score.take(rest), min(n - len(head), len(rest)))]
         return np.concatenate([head, rest])
 
     def _rank(self, c: _Candidates, n: int) -> np.ndarray:
@@ -316,13 +329,11 @@ class Bing:
         (rank ``i`` is fine when ``floor((j + 1) q) > floor(j q)``, ``j = i - fine_after``): a
         fixed pattern, so that the list for ``top_k=10`` is the first 10 of the list for 1000.
         A queue that runs out leaves its slots to the other."""
-        fine = self._fine[c.size]
+        fine = self._fine.take(c.size)
         a, b = np.flatnonzero(~fine), np.flatnonzero(fine)
-        ra = a[self._rank_coarse(c.score[a], c.sparse[a], min(n, len(a)))]
-        rb = b[_best(c.score[b], min(n, len(b)))]
-        j = np.arange(n) - self.fine_after
-        slot = (j >= 0) & (np.floor((j + 1) * self.fine_share) > np.floor(j * self.fine_share))
-        ia, ib = np.cumsum(~slot) - 1, np.cumsum(slot) - 1
+        ra = a[self._rank_coarse(c.score.take(a), c.sparse.take(a), min(n, len(a)))]
+        rb = b[_best(c.score.take(b), min(n, len(b)))]
+        slot, ia, ib = _fine_slots(n, self.fine_after, self.fine_share)
         ok = np.where(slot, ib < len(rb), ia < len(ra))
         merged = np.where(slot, rb[np.minimum(ib, max(len(rb) - 1, 0))] if len(rb) else -1,
                           ra[np.minimum(ia, max(len(ra) - 1, 0))] if len(ra) else -1)[ok]
