@@ -127,9 +127,9 @@ def snap_edges(packed: np.ndarray, factors, boxes: np.ndarray, step: float, size
     ex = np.concatenate([x0 + shift * wd, x1 + shift * wd])                            # (6, n): left, right
     ey = np.concatenate([y0 + shift * ht, y1 + shift * ht])                            # (6, n): top, bottom
     dx, dy = wd * np.float32(STRIP), ht * np.float32(STRIP)
-    full = lambda v: np.broadcast_to(v, ex.shape)
-    upright = np.stack([ex - dx, full(y0), ex + dx, full(y1)], axis=1)                 # (6, 4, n)
-    flat = np.stack([full(x0), ey - dy, full(x1), ey + dy], axis=1)
+    y0, y1, x0, x1 = (np.broadcast_to(v, ex.shape) for v in (y0, y1, x0, x1))
+    upright = np.stack([ex - dx, y0, ex + dx, y1], axis=1)                             # (6, 4, n)
+    flat = np.stack([x0, ey - dy, x1, ey + dy], axis=1)
     sxy, area = _sums(packed, np.concatenate([upright, flat]))                          # (12, n)
     gx, gy = (sxy & 0xFFFFFFFF).astype(np.float32), (sxy >> 32).astype(np.float32)
     gain = np.concatenate([gx[:6] - gy[:6], gy[6:] - gx[6:]]) / area                   # along - across
