@@ -1,6 +1,6 @@
 """BING proposals on real photos: ours (2-fold fitted) against OpenCV contrib's ObjectnessBING.
 
-    python benchmarks/bing.py DATA [--opencv-model DIR] [--repeats 7] [--scenes 100]
+    python benchmarks/bing.py DATA [--opencv-model DIR] [--repeats 7] [--scenes 100] [--rescore-top N]
 
 ``DATA`` is a folder with ``images/`` and a COCO ``instances.json`` (e.g. coco128-train).
 Headline: 2-fold on the photos (fit on one half, score the other, both ways), working size
@@ -10,7 +10,8 @@ image on one thread (numpy/OpenCV pinned to 1 thread, decoding excluded). OpenCV
 this script makes (``--venv``, reused when present) and is called in a subprocess; its VOC
 model comes from ``--opencv-model``. Timings of ours and OpenCV's alternate ``--repeats``
 times in the same run, medians reported. Also: the photos upscaled 2x (same model, boxes
-scaled), a 4000x3000 vs a 640x480 photo, and generated scenes as a secondary line.
+scaled), the same models without edge snapping, a 4000x3000 vs a 640x480 photo, and
+generated scenes as a secondary line.
 """
 from __future__ import annotations
 
@@ -162,6 +163,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
     ap.add_argument("--scenes", type=int, default=100, help="generated scenes to fit on (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rescore-top", type=int, default=None, help="stage-III candidates (default: Bing.fit's)")
     args = ap.parse_args()
 
     import cv2
@@ -176,7 +178,8 @@ def main() -> None:
     print(f"{len(paths)} photos, {sum(map(len, gts))} boxes; 2-fold (fit on {len(folds[0])}/{len(folds[1])}, "
           f"score the other); working size {args.max_side} px; one thread; the machine may be shared")
     t = time.perf_counter()
-    models = [Bing.fit([images[i] for i in fit], [gts[i] for i in fit], seed=args.seed, max_side=args.max_side)
+    top = {} if args.rescore_top is None else {"rescore_top": args.rescore_top}
+    models = [Bing.fit([images[i] for i in fit], [gts[i] for i in fit], seed=args.seed, max_side=args.max_side, **top)
               for fit in folds]
     print(f"fit: {models[0]} / {len(models[1].sizes)} sizes, {(time.perf_counter() - t) / 2:.1f} s per fold")
     tests = [folds[1], folds[0]]
@@ -216,6 +219,12 @@ def main() -> None:
     if contrib is not None:
         print(row(f"OpenCV contrib {contrib.version} (VOC)", theirs, float(np.median(cv_ms))))
         contrib.close()
+    for m in models:                                 # the same models without edge snapping
+        m.snap, snap = None, m.snap
+    plain = [models[f].propose(images[i], 1000) for f, test in enumerate(tests) for i in test]
+    for m in models:
+        m.snap = snap
+    print(row("ours without edge snapping", evaluate_proposals(plain, [gts[i] for i in order], ks=KS)))
     if voc is not None:
         vp = [voc.propose(images[i], 1000) for i in order]
         print(row("ours with OpenCV's VOC model", evaluate_proposals(vp, [gts[i] for i in order], ks=KS)))

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="candidates re-scored by stage III (objectness cues) per image (0: no stage III)")
     p.add_argument("--rescore-head", type=int, default=50,
                    help="first proposals left in stage-II order by stage III (at most 100, the 5x5-maxima head)")
+    p.add_argument("--snap", type=float, default=0.12,
+                   help="edge snapping of proposals after the head: step as a share of the box side (0: none)")
     p = sub.add_parser("propose", help="cache proposals for a folder (parallel, resumable)")
     p.add_argument("--images", required=True, help="image folder (searched recursively)")
     p.add_argument("--model", required=True, help="model .npz or OpenCV model folder")
@@ -96,7 +98,7 @@ def cmd_fit(args) -> None:
     model = Bing.fit_index(index, args.images, rows, seed=args.seed, min_positives=args.min_positives,
                            per_size=args.per_size, max_side=args.max_side or None, color=args.color,
                            rescore_top=args.rescore_top or None, rescore_head=args.rescore_head,
-                           progress=True)
+                           snap=args.snap or None, progress=True)
     model.save(args.out)
     print(f"fitted {model} on {len(rows)} images ({sum(len(index.boxes(i)) for i in rows)} boxes) in "
           f"{time.perf_counter() - t:.1f} s; sizes (w, h): {model.sizes.tolist()}; wrote {args.out}")

@@ -6,9 +6,10 @@ Pipeline for one image (``Bing.propose``):
    (long side ``max_side``, 640 px by default; never enlarged) and converted to the model's
    colour space (HSV for fitted models, RGB for OpenCV's).
 2. For every window size ``(w, h)`` of the model (sides from 8..724 px in sqrt(2) steps;
-   fitted models: 16..512 in powers of two plus 91, 181, 362; sizes larger than twice the
-   image skipped, sizes larger than the image clipped to it and kept once) the image is resized to ``round(8 W / w) x round(8 H / h)`` so that one 8x8 window
-   is one candidate (bilinear, separable: one resize per width, one per height band).
+   fitted models by default 16..512 in powers of two; sizes larger than twice the image
+   skipped, sizes larger than the image clipped to it and kept once) the image is resized to
+   ``round(8 W / w) x round(8 H / h)`` so that one 8x8 window is one candidate (bilinear,
+   separable: one resize per width, one per height band).
 3. Normed gradients ``min(255, max_c |gx_c| + max_c |gy_c|)`` (``features.gradient``).
 4. Stage I: the 8x8 linear filter correlated with every band (exact float weights; OpenCV's
    model keeps its binarized weights and 4-bit gradients, the scores its stage II was fitted on).
@@ -18,13 +19,19 @@ Pipeline for one image (``Bing.propose``):
    best ``per_size`` of each size.
 7. Stage III (fitted models; ``rescorer``): only the best ``rescorer.top`` (3000) candidates
    by stage-II score are kept and re-scored by a logistic model of the stage-II score and
-   edge, placement and shape cues of the window against its surroundings (``rescoring``),
-   except the first ``rescorer.head`` (50) proposals, which keep the stage-II ranking (the
-   best 5x5 maxima of coarse sizes): their scores are lifted above the rest, in that order.
+   edge, edge-orientation, placement and shape cues of the window against its surroundings
+   (``rescoring``), except the first ``rescorer.head`` (50) proposals, which keep the stage-II
+   ranking (the best 5x5 maxima of coarse sizes): their scores are lifted above the rest, in
+   that order. Skipped when all proposals asked for are in that head.
 8. Ranking: the first ``sparse_top`` proposals are the best 5x5 maxima of the coarse
    (power-of-two) sizes, then the best of the rest, with one rank in ``1 / fine_share`` after
-   ``fine_after`` given to the fine (sqrt(2)) sizes; boxes mapped back to the input's pixels
-   (continuous ``xyxy``, ``x1``/``y1`` exclusive); optional greedy box NMS.
+   ``fine_after`` given to the fine (sqrt(2)) sizes.
+9. Edge snapping (fitted models; ``snap``): every side of the proposals after the rescorer's
+   head moves by ``-snap``, 0 or ``+snap`` of the box's side to where the gradient runs along
+   it most (``rescoring.snap_edges``; window sizes are a factor 2 apart and positions an
+   eighth of a window, so many windows miss an object's outline); a box snapped onto an
+   earlier one stays put. Boxes are mapped back to the input's pixels (continuous ``xyxy``,
+   ``x1``/``y1`` exclusive); optional greedy box NMS.
 
 ``Bing.fit`` trains the stages (a primal-Newton L2-loss linear SVM for stage I, per-size
 logistic fits for stage II, a weighted logistic fit for stage III); ``Bing.from_opencv``
@@ -47,7 +54,7 @@ from .features import COLORS, SIDES, W8, Layout, convert_color, grid_maxima, loc
 from .images import ImageReadError, as_rgb, image_size, read_image, working_image
 from .opencv import (OPENCV_GRADIENT_SHIFT, OPENCV_PREFIX, OPENCV_SIDES, ModelFileError, binarize_filter,
                      read_opencv_matrix)
-from .rescoring import Rescorer, cue_integral, cues
+from .rescoring import Rescorer, cue_integral, cues, snap_edges
 from .solvers import logistic_1d, svm_l2
 
 __all__ = [
@@ -58,7 +65,7 @@ __all__ = [
 FORMAT = "ssl_crops.bing/2"                # /2 adds the optional stage-III rescorer
 READABLE_FORMATS = ("ssl_crops.bing/1", FORMAT)
 MAXIMA = ("grid", "local")              # candidates: features.grid_maxima or 3x3 local maxima
-FIT_SIDES = (16, 32, 64, 91, 128, 181, 256, 362, 512)  # default sides of Bing.fit (held-out choice, README)
+FIT_SIDES = (16, 32, 64, 128, 256, 512)  # default sides of Bing.fit (held-out choice, README)
 MAX_SIDE = 640                           # default working size (long side, px)
 LAYOUTS = 64                             # image sizes whose layouts are cached (coco128 has 58; ~90 kB each)
 _OFFS = np.arange(W8)
@@ -86,6 +93,40 @@ def _best(score: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")
 
 
+def _first(boxes: np.ndarray) -> np.ndarray:
+    """Mask of the rows of float32 ``boxes`` that no earlier row equals."""
+    rows = np.ascontiguousarray(boxes).view(np.dtype((np.void, boxes.itemsize * boxes.shape[1]))).ravel()
+    first = np.zeros(len(rows), bool)
+    first[np.unique(rows, return_index=True)[1]] = True
+    return first
+
+
+def _unique_snapped(boxes: np.ndarray, snapped: np.ndarray):
+    """``snapped`` with every box that repeats an earlier one put back unsnapped (``boxes`` has
+    no repeats), and the boxes that still repeat an earlier one dropped: ``(boxes, kept mask)``.
+    A box's fate depends only on the boxes before it, so shorter lists stay prefixes."""
+    out, back = snapped, np.zeros(len(snapped), bool)
+    while True:
+        again = ~_first(out)
+        new = again & ~back
+        if not new.any():
+            return out[~again], ~again
+        out = np.where(new[:, None], boxes, out)
+        back |= new
+
+
+@lru_cache(maxsize=8)
+def _fine_slots(n: int, fine_after: int, fine_share: float):
+    """Ranks of fine sizes among the first ``n`` (:meth:`Bing._rank`) and every rank's place
+    in its queue (coarse, fine)."""
+    j = np.arange(n) - fine_after
+    slot = (j >= 0) & (np.floor((j + 1) * fine_share) > np.floor(j * fine_share))
+    out = slot, np.cumsum(~slot) - 1, np.cumsum(slot) - 1
+    for a in out:
+        a.flags.writeable = False                      # shared by the cache
+    return out
+
+
 def _nms(boxes: np.ndarray, iou: float, top_k: int) -> np.ndarray:
     """Greedy box NMS of ``boxes`` sorted best first; kept indices, best first."""
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
@@ -95,13 +136,15 @@ def _nms(boxes: np.ndarray, iou: float, top_k: int) -> np.ndarray:
 
 
 class _Candidates:
-    """Stage-I candidates of one working image: global score-map positions, size, score, 5x5 flag."""
+    """Stage-I candidates of one working image: global score-map positions, size, score, 5x5 flag,
+    and after stage III the image's cue integrals (``cue``)."""
 
-    def __init__(self, lay: Layout, ys, xs, size, score, sparse):
-        self.lay, self.ys, self.xs, self.size, self.score, self.sparse = lay, ys, xs, size, score, sparse
+    def __init__(self, lay: Layout, ys, xs, size, score, sparse, cue=None):
+        self.lay, self.ys, self.xs, self.size, self.score, self.sparse, self.cue = lay, ys, xs, size, score, sparse, cue
 
     def take(self, sel) -> "_Candidates":
-        return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel])
+        return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel],
+                           self.cue)
 
     def boxes(self) -> np.ndarray:
         return self.lay.boxes(self.ys, self.xs)
@@ -113,7 +156,12 @@ class _Candidates:
         cut = np.partition(self.score, len(self.score) - n)[len(self.score) - n]
         keep = self.score > cut
         keep[np.flatnonzero(self.score == cut)[:n - np.count_nonzero(keep)]] = True
-        return self.take(keep)
+        return self.take(np.flatnonzero(keep))
+
+
+def _no_candidates(lay: Layout) -> _Candidates:
+    e = np.zeros(0, np.intp)
+    return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
 
 
 # --------------------------------------------------------------------------- model
@@ -125,7 +173,8 @@ class Bing:
     (``None``: no cap); ``sparse_top``: leading proposals taken from the 5x5 maxima only;
     ``maxima``: ``local`` (3x3) or ``grid`` candidates; ``fine_share``/``fine_after``: share
     of the list given to sizes between powers of two, after that rank; ``nms_iou``: optional
-    final box NMS; ``top_k``: number of proposals ``proposals_for`` returns; ``color``: the
+    final box NMS; ``snap``: edge-snapping step, a share of the box's side (``None``: none);
+    ``top_k``: number of proposals ``proposals_for`` returns; ``color``: the
     gradient's colour space (``rgb``, ``hsv``, ``gray``); ``max_side``: working size (long side,
     px; ``None`` = the input's size); ``gradient_shift``: low gradient bits dropped before
     stage I (4 for OpenCV's binarized model); ``rescorer``: optional stage III
@@ -135,7 +184,8 @@ class Bing:
     def __init__(self, filter, sizes, calib, per_size: int | None = None, nms_iou: float | None = None,
                  top_k: int = 1000, color: str = "rgb", max_side: int | None = MAX_SIDE,
                  sparse_top: int = 100, gradient_shift: int = 0, maxima: str = "local",
-                 fine_share: float = 0.1, fine_after: int = 100, rescorer: Rescorer | None = None):
+                 fine_share: float = 0.1, fine_after: int = 100, rescorer: Rescorer | None = None,
+                 snap: float | None = None):
         self.filter = np.ascontiguousarray(np.asarray(filter, np.float32).reshape(W8, W8))
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
         self.calib = np.asarray(calib, np.float32).reshape(-1, 2)
@@ -165,13 +215,16 @@ class Bing:
             raise ValueError(f"rescorer head ({rescorer.head}) must not exceed sparse_top ({self.sparse_top}) "
                              f"and fine_after ({self.fine_after})")
         self.rescorer = rescorer
+        if snap is not None and not 0 < snap < 0.5:
+            raise ValueError(f"snap must be None or in (0, 0.5), got {snap}")
+        self.snap = None if snap is None else float(snap)
         self._layout = lru_cache(maxsize=LAYOUTS)(self._columns)
 
     def __repr__(self) -> str:
         return (f"Bing({len(self.sizes)} sizes, color={self.color}, max_side={self.max_side}, "
                 f"per_size={self.per_size}, nms_iou={self.nms_iou}, "
                 f"rescore_top={self.rescorer and self.rescorer.top}, "
-                f"rescore_head={self.rescorer and self.rescorer.head})")
+                f"rescore_head={self.rescorer and self.rescorer.head}, snap={self.snap})")
 
     def __getstate__(self):                # picklable for multiprocessing (the cache is not)
         return {k: v for k, v in self.__dict__.items() if k != "_layout"}
@@ -185,7 +238,8 @@ class Bing:
         """Everything but the arrays and the rescorer (what :meth:`save` writes as JSON)."""
         return {"per_size": self.per_size, "nms_iou": self.nms_iou, "top_k": self.top_k, "color": self.color,
                 "max_side": self.max_side, "sparse_top": self.sparse_top, "gradient_shift": self.gradient_shift,
-                "maxima": self.maxima, "fine_share": self.fine_share, "fine_after": self.fine_after}
+                "maxima": self.maxima, "fine_share": self.fine_share, "fine_after": self.fine_after,
+                "snap": self.snap}
 
     # ------------------------------------------------------------------ inference
     def _working(self, img):
@@ -196,17 +250,21 @@ class Bing:
             return work, (w / work.shape[1], h / work.shape[0])
         return working_image(as_rgb(img), self.max_side)
 
-    def _candidates(self, work: np.ndarray) -> _Candidates:
+    def _candidates(self, work: np.ndarray, n: int | None = None) -> _Candidates:
         """Candidates of an RGB working image: stage I and II, the ``per_size`` cap, and stage
         III (only the ``rescorer.top`` best by stage-II score kept, and re-scored but for the
-        :meth:`_head`)."""
+        :meth:`_head`; skipped when the first ``n`` proposals are all in the head, which it
+        leaves in stage-II order)."""
         c = self._stage1(convert_color(work, self.color))
         if self.per_size:
             c = c.take(_top_per_group(c.size, c.score, self.per_size))
         if self.rescorer is not None and len(c.score):
             c = c.best(self.rescorer.top)
             head = self._head(c, self.rescorer.head)
-            s = self.rescorer.score(cues(*cue_integral(work), c.boxes(), c.score))
+            if n is not None and n <= len(head):
+                return c
+            c.cue = cue_integral(work)
+            s = self.rescorer.score(cues(*c.cue, c.boxes(), c.score))
             s[head] = s.max() + np.arange(len(head), 0, -1, dtype=np.float32)   # first, in stage-II order
             c.score = s
         return c
@@ -219,53 +277,49 @@ class Bing:
 
     def _columns(self, w: int, h: int):
         """Layout of a ``w x h`` working image and, per band, the calibration ``(v, t)`` of every
-        score-map column (``t = -inf`` where no window starts)."""
+        band column (``t = -inf`` where no window starts) and whether it has coarse sizes."""
         lay = Layout(w, h, self.sizes)
         cols = []
-        for _, _, size, _, _, _ in lay.bands:
-            ok = size >= 0
-            v = np.where(ok, self.calib[np.maximum(size, 0), 0], 0).astype(np.float32)
-            t = np.where(ok, self.calib[np.maximum(size, 0), 1], -np.inf).astype(np.float32)
-            coarse = bool(np.any(ok & ~self._fine[np.maximum(size, 0)]))   # 5x5 maxima only rank coarse sizes
-            cols.append((v[None], t[None], coarse))
+        for c0, c1, size in lay.bands:
+            v, t = np.zeros(c1 - c0, np.float32), np.full(c1 - c0, -np.inf, np.float32)
+            ok = np.flatnonzero(size >= 0)
+            v[ok], t[ok] = self.calib[size[ok]].T
+            cols.append((v, t, bool(np.any(~self._fine[size[ok]]))))   # 5x5 maxima only rank coarse sizes
         return lay, cols
 
     def _stage1(self, work: np.ndarray) -> _Candidates:
         """Candidates of a working image (in the model's colour space): the 3x3 maxima of every
         size's calibrated score map."""
         lay, cols = self._layout(work.shape[1], work.shape[0])
+        if not lay.bands:
+            return _no_candidates(lay)
         out = []
-        strip = lay.strip(work) if lay.bands else None
-        for j, (c0, c1, size, _, _, _) in enumerate(lay.bands):
-            g = lay.band_gradient(strip, j)
-            if self.gradient_shift:
-                g = cv2.add(g >> self.gradient_shift, 0, dtype=cv2.CV_32F)
-            else:
-                g = cv2.add(g, 0, dtype=cv2.CV_32F)
-            s = cv2.filter2D(g, -1, self.filter, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-            s = s[:g.shape[0] - W8 + 1, :g.shape[1] - W8 + 1]      # windows inside the band, calibrated in place
-            s *= cols[j][0]
-            s += cols[j][1]
-            pts = cv2.findNonZero(grid_maxima(s) if self.maxima == "grid" else local_maxima(s, 3))
+        mag = lay.canvas(work)
+        if self.gradient_shift:
+            mag >>= self.gradient_shift
+        for (c0, c1, size), y0, h, (v, t, coarse) in zip(lay.bands, lay.y0, lay.rh, cols):
+            s = cv2.filter2D(mag[y0:y0 + h, c0:c1].astype(np.float32), -1, self.filter, anchor=(0, 0),
+                             borderType=cv2.BORDER_CONSTANT)[:h - W8 + 1]      # windows inside the band
+            s *= v                                     # calibrated in place, -inf where no window starts
+            s += t
+            pts = cv2.findNonZero(grid_maxima(s[:, :len(size)]) if self.maxima == "grid" else local_maxima(s, 3))
             if pts is None:
                 continue
             pts = pts.reshape(-1, 2)
             xs, ys = pts[:, 0].astype(np.intp), pts[:, 1].astype(np.intp)
-            sparse = local_maxima(s, 5)[ys, xs] > 0 if cols[j][2] else np.zeros(len(xs), bool)
-            out.append((ys + lay.y0[j], xs + c0, size[xs], s[ys, xs], sparse))
-        if not out:
-            e = np.zeros(0, np.intp)
-            return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
-        return _Candidates(lay, *map(np.concatenate, zip(*out)))
+            f = ys * s.shape[1] + xs                    # flat indices: take is faster than [ys, xs]
+            sparse = local_maxima(s, 5).ravel().take(f) > 0 if coarse else np.zeros(len(f), bool)
+            out.append((ys + y0, xs + c0, size.take(xs), s.ravel().take(f), sparse))
+        return _Candidates(lay, *map(np.concatenate, zip(*out))) if out else _no_candidates(lay)
 
     def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
         """Best first: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""
         head = np.flatnonzero(sparse)
-        head = head[_best(score[head], min(self.sparse_top, n, len(head)))]
+        head = head[_best(score.take(head), min(self.sparse_top, n, len(head)))]
         rest = np.ones(len(score), bool)
         rest[head] = False
         rest = np.flatnonzero(rest)
-        rest = rest[_best(score[rest], min(n - len(head), len(rest)))]
+        rest = rest[_best(score.take(rest), min(n - len(head), len(rest)))]
         return np.concatenate([head, rest])
 
     def _rank(self, c: _Candidates, n: int) -> np.ndarray:
@@ -275,13 +329,11 @@ class Bing:
         (rank ``i`` is fine when ``floor((j + 1) q) > floor(j q)``, ``j = i - fine_after``): a
         fixed pattern, so that the list for ``top_k=10`` is the first 10 of the list for 1000.
         A queue that runs out leaves its slots to the other."""
-        fine = self._fine[c.size]
+        fine = self._fine.take(c.size)
         a, b = np.flatnonzero(~fine), np.flatnonzero(fine)
-        ra = a[self._rank_coarse(c.score[a], c.sparse[a], min(n, len(a)))]
-        rb = b[_best(c.score[b], min(n, len(b)))]
-        j = np.arange(n) - self.fine_after
-        slot = (j >= 0) & (np.floor((j + 1) * self.fine_share) > np.floor(j * self.fine_share))
-        ia, ib = np.cumsum(~slot) - 1, np.cumsum(slot) - 1
+        ra = a[self._rank_coarse(c.score.take(a), c.sparse.take(a), min(n, len(a)))]
+        rb = b[_best(c.score.take(b), min(n, len(b)))]
+        slot, ia, ib = _fine_slots(n, self.fine_after, self.fine_share)
         ok = np.where(slot, ib < len(rb), ia < len(ra))
         merged = np.where(slot, rb[np.minimum(ib, max(len(rb) - 1, 0))] if len(rb) else -1,
                           ra[np.minimum(ia, max(len(ra) - 1, 0))] if len(ra) else -1)[ok]
@@ -292,12 +344,20 @@ class Bing:
         """Proposals of ``img`` (array, PIL image or path): float32 ``(K, 4)`` pixel
         ``x0, y0, x1, y1`` of ``img``, best first (and their scores when ``return_scores``)."""
         work, (fx, fy) = self._working(img)
-        c = self._candidates(work)
+        c = self._candidates(work, None if top_k is None or self.nms_iou is not None else int(top_k))
         score = c.score
         n = len(score) if top_k is None or self.nms_iou is not None else min(int(top_k), len(score))
         order = self._rank(c, n)
         c, score = c.take(order), score[order].astype(np.float32)
-        boxes = c.boxes() * np.array([fx, fy, fx, fy], np.float32)
+        boxes = c.boxes()
+        head = self.rescorer.head if self.rescorer is not None else 0
+        if self.snap is not None and len(boxes) > head:
+            integral, factors = c.cue if c.cue is not None else cue_integral(work)
+            snapped = boxes.copy()
+            snapped[head:] = snap_edges(integral[1], factors, boxes[head:], self.snap, (c.lay.width, c.lay.height))
+            boxes, keep = _unique_snapped(boxes, snapped)
+            score = score[keep]
+        boxes *= np.array([fx, fy, fx, fy], np.float32)
         if self.nms_iou is not None and len(boxes):
             keep = _nms(boxes, self.nms_iou, len(boxes) if top_k is None else int(top_k))
             boxes, score = boxes[keep], score[keep]
@@ -325,8 +385,8 @@ class Bing:
     def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
             negatives_per_image: int = 100, per_size: int | None = None, c: float = 1e-3, color: str = "hsv",
             max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 3000,
-            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.15, progress: bool = False,
-            **kwargs) -> "Bing":
+            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.15, snap: float | None = 0.12,
+            progress: bool = False, **kwargs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).
 
         Images are taken at the working size ``max_side`` and in colour space ``color``, as
@@ -338,12 +398,14 @@ class Bing:
         on the stage-I score of the candidates of the same images. Stage III (unless
         ``rescore_top`` is ``None``): a :class:`~.rescoring.Rescorer` of the best ``rescore_top``
         candidates of the same images (``box_weight``: see :mod:`.rescoring`), the first
-        ``rescore_head`` proposals left in stage-II order. ``fine_share``, ``rescore_top`` and
-        ``rescore_head`` defaults: held-out choices (README). Deterministic given ``seed``.
+        ``rescore_head`` proposals left in stage-II order. ``snap``: see :class:`Bing`.
+        ``fine_share``, ``rescore_top``, ``rescore_head`` and ``snap`` defaults: held-out choices
+        (README). Deterministic given ``seed``.
         """
         rng = np.random.default_rng(seed)
         all_sizes = np.array([(w, h) for h in sides for w in sides], np.int64)
-        kwargs = {"per_size": per_size, "color": color, "max_side": max_side, "fine_share": fine_share, **kwargs}
+        kwargs = {"per_size": per_size, "color": color, "max_side": max_side, "fine_share": fine_share, "snap": snap,
+                  **kwargs}
         proto = cls(np.zeros((W8, W8)), all_sizes, np.zeros((len(all_sizes), 2)), **kwargs)
         if rescore_top is not None and not 0 <= rescore_head <= min(proto.sparse_top, proto.fine_after, rescore_top):
             raise ValueError(f"rescore_head must be in 0..min(sparse_top, fine_after, rescore_top), got {rescore_head}")

@@ -25,34 +25,46 @@ def convert_color(img: np.ndarray, color: str) -> np.ndarray:
     raise ValueError(f"unknown colour space {color!r}; expected one of {COLORS}")
 
 
-def _maxdiff(p, q) -> np.ndarray:
-    """Per-pixel max over channels of ``|p_c - q_c|`` for lists of uint8 planes ``p``, ``q``."""
-    return cv2.max(cv2.max(cv2.absdiff(p[0], q[0]), cv2.absdiff(p[1], q[1])), cv2.absdiff(p[2], q[2]))
+def _maxdiff(p, q, out=None) -> np.ndarray:
+    """Per-pixel max over channels of ``|p_c - q_c|`` for lists of uint8 planes ``p``, ``q``
+    (written to ``out`` when given)."""
+    return cv2.max(cv2.max(cv2.absdiff(p[0], q[0]), cv2.absdiff(p[1], q[1])), cv2.absdiff(p[2], q[2]), dst=out)
 
 
-def gradient(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray) -> np.ndarray:
-    """Normed gradient ``min(255, max_c |gx| + max_c |gy|)`` of an ``H x W x 3`` canvas of images
-    packed side by side.
+def _one_sided(p, starts: np.ndarray, ends: np.ndarray, axis: int) -> np.ndarray:
+    """Twice the one-sided ``max_c |difference|`` of planes ``p`` along ``axis`` at the first
+    (``starts``) and last (``ends``) indices of packed images, in that order (uint8, saturated)."""
+    a, b = np.concatenate([starts + 1, ends]), np.concatenate([starts, ends - 1])
+    d = _maxdiff([c.take(a, axis) for c in p], [c.take(b, axis) for c in p])
+    return cv2.add(d, d)
 
-    ``col_starts``/``col_ends`` are the first/last column of every packed image: there (and on
-    the first and last row) the central difference is replaced by twice the one-sided one, as
-    OpenCV does on image borders, so packed images do not see each other.
+
+def gradients(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray, row_starts=None, row_ends=None):
+    """``max_c |gx|`` and ``max_c |gy|`` (uint8, saturated) of an ``H x W x 3`` canvas of images
+    packed side by side (and one above the other).
+
+    ``col_starts``/``col_ends`` are the first/last column of every packed image, ``row_starts``/
+    ``row_ends`` its first/last row (default: the canvas's): there the central difference is
+    replaced by twice the one-sided one, as OpenCV does on image borders, so packed images do
+    not see each other.
     """
     h, w = a.shape[:2]
+    if row_starts is None:
+        row_starts, row_ends = np.array([0]), np.array([h - 1])
     p = cv2.split(a)                          # contiguous planes: faster than strided channels
     gx, gy = np.empty((h, w), np.uint8), np.empty((h, w), np.uint8)
     if w > 2:
-        gx[:, 1:-1] = _maxdiff([c[:, 2:] for c in p], [c[:, :-2] for c in p])
-    e = [np.take(c, np.concatenate([col_starts + 1, col_ends, col_starts, col_ends - 1]), axis=1) for c in p]
-    k = 2 * len(col_starts)
-    d = _maxdiff([c[:, :k] for c in e], [c[:, k:] for c in e])
-    gx[:, np.concatenate([col_starts, col_ends])] = cv2.add(d, d)
+        _maxdiff([c[:, 2:] for c in p], [c[:, :-2] for c in p], gx[:, 1:-1])
+    gx[:, np.concatenate([col_starts, col_ends])] = _one_sided(p, col_starts, col_ends, 1)
     if h > 2:
-        gy[1:-1] = _maxdiff([c[2:] for c in p], [c[:-2] for c in p])
-    e = [c[[1, h - 1, 0, h - 2]] for c in p]
-    d = _maxdiff([c[:2] for c in e], [c[2:] for c in e])
-    gy[[0, h - 1]] = cv2.add(d, d)
-    return cv2.add(gx, gy)
+        _maxdiff([c[2:] for c in p], [c[:-2] for c in p], gy[1:-1])
+    gy[np.concatenate([row_starts, row_ends])] = _one_sided(p, row_starts, row_ends, 0)
+    return gx, gy
+
+
+def gradient(a: np.ndarray, col_starts: np.ndarray, col_ends: np.ndarray) -> np.ndarray:
+    """Normed gradient ``min(255, max_c |gx| + max_c |gy|)`` of a packed canvas (:func:`gradients`)."""
+    return cv2.add(*gradients(a, col_starts, col_ends))
 
 
 def normed_gradient(img, color: str = "rgb") -> np.ndarray:
@@ -64,6 +76,12 @@ def normed_gradient(img, color: str = "rgb") -> np.ndarray:
     return gradient(a, np.array([0]), np.array([w - 1]))
 
 
+def _means(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``(a + b + 1) >> 1`` of uint8 arrays into ``out``: what OpenCV's bilinear resizing (11-bit
+    fixed point) gives halfway between two pixels (in float32 every term is exact)."""
+    return cv2.addWeighted(a, 0.5, b, 0.5, 0.25, dst=out)
+
+
 class Layout:
     """Where every window size's resized image sits, for one image size.
 
@@ -71,7 +89,8 @@ class Layout:
     to ``rw x rh = round(8 W / w) x round(8 H / h)``. Sizes more than twice the image are
     skipped; sizes that clip to the same resized extent are kept once (the smallest). All
     widths are packed side by side in one horizontal strip (one resize each); every height is
-    a band, the strip's columns of the widths it needs resized vertically to ``rh``. Global
+    a band, the strip's columns of the widths it needs resized vertically to ``rh`` (resizes by
+    integer factors take source lines directly, as OpenCV's bilinear resizing would). Global
     score-map coordinates: row ``y0[band] + y``, column in strip coordinates.
     """
 
@@ -106,38 +125,52 @@ class Layout:
             self.col_part[self.x0[i]:self.x0[i] + self.rw[i] - W8 + 1] = i
         self.row_band = np.repeat(np.arange(len(self.rh)), self.rh)
         self.sx, self.sy = width / self.rw, height / self.rh           # image pixels per resized pixel
+        # per global column / row: the window's pixel edges (x0, x1) / (y0, y1), for boxes
+        lx, ly = np.arange(self.cw) - self.x0[self.col_part], np.arange(self.ch) - self.y0[self.row_band]
+        self._xedges = (np.stack([lx, lx + W8], 1) * self.sx[self.col_part, None]).astype(np.float32)
+        self._yedges = (np.stack([ly, ly + W8], 1) * self.sy[self.row_band, None]).astype(np.float32)
+        # integer factors W / rw (powers of two) and H / rh, else 0: there bilinear resizing is
+        # a mean of two source lines or one line (:meth:`strip`, :meth:`canvas`)
+        kx, ky = width // np.maximum(self.rw, 1), height // np.maximum(self.rh, 1)
+        self.kx = np.where((kx * self.rw == width) & (kx >= 2) & (kx & (kx - 1) == 0), kx, 0)
+        self.ky = np.where(ky * self.rh == height, ky, 0)
         # per band: the strip columns it needs and, per window start column, its size or -1
         self.bands = []
         for j in range(len(self.rh)):
             parts = np.flatnonzero(self.table[j] >= 0)
             c0, c1 = self.x0[parts[0]], self.x0[parts[-1]] + self.rw[parts[-1]]
             cols = self.col_part[c0:c1 - W8 + 1]
-            size = np.where(cols >= 0, self.table[j, np.maximum(cols, 0)], -1)
-            inner = np.flatnonzero((self.x0 >= c0) & (self.x0 < c1))
-            self.bands.append((c0, c1, size, np.where(size >= 0, 0, -np.inf).astype(np.float32),
-                               self.x0[inner] - c0, self.x0[inner] + self.rw[inner] - 1 - c0))
+            self.bands.append((c0, c1, np.where(cols >= 0, self.table[j, np.maximum(cols, 0)], -1)))
 
     def strip(self, img: np.ndarray) -> np.ndarray:
         """``img`` resized to every width, side by side (``H x cw x 3``)."""
         out = np.empty((self.height, self.cw, 3), np.uint8)
-        for x0, w in zip(self.x0, self.rw):
-            cv2.resize(img, (int(w), self.height), dst=out[:, x0:x0 + w], interpolation=cv2.INTER_LINEAR)
+        means = None
+        for x0, w, k in zip(self.x0, self.rw, self.kx):
+            if k:                      # W = k w: the means of columns k x + k/2 - 1 and k x + k/2
+                if means is None:      # (of all neighbouring columns, every k-th picked)
+                    means = np.empty((self.height, self.width + self.kx.max() // 2, 3), np.uint8)
+                    _means(img[:, :-1], img[:, 1:], means[:, :self.width - 1])
+                cv2.resize(means[:, k // 2 - 1:k // 2 - 1 + self.width], (int(w), self.height),
+                           dst=out[:, x0:x0 + w], interpolation=cv2.INTER_NEAREST)
+            else:
+                cv2.resize(img, (int(w), self.height), dst=out[:, x0:x0 + w], interpolation=cv2.INTER_LINEAR)
         return out
-
-    def band_gradient(self, strip: np.ndarray, j: int) -> np.ndarray:
-        """Normed gradient of band ``j`` (its strip columns resized to height ``rh[j]``)."""
-        c0, c1, _, _, starts, ends = self.bands[j]
-        h = int(self.rh[j])
-        band = cv2.resize(strip[:, c0:c1], (int(c1 - c0), h), interpolation=cv2.INTER_LINEAR)
-        return gradient(band, starts, ends)
 
     def canvas(self, img: np.ndarray) -> np.ndarray:
-        """Normed gradients of all bands in one ``ch x cw`` uint8 canvas (zeros where unused)."""
+        """Normed gradients of all bands in one ``ch x cw`` uint8 canvas (undefined where unused):
+        every band's strip columns resized to its height, packed, one gradient of the lot."""
         strip = self.strip(img)
-        out = np.zeros((self.ch, self.cw), np.uint8)
-        for j, (c0, c1, *_) in enumerate(self.bands):
-            out[self.y0[j]:self.y0[j] + self.rh[j], c0:c1] = self.band_gradient(strip, j)
-        return out
+        packed = np.empty((self.ch, self.cw, 3), np.uint8)
+        for (c0, c1, _), y0, h, k in zip(self.bands, self.y0, self.rh, self.ky):
+            band = packed[y0:y0 + h, c0:c1]
+            if k and k % 2 == 0:       # H = k rh: the means of rows k y + k/2 - 1 and k y + k/2
+                _means(strip[k // 2 - 1::k, c0:c1], strip[k // 2::k, c0:c1], band)
+            elif k:                    # odd k: row k y + (k - 1) / 2
+                band[...] = strip[k // 2::k, c0:c1]
+            else:
+                cv2.resize(strip[:, c0:c1], (int(c1 - c0), int(h)), dst=band, interpolation=cv2.INTER_LINEAR)
+        return cv2.add(*gradients(packed, self.x0, self.x0 + self.rw - 1, self.y0, self.y0 + self.rh - 1))
 
     def size_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Model size index of the windows at global positions ``(ys, xs)`` (-1: none)."""
@@ -146,10 +179,7 @@ class Layout:
 
     def boxes(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Pixel xyxy boxes of the windows at global positions ``(ys, xs)``."""
-        i, j = self.col_part[xs], self.row_band[ys]
-        lx, ly = xs - self.x0[i], ys - self.y0[j]
-        sx, sy = self.sx[i], self.sy[j]
-        return np.stack([lx * sx, ly * sy, (lx + W8) * sx, (ly + W8) * sy], axis=1).astype(np.float32)
+        return np.stack([self._xedges.take(xs, 0), self._yedges.take(ys, 0)], 2).reshape(-1, 4)
 
     def place(self, ks: np.ndarray, fx: np.ndarray, fy: np.ndarray):
         """Global ``(ys, xs)`` of size-``ks`` windows whose top-left corner is at the fraction

@@ -8,8 +8,9 @@ import pytest
 from ssl_crops.demo import synthetic_scenes
 from ssl_crops.proposals import (Bing, ImageReadError, ModelFileError, box_iou, evaluate_proposals,
                                  normed_gradient, read_image)
-from ssl_crops.proposals.bing import _Candidates
+from ssl_crops.proposals.bing import _Candidates, _unique_snapped
 from ssl_crops.proposals.features import Layout
+from ssl_crops.proposals.rescoring import Rescorer
 
 
 def write_opencv_matrix(path, a, dt):
@@ -95,6 +96,14 @@ def fitted(scenes):
     return Bing.fit([im for im, _ in train], [b for _, b in train], seed=0, min_positives=5)
 
 
+@pytest.fixture(scope="module")
+def fitted_fine(scenes):
+    """A model with sides between powers of two (a sqrt(2) step), ranked by ``fine_share``."""
+    train, _ = scenes
+    return Bing.fit([im for im, _ in train], [b for _, b in train], seed=0, min_positives=5,
+                    sides=(16, 32, 64, 91, 128, 181, 256, 362, 512))
+
+
 def test_fit_beats_grid(scenes, fitted):
     _, test = scenes
     gts = [b for _, b in test]
@@ -112,24 +121,26 @@ def test_fit_is_deterministic(scenes, fitted):
     np.testing.assert_array_equal(again.calib, same.calib)
 
 
-def test_propose_output(scenes, fitted):
+def test_propose_output(scenes, fitted, fitted_fine):
     img = scenes[1][0][0]
     boxes, scores = fitted.propose(img, 300, return_scores=True)
     assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 0 < len(boxes) <= 300
     # lists for different top_k are prefixes of each other
     np.testing.assert_array_equal(fitted.propose(img, 10), boxes[:10])
     np.testing.assert_array_equal(fitted.propose(img, None)[:300], boxes)
+    assert not fitted._fine.any()                     # default sides: powers of two
     # fine sizes (sqrt 2 steps) only after fine_after ranks, then one rank in 1 / fine_share
-    work, _ = fitted._working(img)
-    cand = fitted._stage1(work)
-    fine = fitted._fine[cand.size[fitted._rank(cand, 400)]]
-    assert fitted._fine.any() and fine.sum() > 0
-    assert not fine[:fitted.fine_after].any()
-    assert fine[fitted.fine_after:].sum() == int(300 * fitted.fine_share)
+    work, _ = fitted_fine._working(img)
+    cand = fitted_fine._stage1(work)
+    fine = fitted_fine._fine[cand.size[fitted_fine._rank(cand, 400)]]
+    assert fitted_fine._fine.any() and fine.sum() > 0
+    assert not fine[:fitted_fine.fine_after].any()
+    assert fine[fitted_fine.fine_after:].sum() == int(300 * fitted_fine.fine_share)
+    np.testing.assert_array_equal(fitted_fine.propose(img, 10), fitted_fine.propose(img, 300)[:10])
     # within each queue: best first; coarse: the best sparse_top 5x5 maxima, then the rest
-    order = fitted._rank(cand, len(cand.score))
-    fine, score, sparse = fitted._fine[cand.size[order]], cand.score[order], cand.sparse[order]
-    coarse, head = score[~fine], fitted.sparse_top
+    order = fitted_fine._rank(cand, len(cand.score))
+    fine, score, sparse = fitted_fine._fine[cand.size[order]], cand.score[order], cand.sparse[order]
+    coarse, head = score[~fine], fitted_fine.sparse_top
     assert np.all(np.diff(score[fine]) <= 0)
     assert np.all(np.diff(coarse[:head]) <= 0) and np.all(np.diff(coarse[head:]) <= 0)
     assert sparse[~fine][:head].all() and coarse[head - 1] >= score[~fine & sparse][head:].max()
@@ -199,10 +210,25 @@ def test_no_duplicate_boxes(fitted, shape):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     model = Bing(fitted.filter, [(w, h) for w in (16, 32, 64, 128, 256, 512) for h in (16, 32, 64, 128, 256, 512)],
-                 np.tile([1.0, 0.0], (36, 1)))
+                 np.tile([1.0, 0.0], (36, 1)), snap=0.1)      # snapped boxes that meet are not repeated
     boxes = model.propose(img, None)
     assert len(boxes) > 0
     assert len(np.unique(boxes, axis=0)) == len(boxes)
+
+
+def test_snapped_boxes_that_meet_are_not_repeated():
+    a, b, c = [0, 0, 10, 10], [1, 0, 10, 10], [0, 0, 20, 20]
+    boxes = np.array([a, b, c], np.float32)
+    # the second snaps onto the first, so stays put; the third then snaps onto the second: stays too
+    out, keep = _unique_snapped(boxes, np.array([a, a, b], np.float32))
+    np.testing.assert_array_equal(out, boxes)
+    assert keep.all()
+    # the second snaps onto the first, whose snapped box is the second's own: dropped
+    out, keep = _unique_snapped(np.array([a, b], np.float32), np.array([b, b], np.float32))
+    np.testing.assert_array_equal(out, [b])
+    assert keep.tolist() == [True, False]
+    out, keep = _unique_snapped(boxes, boxes[::-1].copy())         # no repeats: as snapped
+    np.testing.assert_array_equal(out, boxes[::-1])
 
 
 def test_save_load_round_trip(tmp_path, scenes, fitted):
@@ -216,7 +242,25 @@ def test_save_load_round_trip(tmp_path, scenes, fitted):
     with np.load(path, allow_pickle=False) as z:      # readable without pickle
         assert set(z.files) >= {"filter", "sizes", "calib", "rescorer"}
     np.testing.assert_array_equal(back.rescorer.array, fitted.rescorer.array)
-    assert (back.rescorer.top, back.rescorer.head) == (fitted.rescorer.top, fitted.rescorer.head) == (3000, 50)
+    assert (back.rescorer.top, back.rescorer.head) == (fitted.rescorer.top, fitted.rescorer.head)
+    assert fitted.rescorer.head == 50 and back.snap == fitted.snap == 0.12
+
+
+def test_format_2_files_without_the_newer_cue_and_snap_load(tmp_path, scenes, fitted):
+    """Format /2 files written before the border-orientation cue and edge snapping load with
+    their 15-cue rescorer and no snapping."""
+    old_params = {k: v for k, v in fitted.params.items() if k != "snap"}
+    older = np.delete(fitted.rescorer.array, -2, axis=1)
+    path = tmp_path / "v2.npz"
+    np.savez(path, format=np.array("ssl_crops.bing/2"), filter=fitted.filter, sizes=fitted.sizes, calib=fitted.calib,
+             params=np.array(json.dumps(old_params)), rescorer=older, rescore_top=np.array(fitted.rescorer.top),
+             rescore_head=np.array(50))
+    old = Bing.load(path)
+    assert old.snap is None and len(old.rescorer.weights) == len(fitted.rescorer.weights) - 1
+    img = scenes[1][1][0]
+    same = Bing(fitted.filter, fitted.sizes, fitted.calib, **old_params,
+                rescorer=Rescorer.from_array(older, fitted.rescorer.top, 50))
+    np.testing.assert_array_equal(old.propose(img), same.propose(img))
 
 
 def test_format_1_files_load_without_stage_three(tmp_path, scenes, fitted):
@@ -236,14 +280,15 @@ def test_format_1_files_load_without_stage_three(tmp_path, scenes, fitted):
 
 def test_stage_three_reranks_the_best_stage_two_candidates(scenes, fitted):
     img = scenes[1][2][0]
-    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **fitted.params)
+    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **{**fitted.params, "snap": None})
     work, _ = plain._working(img)
     everything = plain._candidates(work)
-    fitted.rescorer.top, fitted.rescorer.head = 50, 0
+    top = fitted.rescorer.top
+    fitted.rescorer.top, fitted.rescorer.head, fitted.snap = 50, 0, None
     try:
         boxes = fitted.propose(img, None)
     finally:
-        fitted.rescorer.top, fitted.rescorer.head = 3000, 50
+        fitted.rescorer.top, fitted.rescorer.head, fitted.snap = top, 50, 0.12
     # the 50 best by stage-II score, in another order
     best = everything.take(np.argsort(-everything.score)[:50]).boxes()
     assert len(boxes) == 50
@@ -251,22 +296,35 @@ def test_stage_three_reranks_the_best_stage_two_candidates(scenes, fitted):
     assert boxes.tolist() != plain.propose(img, 50).tolist()
 
 
-def test_stage_three_keeps_the_stage_two_head(scenes, fitted):
+def test_stage_three_keeps_the_stage_two_head(scenes, fitted, monkeypatch):
     """The first ``rescorer.head`` proposals are the stage-II ranking's (the best 5x5 maxima of
-    coarse sizes), with scores above the rest; stage III re-ranks only below them."""
-    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **fitted.params)
+    coarse sizes), with scores above the rest, and are not snapped; stage III re-ranks and
+    snapping moves only the proposals below them."""
+    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **{**fitted.params, "snap": None})
     assert fitted.rescorer.head == 50
     for img, _ in scenes[1][:5]:
         boxes, score = fitted.propose(img, 200, return_scores=True)
         np.testing.assert_array_equal(boxes[:50], plain.propose(img, 50))
         assert np.all(np.diff(score[:50]) < 0) and score[:50].min() > score[50:].max()
         assert boxes[50:].tolist() != plain.propose(img, 200)[50:].tolist()    # re-ranked below
+    fitted.snap = None
+    try:
+        unsnapped = fitted.propose(img, 200)
+    finally:
+        fitted.snap = 0.12
+    moved = np.any(boxes != unsnapped, axis=1)
+    assert not moved[:50].any() and moved[50:].any() and len(np.unique(boxes, axis=0)) == len(boxes)
+    with monkeypatch.context() as m:              # top_k within the head: no stage III is computed
+        m.setattr("ssl_crops.proposals.bing.cue_integral", None)
+        np.testing.assert_array_equal(fitted.propose(img, 50), boxes[:50])
     fitted.rescorer.head = 10
     try:
         np.testing.assert_array_equal(fitted.propose(img, 10), plain.propose(img, 10))
         assert fitted.propose(img, 50)[10:].tolist() != plain.propose(img, 50)[10:].tolist()
     finally:
         fitted.rescorer.head = 50
+    with pytest.raises(ValueError, match="snap must be None or in"):
+        Bing(fitted.filter, fitted.sizes, fitted.calib, snap=0.5)
     with pytest.raises(ValueError, match="head .* must not exceed sparse_top"):
         Bing(fitted.filter, fitted.sizes, fitted.calib, sparse_top=20, rescorer=fitted.rescorer)
     with pytest.raises(ValueError, match="rescore_head must be in"):

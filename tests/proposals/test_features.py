@@ -1,7 +1,8 @@
 """Packed layout (one window per clipped size), local and grid maxima, OpenCV's binarized filter."""
+import cv2
 import numpy as np
 
-from ssl_crops.proposals.features import Layout, grid_maxima, local_maxima
+from ssl_crops.proposals.features import Layout, gradient, grid_maxima, local_maxima
 from ssl_crops.proposals.opencv import binarize_filter
 
 SQUARES = np.array([(s, s) for s in (16, 32, 64, 128, 256, 512)])
@@ -25,6 +26,23 @@ def test_layout_boxes_cover_the_image():
     assert (lay.size_at(ys, xs) == k).all()
     canvas = lay.canvas(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
     assert canvas.shape == (lay.ch, lay.cw)
+
+
+def test_strip_and_bands_match_opencv_resizing_at_integer_factors():
+    rng = np.random.default_rng(0)
+    for w, h in [(640, 480), (96, 72), (100, 63)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        lay = Layout(w, h, np.array([(a, b) for a in (8, 11, 16, 32, 45, 64) for b in (8, 16, 23, 32, 64)]))
+        strip = lay.strip(img)
+        for x0, rw in zip(lay.x0, lay.rw):
+            np.testing.assert_array_equal(strip[:, x0:x0 + rw], cv2.resize(img, (int(rw), h)))
+        canvas = lay.canvas(img)
+        for (c0, c1, _), y0, rh in zip(lay.bands, lay.y0, lay.rh):
+            band = cv2.resize(strip[:, c0:c1], (int(c1 - c0), int(rh)))
+            inner = (lay.x0 >= c0) & (lay.x0 < c1)
+            ref = gradient(band, lay.x0[inner] - c0, lay.x0[inner] + lay.rw[inner] - 1 - c0)
+            np.testing.assert_array_equal(canvas[y0:y0 + rh, c0:c1], ref)
+        assert lay.kx.any() and lay.ky.any()                      # the integer-factor paths ran
 
 
 def test_local_maxima_and_grid_maxima():
