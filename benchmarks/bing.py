@@ -1,9 +1,11 @@
 """BING proposals on real photos: ours (2-fold fitted) against OpenCV contrib's ObjectnessBING.
 
     python benchmarks/bing.py DATA [--opencv-model DIR] [--repeats 7] [--scenes 100] [--rescore-top N]
+                                   [--split alternate|halves|random] [--seed S]
 
 ``DATA`` is a folder with ``images/`` and a COCO ``instances.json`` (e.g. coco128-train).
-Headline: 2-fold on the photos (fit on one half, score the other, both ways), working size
+Headline: 2-fold on the photos (fit on one half, score the other, both ways; the halves
+alternate by file name, ``--split`` for others), working size
 640 px (long side); detection rate at 1/10/100/1000 proposals for IoU 0.5 and 0.7; ms per
 image on one thread (numpy/OpenCV pinned to 1 thread, decoding excluded). OpenCV contrib
 (``opencv-contrib-python-headless``, whose ``cv2`` clashes with ours) runs in a venv that
@@ -33,6 +35,7 @@ import numpy as np  # noqa: E402
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "opencv_bing_model"
 DEFAULT_VENV = Path.home() / ".cache" / "ssl_crops" / "opencv-contrib-venv"
 KS = (1, 10, 100, 1000)
+SPLITS = ("alternate", "halves", "random")
 
 
 # --------------------------------------------------------------------------- OpenCV contrib side
@@ -118,6 +121,15 @@ def load_coco(root: Path):
             [np.array(boxes[im["id"]], np.float32).reshape(-1, 4) for im in ims])
 
 
+def halves(n: int, split: str, seed: int) -> list:
+    """The two folds of ``n`` photos (sorted by file): ``alternate`` (even / odd positions, the
+    headline), ``halves`` (first / second half) or ``random`` (a permutation drawn with ``seed``)."""
+    if split == "alternate":
+        return [np.arange(0, n, 2), np.arange(1, n, 2)]
+    order = np.arange(n) if split == "halves" else np.random.default_rng(seed).permutation(n)
+    return [np.sort(h) for h in np.array_split(order, 2)]
+
+
 def time_ours(models, folds, images):
     """Per-image ms of ``models[f].propose`` over the images of fold ``f`` (warm-up first)."""
     ms = []
@@ -164,6 +176,8 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=100, help="generated scenes to fit on (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rescore-top", type=int, default=None, help="stage-III candidates (default: Bing.fit's)")
+    ap.add_argument("--split", choices=SPLITS, default="alternate",
+                    help="the two halves: photos (sorted by file) alternating, first/second half, or random (--seed)")
     args = ap.parse_args()
 
     import cv2
@@ -174,9 +188,9 @@ def main() -> None:
 
     paths, gts = load_coco(args.data)
     images = [read_image(p) for p in paths]
-    folds = [np.arange(0, len(paths), 2), np.arange(1, len(paths), 2)]
-    print(f"{len(paths)} photos, {sum(map(len, gts))} boxes; 2-fold (fit on {len(folds[0])}/{len(folds[1])}, "
-          f"score the other); working size {args.max_side} px; one thread; the machine may be shared")
+    folds = halves(len(paths), args.split, args.seed)
+    print(f"{len(paths)} photos, {sum(map(len, gts))} boxes; 2-fold ({args.split}; fit on {len(folds[0])}/"
+          f"{len(folds[1])}, score the other); working size {args.max_side} px; one thread; the machine may be shared")
     t = time.perf_counter()
     top = {} if args.rescore_top is None else {"rescore_top": args.rescore_top}
     models = [Bing.fit([images[i] for i in fit], [gts[i] for i in fit], seed=args.seed, max_side=args.max_side, **top)
