@@ -1,7 +1,7 @@
 """Objectness proposals (BING) for images without boxes; no torch import here.
 
 ``Bing`` (fit, propose, save/load, ``from_opencv``; modules: images, features, solvers,
-rescoring, opencv, evaluation), ``ProposalCache`` (proposals cached by
+ranking, rescoring, opencv, evaluation), ``ProposalCache`` (proposals cached by
 ``python -m ssl_crops.proposals propose``) and ``open_proposals`` (either, from a file). Both
 serve ``proposals_for(image_id, image)`` -> normalized xyxy, best first, to the dataset.
 """

@@ -54,6 +54,7 @@ from .features import COLORS, SIDES, W8, Layout, convert_color, grid_maxima, loc
 from .images import ImageReadError, as_rgb, image_size, read_image, working_image
 from .opencv import (OPENCV_GRADIENT_SHIFT, OPENCV_PREFIX, OPENCV_SIDES, ModelFileError, binarize_filter,
                      read_opencv_matrix)
+from .ranking import best, fine_slots, nms, top_per_group, unique_snapped
 from .rescoring import Rescorer, cue_integral, cues, snap_edges
 from .solvers import logistic_1d, svm_l2
 
@@ -74,65 +75,6 @@ _OFFS = np.arange(W8)
 def _patches(mag: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """The 8x8 windows of ``mag`` at top-left corners ``(ys, xs)``: ``(n, 8, 8)``."""
     return mag[ys[:, None, None] + _OFFS[None, :, None], xs[:, None, None] + _OFFS[None, None, :]]
-
-
-def _top_per_group(groups: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` best scores of every group, best first within each group."""
-    order = np.argsort(-scores, kind="stable")
-    order = order[np.argsort(groups[order].astype(np.int16), kind="stable")]   # radix sort
-    g = groups[order]
-    starts = np.searchsorted(g, g, side="left")
-    return order[np.arange(len(g)) - starts < n]
-
-
-def _best(score: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` highest scores, best first (ties in index order)."""
-    if n < len(score):
-        part = np.argpartition(-score, n - 1)[:n]
-        return part[np.lexsort((part, -score[part]))]
-    return np.argsort(-score, kind="stable")
-
-
-def _first(boxes: np.ndarray) -> np.ndarray:
-    """Mask of the rows of float32 ``boxes`` that no earlier row equals."""
-    rows = np.ascontiguousarray(boxes).view(np.dtype((np.void, boxes.itemsize * boxes.shape[1]))).ravel()
-    first = np.zeros(len(rows), bool)
-    first[np.unique(rows, return_index=True)[1]] = True
-    return first
-
-
-def _unique_snapped(boxes: np.ndarray, snapped: np.ndarray):
-    """``snapped`` with every box that repeats an earlier one put back unsnapped (``boxes`` has
-    no repeats), and the boxes that still repeat an earlier one dropped: ``(boxes, kept mask)``.
-    A box's fate depends only on the boxes before it, so shorter lists stay prefixes."""
-    out, back = snapped, np.zeros(len(snapped), bool)
-    while True:
-        again = ~_first(out)
-        new = again & ~back
-        if not new.any():
-            return out[~again], ~again
-        out = np.where(new[:, None], boxes, out)
-        back |= new
-
-
-@lru_cache(maxsize=8)
-def _fine_slots(n: int, fine_after: int, fine_share: float):
-    """Ranks of fine sizes among the first ``n`` (:meth:`Bing._rank`) and every rank's place
-    in its queue (coarse, fine)."""
-    j = np.arange(n) - fine_after
-    slot = (j >= 0) & (np.floor((j + 1) * fine_share) > np.floor(j * fine_share))
-    out = slot, np.cumsum(~slot) - 1, np.cumsum(slot) - 1
-    for a in out:
-        a.flags.writeable = False                      # shared by the cache
-    return out
-
-
-def _nms(boxes: np.ndarray, iou: float, top_k: int) -> np.ndarray:
-    """Greedy box NMS of ``boxes`` sorted best first; kept indices, best first."""
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
-    rank = 1.0 - np.arange(len(boxes)) / len(boxes)           # NMSBoxes wants scores >= 0
-    keep = cv2.dnn.NMSBoxes(xywh.tolist(), rank.tolist(), 0.0, float(iou), top_k=top_k)
-    return np.sort(np.asarray(keep, int).reshape(-1))
 
 
 class _Candidates:
@@ -257,7 +199,7 @@ class Bing:
         leaves in stage-II order)."""
         c = self._stage1(convert_color(work, self.color))
         if self.per_size:
-            c = c.take(_top_per_group(c.size, c.score, self.per_size))
+            c = c.take(top_per_group(c.size, c.score, self.per_size))
         if self.rescorer is not None and len(c.score):
             c = c.best(self.rescorer.top)
             head = self._head(c, self.rescorer.head)
@@ -273,7 +215,7 @@ class Bing:
         """The first ``n`` (at most ``sparse_top`` and ``fine_after``) of :meth:`_rank`: the
         best 5x5 maxima of coarse sizes, best first."""
         head = np.flatnonzero(c.sparse & ~self._fine[c.size])
-        return head[_best(c.score[head], min(n, len(head)))]
+        return head[best(c.score[head], min(n, len(head)))]
 
     def _columns(self, w: int, h: int):
         """Layout of a ``w x h`` working image and, per band, the calibration ``(v, t)`` of every
@@ -315,11 +257,11 @@ class Bing:
     def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
         """Best first: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""
         head = np.flatnonzero(sparse)
-        head = head[_best(score.take(head), min(self.sparse_top, n, len(head)))]
+        head = head[best(score.take(head), min(self.sparse_top, n, len(head)))]
         rest = np.ones(len(score), bool)
         rest[head] = False
         rest = np.flatnonzero(rest)
-        rest = rest[_best(score.take(rest), min(n - len(head), len(rest)))]
+        rest = rest[best(score.take(rest), min(n - len(head), len(rest)))]
         return np.concatenate([head, rest])
 
     def _rank(self, c: _Candidates, n: int) -> np.ndarray:
@@ -332,8 +274,8 @@ class Bing:
         fine = self._fine.take(c.size)
         a, b = np.flatnonzero(~fine), np.flatnonzero(fine)
         ra = a[self._rank_coarse(c.score.take(a), c.sparse.take(a), min(n, len(a)))]
-        rb = b[_best(c.score.take(b), min(n, len(b)))]
-        slot, ia, ib = _fine_slots(n, self.fine_after, self.fine_share)
+        rb = b[best(c.score.take(b), min(n, len(b)))]
+        slot, ia, ib = fine_slots(n, self.fine_after, self.fine_share)
         ok = np.where(slot, ib < len(rb), ia < len(ra))
         merged = np.where(slot, rb[np.minimum(ib, max(len(rb) - 1, 0))] if len(rb) else -1,
                           ra[np.minimum(ia, max(len(ra) - 1, 0))] if len(ra) else -1)[ok]
@@ -355,11 +297,11 @@ class Bing:
             integral, factors = c.cue if c.cue is not None else cue_integral(work)
             snapped = boxes.copy()
             snapped[head:] = snap_edges(integral[1], factors, boxes[head:], self.snap, (c.lay.width, c.lay.height))
-            boxes, keep = _unique_snapped(boxes, snapped)
+            boxes, keep = unique_snapped(boxes, snapped)
             score = score[keep]
         boxes *= np.array([fx, fy, fx, fy], np.float32)
         if self.nms_iou is not None and len(boxes):
-            keep = _nms(boxes, self.nms_iou, len(boxes) if top_k is None else int(top_k))
+            keep = nms(boxes, self.nms_iou, len(boxes) if top_k is None else int(top_k))
             boxes, score = boxes[keep], score[keep]
         if top_k is not None:
             boxes, score = boxes[:int(top_k)], score[:int(top_k)]

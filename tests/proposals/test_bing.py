@@ -8,7 +8,7 @@ import pytest
 from ssl_crops.demo import synthetic_scenes
 from ssl_crops.proposals import (Bing, ImageReadError, ModelFileError, box_iou, evaluate_proposals,
                                  normed_gradient, read_image)
-from ssl_crops.proposals.bing import _Candidates, _unique_snapped
+from ssl_crops.proposals.bing import _Candidates
 from ssl_crops.proposals.features import Layout
 from ssl_crops.proposals.rescoring import Rescorer
 
@@ -214,21 +214,6 @@ def test_no_duplicate_boxes(fitted, shape):
     boxes = model.propose(img, None)
     assert len(boxes) > 0
     assert len(np.unique(boxes, axis=0)) == len(boxes)
-
-
-def test_snapped_boxes_that_meet_are_not_repeated():
-    a, b, c = [0, 0, 10, 10], [1, 0, 10, 10], [0, 0, 20, 20]
-    boxes = np.array([a, b, c], np.float32)
-    # the second snaps onto the first, so stays put; the third then snaps onto the second: stays too
-    out, keep = _unique_snapped(boxes, np.array([a, a, b], np.float32))
-    np.testing.assert_array_equal(out, boxes)
-    assert keep.all()
-    # the second snaps onto the first, whose snapped box is the second's own: dropped
-    out, keep = _unique_snapped(np.array([a, b], np.float32), np.array([b, b], np.float32))
-    np.testing.assert_array_equal(out, [b])
-    assert keep.tolist() == [True, False]
-    out, keep = _unique_snapped(boxes, boxes[::-1].copy())         # no repeats: as snapped
-    np.testing.assert_array_equal(out, boxes[::-1])
 
 
 def test_save_load_round_trip(tmp_path, scenes, fitted):
