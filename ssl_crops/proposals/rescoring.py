@@ -74,6 +74,27 @@ def _sums(integral: np.ndarray, rects: np.ndarray):
     return v[0] - v[1] - v[2] + v[3], (c - a) * (d - b)
 
 
+def _border(packed: np.ndarray, box: np.ndarray, shifts):
+    """Gradient sums along and across the sides of ``box`` (``(4, n)`` xyxy in the integral's
+    pixels) in strips of half-width ``STRIP`` of the side, centred on each side moved by each of
+    ``shifts`` (shares of the side): ``(edges, along, across, area)``, each ``(4, len(shifts),
+    n)``, sides left, right, top, bottom (float32 positions and sums, int areas). Along is
+    ``|gx|`` on the left and right, ``|gy|`` on the top and bottom; ``packed`` is the
+    ``gy << 32 | gx`` integral of :func:`cue_integral`."""
+    x0, y0, x1, y1 = box
+    wd, ht = np.maximum(x1 - x0, np.float32(1e-3)), np.maximum(y1 - y0, np.float32(1e-3))
+    shift = np.asarray(shifts, np.float32)[:, None]
+    ex = np.stack([x0 + shift * wd, x1 + shift * wd])                                  # (2, k, n): left, right
+    ey = np.stack([y0 + shift * ht, y1 + shift * ht])                                  # (2, k, n): top, bottom
+    dx, dy = wd * np.float32(STRIP), ht * np.float32(STRIP)
+    y0, y1, x0, x1 = (np.broadcast_to(v, ex.shape) for v in (y0, y1, x0, x1))
+    rects = np.concatenate([np.stack([ex - dx, y0, ex + dx, y1], axis=2),            # (4, k, 4, n)
+                            np.stack([x0, ey - dy, x1, ey + dy], axis=2)])
+    s, area = _sums(packed, rects)
+    gx, gy = (s & 0xFFFFFFFF).astype(np.float32), (s >> 32).astype(np.float32)
+    return (np.concatenate([ex, ey]), np.concatenate([gx[:2], gy[2:]]), np.concatenate([gy[:2], gx[2:]]), area)
+
+
 def cues(integral: np.ndarray, factors, boxes: np.ndarray, score: np.ndarray) -> np.ndarray:
     """``(n, len(CUES))`` float32 cues of ``boxes`` (xyxy, pixels of the image
     :func:`cue_integral` was given, which returned ``integral`` and ``factors``) with their
@@ -84,15 +105,11 @@ def cues(integral: np.ndarray, factors, boxes: np.ndarray, score: np.ndarray) ->
     x0, y0, x1, y1 = box
     q = np.maximum(box[2:] - box[:2], np.float32(1e-3)) / 4                          # quarter sides
     grow = np.concatenate([-q, q])
-    dx, dy = q * np.float32(4 * STRIP)                                                 # strip half-widths
-    strips = [(x0 - dx, y0, x0 + dx, y1), (x1 - dx, y0, x1 + dx, y1),                  # left, right
-              (x0, y0 - dy, x1, y0 + dy), (x0, y1 - dy, x1, y1 + dy)]                  # top, bottom
     s, area = _sums(integral, np.stack([box, box + grow, box - grow]))              # window, outer, core
     s, area = s.astype(np.float32), area.astype(np.float32)
-    sxy, a = _sums(packed, np.stack([np.stack(r) for r in strips]))
-    a = a.astype(np.float32)
-    sx, sy = (sxy & 0xFFFFFFFF).astype(np.float32) / a, (sxy >> 32).astype(np.float32) / a   # (side, n)
-    along, across = sx[0] + sx[1] + sy[2] + sy[3], sy[0] + sy[1] + sx[2] + sx[3]
+    _, along, across, a = _border(packed, box, [0])
+    a = a[:, 0].astype(np.float32)
+    along, across = (along[:, 0] / a).sum(0), (across[:, 0] / a).sum(0)               # over the 4 sides
     x = np.empty((len(CUES), len(x0)), np.float32)
     x[0] = score
     x[1], x[4] = s[0] / area[0], s[2] / area[2]                                        # window, core
@@ -121,20 +138,8 @@ def snap_edges(packed: np.ndarray, factors, boxes: np.ndarray, step: float, size
     clipped to the image."""
     f = np.tile(np.float32(factors), 2)
     b = np.ascontiguousarray((np.asarray(boxes, np.float32) * f).T)                    # (4, n)
-    x0, y0, x1, y1 = b
-    wd, ht = np.maximum(x1 - x0, np.float32(1e-3)), np.maximum(y1 - y0, np.float32(1e-3))
-    shift = np.array([0, -step, step], np.float32)[:, None]
-    ex = np.concatenate([x0 + shift * wd, x1 + shift * wd])                            # (6, n): left, right
-    ey = np.concatenate([y0 + shift * ht, y1 + shift * ht])                            # (6, n): top, bottom
-    dx, dy = wd * np.float32(STRIP), ht * np.float32(STRIP)
-    y0, y1, x0, x1 = (np.broadcast_to(v, ex.shape) for v in (y0, y1, x0, x1))
-    upright = np.stack([ex - dx, y0, ex + dx, y1], axis=1)                             # (6, 4, n)
-    flat = np.stack([x0, ey - dy, x1, ey + dy], axis=1)
-    sxy, area = _sums(packed, np.concatenate([upright, flat]))                          # (12, n)
-    gx, gy = (sxy & 0xFFFFFFFF).astype(np.float32), (sxy >> 32).astype(np.float32)
-    gain = np.concatenate([gx[:6] - gy[:6], gy[6:] - gx[6:]]) / area                   # along - across
-    pick = gain.reshape(4, 3, -1).argmax(1)                                            # ties: no move
-    edges = np.concatenate([ex, ey]).reshape(4, 3, -1)                                 # left, right, top, bottom
+    edges, along, across, area = _border(packed, b, [0, -step, step])
+    pick = ((along - across) / area).argmax(1)                                         # ties: no move
     new = np.take_along_axis(edges, pick[:, None], 1)[:, 0]
     out = new[[0, 2, 1, 3]].T / f
     w, h = size
