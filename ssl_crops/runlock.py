@@ -134,7 +134,8 @@ class RunLock:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "an unknown time"
         job = holder.get("job") or {}
         job = "".join(f", {k} job {job[k]}" for k in ("slurm", "torchrun") if job.get(k))
-        return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {since}{job}, heartbeat {age:.0f} s ago"
+        return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {since}{job}, "
+                f"heartbeat {age:.0f} s ago")
 
     def _create(self):
         """Make the lock file with this process's record; False when another one exists."""

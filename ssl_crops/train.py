@@ -407,6 +407,7 @@ def train_worker(info, args):
 
 
 def _train(info, args):
+    """The run of :func:`train_worker`, its folder held."""
     main = info.rank == 0
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
