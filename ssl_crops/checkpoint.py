@@ -8,9 +8,12 @@ original MoCo layout (``module.encoder_q.*``, ``module.encoder_k.*``, ``module.q
 :func:`load_model_state` takes both layouts.
 """
 import errno
+import hashlib
+import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,8 @@ from .files import atomic_write
 
 __all__ = ["OutputError", "capture_rng", "restore_rng", "step_seed", "seed_step", "to_moco_layout", "load_model_state",
            "encoder_state_dict", "check_output", "save_checkpoint", "load_checkpoint", "find_resume_checkpoint",
-           "run_checkpoints", "locate_resume", "resume"]
+           "run_checkpoints", "locate_resume", "resume", "ResumeMismatch",
+           "dataset_fingerprint", "check_resume"]
 
 LAST, PREV = "checkpoint_last.pth", "checkpoint_prev.pth"
 
@@ -170,8 +174,6 @@ def find_resume_checkpoint(run_dir):
     """``(path, checkpoint)`` of the newest readable checkpoint in ``run_dir`` (see
     :func:`run_checkpoints`), or ``(None, None)``; unreadable (e.g. truncated) files are
     skipped with a warning."""
-    import warnings
-
     best = None
     for path in run_checkpoints(run_dir):
         try:
@@ -228,3 +230,63 @@ def resume(path, ckpt, model, optimizer, scaler):
         where = f"epoch {ckpt['epoch'] + 1}, batch {state['batches']}" if state else f"end of epoch {ckpt['epoch']}"
         print(f"resumed from {path} ({where}, step {ckpt.get('step')})", flush=True)
     return ckpt["epoch"], ckpt.get("step"), state
+
+
+# --------------------------------------------------------------------------- resume checks
+class ResumeMismatch(ValueError):
+    """A checkpoint that this run's settings or data cannot continue; one line naming both values."""
+
+
+# what shapes the model and its input: a change makes another run (--bn-splits: checked when given)
+MUST_MATCH = {"arch": "-a", "moco_dim": "--moco-dim", "moco_k": "--moco-k", "mlp": "--mlp",
+              "image_size": "--image-size", "bn_splits": "--bn-splits"}
+NOT_COMPARED = ("resume", "start_epoch", "allow_new_data", "gpu", "rank", "dist_url")  # launch details
+
+
+def dataset_fingerprint(index):
+    """``{"images", "boxes", "ids"}`` of a ``BoxIndex``: its counts and a hash of its image ids in order."""
+    ids = "\n".join(index.image_id(i) for i in range(len(index)))
+    return {"images": len(index), "boxes": int(index.num_boxes), "ids": hashlib.sha1(ids.encode()).hexdigest()[:16]}
+
+
+def _show(v):
+    return ("on" if v else "off") if isinstance(v, bool) else v
+
+
+def _show_data(fp):
+    return f"{fp['images']} images, {fp['boxes']} boxes, ids {fp['ids']}"
+
+
+def check_resume(path, ckpt, args, fingerprint=None, world_size=1, main=True):
+    """Check a checkpoint against this run before anything is loaded from it.
+
+    Raises :class:`ResumeMismatch` when a ``MUST_MATCH`` setting differs, or the dataset
+    fingerprint (:func:`dataset_fingerprint`) does without ``args.allow_new_data``. With
+    ``main``, prints the other settings that changed (lr, epochs, workers, batch size, world
+    size...) and a dataset change allowed. What the checkpoint does not record (older
+    checkpoints, the original MoCo's) is not checked."""
+    old = {"arch": ckpt.get("arch"), **(ckpt.get("args") or {})}
+    new = json.loads(json.dumps(vars(args), default=str))
+    bad = [f"{flag} {_show(old[k])} in the checkpoint, {_show(new[k])} now" for k, flag in MUST_MATCH.items()
+           if old.get(k) is not None and new.get(k) is not None and old[k] != new[k]]
+    data = ckpt.get("dataset")
+    other_data = data is not None and fingerprint is not None and data != fingerprint
+    if other_data and not new.get("allow_new_data"):
+        bad.append(f"dataset of {_show_data(data)} in the checkpoint, {_show_data(fingerprint)} now "
+                   "(--allow-new-data continues on it)")
+    if bad:
+        raise ResumeMismatch(f"cannot resume {path}: {'; '.join(bad)}; resume with the checkpoint's settings, "
+                             "or start a new run with another --save_name")
+    if not main:
+        return
+    changed = [f"{k} {_show(old[k])} -> {_show(v)}" for k, v in new.items()
+               if k in old and k not in MUST_MATCH and k not in NOT_COMPARED and v is not None and old[k] != v]
+    if ckpt.get("world_size", world_size) != world_size:
+        changed.append(f"world size {ckpt['world_size']} -> {world_size}")
+    if changed:
+        print(f"resuming {path} with changed settings: {', '.join(changed)}", flush=True)
+    if other_data:
+        print(f"resuming {path} on other data (--allow-new-data): {_show_data(data)} in the checkpoint, "
+              f"{_show_data(fingerprint)} now", flush=True)
+    elif data is None and fingerprint is not None:
+        print(f"{path} records no dataset fingerprint (an older checkpoint): the data is not checked", flush=True)

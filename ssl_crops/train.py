@@ -31,14 +31,16 @@ from tqdm import tqdm
 
 from . import distributed as du
 from .boxes import BoxIndex
-from .checkpoint import (LAST, OutputError, capture_rng, check_output, locate_resume, resume, run_checkpoints,
-                         save_checkpoint, seed_step, to_moco_layout)
+from .checkpoint import (LAST, OutputError, ResumeMismatch, capture_rng, check_output, check_resume,
+                         dataset_fingerprint, locate_resume, resume, run_checkpoints, save_checkpoint, seed_step,
+                         to_moco_layout)
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng  # noqa: F401 (ssl_crops.train names)
 from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
 from .formats import SUBSET_FILES
 from .moco import MoCo, default_bn_splits
 from .run import EpochTally, RunLog, StopSignal, on_rank0
+from .runlock import RunLock
 from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
@@ -148,6 +150,9 @@ def build_parser():
                    help="MoCo augmentation in the loader workers (cpu) or batched on the training device "
                         "(device: workers return uint8 crops); default: device with CUDA, else cpu")
     g.add_argument("--output-dir", default="checkpoints")
+    g.add_argument("--allow-new-data", action="store_true",
+                   help="resume on data other than the checkpoint's (its image count, box count and image ids); "
+                        "without it that is an error")
     g.add_argument("--save-freq", type=int, default=10, help="keep checkpoint_<epoch>.pth every N epochs")
     g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
     g.add_argument("--test-labels", default=None, help="test labels dict for kNN (default: images_test.npy beside DIR)")
@@ -390,7 +395,19 @@ def _knn_monitor(args, index):
 
 
 def train_worker(info, args):
-    """Pretrain in this process (rank ``info.rank``); returns the run folder."""
+    """Pretrain in this process (rank ``info.rank``); returns the run folder. Rank 0 holds the
+    folder's lock (``runlock.RunLock``) from before anything touches the folder to the end: a
+    second run naming the folder stops at once."""
+    lock = RunLock(Path(args.output_dir) / args.save_name)
+    on_rank0(lock.acquire)
+    try:
+        return _train(info, args)
+    finally:
+        lock.release()
+
+
+def _train(info, args):
+    """The run of :func:`train_worker`, its folder held."""
     main = info.rank == 0
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -421,6 +438,9 @@ def train_worker(info, args):
 
     dataset, index = build_dataset(args, run_dir, main)
     check_queue(args, len(dataset), args.batch_size, main)
+    fingerprint = dataset_fingerprint(index)
+    if resume_ckpt is not None:  # before anything is loaded; --bn-splits only when given (not yet defaulted)
+        check_resume(resume_path, resume_ckpt, args, fingerprint, info.world_size, main)
     workers = math.ceil(args.workers / info.local_world_size)
     if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # processes of a node share its cores
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // info.local_world_size))
@@ -458,7 +478,7 @@ def train_worker(info, args):
         state = {"epoch": epoch, "arch": args.arch, "state_dict": to_moco_layout(model.state_dict()),
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "args": json.loads(json.dumps(vars(args), default=str)), "rng": capture_rng(), "step": step,
-                 "epoch_state": epoch_state}
+                 "epoch_state": epoch_state, "dataset": fingerprint, "world_size": info.world_size}
         on_rank0(lambda: save_checkpoint(state, run_dir, keep))
 
     with StopSignal() as stop:
@@ -525,5 +545,5 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return du.launch(train_worker, args)
-    except (OutputError, FileExistsError) as e:  # one line: which file, and why
+    except (OutputError, FileExistsError, ResumeMismatch) as e:  # one line: which file, and why
         raise SystemExit(f"main_moco.py: error: {e}") from None

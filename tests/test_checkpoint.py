@@ -201,3 +201,80 @@ def test_hostile_resume_checkpoint_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="evil.pth: cannot read checkpoint"):
         ck.locate_resume(Namespace(resume=str(tmp_path / "evil.pth")), tmp_path)
     assert "this ran" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- resume checks
+RUN_ARGS = dict(arch="resnet18", moco_dim=128, moco_k=64, mlp=True, image_size=32, bn_splits=None, lr=0.03, epochs=2,
+                workers=4, batch_size=32, moco_t=0.2, resume="auto", start_epoch=0, allow_new_data=False)
+DATA = {"images": 929, "boxes": 4000, "ids": "0123456789abcdef"}
+
+
+def _ckpt(**changes):
+    return {"arch": "resnet18", "state_dict": {}, "args": {**RUN_ARGS, "bn_splits": 8, **changes}, "dataset": DATA,
+            "world_size": 1}
+
+
+def test_mismatched_resume_is_one_line_naming_both_values(capsys):
+    with pytest.raises(ck.ResumeMismatch) as err:
+        ck.check_resume("c.pth", _ckpt(), Namespace(**{**RUN_ARGS, "arch": "resnet34", "mlp": False}), DATA)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("cannot resume c.pth: ")
+    assert "-a resnet18 in the checkpoint, resnet34 now" in msg and "--mlp on in the checkpoint, off now" in msg
+    assert "another --save_name" in msg
+    for key, value in (("moco_dim", 64), ("moco_k", 128), ("image_size", 64), ("bn_splits", 2)):
+        with pytest.raises(ck.ResumeMismatch, match=f"{ck.MUST_MATCH[key]} {_ckpt()['args'][key]} in the checkpoint, "
+                                                    f"{value} now"):
+            ck.check_resume("c.pth", _ckpt(), Namespace(**{**RUN_ARGS, key: value}), DATA)
+    assert capsys.readouterr().out == ""
+
+
+def test_resume_prints_what_changed(capsys):
+    args = Namespace(**{**RUN_ARGS, "lr": 0.06, "epochs": 4, "workers": 8, "resume": "c.pth", "allow_new_data": True})
+    ck.check_resume("c.pth", _ckpt(), args, DATA, world_size=2, main=False)  # other ranks print nothing
+    assert capsys.readouterr().out == ""
+    ck.check_resume("c.pth", _ckpt(), args, DATA, world_size=2)
+    assert capsys.readouterr().out == ("resuming c.pth with changed settings: lr 0.03 -> 0.06, epochs 2 -> 4, "
+                                       "workers 4 -> 8, world size 1 -> 2\n")  # not resume, nor bn_splits unset
+    ck.check_resume("c.pth", _ckpt(), Namespace(**RUN_ARGS), DATA)
+    assert capsys.readouterr().out == ""
+
+
+def test_dataset_change_is_an_error_unless_allowed(capsys):
+    other = {"images": 898, "boxes": 3900, "ids": "fedcba9876543210"}
+    with pytest.raises(ck.ResumeMismatch) as err:
+        ck.check_resume("c.pth", _ckpt(), Namespace(**RUN_ARGS), other)
+    assert ("dataset of 929 images, 4000 boxes, ids 0123456789abcdef in the checkpoint, 898 images, 3900 boxes, "
+            "ids fedcba9876543210 now (--allow-new-data continues on it)") in str(err.value)
+    ck.check_resume("c.pth", _ckpt(), Namespace(**{**RUN_ARGS, "allow_new_data": True}), other)
+    out = capsys.readouterr().out
+    assert "on other data (--allow-new-data): 929 images" in out and "898 images" in out
+
+
+def test_older_checkpoints_are_checked_on_what_they_record(capsys):
+    old = _ckpt()
+    del old["dataset"], old["world_size"]
+    ck.check_resume("c.pth", old, Namespace(**RUN_ARGS), DATA)
+    assert "records no dataset fingerprint" in capsys.readouterr().out
+    original = {"arch": "resnet50", "epoch": 200, "state_dict": {}}  # facebookresearch/moco: no args
+    with pytest.raises(ck.ResumeMismatch, match="-a resnet50 in the checkpoint, resnet18 now"):
+        ck.check_resume("moco_v2_200ep.pth", original, Namespace(**RUN_ARGS), DATA)
+    ck.check_resume("moco_v2_200ep.pth", original, Namespace(**{**RUN_ARGS, "arch": "resnet50"}), DATA)
+
+
+def test_dataset_fingerprint_counts_and_hashes_the_ids(tmp_path):
+    import json
+
+    from ssl_crops.boxes import BoxIndex
+
+    def index(ids, boxes=1):
+        coco = {"categories": [{"id": 1, "name": "a"}],
+                "images": [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in ids],
+                "annotations": [{"id": 10 * i + j, "image_id": i, "category_id": 1, "bbox": [0, 0, 5, 5]}
+                                for i in ids for j in range(boxes)]}
+        (tmp_path / "c.json").write_text(json.dumps(coco))
+        return BoxIndex.from_coco(tmp_path / "c.json")
+
+    fp = ck.dataset_fingerprint(index([1, 2, 3]))
+    assert (fp["images"], fp["boxes"]) == (3, 3) and fp == ck.dataset_fingerprint(index([1, 2, 3]))
+    assert ck.dataset_fingerprint(index([1, 2, 4]))["ids"] != fp["ids"]
+    assert ck.dataset_fingerprint(index([1, 2, 3], boxes=2))["boxes"] == 6

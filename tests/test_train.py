@@ -508,3 +508,78 @@ def test_scene_fallbacks_of_the_crop_are_logged_per_epoch(demo, tmp_path, clean_
     epochs = [r for r in _records(tmp_path / "out" / "fb") if r["type"] == "epoch"]
     assert [r["scene_fallbacks"] for r in epochs] == [16]
     assert "scene_fallbacks 16" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_refuses_and_the_first_finishes_intact(demo, tmp_path):
+    """The same command twice (a second terminal, a job submitted twice): the second stops at
+    once with one line naming the holder, having touched nothing; the first is not disturbed."""
+    cmd = [sys.executable, "main_moco.py", str(demo / "images"), "-a", "resnet18", "-b", "16", "--moco-k", "64",
+           "--image-size", "32", "-j", "0", "--epochs", "2", "--log-freq", "1", "--seed", "0",
+           "--output-dir", str(tmp_path), "--save_name", "same"]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_JOB_ID")},
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in first.stdout:  # training: it holds the folder
+        lines.append(line)
+        if " step 1 " in line:
+            break
+    run = tmp_path / "same"
+    first.send_signal(signal.SIGSTOP)  # still running (stopped) while the second one starts
+    try:
+        before = {p.name: p.read_bytes() for p in run.iterdir()}
+        second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode != 0 and second.stdout == ""
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("main_moco.py: error: ") and "in use by another run" in err[0], err
+    assert f"pid {first.pid} on {socket.gethostname()} since " in err[0]
+    out, errs = first.communicate(timeout=300)
+    assert first.returncode == 0, errs
+    assert "moved" not in out + errs
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_0002.pth", "checkpoint_last.pth",
+                                                     "checkpoint_prev.pth", "log.jsonl"]  # lock released
+    records = _records(run)
+    assert [r["step"] for r in records if r["type"] == "step"] == list(range(1, 17))  # one run's log, whole
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]
+    assert torch.load(run / "checkpoint_last.pth", weights_only=True)["step"] == 16
+
+
+def _subset_annotations(demo, folder, drop):
+    """The demo's annotation dicts without their first ``drop`` images, in ``folder``."""
+    from ssl_crops.files import load_npy_dict
+
+    folder.mkdir()
+    for name in ("images_selected_new.npy", "images_selected_with_all_features.npy"):
+        d = load_npy_dict(demo / name)
+        np.save(folder / name, {k: d[k] for k in list(d)[drop:]}, allow_pickle=True)
+    return folder / "images_selected_new.npy"
+
+
+@pytest.mark.slow
+def test_resume_checks_the_model_settings_and_the_data(demo, tmp_path, clean_env, capsys):
+    torch.set_num_threads(1)
+    _run(demo, tmp_path, "--epochs", "1")
+    run = tmp_path / "r"
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert torch.load(run / "checkpoint_last.pth", weights_only=True)["dataset"]["images"] == 136
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:  # another architecture: one line, nothing loaded or written
+        _run(demo, tmp_path, "--resume", "auto", "-a", "resnet34", "--image-size", "48")
+    msg = str(err.value)
+    assert "\n" not in msg and "-a resnet18 in the checkpoint, resnet34 now" in msg
+    assert "--image-size 32 in the checkpoint, 48 now" in msg and "another --save_name" in msg
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+
+    labels = _subset_annotations(demo, tmp_path / "val", drop=6)  # other data: 130 of the images
+    with pytest.raises(SystemExit, match="dataset of 136 images, .* in the checkpoint, 130 images, .* now"):
+        _run(demo, tmp_path, "--resume", "auto", "--labels", str(labels))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+    _run(demo, tmp_path, "--resume", "auto", "--labels", str(labels), "--allow-new-data", "--lr", "0.1")
+    out = capsys.readouterr().out
+    assert "on other data (--allow-new-data): 136 images" in out and "lr 0.05 -> 0.1" in out
+    ckpt = torch.load(run / "checkpoint_last.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["dataset"]["images"] == 130  # the run goes on with the new data
