@@ -4,12 +4,16 @@ A :class:`BoxIndex` holds no per-image Python objects: image ids, offsets, boxes
 live in a handful of numpy arrays, so DataLoader workers share it without copy-on-write
 growth, and it saves to (and loads from) a pickle-free ``.npz`` in well under a second.
 
-Boxes are normalized ``x0, y0, x1, y1`` in ``[0, 1]``. Readers drop invalid boxes (NaN,
-non-numeric, inverted, zero area after clipping) and count them in ``index.dropped``.
+Boxes are normalized ``x0, y0, x1, y1`` in ``[0, 1]``. Readers drop invalid boxes (non-numeric,
+inverted, zero width or height, wholly outside the image) and clip boxes partly outside it;
+they count both per reason (``index.dropped_reasons``, ``index.clipped``) and warn about them.
+When most boxes lie outside ``[0, 1]`` (pixel coordinates where normalized ones belong) a
+reader stops with a ``ValueError`` naming the file instead.
 """
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from operator import itemgetter
 from pathlib import Path
@@ -40,24 +44,47 @@ def _to_float(v) -> float:
         return float("nan")
 
 
-def _clean_boxes(boxes: np.ndarray) -> np.ndarray:
-    """Boolean mask of valid boxes; clips ``boxes`` (N, 4 xyxy normalized) in place."""
-    if len(boxes) == 0:
-        return np.zeros(0, bool)
-    finite = np.isfinite(boxes).all(axis=1)
-    ordered = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
+# a box whose coordinates leave [0, 1] by more than this is counted as clipped (COCO boxes often
+# overshoot their image by a fraction of a pixel: float rounding, not a mistake)
+_CLIP_TOLERANCE = 1e-3
+
+
+def _clean_boxes(boxes: np.ndarray) -> tuple[np.ndarray, dict[str, int], int]:
+    """``(valid mask, {reason: boxes dropped}, boxes clipped)``; clips ``boxes`` (N, 4 xyxy
+    normalized) to ``[0, 1]`` in place."""
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(boxes).all(axis=1)
+        ordered = finite & (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
+        empty = ordered & ((boxes[:, 2] == boxes[:, 0]) | (boxes[:, 3] == boxes[:, 1]))
+        outside = ordered & ~empty & ((boxes[:, :2] >= 1).any(1) | (boxes[:, 2:] <= 0).any(1))
+        valid = ordered & ~empty & ~outside
+        clipped = valid & ((boxes < -_CLIP_TOLERANCE) | (boxes > 1 + _CLIP_TOLERANCE)).any(1)
     np.clip(boxes, 0.0, 1.0, out=boxes)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return finite & ordered & (area > 0)
+    reasons = {"not a number": ~finite, "inverted (x1 < x0 or y1 < y0)": finite & ~ordered,
+               "zero width or height": empty, "outside the image": outside}
+    return valid, {k: int(m.sum()) for k, m in reasons.items() if m.any()}, int(clipped.sum())
+
+
+def _outside_share(boxes: np.ndarray) -> tuple[int, int]:
+    """``(boxes with a coordinate outside [0, 1], numeric boxes)`` before clipping."""
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(boxes).all(axis=1)
+        outside = ((boxes < -_CLIP_TOLERANCE) | (boxes > 1 + _CLIP_TOLERANCE)).any(1) & finite
+    return int(outside.sum()), int(finite.sum())
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in counts.items() if n)
 
 
 class _Builder:
     """Accumulates images in flat lists and turns them into a :class:`BoxIndex`; boxes are
     converted, validated and matched to classes once, over all images together."""
 
-    def __init__(self, classes: Sequence[str] | None):
+    def __init__(self, classes: Sequence[str] | None, source: str = "", pixel_hint: str = ""):
         self.fixed = classes is not None
-        self.vocabulary = sorted(set(classes)) if self.fixed else None
+        self.vocabulary = list(dict.fromkeys(_as_str(c) for c in classes)) if self.fixed else None  # in this order
+        self.source, self.pixel_hint = source, pixel_hint  # the file read; what outside-[0, 1] boxes mean
         self.ids: list[str] = []
         self.files: list[str] = []
         self.labels: list = []       # class names per image (str, bytes or numpy strings)
@@ -82,16 +109,24 @@ class _Builder:
     def build(self) -> "BoxIndex":
         n = len(self.ids)
         boxes = _float_boxes(self.coords)
-        valid = _clean_boxes(boxes)
+        outside, numeric = _outside_share(boxes)
+        if outside > numeric / 2:
+            raise ValueError(f"{self.source}: {outside} of {numeric} boxes lie outside [0, 1] of the image: "
+                             f"{self.pixel_hint}")
+        valid, reasons, clipped = _clean_boxes(boxes)
         dropped = int((~valid).sum())
+        if dropped or clipped:
+            warnings.warn(f"{self.source}: " + _box_changes(len(boxes), reasons, clipped), stacklevel=3)
         names = np.array(self.box_names, dtype=str)
         if self.fixed:
             classes = np.array(self.vocabulary, dtype=str)
         else:
             label_names = {_as_str(c) for ls in self.labels for c in ls}
             classes = np.array(sorted(label_names.union(names[valid].tolist())), dtype=str)
-        if len(classes):
-            box_labels = np.minimum(np.searchsorted(classes, names), len(classes) - 1)
+        if len(classes):  # class index of each box name, in the vocabulary's own order
+            order = np.argsort(classes)
+            pos = np.minimum(np.searchsorted(classes[order], names), len(classes) - 1)
+            box_labels = order[pos]
             known = classes[box_labels] == names
         else:
             box_labels, known = np.zeros(len(names), np.int64), np.zeros(len(names), bool)
@@ -125,8 +160,19 @@ class _Builder:
             ids=np.array(self.ids, dtype=str), files=np.array(self.files, dtype=str), classes=classes,
             label_offsets=label_offsets, label_values=label_values, box_offsets=box_offsets,
             boxes=boxes[keep].astype(np.float32), box_labels=box_labels[keep], dropped=dropped,
-            out_of_vocabulary=out_of_vocabulary, skipped=self.skipped, **federated,
+            out_of_vocabulary=out_of_vocabulary, skipped=self.skipped, dropped_reasons=reasons, clipped=clipped,
+            source=self.source, **federated,
         )
+
+
+def _box_changes(total: int, reasons: Mapping[str, int], clipped: int) -> str:
+    """``"3 of 929 boxes dropped (2 outside the image, 1 not a number); 5 clipped to the image"``."""
+    parts = []
+    if reasons:
+        parts.append(f"{sum(reasons.values())} of {total} boxes dropped ({_counts(reasons)})")
+    if clipped:
+        parts.append(f"{clipped} of {total} boxes partly outside the image, clipped to it")
+    return "; ".join(parts)
 
 
 def _float_boxes(coords: list) -> np.ndarray:
@@ -151,8 +197,8 @@ class BoxIndex:
     _FEDERATED = ("neg_offsets", "neg_values", "nex_offsets", "nex_values")
 
     def __init__(self, *, ids, files, classes, label_offsets, label_values, box_offsets, boxes,
-                 box_labels, dropped=0, out_of_vocabulary=0, skipped=None, neg_offsets=None, neg_values=None,
-                 nex_offsets=None, nex_values=None):
+                 box_labels, dropped=0, out_of_vocabulary=0, skipped=None, dropped_reasons=None, clipped=0,
+                 source="", neg_offsets=None, neg_values=None, nex_offsets=None, nex_values=None):
         self._ids = np.asarray(ids, dtype=str)
         self._files = _compact_files(self._ids, np.asarray(files, dtype=str))
         self._classes = np.asarray(classes, dtype=str)
@@ -164,6 +210,8 @@ class BoxIndex:
         self.dropped = int(dropped)
         self.out_of_vocabulary = int(out_of_vocabulary)
         self.skipped = {k: int(v) for k, v in (skipped or {}).items() if v}
+        self.dropped_reasons = {k: int(v) for k, v in (dropped_reasons or {}).items() if v}
+        self.clipped, self.source = int(clipped), str(source)
         self._box_image = None
         n = len(self._ids)
         self.federated = neg_offsets is not None
@@ -189,12 +237,17 @@ class BoxIndex:
         ``labels_npy``: image id -> list of class ids (``images_selected_new.npy`` or a test
         dict); ``boxes_npy``: image id -> ``{'data': rows}`` or a list of rows of the
         OpenImages box CSV (``[2]`` class, ``[4:8]`` XMin, XMax, YMin, YMax as numbers or
-        strings). Either argument may be a path or an already loaded dict. ``classes`` fixes
-        the class vocabulary (e.g. the training classes when reading a test dict).
+        strings, normalized to ``[0, 1]``). Either argument may be a path or an already loaded
+        dict. ``classes`` fixes the class vocabulary and its order (e.g. the training classes
+        when reading a test dict); otherwise classes are sorted by name.
         """
         labels = _as_dict(labels_npy)
         boxes = _as_dict(boxes_npy) if boxes_npy is not None else {}
-        builder = _Builder(classes)
+        source = _source(labels_npy, "labels dict") + (f" + {_source(boxes_npy, 'boxes dict')}" if boxes_npy is not None
+                                                       else "")
+        builder = _Builder(classes, source, "they look like pixel coordinates, but the boxes dict holds XMin, XMax, "
+                                            "YMin, YMax normalized to [0, 1] (as OpenImages' box CSV): divide x by "
+                                            "the image width and y by its height")
         for image_id, image_labels in labels.items():
             entry = boxes.get(image_id, ())
             rows = entry.get("data", ()) if isinstance(entry, Mapping) else entry
@@ -213,7 +266,8 @@ class BoxIndex:
         ``<folder>/<name>`` of the URL (e.g. ``train2017/000000391895.jpg``, relative to the
         COCO folder; LVIS v1 val draws from both train2017 and val2017). Their
         ``neg_category_ids`` and ``not_exhaustive_category_ids`` are kept for federated AP
-        (:meth:`target_matrix`). The classes are all the json's categories (or ``classes``).
+        (:meth:`target_matrix`). The classes are all the json's categories in category-id order
+        (or ``classes``).
         Crowd annotations (``iscrowd``) are left out unless
         ``include_crowd`` (as in ``ssl_crops.datasets.crops``). Annotations left out on
         purpose are counted by reason in ``index.skipped`` (crowd, unknown category id,
@@ -241,7 +295,9 @@ class BoxIndex:
                 skipped["unknown category id"] += 1
             else:
                 per_image.setdefault(a.get("image_id"), []).append(a)
-        builder = _Builder(classes if classes is not None else categories.values())  # every category
+        builder = _Builder(classes if classes is not None else [categories[k] for k in sorted(categories)],
+                           str(json_path), "check the images' width and height entries against the photos "
+                                           "(COCO bbox is [x, y, width, height] in pixels of that size)")
         for im in images:
             try:
                 w, h, name = float(im["width"]), float(im["height"]), coco_file_name(im)
@@ -270,11 +326,13 @@ class BoxIndex:
         When every image sits in a first-level sub-folder, the sub-folder names are the
         class labels (ImageFolder layout); otherwise images have no labels.
         """
-        files = image_files(root)
+        files, others = _scan(root)
         if not files:
-            raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+            found = f"; found {len(others)} other files, e.g. {others[0]}" if others else " (the folder is empty)"
+            raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found{found}")
         class_layout = all(len(p.parts) == 2 for p in files)
-        builder = _Builder(classes)
+        builder = _Builder(classes, f"{root} (image folder, no boxes)")
+        builder.skipped = {"files that are not images": len(others)}
         empty = np.zeros((0, 4))
         for p in files:
             labels = [p.parts[0]] if class_layout else []
@@ -287,7 +345,8 @@ class BoxIndex:
         names = self._ARRAYS + (self._FEDERATED if self.federated else ())
         arrays = {name: getattr(self, "_" + name) for name in names}
         meta = {"version": _FORMAT_VERSION, "dropped": self.dropped, "out_of_vocabulary": self.out_of_vocabulary,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "dropped_reasons": self.dropped_reasons, "clipped": self.clipped,
+                "source": self.source}
         with atomic_write(path) as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -306,7 +365,8 @@ class BoxIndex:
         if meta.get("version") != _FORMAT_VERSION:
             raise ValueError(f"{path}: BoxIndex format version {meta.get('version')} is not supported")
         return cls(**arrays, dropped=meta["dropped"], out_of_vocabulary=meta.get("out_of_vocabulary", 0),
-                   skipped=meta.get("skipped"))
+                   skipped=meta.get("skipped"), dropped_reasons=meta.get("dropped_reasons"),
+                   clipped=meta.get("clipped", 0), source=f"{path} (saved index of {meta.get('source') or '?'})")
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -315,6 +375,15 @@ class BoxIndex:
     def __repr__(self) -> str:
         return (f"BoxIndex({len(self)} images, {self.num_boxes} boxes, {self.num_classes} classes, "
                 f"dropped={self.dropped})")
+
+    def describe(self) -> str:
+        """One line: the source file(s), what was read, and what was dropped, clipped or left out."""
+        line = f"{self.source or 'BoxIndex'}: {len(self)} images, {self.num_boxes} boxes, {self.num_classes} classes"
+        total = self.num_boxes + self.dropped
+        changes = _box_changes(total, self.dropped_reasons or ({"invalid": self.dropped} if self.dropped else {}),
+                               self.clipped)
+        left_out = _counts(self.skipped)
+        return line + (f"; {changes}" if changes else "") + (f"; left out: {left_out}" if left_out else "")
 
     @property
     def num_boxes(self) -> int:
@@ -409,14 +478,13 @@ class BoxIndex:
             fed.update(zip(("nex_offsets", "nex_values"), _take_ragged(self._nex_offsets, self._nex_values, idx)))
         return BoxIndex(ids=self._ids[idx], files=np.char.add(self._ids[idx], files) if files.ndim == 0 else files,
                         classes=self._classes, label_offsets=lo, label_values=lv, box_offsets=bo,
-                        boxes=self._boxes[keep], box_labels=self._box_labels[keep], dropped=self.dropped,
-                        out_of_vocabulary=self.out_of_vocabulary, skipped=self.skipped, **fed)
+                        boxes=self._boxes[keep], box_labels=self._box_labels[keep], **self._counts(), **fed)
 
     def with_classes(self, classes: Sequence[str]) -> "BoxIndex":
-        """The same images with class indices of the vocabulary ``classes`` (e.g. the training
-        classes for a test split); labels and boxes of other classes are left out and counted
-        in ``out_of_vocabulary``."""
-        classes = np.asarray(sorted(set(classes)), dtype=str)
+        """The same images with class indices of the vocabulary ``classes``, in its order (e.g.
+        the training classes for a test split); labels and boxes of other classes are left out
+        and counted in ``out_of_vocabulary``."""
+        classes = np.asarray(list(dict.fromkeys(classes)), dtype=str)
         if np.array_equal(classes, self._classes):
             return self
         new = {c: i for i, c in enumerate(classes.tolist())}
@@ -438,9 +506,14 @@ class BoxIndex:
             fed = {"neg_offsets": no, "neg_values": nv, "nex_offsets": xo, "nex_values": xv}
         files = np.char.add(self._ids, self._files) if self._files.ndim == 0 else self._files
         return BoxIndex(ids=self._ids, files=files, classes=classes, label_offsets=lo, label_values=lv,
-                        box_offsets=bo, boxes=self._boxes[bkeep], box_labels=bl, dropped=self.dropped,
-                        out_of_vocabulary=self.out_of_vocabulary + int((~lkeep).sum() + (~bkeep).sum()),
-                        skipped=self.skipped, **fed)
+                        box_offsets=bo, boxes=self._boxes[bkeep], box_labels=bl,
+                        **{**self._counts(),
+                           "out_of_vocabulary": self.out_of_vocabulary + int((~lkeep).sum() + (~bkeep).sum())}, **fed)
+
+    def _counts(self) -> dict:
+        """What was dropped, clipped and left out, and the source: kept by subsets."""
+        return {"dropped": self.dropped, "out_of_vocabulary": self.out_of_vocabulary, "skipped": self.skipped,
+                "dropped_reasons": self.dropped_reasons, "clipped": self.clipped, "source": self.source}
 
     def class_counts(self) -> np.ndarray:
         """Number of images per class."""
@@ -453,10 +526,21 @@ class BoxIndex:
 
 def image_files(root) -> list[Path]:
     """Image files (``IMAGE_EXTENSIONS``) under ``root``, as sorted paths relative to it."""
+    return _scan(root)[0]
+
+
+def _scan(root) -> tuple[list[Path], list[Path]]:
+    """``(image files, other files)`` under ``root`` (hidden files left out), sorted, relative to it."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found")
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images, others = [], []
+    for p in root.rglob("*"):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            images.append(p.relative_to(root))
+        elif not p.name.startswith(".") and p.is_file():
+            others.append(p.relative_to(root))
+    return sorted(images), sorted(others)
 
 
 def _compact_files(ids: np.ndarray, files: np.ndarray) -> np.ndarray:
@@ -486,6 +570,10 @@ def coco_file_name(image: Mapping) -> str:
     if not parts:
         raise ValueError("empty coco_url")
     return "/".join(parts[-2:])
+
+
+def _source(source, what: str) -> str:
+    return f"{what} (in memory)" if isinstance(source, Mapping) else str(source)
 
 
 def _as_dict(source) -> dict:
