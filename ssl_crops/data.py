@@ -17,7 +17,7 @@ from .formats import SUBSET_FILES
 
 __all__ = [
     "ObjectCropDataset", "LabeledImageDataset", "ProposalSource", "CorruptImageError", "EncodedImage",
-    "open_image", "load_image", "load_index", "find_annotation", "make_demo",
+    "open_image", "load_image", "load_index", "find_annotation", "make_demo", "unreadable_rows",
 ]
 
 
@@ -190,18 +190,35 @@ class ObjectCropDataset(torch.utils.data.Dataset):
 
 
 class LabeledImageDataset(torch.utils.data.Dataset):
-    """Images with multi-hot targets: item ``i`` is ``(transform(image), target)``."""
+    """Images with multi-hot targets: item ``i`` is ``(transform(image), target)``.
 
-    def __init__(self, root, index: BoxIndex, transform):
-        self.root, self.index, self.transform = Path(root), index, transform
+    An unreadable image raises :class:`CorruptImageError` (``on_corrupt="raise"``); with
+    ``"skip"`` its item is the transform of a black image with a NaN target, for the caller to
+    leave out (:func:`unreadable_rows`; the file may be anywhere in a batch of any worker)."""
+
+    def __init__(self, root, index: BoxIndex, transform, on_corrupt: str = "raise"):
+        if on_corrupt not in ("skip", "raise"):
+            raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
+        self.root, self.index, self.transform, self.on_corrupt = Path(root), index, transform, on_corrupt
         self.targets = torch.from_numpy(index.label_matrix())
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int):
-        img = load_image(self.root / self.index.path(i))
+        try:
+            img = load_image(self.root / self.index.path(i))
+        except CorruptImageError:
+            if self.on_corrupt == "raise":
+                raise
+            return self.transform(Image.new("RGB", (1, 1))), torch.full_like(self.targets[i], float("nan"))
         return self.transform(img), self.targets[i]
+
+
+def unreadable_rows(targets) -> np.ndarray:
+    """Boolean mask of the items :class:`LabeledImageDataset` served for unreadable images."""
+    targets = np.asarray(targets)
+    return np.isnan(targets.reshape(len(targets), -1)).any(1)
 
 
 def find_annotation(name: str | os.PathLike, data_dir) -> Path | None:
