@@ -233,8 +233,15 @@ def check_inputs(args):
         if path and flag in ("labels", "test_labels") and Path(path).suffix.lower() == ".json":
             raise ValueError(f"--{flag.replace('_', '-')} {path}: a JSON file (this flag reads the OpenImages-subset "
                              f".npy dicts); pass a COCO or LVIS json as --{flag.replace('labels', 'coco').replace('_', '-')}")
-    if args.resume and args.resume != "auto" and not Path(args.resume).is_file():
-        raise FileNotFoundError(f"--resume {args.resume}: checkpoint not found")
+    if args.resume and args.resume != "auto":
+        if not Path(args.resume).is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: checkpoint not found")
+        try:  # mmap: reads the entries, not the tensors
+            held = torch.load(args.resume, map_location="cpu", weights_only=True, mmap=True).get("arch")
+        except Exception:  # unreadable: locate_resume says why
+            held = None
+        if held and held != args.arch:
+            raise ValueError(f"--resume {args.resume}: holds a {held} checkpoint, not {args.arch}: pass -a {held}")
     with warnings.catch_warnings():
         if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 says what was dropped or clipped
             warnings.simplefilter("ignore")

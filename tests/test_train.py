@@ -542,6 +542,15 @@ def test_user_mistakes_are_one_error_line_exit_2_and_leave_no_run_folder(demo, t
         assert not out.exists(), name
 
 
+def test_resume_from_another_architecture_says_which(demo, tmp_path, clean_env, capsys):
+    torch.save({"arch": "resnet50", "epoch": 3, "state_dict": {}}, tmp_path / "r50.pth")
+    with pytest.raises(SystemExit) as err:
+        train.main([str(demo / "images"), "-a", "resnet18", "--resume", str(tmp_path / "r50.pth"), "--output-dir",
+                    str(tmp_path / "out")])
+    assert err.value.code == 2 and not (tmp_path / "out").exists()
+    assert "r50.pth: holds a resnet50 checkpoint, not resnet18: pass -a resnet50" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_user_mistake_from_the_command_line(demo, tmp_path):
     """The same from a shell: no traceback, and the demo's parent folder is left as it was."""
