@@ -4,140 +4,28 @@ A :class:`BoxIndex` holds no per-image Python objects: image ids, offsets, boxes
 live in a handful of numpy arrays, so DataLoader workers share it without copy-on-write
 growth, and it saves to (and loads from) a pickle-free ``.npz`` in well under a second.
 
-Boxes are normalized ``x0, y0, x1, y1`` in ``[0, 1]``. Readers drop invalid boxes (NaN,
-non-numeric, inverted, zero area after clipping) and count them in ``index.dropped``.
+Boxes are normalized ``x0, y0, x1, y1`` in ``[0, 1]``. Readers drop invalid boxes (non-numeric,
+inverted, zero width or height, wholly outside the image) and clip boxes partly outside it;
+they count both per reason (``index.dropped_reasons``, ``index.clipped``) and warn about them.
+When most boxes lie outside ``[0, 1]`` (pixel coordinates where normalized ones belong) a
+reader stops with a ``ValueError`` naming the file instead.
 """
 from __future__ import annotations
 
 import json
 import zipfile
-from operator import itemgetter
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from .box_rows import _Builder, _box_changes, _counts, _parse_rows, _to_float
 from .files import UnsafePickleError, atomic_write, load_npy_dict
 
 __all__ = ["BoxIndex", "load_npy_dict", "image_files", "coco_file_name", "UnsafePickleError", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _FORMAT_VERSION = 1
-
-# OpenImages box CSV columns, as rows of images_selected_with_all_features.npy hold them.
-_OI_LABEL, _OI_XMIN, _OI_XMAX, _OI_YMIN, _OI_YMAX = 2, 4, 5, 6, 7
-_OI_BOX, _OI_NAME = itemgetter(_OI_XMIN, _OI_YMIN, _OI_XMAX, _OI_YMAX), itemgetter(_OI_LABEL)
-
-
-# --------------------------------------------------------------------------- helpers
-_NAN = float("nan")
-
-
-def _to_float(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _clean_boxes(boxes: np.ndarray) -> np.ndarray:
-    """Boolean mask of valid boxes; clips ``boxes`` (N, 4 xyxy normalized) in place."""
-    if len(boxes) == 0:
-        return np.zeros(0, bool)
-    finite = np.isfinite(boxes).all(axis=1)
-    ordered = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
-    np.clip(boxes, 0.0, 1.0, out=boxes)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return finite & ordered & (area > 0)
-
-
-class _Builder:
-    """Accumulates images in flat lists and turns them into a :class:`BoxIndex`; boxes are
-    converted, validated and matched to classes once, over all images together."""
-
-    def __init__(self, classes: Sequence[str] | None):
-        self.fixed = classes is not None
-        self.vocabulary = sorted(set(classes)) if self.fixed else None
-        self.ids: list[str] = []
-        self.files: list[str] = []
-        self.labels: list = []       # class names per image (str, bytes or numpy strings)
-        self.box_counts: list[int] = []
-        self.coords: list = []       # one [x0, y0, x1, y1] per box (numbers or numeric strings)
-        self.box_names: list = []    # class name per box (str, bytes or numpy strings)
-        self.negatives: list = []    # LVIS: verified-absent class names per image
-        self.not_exhaustive: list = []  # LVIS: classes not exhaustively annotated per image
-        self.skipped: dict[str, int] = {}  # annotations left out on purpose, by reason
-
-    def add(self, image_id: str, file: str, labels: Sequence, coords: Sequence, box_names: Sequence,
-            negatives: Sequence = (), not_exhaustive: Sequence = ()):
-        self.ids.append(str(image_id))
-        self.files.append(file)
-        self.labels.append(labels)
-        self.negatives.append(negatives)
-        self.not_exhaustive.append(not_exhaustive)
-        self.box_counts.append(len(box_names))
-        self.coords.extend(coords)
-        self.box_names.extend(box_names)
-
-    def build(self) -> "BoxIndex":
-        n = len(self.ids)
-        boxes = _float_boxes(self.coords)
-        valid = _clean_boxes(boxes)
-        dropped = int((~valid).sum())
-        names = np.array(self.box_names, dtype=str)
-        if self.fixed:
-            classes = np.array(self.vocabulary, dtype=str)
-        else:
-            label_names = {_as_str(c) for ls in self.labels for c in ls}
-            classes = np.array(sorted(label_names.union(names[valid].tolist())), dtype=str)
-        if len(classes):
-            box_labels = np.minimum(np.searchsorted(classes, names), len(classes) - 1)
-            known = classes[box_labels] == names
-        else:
-            box_labels, known = np.zeros(len(names), np.int64), np.zeros(len(names), bool)
-        keep = valid & known
-        out_of_vocabulary = int((valid & ~known).sum())
-        box_image = np.repeat(np.arange(n), self.box_counts)
-        box_offsets = np.zeros(n + 1, np.int64)
-        box_offsets[1:] = np.cumsum(np.bincount(box_image[keep], minlength=n))
-
-        lookup = {c: i for i, c in enumerate(classes.tolist())}
-
-        def ragged(lists, count=True):
-            nonlocal out_of_vocabulary
-            out = []
-            for ls in lists:
-                names_in = {_as_str(c) for c in ls}
-                ids = sorted(lookup[c] for c in names_in if c in lookup)
-                if count:
-                    out_of_vocabulary += len(names_in) - len(ids)
-                out.append(ids)
-            offsets = np.zeros(n + 1, np.int64)
-            offsets[1:] = np.cumsum([len(ls) for ls in out])
-            return offsets, np.fromiter((c for ls in out for c in ls), np.int32, int(offsets[-1]))
-
-        label_offsets, label_values = ragged(self.labels)
-        federated = {}
-        if any(self.negatives) or any(self.not_exhaustive):
-            federated = dict(zip(("neg_offsets", "neg_values"), ragged(self.negatives, False)))
-            federated.update(zip(("nex_offsets", "nex_values"), ragged(self.not_exhaustive, False)))
-        return BoxIndex(
-            ids=np.array(self.ids, dtype=str), files=np.array(self.files, dtype=str), classes=classes,
-            label_offsets=label_offsets, label_values=label_values, box_offsets=box_offsets,
-            boxes=boxes[keep].astype(np.float32), box_labels=box_labels[keep], dropped=dropped,
-            out_of_vocabulary=out_of_vocabulary, skipped=self.skipped, **federated,
-        )
-
-
-def _float_boxes(coords: list) -> np.ndarray:
-    """``(N, 4)`` float64 from rows of numbers or numeric strings; unparsable values are NaN."""
-    if not coords:
-        return np.zeros((0, 4))
-    try:
-        return np.array(coords, dtype=np.float64).reshape(-1, 4)
-    except (TypeError, ValueError):  # some value is not a number: convert one by one
-        return np.array([[_to_float(v) for v in row] for row in coords], dtype=np.float64).reshape(-1, 4)
-
 
 # --------------------------------------------------------------------------- index
 class BoxIndex:
@@ -151,8 +39,8 @@ class BoxIndex:
     _FEDERATED = ("neg_offsets", "neg_values", "nex_offsets", "nex_values")
 
     def __init__(self, *, ids, files, classes, label_offsets, label_values, box_offsets, boxes,
-                 box_labels, dropped=0, out_of_vocabulary=0, skipped=None, neg_offsets=None, neg_values=None,
-                 nex_offsets=None, nex_values=None):
+                 box_labels, dropped=0, out_of_vocabulary=0, skipped=None, dropped_reasons=None, clipped=0,
+                 source="", neg_offsets=None, neg_values=None, nex_offsets=None, nex_values=None):
         self._ids = np.asarray(ids, dtype=str)
         self._files = _compact_files(self._ids, np.asarray(files, dtype=str))
         self._classes = np.asarray(classes, dtype=str)
@@ -164,6 +52,8 @@ class BoxIndex:
         self.dropped = int(dropped)
         self.out_of_vocabulary = int(out_of_vocabulary)
         self.skipped = {k: int(v) for k, v in (skipped or {}).items() if v}
+        self.dropped_reasons = {k: int(v) for k, v in (dropped_reasons or {}).items() if v}
+        self.clipped, self.source = int(clipped), str(source)
         self._box_image = None
         n = len(self._ids)
         self.federated = neg_offsets is not None
@@ -189,12 +79,17 @@ class BoxIndex:
         ``labels_npy``: image id -> list of class ids (``images_selected_new.npy`` or a test
         dict); ``boxes_npy``: image id -> ``{'data': rows}`` or a list of rows of the
         OpenImages box CSV (``[2]`` class, ``[4:8]`` XMin, XMax, YMin, YMax as numbers or
-        strings). Either argument may be a path or an already loaded dict. ``classes`` fixes
-        the class vocabulary (e.g. the training classes when reading a test dict).
+        strings, normalized to ``[0, 1]``). Either argument may be a path or an already loaded
+        dict. ``classes`` fixes the class vocabulary and its order (e.g. the training classes
+        when reading a test dict); otherwise classes are sorted by name.
         """
         labels = _as_dict(labels_npy)
         boxes = _as_dict(boxes_npy) if boxes_npy is not None else {}
-        builder = _Builder(classes)
+        source = _source(labels_npy, "labels dict") + (f" + {_source(boxes_npy, 'boxes dict')}" if boxes_npy is not None
+                                                       else "")
+        builder = _Builder(classes, source, "they look like pixel coordinates, but the boxes dict holds XMin, XMax, "
+                                            "YMin, YMax normalized to [0, 1] (as OpenImages' box CSV): divide x by "
+                                            "the image width and y by its height")
         for image_id, image_labels in labels.items():
             entry = boxes.get(image_id, ())
             rows = entry.get("data", ()) if isinstance(entry, Mapping) else entry
@@ -202,7 +97,7 @@ class BoxIndex:
             if isinstance(image_labels, (str, bytes)):
                 image_labels = [image_labels]
             builder.add(str(image_id), f"{image_id}{suffix}", image_labels, coords, names)
-        return builder.build()
+        return cls(**builder.build())
 
     @classmethod
     def from_coco(cls, json_path, classes: Sequence[str] | None = None, include_crowd: bool = False) -> "BoxIndex":
@@ -213,7 +108,8 @@ class BoxIndex:
         ``<folder>/<name>`` of the URL (e.g. ``train2017/000000391895.jpg``, relative to the
         COCO folder; LVIS v1 val draws from both train2017 and val2017). Their
         ``neg_category_ids`` and ``not_exhaustive_category_ids`` are kept for federated AP
-        (:meth:`target_matrix`). The classes are all the json's categories (or ``classes``).
+        (:meth:`target_matrix`). The classes are all the json's categories in category-id order
+        (or ``classes``).
         Crowd annotations (``iscrowd``) are left out unless
         ``include_crowd`` (as in ``ssl_crops.datasets.crops``). Annotations left out on
         purpose are counted by reason in ``index.skipped`` (crowd, unknown category id,
@@ -241,7 +137,9 @@ class BoxIndex:
                 skipped["unknown category id"] += 1
             else:
                 per_image.setdefault(a.get("image_id"), []).append(a)
-        builder = _Builder(classes if classes is not None else categories.values())  # every category
+        builder = _Builder(classes if classes is not None else [categories[k] for k in sorted(categories)],
+                           str(json_path), "check the images' width and height entries against the photos "
+                                           "(COCO bbox is [x, y, width, height] in pixels of that size)")
         for im in images:
             try:
                 w, h, name = float(im["width"]), float(im["height"]), coco_file_name(im)
@@ -261,7 +159,7 @@ class BoxIndex:
             builder.add(Path(name).stem, name, sorted(set(names)), coords, names, neg, nex)
         skipped["unknown image id"] = sum(map(len, per_image.values()))
         builder.skipped = skipped
-        return builder.build()
+        return cls(**builder.build())
 
     @classmethod
     def from_folder(cls, root, classes: Sequence[str] | None = None) -> "BoxIndex":
@@ -270,16 +168,18 @@ class BoxIndex:
         When every image sits in a first-level sub-folder, the sub-folder names are the
         class labels (ImageFolder layout); otherwise images have no labels.
         """
-        files = image_files(root)
+        files, others = _scan(root)
         if not files:
-            raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+            found = f"; found {len(others)} other files, e.g. {others[0]}" if others else " (the folder is empty)"
+            raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found{found}")
         class_layout = all(len(p.parts) == 2 for p in files)
-        builder = _Builder(classes)
+        builder = _Builder(classes, f"{root} (image folder, no boxes)")
+        builder.skipped = {"files that are not images": len(others)}
         empty = np.zeros((0, 4))
         for p in files:
             labels = [p.parts[0]] if class_layout else []
             builder.add(p.with_suffix("").as_posix(), p.as_posix(), labels, empty, [])
-        return builder.build()
+        return cls(**builder.build())
 
     # ------------------------------------------------------------------ storage
     def save(self, path) -> None:
@@ -287,7 +187,8 @@ class BoxIndex:
         names = self._ARRAYS + (self._FEDERATED if self.federated else ())
         arrays = {name: getattr(self, "_" + name) for name in names}
         meta = {"version": _FORMAT_VERSION, "dropped": self.dropped, "out_of_vocabulary": self.out_of_vocabulary,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "dropped_reasons": self.dropped_reasons, "clipped": self.clipped,
+                "source": self.source}
         with atomic_write(path) as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -306,7 +207,8 @@ class BoxIndex:
         if meta.get("version") != _FORMAT_VERSION:
             raise ValueError(f"{path}: BoxIndex format version {meta.get('version')} is not supported")
         return cls(**arrays, dropped=meta["dropped"], out_of_vocabulary=meta.get("out_of_vocabulary", 0),
-                   skipped=meta.get("skipped"))
+                   skipped=meta.get("skipped"), dropped_reasons=meta.get("dropped_reasons"),
+                   clipped=meta.get("clipped", 0), source=f"{path} (saved index of {meta.get('source') or '?'})")
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -315,6 +217,15 @@ class BoxIndex:
     def __repr__(self) -> str:
         return (f"BoxIndex({len(self)} images, {self.num_boxes} boxes, {self.num_classes} classes, "
                 f"dropped={self.dropped})")
+
+    def describe(self) -> str:
+        """One line: the source file(s), what was read, and what was dropped, clipped or left out."""
+        line = f"{self.source or 'BoxIndex'}: {len(self)} images, {self.num_boxes} boxes, {self.num_classes} classes"
+        total = self.num_boxes + self.dropped
+        changes = _box_changes(total, self.dropped_reasons or ({"invalid": self.dropped} if self.dropped else {}),
+                               self.clipped)
+        left_out = _counts(self.skipped)
+        return line + (f"; {changes}" if changes else "") + (f"; left out: {left_out}" if left_out else "")
 
     @property
     def num_boxes(self) -> int:
@@ -409,14 +320,13 @@ class BoxIndex:
             fed.update(zip(("nex_offsets", "nex_values"), _take_ragged(self._nex_offsets, self._nex_values, idx)))
         return BoxIndex(ids=self._ids[idx], files=np.char.add(self._ids[idx], files) if files.ndim == 0 else files,
                         classes=self._classes, label_offsets=lo, label_values=lv, box_offsets=bo,
-                        boxes=self._boxes[keep], box_labels=self._box_labels[keep], dropped=self.dropped,
-                        out_of_vocabulary=self.out_of_vocabulary, skipped=self.skipped, **fed)
+                        boxes=self._boxes[keep], box_labels=self._box_labels[keep], **self._counts(), **fed)
 
     def with_classes(self, classes: Sequence[str]) -> "BoxIndex":
-        """The same images with class indices of the vocabulary ``classes`` (e.g. the training
-        classes for a test split); labels and boxes of other classes are left out and counted
-        in ``out_of_vocabulary``."""
-        classes = np.asarray(sorted(set(classes)), dtype=str)
+        """The same images with class indices of the vocabulary ``classes``, in its order (e.g.
+        the training classes for a test split); labels and boxes of other classes are left out
+        and counted in ``out_of_vocabulary``."""
+        classes = np.asarray(list(dict.fromkeys(classes)), dtype=str)
         if np.array_equal(classes, self._classes):
             return self
         new = {c: i for i, c in enumerate(classes.tolist())}
@@ -438,9 +348,14 @@ class BoxIndex:
             fed = {"neg_offsets": no, "neg_values": nv, "nex_offsets": xo, "nex_values": xv}
         files = np.char.add(self._ids, self._files) if self._files.ndim == 0 else self._files
         return BoxIndex(ids=self._ids, files=files, classes=classes, label_offsets=lo, label_values=lv,
-                        box_offsets=bo, boxes=self._boxes[bkeep], box_labels=bl, dropped=self.dropped,
-                        out_of_vocabulary=self.out_of_vocabulary + int((~lkeep).sum() + (~bkeep).sum()),
-                        skipped=self.skipped, **fed)
+                        box_offsets=bo, boxes=self._boxes[bkeep], box_labels=bl,
+                        **{**self._counts(),
+                           "out_of_vocabulary": self.out_of_vocabulary + int((~lkeep).sum() + (~bkeep).sum())}, **fed)
+
+    def _counts(self) -> dict:
+        """What was dropped, clipped and left out, and the source: kept by subsets."""
+        return {"dropped": self.dropped, "out_of_vocabulary": self.out_of_vocabulary, "skipped": self.skipped,
+                "dropped_reasons": self.dropped_reasons, "clipped": self.clipped, "source": self.source}
 
     def class_counts(self) -> np.ndarray:
         """Number of images per class."""
@@ -453,10 +368,21 @@ class BoxIndex:
 
 def image_files(root) -> list[Path]:
     """Image files (``IMAGE_EXTENSIONS``) under ``root``, as sorted paths relative to it."""
+    return _scan(root)[0]
+
+
+def _scan(root) -> tuple[list[Path], list[Path]]:
+    """``(image files, other files)`` under ``root`` (hidden files left out), sorted, relative to it."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found")
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images, others = [], []
+    for p in root.rglob("*"):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            images.append(p.relative_to(root))
+        elif not p.name.startswith(".") and p.is_file():
+            others.append(p.relative_to(root))
+    return sorted(images), sorted(others)
 
 
 def _compact_files(ids: np.ndarray, files: np.ndarray) -> np.ndarray:
@@ -488,30 +414,11 @@ def coco_file_name(image: Mapping) -> str:
     return "/".join(parts[-2:])
 
 
+def _source(source, what: str) -> str:
+    return f"{what} (in memory)" if isinstance(source, Mapping) else str(source)
+
+
 def _as_dict(source) -> dict:
     if isinstance(source, Mapping):
         return dict(source)
     return load_npy_dict(source)
-
-
-def _as_str(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _parse_rows(rows) -> tuple[list, list]:
-    """``([x0, y0, x1, y1] per row, class per row)`` from OpenImages box CSV rows; a row too
-    short to hold a box becomes NaN (dropped and counted)."""
-    try:  # the common case: every row is complete
-        return list(map(_OI_BOX, rows)), list(map(_OI_NAME, rows))
-    except (IndexError, TypeError, KeyError):
-        pass
-    coords, names = [], []
-    for row in rows:
-        try:
-            names.append(row[_OI_LABEL])
-            coords.append([row[_OI_XMIN], row[_OI_YMIN], row[_OI_XMAX], row[_OI_YMAX]])
-        except (IndexError, TypeError, KeyError):
-            if len(names) == len(coords):
-                names.append("")
-            coords.append([_NAN] * 4)
-    return coords, names

@@ -17,7 +17,7 @@ from .formats import SUBSET_FILES
 
 __all__ = [
     "ObjectCropDataset", "LabeledImageDataset", "ProposalSource", "CorruptImageError", "EncodedImage",
-    "open_image", "load_image", "load_index", "find_annotation", "make_demo",
+    "open_image", "load_image", "load_index", "find_annotation", "make_demo", "unreadable_rows",
 ]
 
 
@@ -120,17 +120,18 @@ class ObjectCropDataset(torch.utils.data.Dataset):
     (:class:`~ssl_crops.transforms.ObjectAwareCrop`), else as ``transform(image)``; ``image`` is
     an :class:`EncodedImage` when it has ``accepts_encoded`` (reduced decoding), else the
     decoded RGB PIL image.
-    ``on_corrupt="skip"`` warns about an unreadable image (missing, truncated, empty, not an
-    image, or a decompression bomb) and serves the next one instead; ``bad_images`` counts the
-    skips of this process and ``last_skipped`` lists ``(file name, reason)`` of the last item's
-    skips. ``"raise"`` raises :class:`CorruptImageError`. Valid images of any mode or size
+    ``on_corrupt="skip"`` serves the next image instead of an unreadable one (missing,
+    truncated, empty, not an image, or a decompression bomb), with a warning (once per image
+    and process; ``warn=False``: none, for callers that report skips themselves);
+    ``bad_images`` counts the skips of this process and ``last_skipped`` lists
+    ``(file name, reason)`` of the last item's skips. ``"raise"`` raises :class:`CorruptImageError`. Valid images of any mode or size
     (a PNG named ``.jpg``, CMYK, 1x1 px) are decoded as RGB and served.
     """
 
     max_consecutive_failures = 32
 
     def __init__(self, root, index: BoxIndex, transform, proposals: ProposalSource | None = None,
-                 sampling: str = "image", proposal_topk: int = 10, on_corrupt: str = "skip"):
+                 sampling: str = "image", proposal_topk: int = 10, on_corrupt: str = "skip", warn: bool = True):
         if sampling not in ("image", "box"):
             raise ValueError(f"sampling must be 'image' or 'box', got {sampling!r}")
         if on_corrupt not in ("skip", "raise"):
@@ -142,7 +143,7 @@ class ObjectCropDataset(torch.utils.data.Dataset):
         self.sampling, self.on_corrupt = sampling, on_corrupt
         self.uses_boxes = getattr(transform, "uses_boxes", False)
         self.accepts_encoded = getattr(transform, "accepts_encoded", False)  # decodes only what it crops
-        self.bad_images, self.last_skipped = 0, []
+        self.bad_images, self.last_skipped, self.warn, self._warned = 0, [], warn, set()
 
     def __len__(self) -> int:
         return self.index.num_boxes if self.sampling == "box" else len(self.index)
@@ -179,7 +180,9 @@ class ObjectCropDataset(torch.utils.data.Dataset):
                 name = self.index.path(self._image_of(j))
                 self.bad_images += 1
                 self.last_skipped.append((name, str(e).removeprefix(f"{self.root / name}: ")))
-                warnings.warn(f"skipping unreadable image: {e}", RuntimeWarning, stacklevel=2)
+                if self.warn and name not in self._warned:
+                    self._warned.add(name)
+                    warnings.warn(f"skipping unreadable image: {e}", RuntimeWarning, stacklevel=2)
                 j = self._next_image_item(j)
         else:
             raise CorruptImageError(f"{self.max_consecutive_failures} unreadable images in a row from {self.root}")
@@ -187,18 +190,35 @@ class ObjectCropDataset(torch.utils.data.Dataset):
 
 
 class LabeledImageDataset(torch.utils.data.Dataset):
-    """Images with multi-hot targets: item ``i`` is ``(transform(image), target)``."""
+    """Images with multi-hot targets: item ``i`` is ``(transform(image), target)``.
 
-    def __init__(self, root, index: BoxIndex, transform):
-        self.root, self.index, self.transform = Path(root), index, transform
+    An unreadable image raises :class:`CorruptImageError` (``on_corrupt="raise"``); with
+    ``"skip"`` its item is the transform of a black image with a NaN target, for the caller to
+    leave out (:func:`unreadable_rows`; the file may be anywhere in a batch of any worker)."""
+
+    def __init__(self, root, index: BoxIndex, transform, on_corrupt: str = "raise"):
+        if on_corrupt not in ("skip", "raise"):
+            raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
+        self.root, self.index, self.transform, self.on_corrupt = Path(root), index, transform, on_corrupt
         self.targets = torch.from_numpy(index.label_matrix())
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int):
-        img = load_image(self.root / self.index.path(i))
+        try:
+            img = load_image(self.root / self.index.path(i))
+        except CorruptImageError:
+            if self.on_corrupt == "raise":
+                raise
+            return self.transform(Image.new("RGB", (1, 1))), torch.full_like(self.targets[i], float("nan"))
         return self.transform(img), self.targets[i]
+
+
+def unreadable_rows(targets) -> np.ndarray:
+    """Boolean mask of the items :class:`LabeledImageDataset` served for unreadable images."""
+    targets = np.asarray(targets)
+    return np.isnan(targets.reshape(len(targets), -1)).any(1)
 
 
 def find_annotation(name: str | os.PathLike, data_dir) -> Path | None:

@@ -9,11 +9,13 @@ exits 0); ``--resume auto`` continues from the newest readable one, mid-epoch wi
 sample order. A restart under torchrun resumes by itself.
 """
 import argparse
+import functools
 import inspect
 import itertools
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -156,6 +158,9 @@ def build_parser():
     g.add_argument("--save-freq", type=int, default=10, help="keep checkpoint_<epoch>.pth every N epochs")
     g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
     g.add_argument("--test-labels", default=None, help="test labels dict for kNN (default: images_test.npy beside DIR)")
+    g.add_argument("--test-coco", default=None, help="test annotations for kNN: a COCO or LVIS json (LVIS: federated mAP)")
+    g.add_argument("--test-images", default=None,
+                   help="test image folder for kNN (default: DIR; for LVIS the COCO folder holding train2017/val2017)")
     g.add_argument("--demo", action="store_true",
                    help="pretrain a small ResNet on generated data (made in DIR, default ./demo_data, if absent)")
     return p
@@ -213,13 +218,57 @@ class SeededDataset(Dataset):
         return views, index, events, skipped
 
 
-def build_dataset(args, run_dir, main=True):
-    """``(ObjectCropDataset, BoxIndex)`` from the flags. Object crops default to one item per box
-    (the original's epoch), or per image when the index has no boxes at all (proposals then)."""
-    index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+def crop_plan(args, index):
+    """``(crop mode, sampling)``: object crops default to one item per box (the original's
+    epoch), or per image when the index has no boxes at all (proposals then)."""
     mode = args.crop_mode or ("object-object" if args.bing_crops else "scene")
-    sampling = args.sampling or ("box" if mode != "scene" and index.num_boxes > 0 else "image")
+    return mode, args.sampling or ("box" if mode != "scene" and index.num_boxes > 0 else "image")
+
+
+def check_inputs(args):
+    """Read the annotations and check them against the flags before anything is written (the
+    run folder included): a user mistake raises ``FileNotFoundError`` or ``ValueError`` naming
+    the file. Returns ``train_worker``'s keyword arguments: the indices, read once here."""
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"{args.data}: image folder not found")
+    for flag in ("labels", "boxes", "coco", "index", "proposals", "test_labels", "test_coco", "test_images"):
+        path = getattr(args, flag)
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"--{flag.replace('_', '-')} {path}: not found")
+        if path and flag in ("labels", "test_labels") and Path(path).suffix.lower() == ".json":
+            raise ValueError(f"--{flag.replace('_', '-')} {path}: a JSON file (this flag reads the OpenImages-subset "
+                             f".npy dicts); pass a COCO or LVIS json as --{flag.replace('labels', 'coco').replace('_', '-')}")
+    if args.resume and args.resume != "auto":
+        if not Path(args.resume).is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: checkpoint not found")
+        try:  # mmap: reads the entries, not the tensors
+            held = torch.load(args.resume, map_location="cpu", weights_only=True, mmap=True).get("arch")
+        except Exception:  # unreadable: locate_resume says why
+            held = None
+        if held and held != args.arch:
+            raise ValueError(f"--resume {args.resume}: holds a {held} checkpoint, not {args.arch}: pass -a {held}")
+    with warnings.catch_warnings():
+        if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 says what was dropped or clipped
+            warnings.simplefilter("ignore")
+        index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+        test_index = knn_test_index(args, index) if args.knn_every > 0 else None
+    sampling = crop_plan(args, index)[1]
+    samples = index.num_boxes if sampling == "box" else len(index)
+    if samples < args.batch_size:
+        raise ValueError(f"{index.source}: {samples} {'boxes' if sampling == 'box' else 'images'} to train on "
+                         f"(--sampling {sampling}), fewer than the batch size {args.batch_size} (-b)")
+    return {"index": index, "test_index": test_index}
+
+
+def build_dataset(args, run_dir, main=True, index=None):
+    """``(ObjectCropDataset, BoxIndex)`` from the flags (``index``: already read by
+    :func:`check_inputs`). Rank 0 prints where the boxes come from."""
+    if index is None:
+        index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+    mode, sampling = crop_plan(args, index)
     unboxed = int((index.num_boxes_per_image() == 0).sum())
+    if main:
+        print(f"boxes: {index.describe()}", flush=True)
     proposals = None
     if sampling == "box":  # images without boxes are never visited: no proposals needed
         if main and args.proposals:
@@ -227,19 +276,42 @@ def build_dataset(args, run_dir, main=True):
                           "use --sampling image to crop images without boxes from proposals")
         if main and unboxed:
             print(f"{unboxed} of {len(index)} images have no boxes and are not visited (--sampling box)", flush=True)
-    elif args.proposals:
-        from .proposals import open_proposals
-        proposals = open_proposals(args.proposals)
+    elif mode != "scene" and unboxed and args.proposals:
+        proposals, source = opened_proposals(args, index, run_dir, main)
     elif mode != "scene" and unboxed:
         proposals = fitted_proposals(index, args.data, Path(run_dir) / "bing.npz", args.seed, main)
+        source = f"{Path(run_dir) / 'bing.npz'} (fitted on the annotated images)"
+    if main and proposals is not None:
+        print(f"{unboxed} of {len(index)} images have no boxes: object crops from their top {args.bing_topk} "
+              f"BING proposals from {source}", flush=True)
     on_device = getattr(args, "augment_on", None) == "device"  # workers then return uint8 crops
     crop = ObjectAwareCrop(mode=mode, geometry=args.crop_geometry, dilation=args.dilation,
                            min_scale=args.min_scale, object_min_scale=args.rescale_parameter, size=args.image_size,
                            min_region=args.min_region, anchor=args.anchor,
                            augment=v2.PILToTensor() if on_device else moco_augment(args.aug_plus))
     dataset = ObjectCropDataset(args.data, index, crop, proposals=proposals, sampling=sampling,
-                                proposal_topk=args.bing_topk, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"))
+                                proposal_topk=args.bing_topk, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"),
+                                warn=False)  # the run names skipped images in its log and bad_images.txt
     return dataset, index
+
+
+def opened_proposals(args, index, run_dir, main=True):
+    """``(proposal source, what it is)`` for ``--proposals``: a proposal cache as it is; a BING
+    model (``.npz`` or OpenCV model folder) on images none of which has boxes: its proposals,
+    cached once by rank 0 in ``<run>/proposals.npz`` (resumed if interrupted, reused on resume)."""
+    from .proposals import Bing, ProposalCache, open_proposals, propose_folder
+
+    source = open_proposals(args.proposals)
+    if not isinstance(source, Bing) or index.num_boxes > 0:  # some boxes: BING on the fly for the others
+        return source, args.proposals
+    path, model = Path(run_dir) / "proposals.npz", str(Path(args.proposals).resolve())
+    cached = ProposalCache.load(path) if main and path.is_file() else None
+    if main and (cached is None or len(cached) < len(index) or cached.meta.get("model") != model):
+        print(f"caching BING proposals of the {len(index)} images of {args.data} in {path} ...", flush=True)
+        propose_folder(args.data, source, path, top_k=args.bing_topk, workers=min(args.workers, os.cpu_count() or 1),
+                       progress=sys.stderr.isatty(), model_name=model)
+    du.barrier()
+    return ProposalCache.load(path), f"{path} (model {args.proposals})"
 
 
 def fitted_proposals(index, root, path, seed, main=True, max_images=BING_FIT_IMAGES):
@@ -383,30 +455,47 @@ def _shared_seed(seed, device):
     return int(du.all_gather_cat(torch.tensor([int.from_bytes(os.urandom(4), "big") >> 1], device=device))[0])
 
 
-def _knn_monitor(args, index):
+def knn_test_index(args, index):
+    """The kNN monitor's test index (``--test-coco``, ``--test-labels`` or ``images_test.npy``
+    beside DIR), with the training classes."""
+    if args.test_coco and args.test_labels:
+        raise ValueError("kNN test annotations: give only one of --test-coco, --test-labels")
+    if args.test_coco:
+        test = BoxIndex.from_coco(args.test_coco).with_classes(index.classes)
+    else:
+        test_labels = args.test_labels or find_annotation(SUBSET_FILES["test_labels"], args.data)
+        if test_labels is None:
+            raise FileNotFoundError(f"--knn-every needs test annotations: --test-coco VAL.json, --test-labels DICT "
+                                    f"or {SUBSET_FILES['test_labels']} beside {args.data}")
+        test = BoxIndex.from_openimages(test_labels, classes=index.classes)
+    if len(test) == 0:
+        raise ValueError(f"{test.source}: no test images for the kNN monitor")
+    return test
+
+
+def _knn_monitor(args, index, test_index=None):
     from .evaluate import KNNMonitor
 
-    test_labels = args.test_labels or find_annotation(SUBSET_FILES["test_labels"], args.data)
-    if test_labels is None:
-        raise FileNotFoundError("--knn-every needs test labels: images_test.npy beside DIR or --test-labels")
-    test_index = BoxIndex.from_openimages(test_labels, classes=index.classes)
+    test_index = knn_test_index(args, index) if test_index is None else test_index
     return KNNMonitor(args.data, index, test_index, image_size=args.image_size,
-                      batch_size=args.batch_size // du.get_world_size(), workers=min(args.workers, 4), amp=args.amp)
+                      batch_size=args.batch_size // du.get_world_size(), workers=min(args.workers, 4), amp=args.amp,
+                      test_root=args.test_images, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"))
 
 
-def train_worker(info, args):
-    """Pretrain in this process (rank ``info.rank``); returns the run folder. Rank 0 holds the
-    folder's lock (``runlock.RunLock``) from before anything touches the folder to the end: a
-    second run naming the folder stops at once."""
+def train_worker(info, args, index=None, test_index=None):
+    """Pretrain in this process (rank ``info.rank``); returns the run folder. ``index`` and
+    ``test_index``: the annotations read by :func:`check_inputs` (read here when ``None``). Rank 0
+    holds the folder's lock (``runlock.RunLock``) from before anything touches the folder to the
+    end: a second run naming the folder stops at once."""
     lock = RunLock(Path(args.output_dir) / args.save_name)
     on_rank0(lock.acquire)
     try:
-        return _train(info, args)
+        return _train(info, args, index, test_index)
     finally:
         lock.release()
 
 
-def _train(info, args):
+def _train(info, args, index, test_index):
     """The run of :func:`train_worker`, its folder held."""
     main = info.rank == 0
     if info.device.type == "cuda":
@@ -436,7 +525,7 @@ def _train(info, args):
         make_demo(demo_root)
     du.barrier()
 
-    dataset, index = build_dataset(args, run_dir, main)
+    dataset, index = build_dataset(args, run_dir, main, index)
     check_queue(args, len(dataset), args.batch_size, main)
     fingerprint = dataset_fingerprint(index)
     if resume_ckpt is not None:  # before anything is loaded; --bn-splits only when given (not yet defaulted)
@@ -466,7 +555,7 @@ def _train(info, args):
     if info.distributed:
         ddp = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None,
                                       **NO_BUFFER_BROADCAST)
-    knn = _knn_monitor(args, index) if args.knn_every > 0 else None  # called on every rank
+    knn = _knn_monitor(args, index, test_index) if args.knn_every > 0 else None  # called on every rank
 
     log = None
     if main:
@@ -500,6 +589,7 @@ def _train(info, args):
                           f"{steps_per_epoch}); saved {run_dir / LAST}; continue with --resume auto", flush=True)
                 break
             loss, events = tally.summary(steps_per_epoch)
+            events["bad_images"] = len(skipped)  # images, not items: one with several boxes is skipped per box
             if not math.isfinite(loss):
                 raise FloatingPointError(f"mean loss of epoch {epoch} is {loss}")
             done = epoch + 1
@@ -543,7 +633,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:  # user mistakes in the inputs: one line, exit 2, before the run folder is touched
+        inputs = {} if args.demo else check_inputs(args)
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:
+        print(f"main_moco.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     try:
-        return du.launch(train_worker, args)
+        return du.launch(functools.partial(train_worker, **inputs), args)
     except (OutputError, FileExistsError, ResumeMismatch) as e:  # one line: which file, and why
         raise SystemExit(f"main_moco.py: error: {e}") from None

@@ -221,8 +221,8 @@ def log_figure(log_path, out, dpi: int = 110) -> Path:
 # --------------------------------------------------------------------------- per-class AP
 def per_class_ap_figure(ap, class_names, train_counts, path, title: str | None = None, dpi: int = 110) -> Path:
     """Bar chart of AP per class, classes sorted by training frequency (most frequent first),
-    with the training frequency on a log axis; classes without an AP (no test positive) are
-    marked. ``ap`` in [0, 1] (NaN or None for undefined); writes ``path`` (e.g. per_class_ap.png)."""
+    with the training frequency on a log axis; classes without an AP are marked, as without a
+    test positive or without a training image (not scored). ``ap`` in [0, 1] (NaN or None for undefined); writes ``path`` (e.g. per_class_ap.png)."""
     plt = _pyplot()
     ap = np.array([np.nan if v is None else v for v in ap], np.float64)
     counts = np.asarray(train_counts, np.float64)
@@ -237,9 +237,9 @@ def per_class_ap_figure(ap, class_names, train_counts, path, title: str | None =
     fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(ap) + 2), 4.2))
     defined = ~np.isnan(ap)
     ax.bar(x[defined], 100 * ap[defined], color="tab:blue", width=0.8, label="AP")
-    if (~defined).any():
-        ax.bar(x[~defined], np.full((~defined).sum(), 100.0), color="none", edgecolor="0.6", hatch="//",
-               width=0.8, label="no test positive")
+    for label, (missing, hatch) in _missing_ap(ap, counts).items():
+        ax.bar(x[missing], np.full(missing.sum(), 100.0), color="none", edgecolor="0.6", hatch=hatch,
+               width=0.8, label=label)
     if defined.any():
         ax.axhline(100 * ap[defined].mean(), color="tab:blue", ls="--", lw=1,
                    label=f"mAP {100 * ap[defined].mean():.1f}")
@@ -262,6 +262,14 @@ def per_class_ap_figure(ap, class_names, train_counts, path, title: str | None =
     ax.set_title(title or "AP per class, sorted by training frequency", fontsize=9)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def _missing_ap(ap, train_counts) -> dict:
+    """``{legend label: (mask, hatch)}`` of the classes without an AP, by why they have none."""
+    undefined, untrained = np.isnan(ap), np.asarray(train_counts) == 0
+    groups = {"no training image (not scored)": (undefined & untrained, "xx"),
+              "no test positive": (undefined & ~untrained, "//")}
+    return {label: g for label, g in groups.items() if g[0].any()}
 
 
 def _per_class_from_report(report_path, out) -> Path:

@@ -129,8 +129,16 @@ def test_malformed_boxes_are_dropped_clipped_and_counted():
         ["i", "s", "/m/car", "1", "-0.2", "0.4", "0.5", "1.3"],   # clipped, kept
         ["i", "s", "/m/car"],                                     # short row
     ]
-    index = BoxIndex.from_openimages({"i": ["/m/cat"]}, {"i": {"data": rows}})
+    with pytest.warns(UserWarning) as record:
+        index = BoxIndex.from_openimages({"i": ["/m/cat"]}, {"i": {"data": rows}})
     assert index.dropped == 6 and index.num_boxes == 2
+    assert index.dropped_reasons == {"not a number": 3, "inverted (x1 < x0 or y1 < y0)": 1,
+                                     "zero width or height": 1, "outside the image": 1}
+    assert index.clipped == 1 and len(record) == 1
+    assert str(record[0].message) == (
+        "labels dict (in memory) + boxes dict (in memory): 6 of 8 boxes dropped (3 not a number, 1 inverted "
+        "(x1 < x0 or y1 < y0), 1 zero width or height, 1 outside the image); 1 of 8 boxes partly outside the "
+        "image, clipped to it")
     np.testing.assert_allclose(index.boxes(0), [[0.1, 0.1, 0.5, 0.5], [0.0, 0.5, 0.4, 1.0]], atol=1e-7)
     assert np.isfinite(index.flat_boxes).all()
 
@@ -138,7 +146,8 @@ def test_malformed_boxes_are_dropped_clipped_and_counted():
 def test_fixed_vocabulary_drops_unknown_classes():
     lab, boxes = _dicts(True, True)
     index = BoxIndex.from_openimages(lab, boxes, classes=["/m/dog", "/m/cat"])
-    assert index.classes == ["/m/cat", "/m/dog"]
+    assert index.classes == ["/m/dog", "/m/cat"]  # a given vocabulary keeps its order
+    assert [index.classes[c] for c in index.box_labels(0)] == ["/m/cat", "/m/dog"]
     assert index.num_boxes == 2 and index.labels(1).size == 0
     assert index.out_of_vocabulary == 3  # img_b: car box and label; img_c: car label
 
@@ -260,3 +269,73 @@ def test_subset_and_with_classes(tmp_path):
     np.testing.assert_array_equal(other.target_matrix(), [[-1, 0, -1], [1, -1, -1]])
     assert other.num_boxes == 1 and other.box_labels(1).tolist() == [0]
     assert index.with_classes(index.classes) is index
+
+
+def test_pixel_coordinates_in_the_dicts_stop_with_one_line(tmp_path):
+    """OpenImages dicts holding pixel coordinates: most boxes lie outside [0, 1]; instead of
+    dropping nearly all of them and clipping the rest to the whole image, the reader stops."""
+    lab, _ = _dicts(True, True)
+    pixels = {k: [_rows(k, [(n, tuple(v * 640 for v in box))], False)[0] for n, box in objs]
+              for k, objs in OBJECTS.items()}
+    np.save(tmp_path / "boxes.npy", pixels, allow_pickle=True)
+    with pytest.raises(ValueError) as err:
+        BoxIndex.from_openimages(lab, tmp_path / "boxes.npy")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "boxes.npy") in msg and "3 of 3 boxes lie outside [0, 1]" in msg
+    assert "pixel coordinates" in msg and "divide x by the image width" in msg
+    # a COCO json whose image sizes are wrong (here 10x too small) gives the same kind of stop
+    path = _coco(tmp_path / "c.json", {k: (640, 480) for k in OBJECTS})
+    coco = json.loads(path.read_text())
+    for im in coco["images"]:
+        im["width"], im["height"] = 64, 48
+    path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"c.json: 3 of 3 boxes lie outside \[0, 1\].*width and height"):
+        BoxIndex.from_coco(path)
+
+
+def test_coco_boxes_outside_their_image_are_counted(tmp_path):
+    """A COCO box wholly outside its image is dropped and one partly outside clipped: both are
+    counted, said in a warning, kept through save/load and in describe()."""
+    path = _coco(tmp_path / "c.json", {k: (100, 100) for k in OBJECTS})
+    coco = json.loads(path.read_text())
+    coco["annotations"] += [{"id": 60, "image_id": 100, "category_id": 7, "bbox": [120, 10, 10, 10]},  # outside
+                            {"id": 61, "image_id": 100, "category_id": 7, "bbox": [90, 90, 20, 20]},  # partly
+                            {"id": 62, "image_id": 100, "category_id": 7, "bbox": [0, 0, 100.0004, 50]}]  # rounding
+    path.write_text(json.dumps(coco))
+    with pytest.warns(UserWarning, match=r"c.json: 1 of 6 boxes dropped \(1 outside the image\); 1 of 6 boxes "
+                                         r"partly outside the image, clipped to it"):
+        index = BoxIndex.from_coco(path)
+    assert index.num_boxes == 5 and index.dropped_reasons == {"outside the image": 1} and index.clipped == 1
+    index.save(tmp_path / "i.npz")
+    back = BoxIndex.load(tmp_path / "i.npz")
+    assert (back.dropped_reasons, back.clipped) == (index.dropped_reasons, index.clipped)
+    assert back.describe().startswith(f"{tmp_path / 'i.npz'} (saved index of {path})")
+    assert index.describe() == (f"{path}: 3 images, 5 boxes, 3 classes; 1 of 6 boxes dropped (1 outside the "
+                                "image); 1 of 6 boxes partly outside the image, clipped to it")
+    assert index.subset([0]).clipped == 1 and index.with_classes(["/m/cat"]).dropped_reasons == index.dropped_reasons
+
+
+def test_coco_classes_are_numbered_in_category_id_order(tmp_path):
+    path = tmp_path / "c.json"
+    cats = [{"id": 3, "name": "apple"}, {"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}]
+    images = [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    index = BoxIndex.from_coco(path)
+    assert index.classes == ["person", "bicycle", "apple"]
+    assert index.box_labels(0).tolist() == [0] and index.labels(0).tolist() == [0]
+
+
+def test_folder_counts_the_files_it_leaves_out(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "txt").mkdir()
+    for k in range(3):
+        (tmp_path / "txt" / f"{k}.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"txt: no images .*found 3 other files, e.g. 0.txt"):
+        BoxIndex.from_folder(tmp_path / "txt")
+    Image.new("RGB", (8, 8)).save(tmp_path / "txt" / "x.jpg")
+    index = BoxIndex.from_folder(tmp_path / "txt")
+    assert len(index) == 1 and index.skipped == {"files that are not images": 3}
+    assert index.describe() == (f"{tmp_path / 'txt'} (image folder, no boxes): 1 images, 0 boxes, 0 classes; "
+                                "left out: 3 files that are not images")

@@ -134,8 +134,9 @@ def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env, mon
     with pytest.raises(SystemExit, match="holds a run .*--resume auto"):  # never starts afresh over a run
         _run(demo, tmp_path, "--epochs", "1")
     assert (tmp_path / "r" / "log.jsonl").read_text() == log
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(SystemExit) as err:
         _run(demo, tmp_path, "--resume", str(tmp_path / "nope.pth"))
+    assert err.value.code == 2 and "nope.pth: checkpoint not found" in capsys.readouterr().err
 
 
 def _signal_at(monkeypatch, *steps, sig=signal.SIGTERM):
@@ -583,3 +584,159 @@ def test_resume_checks_the_model_settings_and_the_data(demo, tmp_path, clean_env
     assert "on other data (--allow-new-data): 136 images" in out and "lr 0.05 -> 0.1" in out
     ckpt = torch.load(run / "checkpoint_last.pth", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["dataset"]["images"] == 130  # the run goes on with the new data
+
+
+# --------------------------------------------------------------------------- user mistakes, box sources
+def _mistakes(tmp_path, demo):
+    """``(name, argv)`` of the mistakes a newcomer makes with the data flags."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "txt").mkdir()
+    for k in range(3):
+        (tmp_path / "txt" / f"{k}.txt").write_text("notes")
+    (tmp_path / "blank.json").write_text("")
+    (tmp_path / "braces.json").write_text("{}")
+    images = str(demo / "images")
+    return [("wrong path", [str(tmp_path / "nope")], "nope: image folder not found"),
+            ("empty folder", [str(tmp_path / "empty")], "empty: no images"),
+            ("folder of .txt", [str(tmp_path / "txt")], "found 3 other files, e.g. 0.txt"),
+            ("empty json", [images, "--coco", str(tmp_path / "blank.json")], "blank.json: not a COCO detection json"),
+            ("{} json", [images, "--coco", str(tmp_path / "braces.json")], "braces.json: not a COCO detection json"),
+            ("batch > dataset", [images, "-b", "1024"], "fewer than the batch size 1024 (-b)"),
+            ("json as --labels", [images, "--labels", str(tmp_path / "braces.json")], "pass a COCO or LVIS json as --coco"),
+            ("missing proposals", [images, "--proposals", str(tmp_path / "bing.npz")], "--proposals")]
+
+
+def test_user_mistakes_are_one_error_line_exit_2_and_leave_no_run_folder(demo, tmp_path, clean_env, capsys):
+    for name, argv, message in _mistakes(tmp_path, demo):
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        with pytest.raises(SystemExit) as err:
+            train.main([*argv, "--output-dir", str(out), "-j", "0"])
+        stderr = capsys.readouterr().err.strip()
+        assert err.value.code == 2, name
+        assert stderr.startswith("main_moco.py: error: ") and "\n" not in stderr and message in stderr, (name, stderr)
+        assert not out.exists(), name
+
+
+def test_resume_from_another_architecture_says_which(demo, tmp_path, clean_env, capsys):
+    torch.save({"arch": "resnet50", "epoch": 3, "state_dict": {}}, tmp_path / "r50.pth")
+    with pytest.raises(SystemExit) as err:
+        train.main([str(demo / "images"), "-a", "resnet18", "--resume", str(tmp_path / "r50.pth"), "--output-dir",
+                    str(tmp_path / "out")])
+    assert err.value.code == 2 and not (tmp_path / "out").exists()
+    assert "r50.pth: holds a resnet50 checkpoint, not resnet18: pass -a resnet50" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_user_mistake_from_the_command_line(demo, tmp_path):
+    """The same from a shell: no traceback, and the demo's parent folder is left as it was."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "main_moco.py", str(demo / "images"), "-b", "1024", "--output-dir",
+                           str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("main_moco.py: error: ") and not (tmp_path / "out").exists()
+
+
+def test_pixel_coordinates_in_the_dicts_stop_main_moco(demo_root, tmp_path, clean_env, capsys):
+    from ssl_crops.boxes import load_npy_dict
+
+    boxes = load_npy_dict(demo_root / "images_selected_with_all_features.npy")
+    for entry in boxes.values():
+        for row in entry["data"]:
+            row[4:8] = [str(float(v) * 300) for v in row[4:8]]
+    np.save(tmp_path / "boxes.npy", boxes, allow_pickle=True)
+    with pytest.raises(SystemExit) as err:
+        train.main([str(demo_root / "images"), "--boxes", str(tmp_path / "boxes.npy"), "--labels",
+                    str(demo_root / "images_selected_new.npy"), "--output-dir", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    assert err.value.code == 2 and "boxes.npy" in stderr and "look like pixel coordinates" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_run_says_where_its_boxes_come_from(demo_root, tmp_path, capsys):
+    """Dicts found beside DIR are named (item 7), and what was dropped or left out with them."""
+    train.build_dataset(train.parse_args([str(demo_root / "images"), "--bing_crops"]), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert f"boxes: {demo_root / 'images_selected_new.npy'} + {demo_root / 'images_selected_with_all_features.npy'}: " \
+           f"24 images" in out
+
+
+def test_bing_proposals_recipe_for_images_without_boxes(demo_root, tmp_path, capsys):
+    """README's recipe: a BING model (fitted on any annotated images) and a folder without boxes;
+    the run caches the folder's proposals once in <run>/proposals.npz and says so."""
+    from ssl_crops.proposals import Bing, ProposalCache
+
+    index = train.load_index(demo_root / "images")
+    Bing.fit_index(index, demo_root / "images", range(8), seed=0).save(tmp_path / "bing.npz")
+    (tmp_path / "photos").mkdir()
+    for name in sorted(os.listdir(demo_root / "images"))[:6]:
+        Image.open(demo_root / "images" / name).save(tmp_path / "photos" / name)
+    argv = [str(tmp_path / "photos"), "--bing_crops", "--proposals", str(tmp_path / "bing.npz"), "--image-size", "32",
+            "--seed", "0", "-j", "1"]
+    dataset, _ = train.build_dataset(train.parse_args(argv), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert isinstance(dataset.proposals, ProposalCache) and len(dataset.proposals) == 6
+    assert "(image folder, no boxes): 6 images, 0 boxes" in out
+    assert f"6 of 6 images have no boxes: object crops from their top 10 BING proposals from " \
+           f"{tmp_path / 'run' / 'proposals.npz'} (model {tmp_path / 'bing.npz'})" in out
+    (q, k), _ = dataset[0]
+    assert q.shape == (3, 32, 32) and dataset.transform.scene_fallbacks == 0
+    mtime = (tmp_path / "run" / "proposals.npz").stat().st_mtime_ns
+    train.build_dataset(train.parse_args(argv), tmp_path / "run")  # a resumed run reuses the cache
+    assert (tmp_path / "run" / "proposals.npz").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_bad_images_are_counted_per_image_without_warnings(bad_images, tmp_path, clean_env, capsys):
+    """Unreadable images holding several boxes each, one item per box: the epoch counts images, not
+    items, and the run names them in its log instead of warning once per worker."""
+    coco = json.loads(bad_images.coco.read_text())
+    ids = {im["file_name"]: im["id"] for im in coco["images"]}
+    for name in bad_images.unreadable:
+        for k in range(3):
+            coco["annotations"].append({"id": 1000 + 10 * ids[name] + k, "image_id": ids[name], "category_id": 1,
+                                        "bbox": [k, k, 10, 10]})
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    argv = [str(bad_images.images), "--coco", str(tmp_path / "coco.json"), "--bing_crops", "-a", "resnet18",
+            "-b", "8", "--moco-k", "40", "--image-size", "16", "-j", "2", "--epochs", "1", "--seed", "0",
+            "--output-dir", str(tmp_path), "--save_name", "bad", "--log-freq", "100", "--min-region", "8"]
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train.main(argv)
+    epochs = [r for r in _records(tmp_path / "bad") if r["type"] == "epoch"]
+    assert [r["bad_images"] for r in epochs] == [4]  # 16 items of 4 images
+    assert "4 unreadable images skipped" in capsys.readouterr().out
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.slow
+def test_knn_monitor_reads_a_coco_test_json(demo, tmp_path, clean_env, capsys):
+    torch.set_num_threads(1)
+    argv = [str(demo / "images"), "-a", "resnet18", "-b", "32", "--moco-k", "64", "--image-size", "32", "-j", "0",
+            "--bing_crops", "--epochs", "1", "--knn-every", "1", "--test-coco", str(demo / "annotations_test.json"),
+            "--test-images", str(demo / "images"), "--output-dir", str(tmp_path), "--save_name", "k", "--seed", "0"]
+    train.main(argv)
+    summary = [r for r in _records(tmp_path / "k") if r["type"] == "epoch"][-1]
+    assert 0.0 <= summary["knn20_map"] <= 1.0
+
+
+def test_knn_test_index_of_an_lvis_json_is_federated(demo_root, tmp_path):
+    """The LVIS form: ``coco_url`` paths under the COCO folder, federated targets, training classes."""
+    coco = json.loads((demo_root / "annotations_test.json").read_text())
+    for im in coco["images"]:
+        im["coco_url"] = f"http://images.cocodataset.org/images/{im.pop('file_name')}"
+        im["neg_category_ids"], im["not_exhaustive_category_ids"] = [coco["categories"][0]["id"]], []
+    for a in coco["annotations"]:
+        a.pop("iscrowd", None)
+    (tmp_path / "lvis.json").write_text(json.dumps(coco))
+    args = train.parse_args([str(demo_root / "images"), "--knn-every", "1", "--test-coco", str(tmp_path / "lvis.json"),
+                             "--test-images", str(demo_root)])
+    index = train.load_index(demo_root / "images")
+    test = train.knn_test_index(args, index)
+    assert test.federated and test.classes == index.classes and len(test) == 8
+    monitor = train._knn_monitor(args, index, test)
+    assert monitor.test.root == demo_root and (demo_root / test.path(0)).is_file()
+    assert (monitor.test_targets == -1).any()
+    with pytest.raises(ValueError, match="only one of"):
+        train.knn_test_index(train.parse_args([*sys.argv[:0], str(demo_root / "images"), "--test-coco", "a.json",
+                                               "--test-labels", "b.npy"]), index)

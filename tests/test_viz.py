@@ -119,3 +119,12 @@ def test_only_viz_imports_matplotlib():
     code = ("import sys, ssl_crops.train, ssl_crops.evaluate, ssl_crops.data, ssl_crops.transforms; "
             "assert 'matplotlib' not in sys.modules; import ssl_crops.viz; assert 'matplotlib' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_classes_without_an_ap_are_labelled_by_the_reason():
+    """A class without a training image is not scored (its AP is undefined although the test set
+    has positives): the plot must not call it "no test positive"."""
+    ap = np.array([0.5, np.nan, np.nan])
+    groups = viz._missing_ap(ap, [10, 0, 4])
+    assert {k: v[0].tolist() for k, v in groups.items()} == {
+        "no training image (not scored)": [False, True, False], "no test positive": [False, False, True]}

@@ -21,10 +21,17 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path) -> dict:
-    """``torch.load`` on CPU without executing pickled code; errors name the file."""
+    """``torch.load`` on CPU without executing pickled code; errors name the file (and say
+    when it is no torch file at all, e.g. a JSON report passed as a checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not (head[:2] == b"PK" or head[:1] == b"\x80"):  # torch's zip format (maybe truncated), a legacy pickle
+        kind = "a JSON file" if head.lstrip()[:1] in (b"{", b"[") else "not a torch file"
+        raise CheckpointError(f"{path}: not a checkpoint ({kind}); give a .pth written by main_moco.py, the "
+                              f"original MoCo code or torch.save(model.state_dict())")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -94,6 +101,9 @@ def backbone_from_checkpoint(ckpt: dict, arch: str | None = None, source="checkp
     unexpected = sorted(sd.keys() - expected.keys())
     wrong = [k for k in expected.keys() & sd.keys() if expected[k].shape != sd[k].shape]
     if missing or unexpected or wrong:
+        held = ckpt_arch or infer_arch(sd)
+        if held and held != arch:
+            raise CheckpointError(f"{source}: holds a {held} backbone, not {arch}: pass -a {held} (or leave -a out)")
         raise CheckpointError(
             f"{source}: weights do not match {arch}: {len(missing)} missing "
             f"{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, "

@@ -72,16 +72,19 @@ class KNNMonitor:
     extracting) on the encoder's device and returns ``knn_classify`` metrics on rank 0, ``{}``
     on other ranks. With a process group it must be called on every rank: each extracts its
     shard (``batch_size`` images per batch and rank) and rank 0 runs the kNN. The encoder's
-    train/eval mode and ``fc`` are restored afterwards.
+    train/eval mode and ``fc`` are restored afterwards. Test images are read from ``test_root``
+    (default ``root``); a federated (LVIS) test index is scored with its federated targets.
+    ``on_corrupt="skip"`` leaves unreadable images out (as ``--bad-image skip``).
     """
 
     def __init__(self, root, train_index, test_index, image_size: int = 224, batch_size: int = 256,
                  workers: int = 4, k=(20, 200), temperature: float = 0.07, amp: str = "off",
-                 multilabel: bool | None = None, progress: bool = False):
+                 multilabel: bool | None = None, progress: bool = False, test_root=None, on_corrupt: str = "raise"):
         from ..data import LabeledImageDataset
         tf = eval_transform(image_size)
-        self.train = LabeledImageDataset(root, train_index, tf)
-        self.test = LabeledImageDataset(root, test_index, tf)
+        self.train = LabeledImageDataset(root, train_index, tf, on_corrupt)
+        self.test = LabeledImageDataset(root if test_root is None else test_root, test_index, tf, on_corrupt)
+        self.test_targets = test_index.target_matrix() if test_index.federated else None
         self.batch_size, self.workers, self.k, self.temperature = batch_size, workers, k, temperature
         self.amp, self.progress = amp, progress
         self.multilabel = is_multilabel(train_index) if multilabel is None else multilabel
@@ -97,5 +100,9 @@ class KNNMonitor:
             encoder.fc = fc
         if rank_and_world()[0] != 0:
             return {}
-        return knn_classify(*tr, *te, k=self.k, temperature=self.temperature, multilabel=self.multilabel)
+        from ..data import unreadable_rows
+        keep, keep_test = ~unreadable_rows(tr[1]), ~unreadable_rows(te[1])  # on_corrupt="skip": left out
+        test_y = te[1] if self.test_targets is None else self.test_targets
+        return knn_classify(tr[0][keep], tr[1][keep], te[0][keep_test], test_y[keep_test], k=self.k,
+                            temperature=self.temperature, multilabel=self.multilabel)
 

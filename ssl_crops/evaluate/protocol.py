@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from .features import (AMP_DTYPES, FeatureCache, MultiView, autocast, default_ca
 from .knn import knn_classify
 from .probe import linear_probe
 from .report import PAPER_BATCH_SIZE, PAPER_LABEL, build_report, format_table, scoring_targets, write_report
+from .splits import Splits, _leave_out_unreadable, _log, _unseen_notes, load_splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-batch-size", type=int, default=PAPER_BATCH_SIZE,
                    help="test batch of the batch-mean mAP reported beside the whole-set mAP (original "
                         "main_lincls.py: 256 divided by the GPUs; comparable with the paper only)")
+    p.add_argument("--bad-image", choices=["skip", "error"], default="skip",
+                   help="an unreadable image (missing, truncated, empty, not an image): leave it out (named, and "
+                        "counted in report.json) or stop with an error naming it")
     p.add_argument("--no-progress", action="store_true")
     c = p.add_argument_group("cached protocol")
     c.add_argument("--cache-dir", default=None, help=f"feature cache (default {default_cache_dir()})")
@@ -94,105 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclass
-class Splits:
-    """Train and test images of a linear evaluation, and what was left out of the test set."""
-    train_root: Path
-    train: object  # BoxIndex
-    test_root: Path
-    test: object   # BoxIndex, with the training classes
-    notes: dict = field(default_factory=dict)
-
-
-def _one_of(args, names: tuple[str, ...], what: str):
-    given = [n for n in names if getattr(args, n, None)]
-    if len(given) > 1:
-        raise ValueError(f"{what}: give only one of " + ", ".join("--" + n.replace("_", "-") for n in given))
-    return given[0] if given else None
-
-
-def load_splits(args, multilabel: bool | None = None) -> Splits:
-    """The train and test indices named by the arguments (see ``linear_eval.py -h``).
-
-    The test index gets the training classes. Test classes without a training image are
-    named in ``notes["test_unseen_classes"]`` (class -> test images) and not scored: in a
-    single-label task their images are left out (``notes["test_images_left_out"]``), in a
-    multi-label one the class is not scored (:func:`~.report.scoring_targets`).
-    """
-    from ..boxes import BoxIndex
-    from ..data import find_annotation, load_index
-    from ..formats import SUBSET_FILES
-    data = Path(args.data)
-    if not data.is_dir():
-        raise FileNotFoundError(f"{data}: image folder not found")
-    train_src = _one_of(args, ("coco", "index", "labels"), "train annotations")
-    test_src = _one_of(args, ("test_coco", "test_index", "test_labels"), "test annotations")
-    for name in ("coco", "index", "labels", "boxes", "test_coco", "test_index", "test_labels"):
-        path = getattr(args, name, None)
-        if path and not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: --{name.replace('_', '-')} file not found")
-    for name in ("labels", "test_labels"):
-        path = getattr(args, name, None)
-        if path and Path(path).suffix.lower() == ".json":
-            raise ValueError(f"{path}: a JSON file given to --{name.replace('_', '-')} (which reads the "
-                             f"OpenImages-subset .npy dicts); pass COCO/LVIS json as --{name.replace('labels', 'coco').replace('_', '-')}")
-    folders = (data / "train").is_dir() and (data / "val").is_dir() and not train_src and not test_src
-    if folders:
-        train_root, test_root = data / "train", Path(args.test_images or data / "val")
-        train, test = BoxIndex.from_folder(train_root), BoxIndex.from_folder(test_root)
-    else:
-        train_root, test_root = data, Path(args.test_images or data)
-        train = BoxIndex.from_coco(args.coco, include_crowd=args.include_crowd) if args.coco else \
-            load_index(data, labels=args.labels, boxes=args.boxes, index=args.index)
-        if args.test_coco:
-            test = BoxIndex.from_coco(args.test_coco, include_crowd=args.include_crowd)
-        elif args.test_index:
-            test = BoxIndex.load(args.test_index)
-        else:
-            test_labels = find_annotation(args.test_labels or SUBSET_FILES["test_labels"], data)
-            if test_labels is None:
-                raise FileNotFoundError(f"no test annotations: pass --test-coco, --test-index or --test-labels, put "
-                                        f"images_test.npy in {data} or {data.parent}, or use a folder with train/ "
-                                        f"and val/")
-            test = BoxIndex.from_openimages(test_labels)
-    if not test_root.is_dir():
-        raise FileNotFoundError(f"{test_root}: test image folder not found")
-    if len(train) == 0 or train.num_classes == 0:
-        raise ValueError(f"{train_root}: no labelled training images")
-    train_counts = dict(zip(train.classes, train.class_counts().tolist()))
-    counts = dict(zip(test.classes, test.class_counts().tolist()))
-    unseen = {c: n for c, n in counts.items() if n and not train_counts.get(c)}
-    raw_labels = test.num_labels_per_image()
-    test = test.with_classes(train.classes)
-    notes = {}
-    if unseen:
-        notes["test_unseen_classes"] = unseen
-    single = not multilabel if multilabel is not None else not is_multilabel(train)
-    if single:
-        trained = train.class_counts() > 0
-        n_labels = test.num_labels_per_image()
-        keep = np.array([n == 1 and trained[test.labels(i)[0]] for i, n in enumerate(n_labels)], bool)
-        if not keep.all():
-            notes["test_images_left_out"] = int((~keep).sum())
-            if (raw_labels != 1).any():
-                notes["test_images_without_one_label"] = int((raw_labels != 1).sum())
-            test = test.subset(keep)
-    if len(test) == 0:
-        raise ValueError(f"{test_root}: no test image with a training class left to score")
-    return Splits(train_root, train, test_root, test, notes)
-
-
-def _unseen_notes(notes: dict) -> list[str]:
-    out = []
-    if notes.get("test_unseen_classes"):
-        unseen = notes["test_unseen_classes"]
-        out.append(f"{len(unseen)} test classes have no training image and are not scored: "
-                   + ", ".join(f"{c} ({n} images)" for c, n in sorted(unseen.items())))
-    if notes.get("test_images_left_out"):
-        other = notes.get("test_images_without_one_label", 0)
-        out.append(f"{notes['test_images_left_out']} test images left out of the single-label scoring"
-                   + (f" ({other} without exactly one label)" if other else ""))
-    return out
+def _one_line(error: Exception) -> str:
+    """The message of an exception, also when a DataLoader worker raised it (traceback cut off)."""
+    last = str(error).strip().splitlines()[-1]
+    return last.split(f"{type(error).__name__}: ", 1)[-1]
 
 
 def _setup(args, info):
@@ -234,11 +142,6 @@ def _out_dir(args) -> Path:
     return base / "linear_eval" / f"{name}_{args.protocol}"
 
 
-def _log(*a):
-    if rank_and_world()[0] == 0:
-        print(*a, flush=True)
-
-
 def run_cached(info, args) -> dict | None:
     """Cached protocol (one process or each rank of a distributed launch); report on rank 0."""
     from ..data import LabeledImageDataset
@@ -270,7 +173,7 @@ def run_cached(info, args) -> dict | None:
         tfs = [tf for name in todo for tf in [entries[name][0]] * entries[name][1]]
         t = time.perf_counter()
         torch.manual_seed(seed)  # augmentation in the main process (workers=0) is reproducible too
-        loader = feature_loader(LabeledImageDataset(root, index, MultiView(tfs)),
+        loader = feature_loader(LabeledImageDataset(root, index, MultiView(tfs), _on_corrupt(args)),
                                 max(1, batch_size // len(tfs)), args.workers, seed=seed)
         feats, targets = extract_features(backbone, loader, device, args.amp, args.channels_last,
                                           not args.no_progress)
@@ -292,12 +195,15 @@ def run_cached(info, args) -> dict | None:
                                 {"kind": "rrc-flip", "size": args.image_size, "views": args.train_crops,
                                  "seed": args.seed})
     train = features(train_root, train_index, train, seed=args.seed + 1)
-    test_x, test_y = features(test_root, test_index, {"test": center})["test"]
+    test_x, test_served = features(test_root, test_index, {"test": center})["test"]
     if rank != 0:  # other ranks only helped extracting (and lack the cache hits)
         return None
     train_x, train_y = train["train"][0][:, 0], train["train"][1]
-    test_x = test_x[:, 0]
-    rows = [train_x] + ([*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else [])
+    crops = [*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else []
+    keep, keep_test = _leave_out_unreadable(splits, "train", train_y), _leave_out_unreadable(splits, "test", test_served)
+    train_x, train_y, crops = train_x[keep], train_y[keep], [c[keep] for c in crops]
+    test_x, train_index, test_index = test_x[keep_test, 0], splits.train, splits.test
+    rows = [train_x] + crops
     groups = np.tile(np.arange(len(train_x)), len(rows))
     train_y, test_y = _targets(train_y, multilabel), _test_targets(test_index, multilabel)
     t = time.perf_counter()
@@ -317,6 +223,8 @@ def _load(args) -> tuple[bool, Splits]:
     """``(multilabel, splits)``; notes about unseen test classes are printed on rank 0."""
     forced = None if args.task == "auto" else args.task == "multilabel"
     splits = load_splits(args, forced)
+    _log(f"train annotations: {splits.train.describe()}")
+    _log(f"test annotations: {splits.test.describe()}")
     for note in _unseen_notes(splits.notes):
         _log(f"warning: {note}")
     return (is_multilabel(splits.train) if forced is None else forced), splits
@@ -370,10 +278,10 @@ def run_moco(info, args) -> dict | None:
     backbone, ident, device = _setup(args, info)
     if args.channels_last:
         backbone.to(memory_format=torch.channels_last)
-    test = LabeledImageDataset(splits.test_root, splits.test, eval_transform(args.image_size))
-    test_x, _ = extract_features(backbone, feature_loader(test, batch_size, args.workers), device,
-                                 args.amp, args.channels_last, not args.no_progress)
-    test_x = torch.from_numpy(test_x).to(device)
+    test = LabeledImageDataset(splits.test_root, splits.test, eval_transform(args.image_size), _on_corrupt(args))
+    test_x, test_served = extract_features(backbone, feature_loader(test, batch_size, args.workers), device,
+                                           args.amp, args.channels_last, not args.no_progress)
+    test_x = torch.from_numpy(test_x[_leave_out_unreadable(splits, "test", test_served)]).to(device)
     test_y = _test_targets(splits.test, multilabel)
     scored_y = scoring_targets(test_y, train_index.class_counts(), multilabel)
     fc = nn.Linear(backbone.num_features, train_index.num_classes).to(device)
@@ -391,10 +299,12 @@ def run_moco(info, args) -> dict | None:
         torch.distributed.broadcast_object_list(shared, src=0)
         state = shared[0]
     if state is not None:
+        _head_in_class_order(state, train_index.classes)
         fc.load_state_dict(state["fc"]), opt.load_state_dict(state["optimizer"])
         start, history = state["epoch"], list(state.get("history", []))
         _log(f"resumed the linear head at epoch {start}")
-    dataset = LabeledImageDataset(splits.train_root, train_index, linear_train_transform(args.image_size))
+    dataset = LabeledImageDataset(splits.train_root, train_index, linear_train_transform(args.image_size),
+                                  _on_corrupt(args))
     sampler = DistributedSampler(dataset, seed=args.seed) if world > 1 else None
     loader = DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
@@ -406,9 +316,14 @@ def run_moco(info, args) -> dict | None:
             g["lr"] = lr
         if sampler is not None:
             sampler.set_epoch(epoch)
-        total, n = 0.0, 0
+        total, n, unreadable = 0.0, 0, 0
         for i, (images, target) in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False,
                                                    disable=args.no_progress or rank != 0)):
+            readable = ~torch.isnan(target).flatten(1).any(1)  # --bad-image skip: NaN targets
+            if not readable.all():
+                images, target, unreadable = images[readable], target[readable], unreadable + int((~readable).sum())
+                if not len(images):
+                    continue
             images = images.to(device, non_blocking=True)
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -427,12 +342,13 @@ def run_moco(info, args) -> dict | None:
                                    args.paper_batch_size)
         history.append({"epoch": epoch + 1, "test_batch_mean": figure})
         _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f} "
-             f"test {'batch-mean mAP' if multilabel else 'top-1'} {100 * figure:.2f}")
+             f"test {'batch-mean mAP' if multilabel else 'top-1'} {100 * figure:.2f}"
+             + (f" ({unreadable} unreadable train images left out)" if unreadable else ""))
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(out_dir / "linear_last.pth") as f:
                 torch.save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
-                            "arch": args.arch, "history": history}, f)
+                            "arch": args.arch, "history": history, "classes": train_index.classes}, f)
     train_s = time.perf_counter() - t0
     if rank != 0:
         return None
@@ -449,6 +365,29 @@ def run_moco(info, args) -> dict | None:
                    schedule=schedule, history=history, timing={"train_s": round(train_s, 2)}, **extra)
 
 
+def _on_corrupt(args) -> str:
+    return {"error": "raise"}.get(getattr(args, "bad_image", "skip"), "skip")
+
+
+def _head_in_class_order(state: dict, classes: list[str]) -> None:
+    """Put the rows of a saved linear head (and their momentum) in the order of ``classes``. A
+    head saved without its classes predates COCO classes numbered in category-id order: its rows
+    follow the sorted class names."""
+    saved = list(state.get("classes") or sorted(classes))
+    if sorted(saved) != sorted(classes):
+        raise ValueError(f"--resume: the linear head was trained on {len(saved)} other classes than these "
+                         f"{len(classes)}; start afresh without --resume")
+    row = {c: i for i, c in enumerate(saved)}
+    perm = torch.tensor([row[c] for c in classes])
+    if torch.equal(perm, torch.arange(len(classes))):
+        return
+    state["fc"] = {k: v[perm] for k, v in state["fc"].items()}
+    for buffers in state["optimizer"].get("state", {}).values():
+        if torch.is_tensor(buffers.get("momentum_buffer")):
+            buffers["momentum_buffer"] = buffers["momentum_buffer"][perm]
+    state["classes"] = list(classes)
+
+
 def _worker(info, args):
     result = (run_moco if args.protocol == "moco" else run_cached)(info, args)
     if result is not None and getattr(args, "_result", None) is not None:
@@ -461,5 +400,9 @@ def main(argv=None) -> dict | None:
     args = build_parser().parse_args(argv)
     from ..distributed import launch
     args._result = []
-    launch(_worker, args)
+    from ..data import CorruptImageError
+    try:
+        launch(_worker, args)
+    except CorruptImageError as e:  # --bad-image error, raised in a loader worker or here: one line
+        raise CorruptImageError(f"{_one_line(e)} (--bad-image skip leaves unreadable images out)") from None
     return args._result[0] if args._result else None

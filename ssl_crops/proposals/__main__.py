@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 def _index(args):
     from ..data import load_index  # imports torch: only fit/evaluate need it
     index = load_index(args.images, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+    print(f"boxes: {index.describe()}", flush=True)  # names the dicts when found beside the folder
     rows = [i for i in range(len(index)) if len(index.boxes(i))]
     if not rows:
         raise SystemExit(f"error: no boxes found for the images in {args.images} (give --labels/--boxes/--coco)")

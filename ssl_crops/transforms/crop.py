@@ -7,6 +7,9 @@ any ``Dataset``::
     crop = ObjectAwareCrop(mode="object-object", size=224)   # the original method's regions
     view_q, view_k = crop(pil_image, boxes)                   # boxes: normalized xyxy, or BoundingBoxes
 
+A ``torchvision.transforms.v2`` dict sample works too: ``crop({"image": img, "boxes":
+BoundingBoxes(...), ...})`` gives back the dict with ``"image"`` replaced by ``(view_q, view_k)``.
+
 The applying half also takes an *encoded* image (:func:`ssl_crops.data.open_image`): any object
 with ``size`` (width, height) and ``decode_regions(regions, size) -> (image, regions)``, which
 decodes only as many pixels as the two regions need and maps them (as float boxes) into the
@@ -15,7 +18,7 @@ decoded image. The regions are sampled in the original pixel coordinates either 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from PIL import Image
@@ -58,7 +61,9 @@ class ObjectAwareCrop(v2.Transform):
 
     An object mode without boxes falls back to scene crops and counts it in
     ``scene_fallbacks`` (per process). Sampling uses ``generator`` when given, else torch's
-    global RNG; ``augment`` always uses the global RNG.
+    global RNG; ``augment`` always uses the global RNG. ``tv_tensors.BoundingBoxes`` hold
+    pixels: when all their coordinates lie in ``[0, 1]`` of a larger image, a warning (once per
+    transform) says that normalized boxes were likely wrapped in them.
     """
 
     uses_boxes = True  # ObjectCropDataset passes (image, boxes)
@@ -94,6 +99,7 @@ class ObjectAwareCrop(v2.Transform):
         self.swap, self.ratio, self.interpolation = bool(swap), tuple(ratio), interpolation
         self.augment = MoCoAugment() if augment is None else augment
         self.scene_fallbacks = 0
+        self._warned_normalized = False
 
     @property
     def min_box_pixels(self) -> int:
@@ -140,10 +146,23 @@ class ObjectAwareCrop(v2.Transform):
 
     def _params(self, img: Any, boxes: Any, generator: torch.Generator | None) -> dict[str, Any]:
         height, width = _image_size(img)
-        if isinstance(boxes, tv_tensors.BoundingBoxes) and tuple(boxes.canvas_size) != (height, width):
-            raise ValueError(f"BoundingBoxes canvas_size {tuple(boxes.canvas_size)} differs from the image size "
-                             f"{(height, width)} (H, W)")
+        if isinstance(boxes, tv_tensors.BoundingBoxes):
+            if tuple(boxes.canvas_size) != (height, width):
+                raise ValueError(f"BoundingBoxes canvas_size {tuple(boxes.canvas_size)} differs from the image size "
+                                 f"{(height, width)} (H, W)")
+            self._check_pixels(boxes)
         return {"regions": self.sample_regions(width, height, boxes, generator)}
+
+    def _check_pixels(self, boxes: tv_tensors.BoundingBoxes) -> None:
+        """Warn (once) when pixel boxes all lie in [0, 1] of an image larger than a few pixels."""
+        if self._warned_normalized or boxes.numel() == 0 or max(boxes.canvas_size) < _FEW_PIXELS:
+            return
+        if bool(((boxes >= 0) & (boxes <= 1)).all()):
+            self._warned_normalized = True
+            h, w = boxes.canvas_size
+            warnings.warn(f"BoundingBoxes hold pixel coordinates, but all of these lie in [0, 1] on a {w}x{h} image: "
+                          "normalized coordinates wrapped in BoundingBoxes? Pass normalized boxes as a plain "
+                          "array or tensor, or multiply them by the image width and height", stacklevel=4)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         return self._params(flat_inputs[0], flat_inputs[1] if len(flat_inputs) > 1 else None, None)
@@ -163,15 +182,39 @@ class ObjectAwareCrop(v2.Transform):
         return F.resized_crop(img, y0, x0, y1 - y0, x1 - x0, list(self.size),
                               interpolation=self.interpolation, antialias=True)
 
-    def forward(self, img: Any, boxes: Any = None, generator: torch.Generator | None = None) -> tuple[Any, Any]:
+    def forward(self, img: Any, boxes: Any = None, generator: torch.Generator | None = None) -> Any:
         """``(view_q, view_k)`` of a PIL image, image tensor or encoded image and its boxes
-        (normalized ``x0, y0, x1, y1`` or ``tv_tensors.BoundingBoxes``)."""
+        (normalized ``x0, y0, x1, y1`` or ``tv_tensors.BoundingBoxes``); for a dict sample
+        (``{"image": ..., "boxes": ...}``; the boxes may sit under any key as ``BoundingBoxes``)
+        the same dict with ``"image"`` replaced by ``(view_q, view_k)``, other entries unchanged."""
+        if isinstance(img, Mapping) and boxes is None:
+            key, boxes = _sample_parts(img)
+            return {**img, key: self.transform(img[key], self._params(img[key], boxes, generator))}
         return self.transform(img, self._params(img, boxes, generator))
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, geometry={self.geometry!r}, dilation={self.dilation}, "
                 f"min_scale={self.scale[0]}, object_min_scale={self.object_scale[0]}, size={self.size}, "
                 f"min_region={self.min_region}, anchor={self.anchor}, swap={self.swap}")
+
+
+_FEW_PIXELS = 16  # images at least this large get the warning about normalized BoundingBoxes
+
+
+def _sample_parts(sample: Mapping) -> tuple[Any, Any]:
+    """``(image key, boxes)`` of a v2 dict sample: the ``"image"`` entry (else the one image
+    entry) and the ``BoundingBoxes`` entry (else ``"boxes"``, else none)."""
+    if "image" in sample:
+        key = "image"
+    else:
+        keys = [k for k, v in sample.items() if isinstance(v, (Image.Image, tv_tensors.Image)) or _is_encoded(v)]
+        if len(keys) != 1:
+            raise TypeError(f"ObjectAwareCrop takes a dict sample with an 'image' entry; got keys {list(sample)}")
+        key = keys[0]
+    boxes = [v for v in sample.values() if isinstance(v, tv_tensors.BoundingBoxes)]
+    if len(boxes) > 1:
+        raise TypeError("ObjectAwareCrop takes a dict sample with one BoundingBoxes entry; got " f"{len(boxes)}")
+    return key, boxes[0] if boxes else sample.get("boxes")
 
 
 def _pair(size) -> tuple[int, int]:

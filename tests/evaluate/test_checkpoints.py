@@ -43,14 +43,28 @@ def test_load_backbone_errors_name_the_file(tmp_path):
     torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in sd.items()}, "arch": "resnet18"}, good)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated.pth"):
+    with pytest.raises(CheckpointError, match="truncated.pth: cannot read checkpoint"):
         load_backbone(truncated)
     incomplete = tmp_path / "incomplete.pth"
     torch.save({"state_dict": {k: v for k, v in sd.items() if "layer3.0" not in k}, "arch": "resnet18"}, incomplete)
     with pytest.raises(CheckpointError, match=r"incomplete.pth.*missing"):
         load_backbone(incomplete)
-    with pytest.raises(CheckpointError, match="do not match resnet50"):
+    with pytest.raises(CheckpointError, match="good.pth: holds a resnet18 backbone, not resnet50: pass -a resnet18"):
         load_backbone(good, arch="resnet50")
+
+
+def test_other_architecture_and_non_checkpoint_files_say_what_they_hold(tmp_path):
+    plain = tmp_path / "plain.pth"
+    torch.save(_resnet18_sd(), plain)  # no arch entry: the error names the arch its weights fit
+    with pytest.raises(CheckpointError, match="plain.pth: holds a resnet18 backbone, not resnet34"):
+        load_backbone(plain, arch="resnet34")
+    (tmp_path / "report.json").write_text('{"map": 0.5}')
+    with pytest.raises(CheckpointError) as err:
+        load_backbone(tmp_path / "report.json")
+    assert "report.json: not a checkpoint (a JSON file)" in str(err.value) and "file an issue" not in str(err.value)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.txt: not a checkpoint \\(not a torch file\\)"):
+        load_backbone(tmp_path / "notes.txt")
 
 
 def test_find_linear_resume(tmp_path):

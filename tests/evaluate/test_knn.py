@@ -85,3 +85,21 @@ def test_knn_monitor_distributed_matches_single_process(demo_root, tmp_path):
     assert r0["images"] == r1["images"] == (24 + 8) // 2  # each rank ran half of train and test
     assert r0["res"].keys() == single.keys() and r1["res"] == {}
     assert all(r0["res"][k] == pytest.approx(v, abs=1e-6) for k, v in single.items())
+
+
+def test_knn_monitor_leaves_unreadable_images_out(bad_images, monkeypatch):
+    """main_moco.py --bad-image skip --knn-every N: the monitor leaves unreadable images out
+    instead of stopping the run; on_corrupt="raise" (--bad-image error) names the file."""
+    from ssl_crops.boxes import BoxIndex
+    from ssl_crops.data import CorruptImageError
+    from ssl_crops.evaluate import knn
+
+    index = BoxIndex.from_coco(bad_images.coco)
+    sizes = []
+    monkeypatch.setattr(knn, "knn_classify", lambda *a, **k: sizes.append((len(a[0]), len(a[2]))) or knn_classify(*a, **k))
+    monitor = KNNMonitor(bad_images.images, index, index, image_size=32, batch_size=8, workers=0, k=(5,),
+                         on_corrupt="skip")
+    res = monitor(_demo_encoder())
+    assert sizes == [(40, 40)] and 0 <= res["knn5_map"] <= 1  # 44 images, 4 unreadable
+    with pytest.raises(CorruptImageError, match="missing.jpg|truncated.jpg|empty.jpg|huge.jpg"):
+        KNNMonitor(bad_images.images, index, index, image_size=32, batch_size=8, workers=0, k=(5,))(_demo_encoder())

@@ -204,3 +204,60 @@ def test_moco_protocol_reports_the_original_best_epoch_figure(demo_root, tmp_pat
     assert "best epoch on test, batch-mean (original protocol; comparable with the paper only)" in out
     assert rep["history"][-1]["test_batch_mean"] == pytest.approx(rep["map_batch_mean"])  # the same final head
     assert "test batch-mean mAP" in out and "epoch 3/3" in out
+
+
+def _two_class_coco(bad_images, path):
+    coco = json.loads(bad_images.coco.read_text())
+    coco["categories"].append({"id": 2, "name": "other"})
+    for a in coco["annotations"][::2]:
+        a["category_id"] = 2
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_unreadable_images_are_left_out_and_named(bad_images, tmp_path, capsys):
+    """--bad-image skip (the default, as in pretraining): unreadable train and test images are left
+    out, named once in one line each and in report.json; both protocols."""
+    coco = _two_class_coco(bad_images, tmp_path / "coco.json")
+    common = [str(bad_images.images), "--coco", str(coco), "--test-coco", str(coco), *FAST, "--no-cache", "-j", "2"]
+    rep = main(common + ["--out-dir", str(tmp_path / "c")])
+    out = capsys.readouterr().out
+    assert rep["num_test"] == 40 and rep["num_train"] == 40
+    assert sorted(rep["train_unreadable_images"]) == sorted(bad_images.unreadable) == sorted(rep["test_unreadable_images"])
+    assert out.count("warning: 4 unreadable train images left out (--bad-image skip): ") == 1
+    assert "note: 4 unreadable test images left out" in out  # and in the table
+    assert "truncated.jpg: cannot decode image" in out
+    rep = main(common + ["--protocol", "moco", "--epochs", "1", "--out-dir", str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert rep["num_test"] == 40 and "(4 unreadable train images left out)" in out
+
+
+def test_bad_image_error_is_one_line_naming_the_file(bad_images, tmp_path, monkeypatch):
+    """--bad-image error: the first unreadable image ends the run in one line, not inside the
+    traceback of a DataLoader worker."""
+    coco = _two_class_coco(bad_images, tmp_path / "coco.json")
+    monkeypatch.setattr(sys, "argv", ["linear_eval.py", str(bad_images.images), "--coco", str(coco), "--test-coco",
+                                      str(coco), *FAST, "--no-cache", "-j", "2", "--bad-image", "error",
+                                      "--out-dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "linear_eval.py"), run_name="__main__")
+    msg = str(e.value)
+    assert msg.startswith("linear_eval.py: error: ") and "\n" not in msg and "DataLoader" not in msg
+    assert any(f"{bad_images.images / name}: " in msg for name in bad_images.unreadable)
+
+
+def test_a_saved_linear_head_follows_the_class_order():
+    """Heads saved before COCO classes were numbered by category id have rows in sorted-name order:
+    resuming puts them (and their momentum) in today's order instead of mixing classes up."""
+    from ssl_crops.evaluate.protocol import _head_in_class_order
+
+    weight = torch.arange(6.0).view(3, 2)  # rows of "apple", "bicycle", "person" (sorted names)
+    state = {"fc": {"weight": weight.clone(), "bias": torch.arange(3.0)},
+             "optimizer": {"state": {0: {"momentum_buffer": weight.clone()}, 1: {"momentum_buffer": torch.arange(3.0)}}}}
+    _head_in_class_order(state, ["person", "bicycle", "apple"])  # category-id order
+    assert state["fc"]["weight"][:, 0].tolist() == [4.0, 2.0, 0.0] and state["fc"]["bias"].tolist() == [2.0, 1.0, 0.0]
+    assert state["optimizer"]["state"][1]["momentum_buffer"].tolist() == [2.0, 1.0, 0.0]
+    _head_in_class_order(state, ["apple", "person", "bicycle"])  # saved with its classes from now on
+    assert state["fc"]["bias"].tolist() == [0.0, 2.0, 1.0]
+    with pytest.raises(ValueError, match="other classes"):
+        _head_in_class_order(state, ["apple", "person", "car"])

@@ -217,9 +217,9 @@ def test_unreadable_input_in_a_dataloader_raises_instead_of_ending_the_epoch():
             return 2
 
         def __getitem__(self, i):
-            return self.crop({"image": Image.new("RGB", (32, 32))}, None)
+            return self.crop([Image.new("RGB", (32, 32))], None)
 
-    with pytest.raises(TypeError, match="got dict"):
+    with pytest.raises(TypeError, match="got list"):
         list(torch.utils.data.DataLoader(Bad(), batch_size=2))
 
 
@@ -233,6 +233,43 @@ def test_pixel_and_xywh_boxes_raise_with_the_values():
     bb = tv_tensors.BoundingBoxes([[20, 10, 120, 90]], format="XYXY", canvas_size=(50, 50))
     with pytest.raises(ValueError, match="canvas_size"):
         crop(img, bb)
+
+
+def test_normalized_coordinates_in_bounding_boxes_get_a_warning():
+    """BoundingBoxes are pixels: normalized values wrapped in them put every region in the top-left
+    corner. All coordinates in [0, 1] on an image of more than a few pixels is that mistake."""
+    img = Image.new("RGB", (200, 100))
+    crop = ObjectAwareCrop(size=16)
+    wrapped = tv_tensors.BoundingBoxes([[0.1, 0.2, 0.5, 0.9]], format="XYXY", canvas_size=(100, 200))
+    with pytest.warns(UserWarning, match=r"all of these lie in \[0, 1\] on a 200x100 image: normalized coordinates "
+                                         r"wrapped in BoundingBoxes\?"):
+        crop(img, wrapped)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crop(img, wrapped)  # once per transform
+        ObjectAwareCrop(size=16)(img, tv_tensors.BoundingBoxes([[20, 10, 120, 90]], format="XYXY",
+                                                               canvas_size=(100, 200)))
+        tiny = Image.new("RGB", (2, 2))  # a 2 px image: [0, 1] pixel boxes are plausible
+        ObjectAwareCrop(size=16)(tiny, tv_tensors.BoundingBoxes([[0, 0, 1, 1]], format="XYXY", canvas_size=(2, 2)))
+
+
+def test_v2_dict_sample_gives_back_a_dict():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8))
+    bb = tv_tensors.BoundingBoxes([[60, 20, 150, 80]], format="XYXY", canvas_size=(100, 200))
+    crop = ObjectAwareCrop(size=16, min_region=16)
+    torch.manual_seed(0)
+    out = crop({"image": img, "boxes": bb, "labels": torch.tensor([3])})
+    assert set(out) == {"image", "boxes", "labels"} and out["boxes"] is bb and out["labels"].tolist() == [3]
+    q, k = out["image"]
+    torch.manual_seed(0)
+    q2, k2 = crop(img, bb)
+    assert torch.equal(q, q2) and torch.equal(k, k2) and q.shape == (3, 16, 16)
+    torch.manual_seed(0)
+    composed = v2.Compose([crop])({"picture": img, "objects": bb})  # any keys: the image and the BoundingBoxes
+    assert torch.equal(composed["picture"][0], q) and composed["objects"] is bb
+    with pytest.raises(TypeError, match="'image' entry"):
+        crop({"a": img, "b": img})
 
 
 def test_scene_fallbacks_are_counted():
