@@ -99,6 +99,15 @@ def object_scale_range(median_area: float) -> tuple[float, float]:
     return (SCENE_SCALE[0] * c, c)
 
 
+def matched_scene_scale(crop: ObjectAwareCrop, sizes: np.ndarray, boxes: list, pairs: int = 20,
+                        seed: int = 0) -> tuple[float, float]:
+    """The scene-crop scale range of ``scene_object_scale``: its median view area (over the
+    image area) is that of ``crop``'s views on these images (:func:`object_scale_range`)."""
+    regions = sample_pairs(crop, sizes, boxes, pairs, seed)
+    areas = [(r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1]) / (w * h) for r, (w, h) in zip(regions, sizes)]
+    return object_scale_range(float(np.median(np.concatenate(areas).ravel())))
+
+
 def random_boxes_like(boxes: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """Normalized boxes of the sizes of ``boxes`` (normalized) at uniform random positions."""
     wh = np.asarray(boxes, np.float64).reshape(-1, 4)

@@ -90,16 +90,21 @@ def test_cli_on_generated_data(vp, demo_root, tmp_path):
     assert run(1, "c.json")["policies"] != res["policies"]
 
 
-def test_split_and_usage_errors(demo_root, tmp_path):
-    base = [sys.executable, str(REPO / "benchmarks" / "view_pairs.py"), "--images", str(demo_root / "images")]
-    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(base + ["--coco", str(demo_root / "annotations_train.json"), "--split", "--pairs", "2"],
-                       capture_output=True, text=True, env=env)
+def test_split_cli(demo_root):
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "view_pairs.py"), "--images",
+                        str(demo_root / "images"), "--coco", str(demo_root / "annotations_train.json"), "--split",
+                        "--pairs", "2"], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert "12 scored images" in r.stdout and "BING fitted on 12" in r.stdout and "| random_boxes |" in r.stdout
-    r = subprocess.run(base + ["--coco", str(demo_root / "annotations_train.json")], capture_output=True, text=True,
-                       env=env)
-    assert r.returncode == 2 and "error: give --fit-coco" in r.stderr
-    r = subprocess.run(base + ["--coco", str(tmp_path / "missing.json"), "--split"], capture_output=True, text=True,
-                       env=env)
-    assert r.returncode == 2 and "missing.json" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("extra, message", [([], "error: give --fit-coco (BING's training images) or --split"),
+                                            (["--split", "--pairs", "0"], "must be positive"),
+                                            (["--fit-coco", "missing.json"], "missing.json")])
+def test_usage_errors(vp, demo_root, tmp_path, capsys, extra, message):
+    extra = [str(tmp_path / e) if e.endswith(".json") else e for e in extra]
+    with pytest.raises(SystemExit) as e:
+        vp.main(["--images", str(demo_root / "images"), "--coco", str(demo_root / "annotations_train.json"), *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
