@@ -262,8 +262,8 @@ def main(argv=None) -> dict:
            "median_image_size": np.median(sizes, 0).tolist(), "bing_s": bing_s, "wall_s": time.perf_counter() - t0}
     print(f"{len(scored)} scored images ({scored.num_boxes} boxes, {out['images_without_boxes']} images without "
           f"boxes), BING fitted on {len(fit)}; {a.pairs} pairs per image, seed {a.seed}; BING precision@10 "
-          f"{out['bing_precision_at_10']:.1%}; scene_object_scale scale {rows[a.min_region]['scene_object_scale']['scale']}"
-          f" / {rows[scaled]['scene_object_scale']['scale']}\n")
+          f"{out['bing_precision_at_10']:.1%}; scene_object_scale scale "
+          f"{rows[a.min_region]['scene_object_scale']['scale']} / {rows[scaled]['scene_object_scale']['scale']}\n")
     for m in (a.min_region, scaled):
         print(table(rows[m], m) + "\n")
     print(f"wall time {out['wall_s']:.1f} s (BING fit and proposals {bing_s:.1f} s)")

@@ -211,3 +211,12 @@ def test_preloaded_object_crops(demo_root, rp):
     scenes = rp.preload_scenes(demo_root / "images", index, 40)
     assert scenes.images.shape == (len(index), 3, 40, 40)
     np.testing.assert_array_equal(scenes.targets, index.label_matrix())
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu"])
+def test_presets_fit_moco(rp, preset):
+    """The queue divides by the batch and holds fewer samples than the train set; every split exists."""
+    cfg = {**rp.COMMON, **rp.PRESETS[preset]}
+    assert cfg["moco_k"] % cfg["batch_size"] == 0 and cfg["moco_k"] < cfg["num_train"]
+    assert all(cfg[f"num_{split}"] > 0 for split in rp.SPLITS)
+    assert len(cfg["seeds"]) >= (2 if preset == "smoke" else 3)  # the rule needs 3 paired seeds
