@@ -1,32 +1,28 @@
-"""Object-aware crops against scene crops at small scale: MoCo-v2 pretraining on generated
-multi-object scenes, then a linear probe and kNN on frozen features.
+"""Object-aware crops against scene crops at small scale, with controls for crop scale and for
+box positions: MoCo-v2 pretraining on generated multi-object scenes, probes on frozen features.
 
-    PYTHONPATH=. python benchmarks/reproduce.py --preset smoke      # plumbing, <= 3 min
-    PYTHONPATH=. python benchmarks/reproduce.py --preset cpu        # the CPU table, <= 60 min on 2 cores
-    PYTHONPATH=. python benchmarks/reproduce.py --preset gpu        # one GPU, about an hour
+    PYTHONPATH=. python benchmarks/reproduce.py --preset smoke      # plumbing, every setting
+    PYTHONPATH=. python benchmarks/reproduce.py --preset cpu        # 3 seeds on 2 cores
+    PYTHONPATH=. python benchmarks/reproduce.py --preset gpu        # 3 seeds, one H100, <= 8 min (sized)
 
+The design and the decision rule were fixed before the runs (benchmarks/RESULTS.md, issue 20).
 Settings, all with the same budget (network, epochs, batch, queue, augmentation, split BN):
-  (a) scene        MoCo-v2 random resized crops of the whole image
-  (b) obj-orig     object-object crops + dilation, "original" geometry, annotation boxes
-  (c) obj-rel      object-object crops + dilation, "relative" geometry, annotation boxes
-  (d) bing         as (b), but boxes are BING proposals (no annotation box used in pretraining;
-                   BING is fitted on a separate set of generated images, as the paper's BING
-                   was trained on other data)
-  (e) random-init  the same network untrained: the floor
+  (a)  scene          MoCo-v2 random resized crops of the whole image (scale 0.2-1)
+  (a') scene_objscale the same at object scale: scale (0.2 c, c), c such that the median view
+                      area matches (b)'s on the train scenes (view_pairs.matched_scene_scale)
+  (b)  obj_orig       object-object crops + dilation, "original" geometry, annotation boxes
+  (d)  bing           as (b), boxes are BING's top-10 proposals (BING fitted on that seed's
+                      separate BING-fit scenes; no annotation box used in pretraining)
+  (f)  random_boxes   as (b), boxes of the sizes of BING's top-10 at random positions (drawn
+                      once per image)
+  (e)  random_init    the same network untrained: the floor
 
-The scenes follow the method's premise: several small objects of different classes on a
-cluttered gray-level background (strokes and untextured distractor polygons; no per-scene
-colour identity), classes told apart only by shape and texture (colours are random per
-object, as colour jitter removes colour), long-tailed class frequencies (draw weight of the
-class of rank r: (r + 1) ** -1.5). Colour jitter has SimCLR's strength (0.8/0.8/0.8/0.2)
-in every setting: at MoCo-v2's 0.4, scene-crop MoCo learned scene colours (RESULTS.md).
-
-Evaluation per run, on frozen features: the primary probe is kNN (k=20) mAP on object crops
-(each box dilated by 10%, at the training view size), also a linear probe on the same
-crops, a linear probe on whole scenes (multi-label) and kNN mAP on whole scenes; each mAP
-also over the head / medium / tail third of the classes by training frequency. Runs are
-saved one by one to ``<out>/results.json``; a rerun with the same ``--out`` skips finished
-runs. The table gives mean +- std over seeds and the paired difference to (a) per seed.
+Everything is drawn per seed (scenes, BING fit, random boxes; data seed = seed). Scenes:
+``reproduce_scenes.py`` (instances vary within a class). Probes: ``reproduce_probes.py``
+(primary: kNN mAP on object crops at ~1.4x), on val and test. Runs are saved one by one to
+``<out>/results.json``; a rerun with the same ``--out`` skips finished runs, and processes
+may share one ``--out``. The table gives mean +- std over seeds, the paired differences of
+the rule per seed, and the rule's verdict.
 """
 from __future__ import annotations
 
@@ -41,191 +37,67 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.models.resnet import BasicBlock, conv1x1
-from torchvision.transforms import v2
 
 from ssl_crops.boxes import BoxIndex
 from ssl_crops.data import ObjectCropDataset, load_image
-from ssl_crops.demo import _mask
 from ssl_crops.distributed import DistInfo
-from ssl_crops.evaluate import extract_features, feature_loader, knn_classify, knn_scores, linear_probe
 from ssl_crops.files import atomic_write
-from ssl_crops.metrics import frequency_groups, group_map, map_details
 from ssl_crops.moco import MoCo
-from ssl_crops.proposals import Bing, ProposalCache
+from ssl_crops.proposals import Bing, ProposalCache, box_iou
 from ssl_crops.train import adjust_learning_rate, build_loader, train_step
-from ssl_crops.transforms import IMAGENET_MEAN, IMAGENET_STD, MoCoV2Augment, ObjectAwareCrop
+from ssl_crops.transforms import MoCoV2Augment, ObjectAwareCrop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce_probes import (PROBES, MaxPooled, Preloaded, centred_square, evaluate, knn_vote,  # noqa: E402,F401
+                              prepare, preload_objects, preload_scenes)
+from reproduce_scenes import (CLASS_NAMES, CLASSES, SPLITS, TAIL_EXPONENT, clutter, instance_mask,  # noqa: E402,F401
+                              instance_texture, make_scene, make_scenes)
+from view_pairs import matched_scene_scale, random_boxes_like  # noqa: E402
 
 # --------------------------------------------------------------------------- presets
 PRESETS = {
     # plumbing only: every setting, two seeds, tiny everything
-    "smoke": dict(image_size=64, num_train=128, num_test=64, num_bing_fit=32, view_size=32, probe_size=48,
-                  arch="small", width=8, epochs=2, batch_size=32, moco_k=64, seeds=(0, 1), workers=0),
+    "smoke": dict(image_size=64, num_train=96, num_val=32, num_test=48, num_bing_fit=40, view_size=32,
+                  probe_size=48, arch="small", width=8, epochs=2, batch_size=32, moco_k=64, seeds=(0, 1), workers=0),
     # 2 CPU cores: a small ResNet whose stem keeps the resolution, 32 px views, 30 epochs (60 were
     # worse for scene crops: benchmarks/RESULTS.md)
-    "cpu": dict(image_size=96, num_train=1500, num_test=500, num_bing_fit=200, view_size=32, probe_size=64,
-                arch="small", width=16, epochs=30, batch_size=128, moco_k=512, seeds=(0, 1, 2), workers=1),
-    # one GPU, about an hour: ResNet-18, 128 px views of 320 px scenes
-    "gpu": dict(image_size=320, num_train=12000, num_test=3000, num_bing_fit=500, view_size=128, probe_size=160,
-                arch="resnet18", width=64, epochs=50, batch_size=256, moco_k=4096, seeds=(0, 1, 2), workers=8,
-                amp="bf16"),
+    "cpu": dict(image_size=96, num_train=1500, num_val=300, num_test=500, num_bing_fit=200, view_size=32,
+                probe_size=64, arch="small", width=16, epochs=30, batch_size=128, moco_k=512, seeds=(0, 1, 2),
+                workers=1),
+    # one H100 (16 CPU cores), sized for <= 8 min for all 3 seeds (an estimate from CPU timings, not
+    # measured on a GPU): the cpu scenes with more images, width 32 (better for scene crops in
+    # RESULTS.md), 14 loader workers; data generated on the device, the kNN in torch (no faiss)
+    "gpu": dict(image_size=96, num_train=2000, num_val=300, num_test=600, num_bing_fit=200, view_size=32,
+                probe_size=64, arch="small", width=32, epochs=30, batch_size=128, moco_k=1024, seeds=(0, 1, 2),
+                workers=14, amp="bf16"),
 }
 COMMON = dict(lr=0.06, momentum=0.9, weight_decay=5e-4, moco_dim=128, moco_m=0.99, moco_t=0.2, mlp=True,
-              jitter=(0.8, 0.8, 0.8, 0.2),
-              bn_splits=8, dilation=0.2, min_region_frac=224 / 1024, bing_topk=10, knn_k=20, amp="off")
+              jitter=(0.8, 0.8, 0.8, 0.2), bn_splits=8, dilation=0.2, min_region_frac=224 / 1024, bing_topk=10,
+              knn_k=20, amp="off", calibration_pairs=20)
 MAX_OBJECT_CROPS = 20000  # object crops per split for the kNN (decoded into memory once)
 SETTINGS = {  # name -> (crop mode, geometry, boxes)
     "a_scene": ("scene", None, "none"),
+    "a2_scene_objscale": ("scene", None, "none"),
     "b_obj_orig": ("object-object", "original", "annotations"),
-    "c_obj_rel": ("object-object", "relative", "annotations"),
     "d_bing": ("object-object", "original", "bing"),
+    "f_random_boxes": ("object-object", "original", "random"),
     "e_random_init": (None, None, None),
 }
-LABELS = {"a_scene": "(a) scene crops", "b_obj_orig": "(b) obj-obj + dilation, original",
-          "c_obj_rel": "(c) obj-obj + dilation, relative", "d_bing": "(d) as (b), BING boxes",
-          "e_random_init": "(e) random-init backbone"}
-
-# --------------------------------------------------------------------------- scenes
-# 12 classes: 6 shapes x 4 textures, each shape in 2 textures and each texture on 3 shapes, so
-# neither the shape nor the texture alone names the class
-CLASSES = [("ellipse", "stripes"), ("ellipse", "checker"), ("rectangle", "spots"), ("rectangle", "stripes"),
-           ("triangle", "checker"), ("triangle", "solid"), ("star", "spots"), ("star", "solid"),
-           ("cross", "stripes"), ("cross", "checker"), ("ring", "spots"), ("ring", "solid")]
-CLASS_NAMES = [f"{s}-{t}" for s, t in CLASSES]
-TAIL_EXPONENT = 1.5
-
-
-def _texture(rng, kind: str, w: int, h: int) -> np.ndarray:
-    """A random-colour texture: a colour and a darker pattern of it (survives grayscale)."""
-    col = rng.uniform(60, 255, 3)
-    tex = np.broadcast_to(col, (h, w, 3)).copy()
-    yy, xx = np.mgrid[0:h, 0:w]
-    cell = max(2, int(round(min(w, h) * rng.uniform(0.18, 0.28))))
-    if kind == "stripes":
-        tex[((xx + yy) // cell) % 2 == 0] *= 0.4
-    elif kind == "checker":
-        tex[((xx // cell) + (yy // cell)) % 2 == 0] *= 0.4
-    elif kind == "spots":
-        r = (xx % cell - cell / 2) ** 2 + (yy % cell - cell / 2) ** 2
-        tex[r < (cell / 3) ** 2] *= 0.35
-    return np.clip(tex + rng.normal(0, 6, tex.shape), 0, 255)
-
-
-def _clutter(rng, size: int) -> np.ndarray:
-    """Background: a smooth gray-level field with weak chroma, gray strokes and gray
-    polygons that belong to no class. No per-scene colour identity: a random colour field per
-    scene let scene-crop MoCo tell scenes apart by their background colours (RESULTS.md)."""
-    level = rng.uniform(60, 200, size=(5, 5, 1))
-    grid = np.clip(level + rng.normal(0, 12, size=(5, 5, 3)), 0, 255).astype(np.uint8)
-    img = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    img += rng.normal(0, 8, img.shape)
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(int(rng.integers(6, 13))):
-        p = rng.integers(0, size, 4)
-        v = int(rng.integers(0, 256))
-        cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), [v, v, v], int(rng.integers(1, 3)))
-    for _ in range(int(rng.integers(2, 6))):  # irregular polygons
-        c, r = rng.uniform(0, size, 2), size * rng.uniform(0.05, 0.12)
-        t = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(5, 8))))
-        pts = np.stack([c[0] + r * rng.uniform(0.5, 1.2, len(t)) * np.cos(t),
-                        c[1] + r * rng.uniform(0.5, 1.2, len(t)) * np.sin(t)], 1).astype(np.int32)
-        v = int(rng.integers(0, 256))
-        cv2.fillPoly(img, [pts], [v, v, v])
-    return img
-
-
-def make_scene(rng, size: int, weights: np.ndarray):
-    """One scene: ``(uint8 RGB image, [(class, x0, y0, x1, y1), ...])`` with 3-6 objects of
-    different classes, 14-26% of the side each, overlapping little."""
-    img = Image.fromarray(_clutter(rng, size))
-    n = int(rng.integers(3, 7))
-    classes = rng.choice(len(CLASSES), size=n, replace=False, p=weights)
-    objects = []
-    for c in classes:
-        shape, texture = CLASSES[c]
-        for _ in range(30):
-            side = size * rng.uniform(0.14, 0.26)
-            w = max(6, int(side * rng.uniform(0.8, 1.25)))
-            h = max(6, int(side * rng.uniform(0.8, 1.25)))
-            x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-            if all(_overlap((x0, y0, x0 + w, y0 + h), o[1:]) < 0.15 for o in objects):
-                break
-        else:
-            continue
-        mask = _mask(rng, shape, w, h)
-        img.paste(Image.fromarray(_texture(rng, texture, w, h).astype(np.uint8)), (x0, y0), mask)
-        bx0, by0, bx1, by1 = mask.getbbox()
-        objects.append((int(c), x0 + bx0, y0 + by0, x0 + bx1, y0 + by1))
-    return img, objects
-
-
-def _overlap(a, b) -> float:
-    """Intersection over the smaller box."""
-    iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-
-
-def make_scenes(root, cfg: dict, seed: int = 0) -> dict:
-    """Write train / test / BING-fit scenes (JPEG) and their COCO jsons under ``root``; returns
-    the paths. Deterministic from ``seed``; reused when ``root`` already holds them."""
-    root = Path(root)
-    paths = {split: root / f"coco_{split}.json" for split in ("train", "test", "bing_fit")}
-    images = root / "images"
-    if all(p.is_file() for p in paths.values()):
-        return {"images": images, **paths}
-    images.mkdir(parents=True, exist_ok=True)
-    weights = (np.arange(len(CLASSES)) + 1.0) ** -TAIL_EXPONENT
-    weights /= weights.sum()
-    rng = np.random.default_rng(seed)
-    size = cfg["image_size"]
-    for split, n in (("train", cfg["num_train"]), ("test", cfg["num_test"]), ("bing_fit", cfg["num_bing_fit"])):
-        coco = {"images": [], "annotations": [], "categories": [{"id": c + 1, "name": name}
-                                                                 for c, name in enumerate(CLASS_NAMES)]}
-        for k in range(n):
-            img, objects = make_scene(rng, size, weights)
-            name = f"{split}_{k:05d}.jpg"
-            img.save(images / name, quality=92)
-            coco["images"].append({"id": k + 1, "file_name": name, "width": size, "height": size})
-            for c, x0, y0, x1, y1 in objects:
-                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": k + 1,
-                                            "category_id": c + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                            "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-        with atomic_write(paths[split], "w") as f:
-            json.dump(coco, f)
-    return {"images": images, **paths}
-
-
-def without_boxes(index: BoxIndex) -> BoxIndex:
-    """The same images and image labels, no boxes (for proposals instead of annotations)."""
-    n = len(index)
-    labels = [index.labels(i) for i in range(n)]
-    return BoxIndex(ids=[index.image_id(i) for i in range(n)], files=[index.path(i) for i in range(n)],
-                    classes=index.classes, label_offsets=np.concatenate([[0], np.cumsum([len(x) for x in labels])]),
-                    label_values=np.concatenate(labels) if n else np.zeros(0), box_offsets=np.zeros(n + 1),
-                    boxes=np.zeros((0, 4)), box_labels=np.zeros(0))
-
-
-def bing_proposals(data: dict, train: BoxIndex, topk: int) -> tuple[ProposalCache, float]:
-    """Fit BING on the separate BING-fit scenes and cache the top proposals of every train image."""
-    fit = BoxIndex.from_coco(data["bing_fit"], classes=train.classes)
-    t = time.perf_counter()
-    bing = Bing.fit_index(fit, data["images"], range(len(fit)), seed=0)
-    records = []
-    for i in range(len(train)):
-        img = np.asarray(load_image(data["images"] / train.path(i)))
-        boxes, scores = bing.propose(img, topk, return_scores=True)
-        records.append((train.image_id(i), boxes, scores, (img.shape[1], img.shape[0])))
-    return ProposalCache.from_records(records, {"top_k": topk}), time.perf_counter() - t
+LABELS = {"a_scene": "(a) scene crops", "a2_scene_objscale": "(a') scene crops at object scale",
+          "b_obj_orig": "(b) obj-obj + dilation, original", "d_bing": "(d) as (b), BING boxes",
+          "f_random_boxes": "(f) as (b), random boxes of BING's sizes", "e_random_init": "(e) random-init backbone"}
+SHORT = {s: LABELS[s].split(" ")[0] for s in SETTINGS}
+RULE = [("b_obj_orig", "a2_scene_objscale"), ("b_obj_orig", "f_random_boxes"), ("d_bing", "a2_scene_objscale"),
+        ("d_bing", "f_random_boxes")]
+CONTEXT = [("a_scene", "e_random_init"), ("a2_scene_objscale", "a_scene")]
+PRIMARY = "knn_object_map"
+MARGIN = 0.03  # the rule's 3 mAP
 
 
 # --------------------------------------------------------------------------- network
@@ -256,15 +128,85 @@ def encoder_factory(cfg: dict):
     return getattr(torchvision.models, cfg["arch"])
 
 
+# --------------------------------------------------------------------------- data of one seed
+def without_boxes(index: BoxIndex) -> BoxIndex:
+    """The same images and image labels, no boxes (for proposals instead of annotations)."""
+    n = len(index)
+    labels = [index.labels(i) for i in range(n)]
+    return BoxIndex(ids=[index.image_id(i) for i in range(n)], files=[index.path(i) for i in range(n)],
+                    classes=index.classes, label_offsets=np.concatenate([[0], np.cumsum([len(x) for x in labels])]),
+                    label_values=np.concatenate(labels) if n else np.zeros(0), box_offsets=np.zeros(n + 1),
+                    boxes=np.zeros((0, 4)), box_labels=np.zeros(0))
+
+
+def box_sources(data: dict, topk: int, seed: int) -> dict:
+    """BING (fitted on the seed's BING-fit scenes) top-``topk`` proposals of every train image,
+    and random boxes of the same sizes placed uniformly (drawn once per image): two proposal
+    caches, BING's precision@10 on the train scenes and the seconds taken."""
+    train = data["train_index"]
+    fit = BoxIndex.from_coco(data["bing_fit"], classes=train.classes)
+    t = time.perf_counter()
+    bing = Bing.fit_index(fit, data["images"], range(len(fit)), seed=seed)
+    rng = np.random.default_rng(seed)
+    found, placed, hits = [], [], []
+    for i in range(len(train)):
+        img = np.asarray(load_image(data["images"] / train.path(i)))
+        h, w = img.shape[:2]
+        boxes, scores = bing.propose(img, topk, return_scores=True)
+        scale = np.array([w, h, w, h], np.float32)
+        rand = random_boxes_like(np.clip(boxes / scale, 0, 1), w, h, rng) * scale
+        found.append((train.image_id(i), boxes, scores, (w, h)))
+        placed.append((train.image_id(i), rand.astype(np.float32), scores, (w, h)))
+        gt = train.boxes(i) * scale
+        hits.append(box_iou(boxes[:10], gt).max(1) >= 0.5 if len(gt) else np.zeros(len(boxes[:10]), bool))
+    return {"bing": ProposalCache.from_records(found, {"top_k": topk}),
+            "random": ProposalCache.from_records(placed, {"top_k": topk}),
+            "bing_precision_at_10": float(np.concatenate(hits).mean()), "boxes_s": time.perf_counter() - t}
+
+
+def prepare_seed(out: Path, cfg: dict, seed: int, settings, log) -> dict:
+    """Scenes, indices, box sources, the (a') scale and the decoded probe inputs of one seed."""
+    t = time.perf_counter()
+    data = make_scenes(out / "data" / f"seed{seed}", cfg, seed)
+    for split in ("train", "val", "test"):
+        data[f"{split}_index"] = BoxIndex.from_coco(data[split], classes=CLASS_NAMES)
+    data["info"] = {"scenes_s": time.perf_counter() - t}
+    train = data["train_index"]
+    log(f"seed {seed} scenes: {len(train)} train ({train.num_boxes} objects), {len(data['val_index'])} val, "
+        f"{len(data['test_index'])} test; images per class {train.class_counts().tolist()}")
+    if {"d_bing", "f_random_boxes"} & set(settings):
+        data.update(box_sources(data, cfg["bing_topk"], seed))
+        data["info"].update(bing_precision_at_10=data["bing_precision_at_10"], boxes_s=data["boxes_s"])
+        log(f"seed {seed}: BING fitted on {cfg['num_bing_fit']} separate scenes, top-{cfg['bing_topk']} proposals "
+            f"and random boxes of their sizes for the train scenes ({data['boxes_s']:.0f} s); BING precision@10 on "
+            f"train {data['bing_precision_at_10']:.1%}")
+    if "a2_scene_objscale" in settings:
+        size = cfg["image_size"]
+        b = make_crop("b_obj_orig", cfg)
+        boxes = [train.boxes(i) for i in range(len(train))]
+        data["scale"] = matched_scene_scale(b, np.full((len(train), 2), size), boxes, cfg["calibration_pairs"], seed)
+        data["info"]["a2_scale"] = list(data["scale"])
+        log(f"seed {seed}: (a') scale range {data['scale'][0]:.3f}-{data['scale'][1]:.3f} (median view area of (b))")
+    data["eval"] = prepare(data["images"], {s: data[f"{s}_index"] for s in ("train", "val", "test")}, cfg,
+                           MAX_OBJECT_CROPS)
+    log(f"seed {seed}: probe inputs decoded ({len(data['eval']['train_objects'])} train, "
+        f"{len(data['eval']['test_objects'])} test object crops; {time.perf_counter() - t:.0f} s for the seed's data)")
+    return data
+
+
 # --------------------------------------------------------------------------- pretraining
-def make_crop(setting: str, cfg: dict) -> ObjectAwareCrop:
+def make_crop(setting: str, cfg: dict, scale=None) -> ObjectAwareCrop:
+    """The setting's crop; ``scale`` replaces the scene views' area range (for (a'))."""
     mode, geometry, _ = SETTINGS[setting]
     kw = dict(mode=mode, size=cfg["view_size"],
               augment=MoCoV2Augment(jitter=cfg["jitter"], blur_sigma=cfg["blur_sigma"]))
     if mode != "scene":
         kw.update(geometry=geometry, dilation=cfg["dilation"],
                   min_region=max(1, round(cfg["min_region_frac"] * cfg["image_size"])))
-    return ObjectAwareCrop(**kw)
+    crop = ObjectAwareCrop(**kw)
+    if scale is not None:
+        crop.scale = tuple(float(v) for v in scale)
+    return crop
 
 
 def pretrain(setting: str, seed: int, cfg: dict, data: dict, device, log=print) -> tuple[nn.Module, dict]:
@@ -272,10 +214,10 @@ def pretrain(setting: str, seed: int, cfg: dict, data: dict, device, log=print) 
     (``fc`` replaced by identity) and ``{"loss": [per-epoch mean], "train_s"}``."""
     torch.manual_seed(seed), np.random.seed(seed)
     boxes = SETTINGS[setting][2]
-    index = data["train_index"] if boxes != "bing" else without_boxes(data["train_index"])
-    proposals = data["proposals"] if boxes == "bing" else None
-    dataset = ObjectCropDataset(data["images"], index, make_crop(setting, cfg), proposals=proposals,
-                                proposal_topk=cfg["bing_topk"])
+    proposals = {"bing": data.get("bing"), "random": data.get("random")}.get(boxes)
+    index = data["train_index"] if proposals is None else without_boxes(data["train_index"])
+    crop = make_crop(setting, cfg, data["scale"] if setting == "a2_scene_objscale" else None)
+    dataset = ObjectCropDataset(data["images"], index, crop, proposals=proposals, proposal_topk=cfg["bing_topk"])
     args = Namespace(seed=seed, lr=cfg["lr"], cos=True, epochs=cfg["epochs"], schedule=[])
     loader = build_loader(dataset, args, DistInfo(device=device), cfg["batch_size"], cfg["workers"])
     model = MoCo(encoder_factory(cfg), cfg["moco_dim"], cfg["moco_k"], cfg["moco_m"], cfg["moco_t"], cfg["mlp"],
@@ -310,123 +252,78 @@ def random_encoder(seed: int, cfg: dict) -> nn.Module:
     return encoder
 
 
-# --------------------------------------------------------------------------- evaluation
-class Preloaded(Dataset):
-    """Evaluation inputs decoded once: uint8 ``(N, 3, S, S)`` images and their targets; items
-    are ``(normalized float image, target)``."""
-
-    def __init__(self, images: torch.Tensor, targets: np.ndarray):
-        self.images, self.targets = images, targets
-        self.norm = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.norm(self.images[i]), self.targets[i]
+# --------------------------------------------------------------------------- table and rule
+METRICS = [("knn_object_map", "kNN object mAP, 1.4x (primary)"), ("knn_object_map_head", "head"),
+           ("knn_object_map_medium", "medium"), ("knn_object_map_tail", "tail"),
+           ("val_knn_object_map", "val: kNN 1.4x"), ("knn_object05_map", "kNN object mAP, 0.5x"),
+           ("linear_scene_max_map", "whole-image linear mAP, max-pooled")]
 
 
-def _resized(img: Image.Image, size: int, region=None) -> torch.Tensor:
-    x = v2.functional.pil_to_tensor(img.crop(region) if region is not None else img)
-    return v2.functional.resize(x, [size, size], antialias=True)
+def paired(results: dict, a: str, b: str, metric: str, seeds) -> tuple[list, list]:
+    """``(seeds, 100 x (a - b) per seed)`` over the seeds where both ran."""
+    both = [s for s in seeds if f"{a}/{s}" in results and f"{b}/{s}" in results]
+    return both, [100 * (results[f"{a}/{s}"][metric] - results[f"{b}/{s}"][metric]) for s in both]
 
 
-def preload_scenes(root, index: BoxIndex, size: int) -> Preloaded:
-    """Whole scenes (no crop) resized to ``size`` x ``size``, with multi-hot image labels."""
-    images = torch.stack([_resized(load_image(Path(root) / index.path(i)), size) for i in range(len(index))])
-    return Preloaded(images, index.label_matrix())
+def beats(diffs) -> bool:
+    """The rule for one comparison: >= 3 seeds, mean >= 3 mAP and mean > 2 x std (ddof=1)."""
+    if len(diffs) < 3:
+        return False
+    d = np.asarray(diffs, np.float64)
+    return bool(d.mean() >= 100 * MARGIN and d.mean() > 2 * d.std(ddof=1))
 
 
-def preload_objects(root, index: BoxIndex, size: int, dilation: float = 0.1, limit: int | None = None) -> Preloaded:
-    """Every box (or a fixed random ``limit`` of them) as an image of its own: the box dilated
-    by ``dilation`` x its size on each side (clipped), resized to ``size``; one-hot targets."""
-    keep = np.ones(index.num_boxes, bool)
-    if limit is not None and limit < index.num_boxes:
-        keep[:] = False
-        keep[np.random.default_rng(0).choice(index.num_boxes, limit, replace=False)] = True
-    crops, labels = [], []
-    for i in range(len(index)):
-        first = index.box_image.searchsorted(i)
-        chosen = keep[first:first + len(index.boxes(i))]
-        if not chosen.any():
-            continue
-        img = load_image(Path(root) / index.path(i))
-        w, h = img.size
-        for box, label in zip(index.boxes(i)[chosen], index.box_labels(i)[chosen]):
-            x0, y0, x1, y1 = box * np.array([w, h, w, h])
-            dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
-            region = (max(0, math.floor(x0 - dx)), max(0, math.floor(y0 - dy)),
-                      min(w, math.ceil(x1 + dx)), min(h, math.ceil(y1 + dy)))
-            crops.append(_resized(img, size, region))
-            labels.append(label)
-    return Preloaded(torch.stack(crops), np.eye(index.num_classes, dtype=np.float32)[np.asarray(labels, np.int64)])
+def decide(results: dict, seeds) -> list[str]:
+    """The pre-registered verdict, one line per object setting and one overall."""
+    lines, helps = [], []
+    for x in ("b_obj_orig", "d_bing"):
+        verdicts = []
+        for y in ("a2_scene_objscale", "f_random_boxes"):
+            used, d = paired(results, x, y, PRIMARY, seeds)
+            if len(used) < 3:
+                verdicts.append(f"{SHORT[x]} - {SHORT[y]}: {len(used)} paired seeds, the rule needs 3")
+                continue
+            word = "beats" if beats(d) else "does not beat"
+            verdicts.append(f"{SHORT[x]} - {SHORT[y]} = {_pm(d, '{:+.1f}')}: {word}")
+        passed = all(beats(paired(results, x, y, PRIMARY, seeds)[1]) for y in ("a2_scene_objscale", "f_random_boxes"))
+        helps.append(passed)
+        lines.append(f"- {SHORT[x]}: " + "; ".join(verdicts) + f" -> {'passes' if passed else 'does not pass'}")
+    complete = all(len(paired(results, x, y, PRIMARY, seeds)[0]) >= 3 for x, y in RULE)
+    if any(helps):
+        verdict = "object crops help at this scale"
+    elif complete:
+        verdict = ("object crops are not shown to help at this scale (neither (b) nor (d) beats both controls by "
+                   ">= 3 mAP, mean > 2 x std)")
+    else:
+        verdict = "none: the rule needs 3 paired seeds of every comparison"
+    return lines + [f"- verdict: {verdict}"]
 
 
-def evaluate(encoder: nn.Module, seed: int, cfg: dict, data: dict, device) -> dict:
-    """kNN and linear probe on object crops, linear probe and kNN on whole scenes (fractions;
-    mAP of all classes and of the head / medium / tail third by training frequency)."""
-    t = time.perf_counter()
-
-    def feats(ds):
-        return extract_features(encoder, feature_loader(ds, 256, 0), device, cfg["amp"], progress=False)
-
-    counts = data["train_index"].class_counts()
-    ranked = np.sort(counts)[::-1]
-    third = len(counts) // 3
-    thirds = frequency_groups(counts, head_min=ranked[third], tail_max=ranked[-third - 1])
-
-    def scored(name, scores, targets):
-        res = map_details(scores, targets)
-        return {name: res.map, **{f"{name}_{g}": v["map"] for g, v in group_map(res.ap, thirds).items()}}
-
-    k = cfg["knn_k"]
-    (otr, ctr), (ote, cte) = feats(data["eval"]["train_objects"]), feats(data["eval"]["test_objects"])
-    (knn,) = knn_scores(otr, ctr, ote, k).values()           # k capped at the training set size
-    out = scored("knn_object_map", knn, cte)
-    probe = linear_probe(otr, ctr.argmax(1), ote, multilabel=False, seed=seed, device=device,
-                         num_classes=len(counts), log=lambda *a: None)
-    out.update(scored("linear_object_map", probe["test_scores"], cte))
-    (xtr, ytr), (xte, yte) = feats(data["eval"]["train_scenes"]), feats(data["eval"]["test_scenes"])
-    probe = linear_probe(xtr, ytr, xte, multilabel=True, seed=seed, device=device, log=lambda *a: None)
-    out.update(scored("linear_map", probe["test_scores"], yte))
-    (out["knn_scene_map"],) = knn_classify(xtr, ytr, xte, yte, k=k).values()
-    out["eval_s"] = time.perf_counter() - t
-    return out
-
-
-# --------------------------------------------------------------------------- table
 def summarize(results: dict, settings, seeds) -> str:
-    """Markdown table: mean +- std over seeds (percent), and paired differences to (a)."""
-    metrics = [("knn_object_map", "kNN object mAP"), ("knn_object_map_head", "head"),
-               ("knn_object_map_medium", "medium"), ("knn_object_map_tail", "tail"),
-               ("linear_object_map", "linear object mAP"), ("linear_map", "linear scene mAP"),
-               ("linear_map_head", "head"), ("linear_map_medium", "medium"), ("linear_map_tail", "tail"),
-               ("knn_scene_map", "kNN scene mAP")]
-    lines = ["| setting | " + " | ".join(m[1] for m in metrics) + " | final loss | wall time / run |",
-             "|---" * (len(metrics) + 3) + "|"]
+    """Markdown: mean +- std over seeds (percent), paired differences per seed, the verdict."""
+    lines = ["| setting | " + " | ".join(m[1] for m in METRICS) + " | final loss | wall time / run |",
+             "|---" * (len(METRICS) + 3) + "|"]
     for s in settings:
         runs = [results[f"{s}/{seed}"] for seed in seeds if f"{s}/{seed}" in results]
         if not runs:
             continue
-        cells = [_pm([100 * r[m] for r in runs if r[m] is not None]) for m, _ in metrics]
+        cells = [_pm([100 * r[m] for r in runs if r.get(m) is not None]) for m, _ in METRICS]
         loss = _pm([r["loss"][-1] for r in runs], "{:.2f}") if "loss" in runs[0] else "-"
         wall = _pm([(r.get("train_s", 0) + r["eval_s"]) / 60 for r in runs], "{:.1f}") + " min"
         lines.append(f"| {LABELS[s]} | " + " | ".join(cells) + f" | {loss} | {wall} |")
-    base = [seed for seed in seeds if f"a_scene/{seed}" in results]
     diffs = []
-    for s in settings:
-        if s == "a_scene":
+    for a, b in RULE + CONTEXT:
+        if a not in settings or b not in settings:
             continue
-        paired = [seed for seed in base if f"{s}/{seed}" in results]
-        if not paired:
-            continue
-        for m, name in (("knn_object_map", "kNN object mAP"), ("linear_object_map", "linear object mAP"),
-                        ("linear_map", "linear scene mAP")):
-            d = [100 * (results[f"{s}/{seed}"][m] - results[f"a_scene/{seed}"][m]) for seed in paired]
-            per_seed = ", ".join(f"{v:+.1f}" for v in d)
-            diffs.append(f"| {LABELS[s][:3]} - (a) | {name} | {per_seed} | {_pm(d, '{:+.1f}')} |")
+        for m in ("knn_object_map", "knn_object05_map", "linear_scene_max_map"):
+            used, d = paired(results, a, b, m, seeds)
+            if used:
+                per_seed = ", ".join(f"{v:+.1f}" for v in d)
+                diffs.append(f"| {SHORT[a]} - {SHORT[b]} | {m} | {per_seed} | {_pm(d, '{:+.1f}')} |")
     if diffs:
-        lines += ["", "| paired difference | metric | per seed | mean +- std |", "|---|---|---|---|", *diffs]
+        lines += ["", "| paired difference | probe | per seed | mean +- std |", "|---|---|---|---|", *diffs]
+    if all(s in settings for s in ("a2_scene_objscale", "b_obj_orig", "d_bing", "f_random_boxes")):
+        lines += ["", "Decision rule (RESULTS.md, fixed before the runs), primary probe:", *decide(results, seeds)]
     return "\n".join(lines)
 
 
@@ -467,7 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="data, results.json and table.md (default: runs/reproduce-<preset>)")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated scenes")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: OMP_NUM_THREADS, else all of the process's cores; "
@@ -496,39 +392,28 @@ def main(argv=None) -> dict:
     def log(msg):
         print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
 
-    data = make_scenes(out / "data", cfg, a.data_seed)
-    data["train_index"] = BoxIndex.from_coco(data["train"], classes=CLASS_NAMES)
-    data["test_index"] = BoxIndex.from_coco(data["test"], classes=CLASS_NAMES)
-    log(f"scenes: {len(data['train_index'])} train ({data['train_index'].num_boxes} objects), "
-        f"{len(data['test_index'])} test; images per class {data['train_index'].class_counts().tolist()}")
-    data["eval"] = {f"{split}_scenes": preload_scenes(data["images"], data[f"{split}_index"], cfg["probe_size"])
-                    for split in ("train", "test")}
-    data["eval"].update({f"{split}_objects": preload_objects(data["images"], data[f"{split}_index"], cfg["view_size"],
-                                                             limit=MAX_OBJECT_CROPS)
-                         for split in ("train", "test")})
-    log(f"evaluation inputs decoded: {len(data['eval']['train_objects'])} train and "
-        f"{len(data['eval']['test_objects'])} test object crops")
-    if "d_bing" in a.settings:
-        data["proposals"], bing_s = bing_proposals(data, data["train_index"], cfg["bing_topk"])
-        log(f"BING fitted on {cfg['num_bing_fit']} separate scenes, proposals for the train scenes: {bing_s:.0f} s")
-
     results_path = out / "results.json"
     results = load_runs(results_path, cfg)
     for seed in seeds:
-        for s in a.settings:
+        todo = [s for s in a.settings if f"{s}/{seed}" not in results]
+        if not todo:
+            continue
+        data = prepare_seed(out, cfg, seed, todo, log)
+        counts = data["train_index"].class_counts()
+        for s in todo:
             key = f"{s}/{seed}"
-            if key in results:
-                continue
             log(f"{LABELS[s]}, seed {seed}")
             if s == "e_random_init":
                 encoder, rec = random_encoder(seed, cfg).to(device), {}
             else:
                 encoder, rec = pretrain(s, seed, cfg, data, device, log)
-            rec.update(evaluate(encoder, seed, cfg, data, device))
+            rec.update(evaluate(encoder, seed, cfg, data["eval"], counts, device), data=data["info"])
             results[key] = rec
-            log(f"{key}: kNN object mAP {100 * rec['knn_object_map']:.1f}, linear object mAP "
-                f"{100 * rec['linear_object_map']:.1f}, linear scene mAP {100 * rec['linear_map']:.1f}")
+            log(f"{key}: kNN object mAP 1.4x {100 * rec['knn_object_map']:.1f} (val "
+                f"{100 * rec['val_knn_object_map']:.1f}), 0.5x {100 * rec['knn_object05_map']:.1f}, whole-image "
+                f"linear {100 * rec['linear_scene_max_map']:.1f}")
             save_run(results_path, cfg, key, rec)
+        del data
     results = {**load_runs(results_path, cfg), **results}  # with runs of processes sharing --out
     table = summarize(results, a.settings, seeds)
     total = time.perf_counter() - start

@@ -69,24 +69,102 @@ def test_background_has_no_scene_colour(rp):
     """The clutter is gray-level with weak chroma (a random colour field per scene was a shortcut
     for instance discrimination), while its brightness still varies between scenes."""
     rng = np.random.default_rng(2)
-    backgrounds = [rp._clutter(rng, 96).astype(np.float32) for _ in range(20)]
+    backgrounds = [rp.clutter(rng, 96).astype(np.float32) for _ in range(20)]
     chroma = [np.median(b.max(2) - b.min(2)) for b in backgrounds]
     assert max(chroma) < 40
     assert np.std([b.mean() for b in backgrounds]) > 5
 
 
+def _run(m):
+    groups = {"head": m, "medium": m, "tail": None}
+    return {**{k: m for k in ("knn_object_map", "val_knn_object_map", "knn_object05_map", "linear_scene_max_map")},
+            **{f"knn_object_map_{g}": v for g, v in groups.items()}, "loss": [6.0, 5.0], "train_s": 60, "eval_s": 6}
+
+
 def test_summarize_pairs_seeds(rp):
-    def run(m):
-        groups = {"head": m, "medium": m, "tail": None}
-        return {"linear_map": m, **{f"linear_map_{g}": v for g, v in groups.items()}, "knn_scene_map": m,
-                "knn_object_map": m / 2, **{f"knn_object_map_{g}": v for g, v in groups.items()},
-                "linear_object_map": m, "loss": [6.0, 5.0], "train_s": 60, "eval_s": 6}
-    results = {"a_scene/0": run(0.40), "a_scene/1": run(0.44), "b_obj_orig/0": run(0.45), "b_obj_orig/1": run(0.50)}
-    table = rp.summarize(results, ["a_scene", "b_obj_orig"], [0, 1])
-    assert "| (a) scene crops | 21.0 +- 1.4 |" in table          # the first column: kNN object mAP
-    assert "| (b) - (a) | kNN object mAP | +2.5, +3.0 | +2.8 +- 0.4 |" in table
-    assert "| (b) - (a) | linear scene mAP | +5.0, +6.0 | +5.5 +- 0.7 |" in table
+    results = {"a_scene/0": _run(0.40), "a_scene/1": _run(0.44), "e_random_init/0": _run(0.45),
+               "e_random_init/1": _run(0.50)}
+    table = rp.summarize(results, ["a_scene", "e_random_init"], [0, 1])
+    assert "| (a) scene crops | 42.0 +- 2.8 |" in table          # the first column: the primary probe
+    assert "| (a) - (e) | knn_object_map | -5.0, -6.0 | -5.5 +- 0.7 |" in table
     assert "| - |" in table  # the tail group without an AP
+    assert "Decision rule" not in table  # not every setting of the rule ran
+
+
+def test_decision_rule(rp):
+    """(b) or (d) must beat both (a') and (f) by >= 3 mAP, mean > 2 x std, over >= 3 paired seeds."""
+    def results(b, d, a2=(0.40, 0.41, 0.42), f=(0.40, 0.40, 0.40)):
+        out = {}
+        for name, values in (("b_obj_orig", b), ("d_bing", d), ("a2_scene_objscale", a2), ("f_random_boxes", f)):
+            out.update({f"{name}/{s}": _run(v) for s, v in enumerate(values)})
+        return out
+
+    settings = ["a2_scene_objscale", "b_obj_orig", "d_bing", "f_random_boxes"]
+    # (d) beats both by ~5 with a small spread: object crops help
+    lines = rp.decide(results(b=(0.40, 0.41, 0.42), d=(0.46, 0.46, 0.47)), [0, 1, 2])
+    assert lines[1].startswith("- (d):") and lines[1].endswith("-> passes") and "does not pass" in lines[0]
+    assert lines[-1] == "- verdict: object crops help at this scale"
+    # beating (a') only (scale) is not enough
+    lines = rp.decide(results(b=(0.46, 0.46, 0.47), d=(0.40, 0.40, 0.40), f=(0.46, 0.45, 0.47)), [0, 1, 2])
+    assert "does not beat" in lines[0] and lines[-1].startswith("- verdict: object crops are not shown")
+    # a mean of 5 with a spread too wide (mean <= 2 x std) fails
+    lines = rp.decide(results(b=(0.40, 0.41, 0.60), d=(0.40, 0.40, 0.40)), [0, 1, 2])
+    assert "does not beat" in lines[0] and "not shown" in lines[-1]
+    assert rp.beats([3.0, 3.1, 2.9]) and not rp.beats([2.9, 2.9, 2.9]) and not rp.beats([5.0, 5.0])
+    # two seeds: no verdict
+    lines = rp.decide(results(b=(0.50, 0.50, 0.50), d=(0.40, 0.40, 0.40)), [0, 1])
+    assert lines[-1] == "- verdict: none: the rule needs 3 paired seeds of every comparison"
+    assert "Decision rule" in rp.summarize(results(b=(0.4,) * 3, d=(0.4,) * 3), settings, [0, 1, 2])
+
+
+def test_knn_vote_matches_faiss_knn(rp):
+    faiss_knn = pytest.importorskip("faiss") and __import__("ssl_crops.evaluate", fromlist=["knn_scores"]).knn_scores
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(200, 16)), rng.normal(size=(30, 16))
+    targets = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 200)]
+    np.testing.assert_allclose(rp.knn_vote(train, targets, test, 20, chunk=7), faiss_knn(train, targets, test, 20)[20],
+                               atol=1e-5)
+    assert rp.knn_vote(train[:3], targets[:3], test, 20).shape == (30, 5)  # k capped at the training set
+
+
+def test_max_pooled_features(rp):
+    net = rp.SmallResNet(num_classes=7, width=8)
+    x = torch.randn(2, 3, 32, 32)
+    f = rp.MaxPooled(net)(x)
+    assert f.shape == (2, 64)
+    torch.testing.assert_close(f, net.layers(net.stem(x)).amax(dim=(2, 3)))
+    resnet = __import__("torchvision").models.resnet18(num_classes=4)
+    assert rp.MaxPooled(resnet)(torch.randn(1, 3, 64, 64)).shape == (1, 512)
+
+
+def test_instances_vary_within_a_class(rp):
+    """Two instances of one class differ in outline, palette and texture, not only in colour."""
+    rng = np.random.default_rng(3)
+    masks = [np.asarray(rp.instance_mask(rng, "star", 40, 40)) > 0 for _ in range(2)]
+    assert (masks[0] != masks[1]).mean() > 0.05  # deformed and rotated outlines
+    ring = np.asarray(rp.instance_mask(rng, "ring", 40, 40)) > 0
+    assert not ring[20, 20] and ring.mean() > 0.3  # a hole in the middle
+    a, b = (rp.instance_texture(rng, "stripes", 40, 40) for _ in range(2))
+    lum = lambda t: t @ np.array([0.299, 0.587, 0.114])  # noqa: E731
+    assert np.ptp(lum(a)) > 40 and np.ptp(lum(b)) > 40  # two colours of different luminance
+    grad = lambda t: np.angle(np.fft.fft2(lum(t) - lum(t).mean())).std()  # noqa: E731
+    assert not np.allclose(lum(a), lum(b)) and grad(a) != grad(b)
+    for kind in ("stripes", "checker", "spots", "solid"):
+        t = rp.instance_texture(rng, kind, 24, 30)
+        assert t.shape == (30, 24, 3) and 0 <= t.min() and t.max() <= 255
+
+
+def test_scenes_per_seed_and_split(rp, tmp_path):
+    cfg = dict(image_size=48, num_train=4, num_val=2, num_test=3, num_bing_fit=2)
+    paths = rp.make_scenes(tmp_path / "seed0", cfg, 0)
+    counts = {s: len(json.loads(paths[s].read_text())["images"]) for s in ("train", "val", "test", "bing_fit")}
+    assert counts == {"train": 4, "val": 2, "test": 3, "bing_fit": 2}
+    other = rp.make_scenes(tmp_path / "seed1", cfg, 1)
+    first = (paths["images"] / "train_00000.jpg").read_bytes()
+    assert first != (other["images"] / "train_00000.jpg").read_bytes()       # data seed = seed
+    again = rp.make_scenes(tmp_path / "seed0b", cfg, 0)
+    assert (again["images"] / "train_00000.jpg").read_bytes() == first        # deterministic
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 @pytest.mark.slow
@@ -95,12 +173,18 @@ def test_smoke_preset_end_to_end(rp, tmp_path, one_thread, capsys):
     res = rp.main(argv)
     assert set(res["runs"]) == {f"{s}/{seed}" for s in rp.SETTINGS for seed in (0, 1)}
     for key, r in res["runs"].items():
-        assert all(0 < r[m] <= 1 for m in ("knn_object_map", "linear_object_map", "linear_map", "knn_scene_map")), key
+        assert all(0 < r[m] <= 1 for m in (*rp.PROBES, *(f"val_{m}" for m in rp.PROBES))), key
         assert ("loss" in r) == (not key.startswith("e_"))
+    # per-seed data (data seed = seed); (a') views are smaller than (a)'s (scale range below 1)
+    info = res["runs"]["d_bing/0"]["data"]
+    assert info["a2_scale"][1] < 1 and 0 <= info["bing_precision_at_10"] <= 1
+    scenes = [(tmp_path / "data" / f"seed{seed}" / "images" / "train_00000.jpg").read_bytes() for seed in (0, 1)]
+    assert scenes[0] != scenes[1]
     table = (tmp_path / "table.md").read_text()
     for label in rp.LABELS.values():
         assert label in table
-    assert "| (b) - (a) | linear scene mAP |" in table and "| (d) - (a) | kNN object mAP |" in table
+    assert "| (b) - (a') | knn_object_map |" in table and "| (d) - (f) | knn_object_map |" in table
+    assert "- verdict: none: the rule needs 3 paired seeds" in table
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["runs"].keys() == res["runs"].keys()
     # a rerun with the same --out reuses the finished runs
@@ -119,6 +203,20 @@ def test_preloaded_object_crops(demo_root, rp):
     assert len(some) == 5 and some.targets.sum() == 5
     x, y = some[0]
     assert x.dtype == torch.float32 and x.shape == (3, 24, 24) and abs(float(x.mean())) < 3
+    squares = rp.preload_objects(demo_root / "images", index, 24, square=48)
+    assert squares.images.shape == every.images.shape and not torch.equal(squares.images, every.images)
+    assert rp.centred_square((10, 10, 20, 20), 100, 80, 48) == (0, 0, 48, 48)      # shifted inside the image
+    assert rp.centred_square((60, 30, 70, 40), 100, 80, 40) == (45, 15, 85, 55)
+    assert rp.centred_square((0, 0, 5, 5), 30, 20, 48) == (0, 0, 30, 20)          # at most the image
     scenes = rp.preload_scenes(demo_root / "images", index, 40)
     assert scenes.images.shape == (len(index), 3, 40, 40)
     np.testing.assert_array_equal(scenes.targets, index.label_matrix())
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu"])
+def test_presets_fit_moco(rp, preset):
+    """The queue divides by the batch and holds fewer samples than the train set; every split exists."""
+    cfg = {**rp.COMMON, **rp.PRESETS[preset]}
+    assert cfg["moco_k"] % cfg["batch_size"] == 0 and cfg["moco_k"] < cfg["num_train"]
+    assert all(cfg[f"num_{split}"] > 0 for split in rp.SPLITS)
+    assert len(cfg["seeds"]) >= (2 if preset == "smoke" else 3)  # the rule needs 3 paired seeds
