@@ -7,15 +7,10 @@ in MoCo's single-GPU demo (``bn_splits``); checks the queue size; computes the l
 under autocast.
 """
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import all_gather_cat
-
-
-def _world_size():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from . import distributed as du
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -40,6 +35,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as in BatchNorm2d
                 factor = 1.0 / float(self.num_batches_tracked)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return self._forward_channels_last(x, s, factor)
         mean = self.running_mean.repeat(s) if self.track_running_stats else None
         var = self.running_var.repeat(s) if self.track_running_stats else None
         weight = self.weight.repeat(s) if self.affine else None
@@ -51,8 +48,58 @@ class SplitBatchNorm(nn.BatchNorm2d):
                 self.running_var.copy_(var.view(s, c).mean(0))
         return out.reshape(n, c, h, w)
 
+    def _forward_channels_last(self, x, s, factor):
+        """The same on a channels-last batch, in its layout: the (n/s, c*s, h, w) view of the
+        NCHW path would be a copy there, and its result NCHW (a layout change per BatchNorm)."""
+        c = x.shape[1]
+        weight = self.weight if self.affine else x.new_ones(c, dtype=torch.float32)
+        bias = self.bias if self.affine else x.new_zeros(c, dtype=torch.float32)
+        out, mean, var = _SplitNormChannelsLast.apply(x, weight, bias, s, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                count = x.numel() // (s * c)
+                self.running_mean.lerp_(mean.mean(0).to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var * (count / max(count - 1, 1))).mean(0).to(self.running_var.dtype), factor)
+        return out
+
     def extra_repr(self):
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+class _SplitNormChannelsLast(torch.autograd.Function):
+    """Training BatchNorm of sub-batches ``i % s`` on a channels-last ``(n, c, h, w)`` batch, on
+    views of it (no copy, output in its layout); statistics in fp32 whatever the input dtype.
+    Returns ``(out, mean (s, c), biased var (s, c))``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, s, eps):
+        n, c, h, w = x.shape
+        xs = x.view(n // s, s, c, h, w)  # a view in either layout
+        var, mean = torch.var_mean(xs.float(), dim=(0, 3, 4), correction=0, keepdim=True)  # (1, s, c, 1, 1)
+        rstd = torch.rsqrt(var + eps)
+        scale = rstd * weight.float().view(1, 1, c, 1, 1)
+        shift = bias.float().view(1, 1, c, 1, 1) - mean * scale
+        out = torch.addcmul(shift.to(x.dtype), xs, scale.to(x.dtype))
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.s = s
+        return out.view(n, c, h, w), mean.view(s, c), var.view(s, c)
+
+    @staticmethod
+    def backward(ctx, grad, _mean, _var):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        s, dims = ctx.s, (0, 3, 4)
+        xs, g = x.view(n // s, s, c, h, w), grad.reshape(n // s, s, c, h, w)
+        count = n // s * h * w
+        sum_g = g.sum(dims, keepdim=True, dtype=torch.float32)
+        sum_gx = (g * xs).sum(dims, keepdim=True, dtype=torch.float32)
+        sum_gxhat = (sum_gx - mean * sum_g) * rstd  # sum of g * (x - mean) * rstd
+        a = rstd * weight.float().view(1, 1, c, 1, 1)
+        b = -a * rstd * sum_gxhat / count
+        d = -a * sum_g / count - b * mean
+        gx = torch.addcmul(torch.addcmul(d.to(x.dtype), xs, b.to(x.dtype)), g, a.to(x.dtype))
+        gw = sum_gxhat.sum((0, 1)).view(c).to(weight.dtype)
+        return gx.view(n, c, h, w), gw, sum_g.sum((0, 1)).view(c).to(weight.dtype), None, None
 
 
 def split_batch_norm(module, num_splits):
@@ -123,23 +170,26 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys):
-        keys = all_gather_cat(keys)
+        keys = du.all_gather_cat(keys)
         n = keys.shape[0]
         if self.K % n:
             raise ValueError(f"queue size K={self.K} is not divisible by the global batch size {n}")
-        ptr = int(self.queue_ptr)
-        self.queue[:, ptr:ptr + n] = keys.T.to(self.queue.dtype)
-        self.queue_ptr[0] = (ptr + n) % self.K
+        # the pointer stays on the device: no host sync (it advances by n, a divisor of K)
+        cols = self.queue_ptr + torch.arange(n, device=self.queue_ptr.device)
+        self.queue.index_copy_(1, cols, keys.T.to(self.queue.dtype))
+        self.queue_ptr.add_(n).remainder_(self.K)
 
     @torch.no_grad()
     def _batch_shuffle_ddp(self, x):
-        """Shuffle the global batch across ranks; returns this rank's part and the inverse."""
-        x_all = all_gather_cat(x)
+        """Shuffle the global batch across ranks; returns this rank's part and the inverse.
+        Under autocast the images travel in its dtype: the first convolution casts them anyway."""
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        x_all = du.all_gather_cat(x)
         n, world = x.shape[0], x_all.shape[0] // x.shape[0]
-        idx_shuffle = torch.randperm(x_all.shape[0], device=x.device)
-        dist.broadcast(idx_shuffle, src=0)
+        idx_shuffle = du.broadcast_(torch.randperm(x_all.shape[0], device=x.device), src=0)
         idx_unshuffle = torch.argsort(idx_shuffle)
-        mine = idx_shuffle.view(world, n)[dist.get_rank()]
+        mine = idx_shuffle.view(world, n)[du.get_rank()]
         fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         return x_all[mine].contiguous(memory_format=fmt), idx_unshuffle
 
@@ -147,7 +197,7 @@ class MoCo(nn.Module):
     def _key_features(self, im_k):
         """Normalized keys, computed on a shuffled batch (across ranks, or across the BatchNorm
         sub-batches of one process) and returned in the original order."""
-        if _world_size() > 1:
+        if du.get_world_size() > 1:
             im_k, idx_unshuffle = self._batch_shuffle_ddp(im_k)
             return self._batch_unshuffle_ddp(F.normalize(self.encoder_k(im_k), dim=1), idx_unshuffle)
         if self.bn_splits > 1:  # torch's default generator: seeded runs stay reproducible
@@ -158,9 +208,9 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _batch_unshuffle_ddp(self, x, idx_unshuffle):
-        x_all = all_gather_cat(x)
+        x_all = du.all_gather_cat(x)
         n, world = x.shape[0], x_all.shape[0] // x.shape[0]
-        return x_all[idx_unshuffle.view(world, n)[dist.get_rank()]]
+        return x_all[idx_unshuffle.view(world, n)[du.get_rank()]]
 
     def forward(self, im_q, im_k):
         """Returns ``(logits, labels)``: logits ``(N, 1 + K)`` (positive first), labels zeros.

@@ -1,5 +1,6 @@
 """Process-group setup, and MoCo / the trainer on 2 CPU ranks (gloo) under torchrun."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -164,18 +165,35 @@ FAULTY_WORKER = textwrap.dedent("""
         train.train_step = train_step
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and fault and rank != int(os.environ["FAULT_RANK"]):
         time.sleep(3)  # the killed rank comes back first, while its peer's old keys are still in the store
+    if os.environ.get("AUG_LOG"):  # record the device-augmentation parameters of each step of this rank
+        import json, ssl_crops.transforms.augment as aug
+        seed_step, sample, current = train.seed_step, aug.AugmentSpec.sample, {}
+        def logged_seed_step(seed, step, rank=0):
+            current["step"] = step
+            return seed_step(seed, step, rank)
+        def logged_sample(self, n, generator=None):
+            p = sample(self, n, generator)
+            with open(os.path.join(os.environ["AUG_LOG"], f"rank{rank}.jsonl"), "a") as f:
+                f.write(json.dumps({"step": current["step"], "factors": p["factors"].tolist()}) + "\\n")
+            return p
+        train.seed_step, aug.AugmentSpec.sample = logged_seed_step, logged_sample
     train.main(sys.argv[1:])
+    if os.environ.get("EXIT_DIR"):
+        open(os.path.join(os.environ["EXIT_DIR"], f"rank{rank}.returned"), "w").close()
 """)
+
+
+def _ARGS(data, out):
+    return [str(data / "images"), "-a", "resnet18", "--epochs", "2", "-b", "8", "--moco-k", "16", "--image-size", "32",
+            "-j", "0", "--mlp", "--aug-plus", "--cos", "--bing_crops", "--sampling", "image", "--seed", "0",
+            "--output-dir", str(out), "--save_name", "ddp", "--log-freq", "1", "--dist-timeout", "2"]
 
 
 def _torchrun(tmp_path, data, out, *extra, env=None, restarts=0):
     script = tmp_path / "faulty_worker.py"
     script.write_text(FAULTY_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", str(restarts),
-           "--master_port", str(_free_port()), str(script), str(data / "images"), "-a", "resnet18", "--epochs", "2",
-           "-b", "8", "--moco-k", "16", "--image-size", "32", "-j", "0", "--mlp", "--aug-plus", "--cos",
-           "--bing_crops", "--sampling", "image", "--seed", "0", "--output-dir", str(out), "--save_name", "ddp", "--log-freq", "1",
-           "--dist-timeout", "2", *extra]
+           "--master_port", str(_free_port()), str(script), *_ARGS(data, out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -187,25 +205,60 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
+def _augment_params(log_dir, rank):
+    """``{step: [factors of view q, of view k]}`` of one rank (a redone step: its last record)."""
+    import json
+    params = {}
+    for line in (log_dir / f"rank{rank}.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        params.setdefault(rec["step"], []).append(rec["factors"])
+    return {step: views[-2:] for step, views in params.items()}
+
+
 @pytest.mark.slow
-def test_two_ranks_stopped_by_sigterm_resume_exactly(tmp_path, clean_env):
-    """2 gloo ranks, SIGTERM to rank 1 only at its 2nd step: both stop after that step (exit 0),
-    and the resumed run equals an uninterrupted one (weights, queue, losses)."""
+def test_two_ranks_stopped_by_sigterm_to_the_process_group_resume_exactly(tmp_path, clean_env):
+    """2 gloo ranks under torchrun with a loader worker each and device augmentation; SIGTERM to
+    torchrun's process group mid-epoch (torchrun passes it on to each rank's own group, workers
+    included): both ranks stop at the same step, save once and return; resumed, the run equals
+    an uninterrupted one (weights, queue, losses, augmentation of every step), and the
+    augmentation differs between the ranks."""
     data = make_demo(tmp_path / "demo", num_train=24, num_test=4, min_size=48, max_size=72)
-    _torchrun(tmp_path, data, tmp_path / "a")
-    proc = _torchrun(tmp_path, data, tmp_path / "b", env={"FAULT": "sigterm", "FAULT_RANK": "1", "FAULT_STEP": "2"})
-    assert "stopped after step 2 (epoch 1, batch 2/3)" in proc.stdout
-    assert torch.load(tmp_path / "b" / "ddp" / "checkpoint_last.pth", weights_only=True)["step"] == 2
-    _torchrun(tmp_path, data, tmp_path / "b", "--resume", "auto")
+    extra = ("-b", "4", "-j", "2", "--augment-on", "device")  # 6 steps an epoch
+    for run in ("a", "b"):
+        (tmp_path / f"aug_{run}").mkdir()
+    _torchrun(tmp_path, data, tmp_path / "a", *extra, env={"AUG_LOG": str(tmp_path / "aug_a")})
+    script = tmp_path / "faulty_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(script), *_ARGS(data, tmp_path / "b"), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "AUG_LOG": str(tmp_path / "aug_b"),
+           "EXIT_DIR": str(tmp_path)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if " step 1 " in line:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    out = "".join(lines) + out
+    assert sorted(p.name for p in tmp_path.glob("rank*.returned")) == ["rank0.returned", "rank1.returned"], out + err
+    assert "stopped after step" in out and "DataLoader worker" not in err, out + err
+    stopped = torch.load(tmp_path / "b" / "ddp" / "checkpoint_last.pth", weights_only=True)
+    assert stopped["epoch"] == 0 and 1 < stopped["step"] < 6 and stopped["epoch_state"]["batches"] == stopped["step"]
+    _torchrun(tmp_path, data, tmp_path / "b", *extra, "--resume", "auto", env={"AUG_LOG": str(tmp_path / "aug_b")})
     a = torch.load(tmp_path / "a" / "ddp" / "checkpoint_last.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "ddp" / "checkpoint_last.pth", weights_only=True)
-    assert a["step"] == b["step"] == 6
+    assert a["step"] == b["step"] == 12
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
     ra, rb = _records(tmp_path / "a" / "ddp"), _records(tmp_path / "b" / "ddp")
-    assert [r["step"] for r in rb if r["type"] == "step"] == list(range(1, 7))
+    assert [r["step"] for r in rb if r["type"] == "step"] == list(range(1, 13))
     for kind in ("step", "epoch"):
         assert [r["loss"] for r in ra if r["type"] == kind] == [r["loss"] for r in rb if r["type"] == kind]
+    pa, pb = ([_augment_params(tmp_path / f"aug_{run}", rank) for rank in (0, 1)] for run in ("a", "b"))
+    assert pa == pb and sorted(pa[0]) == list(range(12))  # the same parameters after the resume
+    assert all(pa[0][step] != pa[1][step] for step in pa[0])  # and different ones per rank
 
 
 @pytest.mark.slow
