@@ -72,7 +72,53 @@ def test_legacy_multiprocessing_flags_fall_back_to_one_gloo_process(clean_env, c
     assert "gloo" in capsys.readouterr().out
 
 
+COLLECTIVES = {"all_gather", "all_gather_into_tensor", "all_gather_single", "all_gather_object", "all_reduce",
+               "broadcast", "broadcast_object_list", "reduce", "reduce_scatter", "reduce_scatter_tensor", "all_to_all",
+               "all_to_all_single", "gather", "gather_object", "scatter", "scatter_object_list", "barrier",
+               "monitored_barrier", "send", "recv", "isend", "irecv", "batch_isend_irecv", "_all_gather_base"}
+
+
+def test_only_the_distributed_module_calls_collectives():
+    """One funnel: no module of the package but ssl_crops/distributed.py calls a
+    torch.distributed collective (under any alias, or imported by name)."""
+    import ast
+    offenders = []
+    for path in sorted((REPO / "ssl_crops").rglob("*.py")):
+        if path == REPO / "ssl_crops" / "distributed.py":
+            continue
+        tree = ast.parse(path.read_text())
+        aliases = {"torch.distributed"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases |= {a.asname for a in node.names if a.name == "torch.distributed" and a.asname}
+            elif isinstance(node, ast.ImportFrom) and node.module == "torch":
+                aliases |= {a.asname or a.name for a in node.names if a.name == "distributed"}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
+                offenders += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name in COLLECTIVES]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in COLLECTIVES and ast.unparse(node.value) in aliases:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {ast.unparse(node)}")
+    assert not offenders, offenders
+
+
+def test_device_ordinal_wraps_over_the_visible_gpus(clean_env, monkeypatch):
+    """`srun --gpus-per-task=1`: each task sees one GPU whatever its SLURM_LOCALID."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    assert du.init_distributed(local_rank=3).device == torch.device("cuda", 0)
+
+
+def test_legacy_launch_of_one_process_per_node_keeps_all_workers(clean_env, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(du, "init_distributed", lambda *a, **k: seen.update(k) or du.DistInfo())
+    args = Namespace(multiprocessing_distributed=False, world_size=2, rank=1, dist_url="tcp://x:1", gpu=None)
+    du.launch(lambda info, a: None, args)
+    assert seen["local_world_size"] == 1  # -j is per node, and this node runs one process
+
+
 WORKER = textwrap.dedent("""
+    import os
     import sys
     import torch, torch.nn as nn, torch.nn.functional as F
     import torch.distributed as dist
@@ -121,6 +167,23 @@ WORKER = textwrap.dedent("""
     assert torch.allclose(logits[:, 0], (q * k).sum(1) / 0.2, atol=1e-5), "keys paired with the wrong queries"
     assert torch.allclose(model.queue[:, ptr:ptr + 6], du.all_gather_cat(k).T, atol=1e-6)
     print("rank", info.rank, "queues identical", flush=True)
+
+    # the funnel: results on the caller's device, objects of different sizes
+    r = info.rank
+    assert du.all_reduce(torch.tensor([r + 1.0])).item() == 3.0
+    assert du.all_reduce(torch.tensor([r]), op="max").item() == 1
+    b = torch.full((2, 3), float(r)).t()  # not contiguous
+    assert torch.equal(du.broadcast_(b, src=1), torch.ones(3, 2))
+    assert du.all_gather_objects({"r": r, "pad": "x" * 10 * r}) == [{"r": 0, "pad": ""}, {"r": 1, "pad": "x" * 10}]
+    assert du.broadcast_object(["from", r]) == ["from", 0]
+    assert du.any_async(r == 1).result() and not du.any_async(False).result()
+    os.environ[du.CUDA_COLLECTIVES_ENV] = "1"  # NCCL's rule under gloo: needs CUDA
+    try:
+        du.all_gather_cat(torch.zeros(1))
+        raise AssertionError("CUDA collectives without CUDA")
+    except RuntimeError as e:
+        assert not torch.cuda.is_available() and du.CUDA_COLLECTIVES_ENV in str(e), e
+    del os.environ[du.CUDA_COLLECTIVES_ENV]
 
     main(sys.argv[1:])  # the trainer, under the same torchrun (reusing the process group)
 """)

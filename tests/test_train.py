@@ -76,6 +76,28 @@ def test_check_queue():
     assert args.moco_k == 128
 
 
+@pytest.mark.parametrize("world,resumed_world", [(2, 1), (2, 4), (3, 3), (1, 2)])
+def test_mid_epoch_resume_with_another_number_of_processes_visits_the_rest(world, resumed_world):
+    """A global batch of 12 over ``world`` ranks, stopped after 2 steps, resumed over
+    ``resumed_world`` ranks: every item of the epoch is visited once, and the ranks' first
+    steps are the uninterrupted epoch's steps (the same items, whatever the ranks)."""
+    data, batch, done = range(100), 12, 2
+    def steps(w, skip):
+        shares = []
+        for r in range(w):
+            s = train.EpochSampler(data, w, r, seed=5)
+            s.set_epoch(0, skip)
+            assert len(s) == len(list(s))
+            shares.append([i for _, i in s])
+        b = batch // w
+        return [sorted(i for sh in shares for i in sh[k * b:(k + 1) * b]) for k in range(len(shares[0]) // b)]
+    whole = steps(world, 0)
+    resumed = steps(resumed_world, done * batch)
+    assert resumed == whole[done:done + len(resumed)] and len(resumed) >= len(whole) - done - 1
+    seen = [i for step in whole[:done] + resumed for i in step]
+    assert len(seen) == len(set(seen))
+
+
 def test_learning_rate_schedules():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     cos = Namespace(lr=0.4, cos=True, epochs=10, schedule=[])
