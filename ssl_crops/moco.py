@@ -199,12 +199,12 @@ class MoCo(nn.Module):
         sub-batches of one process) and returned in the original order."""
         if du.get_world_size() > 1:
             im_k, idx_unshuffle = self._batch_shuffle_ddp(im_k)
-            return self._batch_unshuffle_ddp(F.normalize(self.encoder_k(im_k), dim=1), idx_unshuffle)
+            return self._batch_unshuffle_ddp(F.normalize(self.encoder_k(im_k).float(), dim=1), idx_unshuffle)
         if self.bn_splits > 1:  # torch's default generator: seeded runs stay reproducible
             idx_shuffle = torch.randperm(im_k.shape[0], device=im_k.device)
-            k = F.normalize(self.encoder_k(im_k[idx_shuffle]), dim=1)
+            k = F.normalize(self.encoder_k(im_k[idx_shuffle]).float(), dim=1)
             return k[torch.argsort(idx_shuffle)]
-        return F.normalize(self.encoder_k(im_k), dim=1)
+        return F.normalize(self.encoder_k(im_k).float(), dim=1)
 
     @torch.no_grad()
     def _batch_unshuffle_ddp(self, x, idx_unshuffle):
@@ -220,7 +220,7 @@ class MoCo(nn.Module):
         sub-batch does. Otherwise the BatchNorm statistics of the query and its key come from
         the same images, the leak that shuffle-BN closes.
         """
-        q = F.normalize(self.encoder_q(im_q), dim=1)
+        q = F.normalize(self.encoder_q(im_q).float(), dim=1)  # fp32 under autocast: unit-norm queue keys
         with torch.no_grad():
             self._momentum_update_key_encoder()
             k = self._key_features(im_k)
