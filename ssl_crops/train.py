@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -329,6 +330,26 @@ def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_form
     return loss.detach(), (logits.detach().argmax(1) == 0).float().mean()
 
 
+class LoaderDied(RuntimeError):
+    """A DataLoader worker died (killed, out of memory) during an epoch."""
+
+
+def _loader_died(error, it, run_dir):
+    """:class:`LoaderDied` naming the dead workers of loader iterator ``it`` if ``error`` (raised
+    in an epoch, by the loader or by torch's SIGCHLD handler) comes from a dead worker, else
+    ``None``. Torch may report only a broken pipe."""
+    if not isinstance(error, (EOFError, ConnectionError)) and "DataLoader worker (pid" not in str(error):
+        return None  # e.g. an unreadable image under --bad-image error
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise again while we look
+    workers, deadline = getattr(it, "_workers", []), time.monotonic() + 2
+    while not (dead := [w for w in workers if w.exitcode is not None]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a killed worker's pipe closes just before it can be waited for
+    how = ", ".join(f"pid {w.pid} " + (f"killed by {signal.Signals(-w.exitcode).name}" if w.exitcode < 0
+                                        else f"exit code {w.exitcode}") for w in dead)
+    return LoaderDied(f"DataLoader worker died ({how or error}; {type(error).__name__}); nothing was saved since "
+                      f"the last checkpoint in {run_dir}: continue with --resume auto")
+
+
 def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, info, log, stop, augment=None):
     """Train until the epoch ends or a stop is requested; returns ``(global step, stopped)``.
 
@@ -484,11 +505,11 @@ def train_worker(info, args):
             try:
                 step, stopped = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, tally, args, info, log,
                                                 stop, augment)
-            except RuntimeError as e:
-                if "DataLoader worker" not in str(e):
+            except (RuntimeError, EOFError, ConnectionError) as e:
+                died = _loader_died(e, getattr(loader, "_iterator", None), run_dir)  # persistent workers' iterator
+                if died is None:
                     raise
-                raise RuntimeError(f"{e} (a loader worker died, e.g. killed or out of memory); nothing was saved "
-                                   f"since the last checkpoint in {run_dir}: continue with --resume auto") from e
+                raise died from e
             skipped = tally.take_skipped()
             if main:
                 log.add_bad_images(skipped)

@@ -302,7 +302,8 @@ def test_sigterm_to_the_process_group_saves_and_resumes(demo, tmp_path):
     saved = last.read_bytes()
     marker = f" step {ckpt['step'] + 1} "
     proc, out, err = _run_until(cmd, env, marker, lambda p: [os.kill(c, signal.SIGKILL) for c in _children(p.pid)])
-    assert proc.returncode == 1 and "DataLoader worker (pid" in err and "--resume auto" in err, out + err
+    assert proc.returncode == 1 and "DataLoader worker died (pid" in err and "killed by SIGKILL" in err, out + err
+    assert "continue with --resume auto" in err.splitlines()[-1]
     assert last.read_bytes() == saved
 
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
