@@ -62,8 +62,8 @@ def check_augment(device, size):
     torch.cuda.synchronize()
     out, syncs = count_syncs(lambda: aug(xd, torch.Generator().manual_seed(1)))
     err = (out.cpu() - ref).abs().max().item()
-    return [("BatchAugment: CUDA = CPU, fp32, 0 syncs", _verdict(out.dtype == torch.float32 and err < 1e-3 and syncs == 0),
-             f"max |CUDA - CPU| {err:.1e}, {syncs} syncs")]
+    good = out.dtype == torch.float32 and err < 1e-3 and syncs == 0
+    return [("BatchAugment: CUDA = CPU, fp32, 0 syncs", _verdict(good), f"max |CUDA - CPU| {err:.1e}, {syncs} syncs")]
 
 
 def _moco(arch, batch, device, fmt, bn_splits=1):
@@ -113,8 +113,8 @@ def check_compile(device, size, batch):
         return rows + [("compiled train_step", SKIP, "")]
     x = torch.randn(batch, 3, size, size, device=device)
     loss, _ = train_step(model, x, x, opt, torch.amp.GradScaler("cuda", enabled=False), torch.bfloat16)
-    return rows + [("compiled train_step (bf16)", _verdict(math.isfinite(loss.item()) and list(model.state_dict()) == keys),
-                    f"loss {loss.item():.3f}")]
+    good = math.isfinite(loss.item()) and list(model.state_dict()) == keys
+    return rows + [("compiled train_step (bf16)", _verdict(good), f"loss {loss.item():.3f}")]
 
 
 def check_split_bn(device, quick):
@@ -175,7 +175,8 @@ def check_two_ranks(device, tmp):
     records = [json.loads(line) for line in (out / "r" / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["type"] == "step"]
     good = (stopped["epoch_state"] is not None and resumed.returncode == 0 and steps == list(range(1, 9)))
-    detail = f"stopped at step {stopped['step']} (mid-epoch: {stopped['epoch_state'] is not None}), resumed to {steps[-1]}"
+    detail = (f"stopped at step {stopped['step']} (mid-epoch: {stopped['epoch_state'] is not None}), "
+              f"resumed to step {steps[-1] if steps else None}")
     if resumed.returncode:
         detail += " | " + resumed.stderr[-300:].replace("\n", " | ")
     return [(name, _verdict(good), detail)]

@@ -190,7 +190,8 @@ class MoCo(nn.Module):
         idx_shuffle = du.broadcast_(torch.randperm(x_all.shape[0], device=x.device), src=0)
         idx_unshuffle = torch.argsort(idx_shuffle)
         mine = idx_shuffle.view(world, n)[du.get_rank()]
-        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         return x_all[mine].contiguous(memory_format=fmt), idx_unshuffle
 
     @torch.no_grad()
