@@ -1,5 +1,5 @@
-"""Bookkeeping of a training run: stop signals, one epoch's tallies, the run's log files, and
-actions done by rank 0 that every rank must hear about."""
+"""Bookkeeping of a training run: stop signals, loader workers that die, one epoch's tallies,
+the run's log files, and actions done by rank 0 that every rank must hear about."""
 import itertools
 import json
 import os
@@ -14,7 +14,8 @@ import torch
 from . import distributed as du
 from .files import atomic_write
 
-__all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "EpochTally", "RunLog", "on_rank0"]
+__all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "LoaderDied", "loader_died", "EpochTally", "RunLog",
+           "on_rank0"]
 
 EVENTS = ("bad_images", "scene_fallbacks")  # per-item event counts, summed over workers and ranks
 
@@ -78,6 +79,26 @@ def ignore_stop_signals(worker_id=None):
     the worker mid-batch; ``kill -TERM -- -PGID``, SLURM and ``timeout`` send it to every process."""
     for sig in _signals():
         signal.signal(sig, signal.SIG_IGN)
+
+
+class LoaderDied(RuntimeError):
+    """A DataLoader worker died (killed, out of memory) during an epoch."""
+
+
+def loader_died(error, it, run_dir):
+    """:class:`LoaderDied` naming the dead workers of loader iterator ``it`` if ``error`` (raised
+    in an epoch, by the loader or by torch's SIGCHLD handler) comes from a dead worker, else
+    ``None``. Torch may report only a broken pipe."""
+    if not isinstance(error, (EOFError, ConnectionError)) and "DataLoader worker (pid" not in str(error):
+        return None  # e.g. an unreadable image under --bad-image error
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise again while we look
+    workers, deadline = getattr(it, "_workers", []), time.monotonic() + 2
+    while not (dead := [w for w in workers if w.exitcode is not None]) and workers and time.monotonic() < deadline:
+        time.sleep(0.05)  # a killed worker's pipe closes just before it can be waited for
+    how = ", ".join(f"pid {w.pid} " + (f"killed by {signal.Signals(-w.exitcode).name}" if w.exitcode < 0
+                                        else f"exit code {w.exitcode}") for w in dead)
+    return LoaderDied(f"DataLoader worker died ({how or error}; {type(error).__name__}); nothing was saved since "
+                      f"the last checkpoint in {run_dir}: continue with --resume auto")
 
 
 class EpochTally:

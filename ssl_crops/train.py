@@ -2,20 +2,19 @@
 
 One worker function (``train_worker``) runs in every process that ``ssl_crops.distributed.launch``
 starts. Every sample's augmentation is seeded by (seed, epoch, sample) and every step's torch
-randomness (shuffle-BN, on-device augmentation) by (seed, step), so a resumed run repeats an
-uninterrupted one whatever the number of loader workers. Checkpoints (``ssl_crops.checkpoint``)
-are written at epoch ends, and at the current step when SIGTERM or SIGUSR1 arrives (the run then
-exits 0); ``--resume auto`` continues from the newest readable one, mid-epoch with the same
-sample order. A restart under torchrun resumes by itself.
+randomness (shuffle-BN, on-device augmentation) by (seed, step, rank), so a resumed run repeats
+an uninterrupted one whatever the number of loader workers. Checkpoints (``ssl_crops.checkpoint``)
+are written at epoch ends, and at a step boundary when SIGTERM, SIGUSR1 or SIGINT reaches any
+process of the run (``ssl_crops.run.StopSignal``; every rank then exits 0); ``--resume auto``
+continues from the newest readable one, mid-epoch with the same sample order. A restart under
+torchrun resumes by itself.
 """
 import argparse
 import inspect
-import itertools
 import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 import warnings
@@ -39,7 +38,7 @@ from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
 from .formats import SUBSET_FILES
 from .moco import MoCo, default_bn_splits
-from .run import EpochTally, RunLog, StopSignal, ignore_stop_signals, on_rank0
+from .run import EpochTally, RunLog, StopSignal, ignore_stop_signals, loader_died, on_rank0
 from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
@@ -330,26 +329,6 @@ def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_form
     return loss.detach(), (logits.detach().argmax(1) == 0).float().mean()
 
 
-class LoaderDied(RuntimeError):
-    """A DataLoader worker died (killed, out of memory) during an epoch."""
-
-
-def _loader_died(error, it, run_dir):
-    """:class:`LoaderDied` naming the dead workers of loader iterator ``it`` if ``error`` (raised
-    in an epoch, by the loader or by torch's SIGCHLD handler) comes from a dead worker, else
-    ``None``. Torch may report only a broken pipe."""
-    if not isinstance(error, (EOFError, ConnectionError)) and "DataLoader worker (pid" not in str(error):
-        return None  # e.g. an unreadable image under --bad-image error
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise again while we look
-    workers, deadline = getattr(it, "_workers", []), time.monotonic() + 2
-    while not (dead := [w for w in workers if w.exitcode is not None]) and time.monotonic() < deadline:
-        time.sleep(0.05)  # a killed worker's pipe closes just before it can be waited for
-    how = ", ".join(f"pid {w.pid} " + (f"killed by {signal.Signals(-w.exitcode).name}" if w.exitcode < 0
-                                        else f"exit code {w.exitcode}") for w in dead)
-    return LoaderDied(f"DataLoader worker died ({how or error}; {type(error).__name__}); nothing was saved since "
-                      f"the last checkpoint in {run_dir}: continue with --resume auto")
-
-
 def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, info, log, stop, augment=None):
     """Train until the epoch ends or a stop is requested; returns ``(global step, stopped)``.
 
@@ -506,7 +485,7 @@ def train_worker(info, args):
                 step, stopped = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, tally, args, info, log,
                                                 stop, augment)
             except (RuntimeError, EOFError, ConnectionError) as e:
-                died = _loader_died(e, getattr(loader, "_iterator", None), run_dir)  # persistent workers' iterator
+                died = loader_died(e, getattr(loader, "_iterator", None), run_dir)  # persistent workers' iterator
                 if died is None:
                     raise
                 raise died from e

@@ -112,3 +112,15 @@ def test_worker_init_ignores_the_stop_signals():
             "[os.kill(os.getpid(), s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)]; print('alive')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "alive", out.stderr
+
+
+def test_a_worker_error_is_not_taken_for_a_dead_worker(tmp_path):
+    """An exception raised in a worker (e.g. --bad-image error) passes through unchanged; a dead
+    worker's (torch's message or a broken pipe) becomes LoaderDied naming the run folder."""
+    from ssl_crops.run import LoaderDied, loader_died
+    handler = signal.getsignal(signal.SIGCHLD)  # loader_died resets torch's, as the run then ends
+    assert loader_died(ValueError("Caught CorruptImageError in DataLoader worker process 0."), None, tmp_path) is None
+    died = loader_died(RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly"), None, tmp_path)
+    assert isinstance(died, LoaderDied) and "pid(s) 123" in str(died) and str(tmp_path) in str(died)
+    assert isinstance(loader_died(EOFError(), None, tmp_path), LoaderDied)
+    signal.signal(signal.SIGCHLD, handler)
