@@ -223,16 +223,6 @@ def all_gather_cat(tensor):
 
 
 @torch.no_grad()
-def all_reduce(tensor, op="sum"):
-    """``op`` ("sum" or "max") of ``tensor`` over ranks, a new tensor on its device."""
-    if get_world_size() == 1:
-        return tensor.clone()
-    t = _on_backend(tensor).clone()
-    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
-    return t.to(tensor.device)
-
-
-@torch.no_grad()
 def broadcast_(tensor, src=0):
     """Overwrite ``tensor`` (in place, on every rank) with rank ``src``'s; returns it."""
     if get_world_size() > 1:
@@ -279,7 +269,7 @@ def any_async(flag):
     if device.type != "cuda":
         return AnyPending(t, work)
     work.wait()  # makes the current stream wait for the collective; the host does not wait
-    out = torch.empty_like(host, pin_memory=True)
+    out = torch.empty(1, dtype=host.dtype, pin_memory=True)
     out.copy_(t, non_blocking=True)
     event = torch.cuda.Event()
     event.record()
