@@ -54,7 +54,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
         c = x.shape[1]
         weight = self.weight if self.affine else x.new_ones(c, dtype=torch.float32)
         bias = self.bias if self.affine else x.new_zeros(c, dtype=torch.float32)
-        out, mean, var = _SplitNormChannelsLast.apply(x, weight, bias, s, self.eps)
+        out, (mean, var) = _SplitNormChannelsLast.apply(x, weight, bias, s, self.eps)
         if self.track_running_stats:
             with torch.no_grad():
                 count = x.numel() // (s * c)
@@ -69,7 +69,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
 class _SplitNormChannelsLast(torch.autograd.Function):
     """Training BatchNorm of sub-batches ``i % s`` on a channels-last ``(n, c, h, w)`` batch, on
     views of it (no copy, output in its layout); statistics in fp32 whatever the input dtype.
-    Returns ``(out, mean (s, c), biased var (s, c))``."""
+    Returns ``(out, stats)``: ``stats`` ``(2, s, c)`` the mean and biased variance."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, s, eps):
@@ -79,13 +79,18 @@ class _SplitNormChannelsLast(torch.autograd.Function):
         rstd = torch.rsqrt(var + eps)
         scale = rstd * weight.float().view(1, 1, c, 1, 1)
         shift = bias.float().view(1, 1, c, 1, 1) - mean * scale
-        out = torch.addcmul(shift.to(x.dtype), xs, scale.to(x.dtype))
+
+        def per_sample(t):  # (1, s, c, 1, 1) -> (n, c, 1, 1), sample i taking sub-batch i % s
+            return t.expand(n // s, s, c, 1, 1).reshape(n, c, 1, 1).to(x.dtype)
+        out = torch.addcmul(per_sample(shift), x, per_sample(scale))  # x's layout
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.s = s
-        return out.view(n, c, h, w), mean.view(s, c), var.view(s, c)
+        stats = torch.cat([mean, var]).view(2, s, c)
+        ctx.mark_non_differentiable(stats)
+        return out, stats
 
     @staticmethod
-    def backward(ctx, grad, _mean, _var):
+    def backward(ctx, grad, _stats):
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, h, w = x.shape
         s, dims = ctx.s, (0, 3, 4)

@@ -145,6 +145,22 @@ def test_split_batchnorm_normalizes_each_sub_batch_like_its_own_batchnorm(fmt):
     torch.testing.assert_close(split(x), plain(x))
 
 
+def test_bn_splits_step_in_channels_last_equals_nchw():
+    """A ResNet with split BatchNorm (in-place ReLU after each) trains the same in both layouts."""
+    torch.manual_seed(0)
+    a = MoCo(torchvision.models.resnet18, dim=8, K=16, bn_splits=2)
+    b = copy.deepcopy(a).to(memory_format=torch.channels_last)
+    x, xk = torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64)
+    grads = []
+    for model, fmt in ((a, torch.contiguous_format), (b, torch.channels_last)):
+        torch.manual_seed(1)  # the same key shuffle
+        logits, labels = model(x.contiguous(memory_format=fmt), xk.contiguous(memory_format=fmt))
+        F.cross_entropy(logits, labels).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.encoder_q.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(b.queue, a.queue, rtol=1e-4, atol=1e-5)
+
+
 def test_split_batchnorm_without_affine_in_channels_last():
     x = torch.randn(8, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     split, ref = SplitBatchNorm(3, num_splits=2, affine=False), nn.BatchNorm2d(3, affine=False)
