@@ -284,8 +284,8 @@ def test_two_ranks_stopped_by_sigterm_to_the_process_group_resume_exactly(tmp_pa
     included): both ranks stop at the same step, save once and return; resumed, the run equals
     an uninterrupted one (weights, queue, losses, augmentation of every step), and the
     augmentation differs between the ranks."""
-    data = make_demo(tmp_path / "demo", num_train=24, num_test=4, min_size=48, max_size=72)
-    extra = ("-b", "4", "-j", "2", "--augment-on", "device")  # 6 steps an epoch
+    data = make_demo(tmp_path / "demo", num_train=32, num_test=4, min_size=48, max_size=72)
+    extra = ("-b", "4", "-j", "2", "--augment-on", "device", "--epochs", "1")  # 8 steps
     for run in ("a", "b"):
         (tmp_path / f"aug_{run}").mkdir()
     _torchrun(tmp_path, data, tmp_path / "a", *extra, env={"AUG_LOG": str(tmp_path / "aug_a")})
@@ -307,19 +307,19 @@ def test_two_ranks_stopped_by_sigterm_to_the_process_group_resume_exactly(tmp_pa
     assert sorted(p.name for p in tmp_path.glob("rank*.returned")) == ["rank0.returned", "rank1.returned"], out + err
     assert "stopped after step" in out and "DataLoader worker" not in err, out + err
     stopped = torch.load(tmp_path / "b" / "ddp" / "checkpoint_last.pth", weights_only=True)
-    assert stopped["epoch"] == 0 and 1 < stopped["step"] < 6 and stopped["epoch_state"]["batches"] == stopped["step"]
+    assert stopped["epoch"] == 0 and 1 < stopped["step"] < 8 and stopped["epoch_state"]["batches"] == stopped["step"]
     _torchrun(tmp_path, data, tmp_path / "b", *extra, "--resume", "auto", env={"AUG_LOG": str(tmp_path / "aug_b")})
     a = torch.load(tmp_path / "a" / "ddp" / "checkpoint_last.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "ddp" / "checkpoint_last.pth", weights_only=True)
-    assert a["step"] == b["step"] == 12
+    assert a["step"] == b["step"] == 8
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
     ra, rb = _records(tmp_path / "a" / "ddp"), _records(tmp_path / "b" / "ddp")
-    assert [r["step"] for r in rb if r["type"] == "step"] == list(range(1, 13))
+    assert [r["step"] for r in rb if r["type"] == "step"] == list(range(1, 9))
     for kind in ("step", "epoch"):
         assert [r["loss"] for r in ra if r["type"] == kind] == [r["loss"] for r in rb if r["type"] == kind]
     pa, pb = ([_augment_params(tmp_path / f"aug_{run}", rank) for rank in (0, 1)] for run in ("a", "b"))
-    assert pa == pb and sorted(pa[0]) == list(range(12))  # the same parameters after the resume
+    assert pa == pb and sorted(pa[0]) == list(range(8))  # the same parameters after the resume
     assert all(pa[0][step] != pa[1][step] for step in pa[0])  # and different ones per rank
 
 
