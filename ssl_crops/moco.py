@@ -16,8 +16,9 @@ from . import distributed as du
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d that, in training, normalizes ``num_splits`` sub-batches separately (sample
     ``i`` belongs to sub-batch ``i % num_splits``); the running statistics are the mean over the
-    sub-batches and evaluation is plain BatchNorm. Parameters and buffers are those of
-    ``BatchNorm2d``, so state dicts are interchangeable with it."""
+    sub-batches and evaluation is plain BatchNorm. The output keeps the input's memory format
+    (a channels-last batch is normalized in its own layout, without copies). Parameters and
+    buffers are those of ``BatchNorm2d``, so state dicts are interchangeable with it."""
 
     def __init__(self, num_features, num_splits=1, **kwargs):
         super().__init__(num_features, **kwargs)
@@ -85,7 +86,7 @@ class _SplitNormChannelsLast(torch.autograd.Function):
         out = torch.addcmul(per_sample(shift), x, per_sample(scale))  # x's layout
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.s = s
-        stats = torch.cat([mean, var]).view(2, s, c)
+        stats = torch.cat([mean.view(1, s, c), var.view(1, s, c)])  # a new tensor, not a view
         ctx.mark_non_differentiable(stats)
         return out, stats
 
