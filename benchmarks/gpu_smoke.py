@@ -5,8 +5,9 @@
 
 Parts (each a row of the table it prints; exit 1 if any row fails):
 1. ``BatchAugment`` on CUDA equals the CPU for the same generator, fp32 out, 0 host-device syncs;
-2. one ``train_step`` each under fp32, bf16 and fp16 (device augmentation, fused SGD): finite
-   loss, fp32 unit-norm queue, pointer advanced, fp16 scaler set, 0 syncs;
+2. one ``train_step`` each under fp32, bf16 and fp16 (device augmentation, fused SGD, the
+   default ``bn_splits``): finite loss, fp32 unit-norm queue, pointer advanced, fp16 scaler set,
+   0 syncs;
 3. ``compile`` keeps the state-dict keys (and a compiled step runs, on CUDA);
 4. ``SplitBatchNorm`` keeps channels_last with per-split values; ResNet-50 step time with
    ``bn_splits`` 1 vs 8 under channels_last;
@@ -36,7 +37,7 @@ import torchvision
 from moco_throughput import count_syncs, images_per_second
 from ssl_crops.distributed import CUDA_COLLECTIVES_ENV
 from ssl_crops.demo import make_demo
-from ssl_crops.moco import MoCo, SplitBatchNorm
+from ssl_crops.moco import MoCo, SplitBatchNorm, default_bn_splits
 from ssl_crops.train import AMP_DTYPES, train_step
 from ssl_crops.transforms import BatchAugment
 
@@ -75,12 +76,13 @@ def _moco(arch, batch, device, fmt, bn_splits=1):
 
 
 def check_steps(device, arch, size, batch):
-    rows, fmt = [], torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model, opt = _moco(arch, batch, device, fmt)
+    rows, fmt = [], torch.channels_last  # main_moco.py's CUDA defaults, the same code paths on the CPU
+    splits = default_bn_splits(batch, 1) if device.type == "cuda" else 2
+    model, opt = _moco(arch, batch, device, fmt, splits)
     aug = BatchAugment().to(device)
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).to(device)
     for amp in ("off", "bf16", "fp16"):
-        name = f"train_step {amp if amp != 'off' else 'fp32'} ({arch}, {size} px)"
+        name = f"train_step {amp if amp != 'off' else 'fp32'} ({arch}, {size} px, bn_splits {splits})"
         try:
             scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
@@ -153,7 +155,7 @@ def check_two_ranks(device, tmp):
            "--signals-to-handle", "SIGTERM,SIGINT,SIGUSR1", str(REPO / "main_moco.py"), str(data / "images"),
            "-a", "resnet18", "--epochs", "1", "-b", "8", "--moco-k", "16", "--image-size", "32", "-j", "2",
            "--seed", "0", "--log-freq", "1", "--dist-backend", "gloo", "--augment-on", "device",
-           "--output-dir", str(out), "--save_name", "r", *(["--amp", "bf16", "--channels-last"] if cuda else [])]
+           "--output-dir", str(out), "--save_name", "r", "--amp", "bf16", "--channels-last"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", CUDA_COLLECTIVES_ENV: "1" if cuda else "0",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     name = "2 gloo ranks" + (", CUDA tensors only" if cuda else " on the CPU") + ": SIGUSR1 to the group, resume"
