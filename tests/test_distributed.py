@@ -245,7 +245,7 @@ FAULTY_WORKER = textwrap.dedent("""
 """)
 
 
-def _ARGS(data, out):
+def _train_args(data, out):
     return [str(data / "images"), "-a", "resnet18", "--epochs", "2", "-b", "8", "--moco-k", "16", "--image-size", "32",
             "-j", "0", "--mlp", "--aug-plus", "--cos", "--bing_crops", "--sampling", "image", "--seed", "0",
             "--output-dir", str(out), "--save_name", "ddp", "--log-freq", "1", "--dist-timeout", "2"]
@@ -255,7 +255,7 @@ def _torchrun(tmp_path, data, out, *extra, env=None, restarts=0):
     script = tmp_path / "faulty_worker.py"
     script.write_text(FAULTY_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", str(restarts),
-           "--master_port", str(_free_port()), str(script), *_ARGS(data, out), *extra]
+           "--master_port", str(_free_port()), str(script), *_train_args(data, out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -291,7 +291,7 @@ def test_two_ranks_stopped_by_sigterm_to_the_process_group_resume_exactly(tmp_pa
     _torchrun(tmp_path, data, tmp_path / "a", *extra, env={"AUG_LOG": str(tmp_path / "aug_a")})
     script = tmp_path / "faulty_worker.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(script), *_ARGS(data, tmp_path / "b"), *extra]
+           str(script), *_train_args(data, tmp_path / "b"), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "AUG_LOG": str(tmp_path / "aug_b"),
            "EXIT_DIR": str(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
