@@ -259,6 +259,16 @@ def test_event_counts_from_loader_workers_add_up(bad_images):
     assert sorted(line.split("\t")[0] for line in skipped.splitlines()) == sorted(bad_images.unreadable)
 
 
+@pytest.mark.slow
+def test_mid_epoch_resume_with_another_batch_size_is_refused(demo, tmp_path, clean_env, monkeypatch):
+    torch.set_num_threads(1)
+    with monkeypatch.context() as m:
+        _signal_at(m, 1)
+        _run(demo, tmp_path, "--epochs", "1")  # stops after step 1 of 4
+    with pytest.raises(ValueError, match="stopped mid-epoch with --batch-size 32; resume it with that batch size"):
+        _run(demo, tmp_path, "--epochs", "1", "-b", "16", "--resume", "auto")
+
+
 def _children(pid):
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 
