@@ -8,7 +8,8 @@ Parts (each a row of the table it prints; exit 1 if any row fails):
 2. one ``train_step`` each under fp32, bf16 and fp16 (device augmentation, fused SGD, the
    default ``bn_splits``): finite loss, fp32 unit-norm queue, pointer advanced, fp16 scaler set,
    0 syncs;
-3. ``compile`` keeps the state-dict keys (and a compiled step runs, on CUDA);
+3. ``compile`` keeps the state-dict keys (and a compiled step with split BatchNorm in
+   channels_last runs, on CUDA);
 4. ``SplitBatchNorm`` keeps channels_last with per-split values; ResNet-50 step time with
    ``bn_splits`` 1 vs 8 under channels_last;
 5. two ranks on one GPU over gloo, every collective asserting CUDA tensors (NCCL's rule,
@@ -106,7 +107,7 @@ def check_steps(device, arch, size, batch):
 
 
 def check_compile(device, size, batch):
-    model, opt = _moco("resnet18", batch, device, torch.contiguous_format)
+    model, opt = _moco("resnet18", batch, device, torch.channels_last, bn_splits=2)  # split BatchNorm compiled too
     keys = list(model.state_dict())
     model.encoder_q.compile()
     model.encoder_k.compile()
@@ -114,7 +115,8 @@ def check_compile(device, size, batch):
     if device.type != "cuda":
         return rows + [("compiled train_step", SKIP, "")]
     x = torch.randn(batch, 3, size, size, device=device)
-    loss, _ = train_step(model, x, x, opt, torch.amp.GradScaler("cuda", enabled=False), torch.bfloat16)
+    loss, _ = train_step(model, x, x.flip(-1), opt, torch.amp.GradScaler("cuda", enabled=False), torch.bfloat16,
+                         torch.channels_last)
     good = math.isfinite(loss.item()) and list(model.state_dict()) == keys
     return rows + [("compiled train_step (bf16)", _verdict(good), f"loss {loss.item():.3f}")]
 
