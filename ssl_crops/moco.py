@@ -67,26 +67,40 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
 
+def _split_sums(t, s):
+    """Sums of a channels-last ``(n, c, h, w)`` tensor per sub-batch ``i % s`` and channel, fp32
+    ``(s, c)``: a column sum over ``n / s`` rows of its memory, then over the pixels (two
+    contiguous reductions, several times faster than one over the strided dimensions)."""
+    n, c, h, w = t.shape
+    rows = t.permute(0, 2, 3, 1).reshape(n // s, s * h * w * c)  # a view of channels-last memory
+    return rows.sum(0, dtype=torch.float32).view(s, h * w, c).sum(1)
+
+
+def _per_sample(t, n):
+    """``(s, c)`` -> ``(n, c, 1, 1)``: sample ``i`` takes the row of its sub-batch ``i % s``."""
+    return t.expand(n // t.shape[0], *t.shape).reshape(n, t.shape[1], 1, 1)
+
+
 class _SplitNormChannelsLast(torch.autograd.Function):
-    """Training BatchNorm of sub-batches ``i % s`` on a channels-last ``(n, c, h, w)`` batch, on
-    views of it (no copy, output in its layout); statistics in fp32 whatever the input dtype.
-    Returns ``(out, stats)``: ``stats`` ``(2, s, c)`` the mean and biased variance."""
+    """Training BatchNorm of sub-batches ``i % s`` on a channels-last ``(n, c, h, w)`` batch in
+    its layout (no layout copies, output channels-last); statistics in fp32 whatever the input
+    dtype. Returns ``(out, stats)``: ``stats`` ``(2, s, c)`` the mean and biased variance."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, s, eps):
         n, c, h, w = x.shape
-        xs = x.view(n // s, s, c, h, w)  # a view in either layout
-        var, mean = torch.var_mean(xs.float(), dim=(0, 3, 4), correction=0, keepdim=True)  # (1, s, c, 1, 1)
+        count = n // s * h * w
+        mean = _split_sums(x, s) / count
+        dev = x.float() - _per_sample(mean, n)  # two passes: no cancellation in the variance
+        var = _split_sums(dev.square_(), s) / count
+        del dev
         rstd = torch.rsqrt(var + eps)
-        scale = rstd * weight.float().view(1, 1, c, 1, 1)
-        shift = bias.float().view(1, 1, c, 1, 1) - mean * scale
-
-        def per_sample(t):  # (1, s, c, 1, 1) -> (n, c, 1, 1), sample i taking sub-batch i % s
-            return t.expand(n // s, s, c, 1, 1).reshape(n, c, 1, 1).to(x.dtype)
-        out = torch.addcmul(per_sample(shift), x, per_sample(scale))  # x's layout
+        scale = rstd * weight.float()
+        shift = bias.float() - mean * scale
+        out = torch.addcmul(_per_sample(shift, n).to(x.dtype), x, _per_sample(scale, n).to(x.dtype))  # x's layout
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.s = s
-        stats = torch.cat([mean.view(1, s, c), var.view(1, s, c)])  # a new tensor, not a view
+        stats = torch.stack([mean, var])
         ctx.mark_non_differentiable(stats)
         return out, stats
 
@@ -94,18 +108,16 @@ class _SplitNormChannelsLast(torch.autograd.Function):
     def backward(ctx, grad, _stats):
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, h, w = x.shape
-        s, dims = ctx.s, (0, 3, 4)
-        xs, g = x.view(n // s, s, c, h, w), grad.reshape(n // s, s, c, h, w)
-        count = n // s * h * w
-        sum_g = g.sum(dims, keepdim=True, dtype=torch.float32)
-        sum_gx = (g * xs).sum(dims, keepdim=True, dtype=torch.float32)
-        sum_gxhat = (sum_gx - mean * sum_g) * rstd  # sum of g * (x - mean) * rstd
-        a = rstd * weight.float().view(1, 1, c, 1, 1)
+        s, count = ctx.s, x.numel() // (ctx.s * x.shape[1])
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        sum_g, sum_gx = _split_sums(grad, s), _split_sums(grad * x, s)
+        sum_gxhat = (sum_gx - mean * sum_g) * rstd  # sum of grad * (x - mean) * rstd
+        a = rstd * weight.float()
         b = -a * rstd * sum_gxhat / count
         d = -a * sum_g / count - b * mean
-        gx = torch.addcmul(torch.addcmul(d.to(x.dtype), xs, b.to(x.dtype)), g, a.to(x.dtype))
-        gw = sum_gxhat.sum((0, 1)).view(c).to(weight.dtype)
-        return gx.view(n, c, h, w), gw, sum_g.sum((0, 1)).view(c).to(weight.dtype), None, None
+        gx = torch.addcmul(torch.addcmul(_per_sample(d, n).to(x.dtype), x, _per_sample(b, n).to(x.dtype)),
+                           grad, _per_sample(a, n).to(x.dtype))
+        return gx, sum_gxhat.sum(0).to(weight.dtype), sum_g.sum(0).to(weight.dtype), None, None
 
 
 def split_batch_norm(module, num_splits):
