@@ -54,17 +54,19 @@ def restore_rng(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def step_seed(seed, step):
-    """The seed of training step ``step`` (see :func:`seed_step`)."""
-    return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def step_seed(seed, step, rank=0):
+    """The seed of training step ``step`` on rank ``rank`` (see :func:`seed_step`); rank 0's is
+    that of a single process (and of runs saved before seeds had a rank)."""
+    key = [int(seed), int(step)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def seed_step(seed, step):
-    """Reseed torch's CPU and CUDA generators from ``(seed, step)`` before a training step, so
-    shuffle-BN and on-device augmentation depend on nothing else (not on resuming, nor on what
-    drew from the generators before). ``torch.manual_seed`` without its lazy-CUDA bookkeeping
-    (about 1 ms a call on a CPU machine)."""
-    s = step_seed(seed, step)
+def seed_step(seed, step, rank=0):
+    """Reseed torch's CPU and CUDA generators from ``(seed, step, rank)`` before a training step,
+    so shuffle-BN and on-device augmentation depend on nothing else (not on resuming, nor on what
+    drew from the generators before) and differ between ranks. ``torch.manual_seed`` without its
+    lazy-CUDA bookkeeping (about 1 ms a call on a CPU machine); no host-device sync."""
+    s = step_seed(seed, step, rank)
     torch.default_generator.manual_seed(s)
     if torch.cuda.is_initialized():
         torch.cuda.manual_seed_all(s)

@@ -19,6 +19,7 @@ its process group on a ``PrefixStore`` named after ``TORCHELASTIC_RESTART_COUNT`
 attempt, whatever the agent's setting.
 """
 import os
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, lo
 
     Explicit ``rank`` and ``world_size`` (legacy flags, ``mp.spawn`` workers) win over the
     environment; then torchrun's variables, then SLURM's; otherwise a single process without a
-    process group. ``local_rank`` picks the GPU (``cuda:local_rank``). ``timeout`` (seconds,
+    process group. ``local_rank`` picks the GPU (``cuda:local_rank % device_count``). ``timeout`` (seconds,
     default torch's) bounds collectives and the rendezvous.
     """
     env = os.environ
@@ -83,8 +84,8 @@ def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, lo
         rank, world_size = 0, 1
     local_rank = local_rank or 0
     cuda = torch.cuda.is_available()
-    if cuda:
-        device = torch.device("cuda", local_rank)
+    if cuda:  # modulo: under `srun --gpus-per-task=1` each task sees one GPU, whatever SLURM_LOCALID
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -154,8 +155,8 @@ def launch(worker_fn, args):
         mp.spawn(_spawn_worker, nprocs=nprocs, args=(worker_fn, args, node_rank, nprocs, nodes * nprocs))
         return None
     if nodes > 1:
-        info = init_distributed(backend, args.dist_url, rank=node_rank, world_size=nodes,
-                                local_rank=getattr(args, "gpu", None), timeout=_timeout(args))
+        info = init_distributed(backend, args.dist_url, rank=node_rank, world_size=nodes,  # one process a node
+                                local_rank=getattr(args, "gpu", None), local_world_size=1, timeout=_timeout(args))
     else:
         info = init_distributed(backend, local_rank=getattr(args, "gpu", None))
     return _run(worker_fn, info, args)
@@ -173,6 +174,36 @@ def is_main_process():
     return get_rank() == 0
 
 
+# --------------------------------------------------------------------------- collectives
+# The only module that calls torch.distributed collectives (tests/test_distributed.py checks it).
+# Each function moves its tensors to the backend's device (CUDA for NCCL, which takes nothing
+# else; the CPU for gloo) and returns results on the caller's device. With
+# SSL_CROPS_CUDA_COLLECTIVES=1, gloo collectives run on CUDA tensors too and every collective
+# asserts it hands torch.distributed CUDA tensors only: NCCL's rule, checkable with two ranks on
+# one GPU (benchmarks/gpu_smoke.py).
+CUDA_COLLECTIVES_ENV = "SSL_CROPS_CUDA_COLLECTIVES"
+
+
+def _cuda_collectives():
+    return os.environ.get(CUDA_COLLECTIVES_ENV, "") not in ("", "0")
+
+
+def backend_device():
+    """The device whose tensors the process group's collectives take."""
+    if dist.get_backend() == "nccl" or _cuda_collectives():
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{CUDA_COLLECTIVES_ENV}=1 or NCCL without CUDA")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _on_backend(tensor):
+    t = tensor.to(backend_device(), non_blocking=True)
+    if _cuda_collectives() and not t.is_cuda:
+        raise AssertionError(f"collective on a {t.device} tensor: NCCL takes CUDA tensors only")
+    return t
+
+
 def barrier():
     if get_world_size() > 1:
         dist.barrier()
@@ -180,23 +211,96 @@ def barrier():
 
 @torch.no_grad()
 def all_gather_cat(tensor):
-    """Concatenate ``tensor`` (same shape on every rank) over ranks along dim 0; no gradient."""
+    """Concatenate ``tensor`` (same shape on every rank) over ranks along dim 0, on its device;
+    no gradient. One ``all_gather_into_tensor``, no list of copies to concatenate."""
     world = get_world_size()
     if world == 1:
         return tensor
-    tensor = tensor.contiguous()
-    out = [torch.empty_like(tensor) for _ in range(world)]
-    dist.all_gather(out, tensor)
-    return torch.cat(out)
+    t = _on_backend(tensor.contiguous())
+    out = t.new_empty((world * t.shape[0], *t.shape[1:]))
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, t)  # newer torch renames it
+    return out.to(tensor.device)
+
+
+@torch.no_grad()
+def broadcast_(tensor, src=0):
+    """Overwrite ``tensor`` (in place, on every rank) with rank ``src``'s; returns it."""
+    if get_world_size() > 1:
+        t = _on_backend(tensor)
+        if t is tensor and not tensor.is_contiguous():
+            t = tensor.contiguous()
+        dist.broadcast(t, src)
+        if t is not tensor:
+            tensor.copy_(t)
+    return tensor
+
+
+def broadcast_buffers(module, src=0):
+    """Rank ``src``'s buffers (BatchNorm statistics, the queue) on every rank."""
+    for buf in module.buffers():
+        broadcast_(buf, src)
+
+
+class AnyPending:
+    """The result of :func:`any_async`: ``result()`` waits for it (by then usually long done)."""
+
+    def __init__(self, value, work=None, event=None):
+        self.value, self.work, self.event = value, work, event
+
+    def result(self):
+        if self.work is not None:
+            self.work.wait()
+        if self.event is not None:
+            self.event.synchronize()
+        return bool(self.value.item()) if isinstance(self.value, torch.Tensor) else self.value
+
+
+def any_async(flag):
+    """Start agreeing on ``any(flag over ranks)`` without waiting; returns an :class:`AnyPending`.
+
+    On CUDA the flag goes up from pinned memory and comes back into pinned memory behind an
+    event, so neither the start nor a ``result()`` a step or two later stalls the GPU."""
+    if get_world_size() == 1:
+        return AnyPending(bool(flag))
+    device = backend_device()
+    host = torch.tensor([int(bool(flag))], dtype=torch.int32, pin_memory=device.type == "cuda")
+    t = _on_backend(host)
+    work = dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True)
+    if device.type != "cuda":
+        return AnyPending(t, work)
+    work.wait()  # makes the current stream wait for the collective; the host does not wait
+    out = torch.empty(1, dtype=host.dtype, pin_memory=True)
+    out.copy_(t, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return AnyPending(out, event=event)
+
+
+def _to_bytes(obj):
+    return torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
 
 
 def all_gather_objects(obj):
-    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects)."""
-    if get_world_size() == 1:
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects), through backend tensors."""
+    world = get_world_size()
+    if world == 1:
         return [obj]
-    out = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    data = _to_bytes(obj)
+    sizes = all_gather_cat(torch.tensor([len(data)])).tolist()
+    padded = torch.zeros(max(sizes), dtype=torch.uint8)
+    padded[:len(data)] = data
+    gathered = all_gather_cat(padded.view(1, -1))
+    return [pickle.loads(gathered[r, :n].numpy().tobytes()) for r, n in enumerate(sizes)]
+
+
+def broadcast_object(obj, src=0):
+    """Rank ``src``'s ``obj`` (picklable) on every rank."""
+    if get_world_size() == 1:
+        return obj
+    data = _to_bytes(obj) if get_rank() == src else torch.zeros(0, dtype=torch.uint8)
+    size = broadcast_(torch.tensor([len(data)]), src)
+    buf = data if get_rank() == src else torch.zeros(int(size), dtype=torch.uint8)
+    return pickle.loads(broadcast_(buf, src).numpy().tobytes())
 
 
 def cleanup():

@@ -7,22 +7,18 @@ in MoCo's single-GPU demo (``bn_splits``); checks the queue size; computes the l
 under autocast.
 """
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import all_gather_cat
-
-
-def _world_size():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from . import distributed as du
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d that, in training, normalizes ``num_splits`` sub-batches separately (sample
     ``i`` belongs to sub-batch ``i % num_splits``); the running statistics are the mean over the
-    sub-batches and evaluation is plain BatchNorm. Parameters and buffers are those of
-    ``BatchNorm2d``, so state dicts are interchangeable with it."""
+    sub-batches and evaluation is plain BatchNorm. The output keeps the input's memory format
+    (a channels-last batch is normalized in its own layout, without copies). Parameters and
+    buffers are those of ``BatchNorm2d``, so state dicts are interchangeable with it."""
 
     def __init__(self, num_features, num_splits=1, **kwargs):
         super().__init__(num_features, **kwargs)
@@ -40,6 +36,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as in BatchNorm2d
                 factor = 1.0 / float(self.num_batches_tracked)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return self._forward_channels_last(x, s, factor)
         mean = self.running_mean.repeat(s) if self.track_running_stats else None
         var = self.running_var.repeat(s) if self.track_running_stats else None
         weight = self.weight.repeat(s) if self.affine else None
@@ -51,8 +49,75 @@ class SplitBatchNorm(nn.BatchNorm2d):
                 self.running_var.copy_(var.view(s, c).mean(0))
         return out.reshape(n, c, h, w)
 
+    def _forward_channels_last(self, x, s, factor):
+        """The same on a channels-last batch, in its layout: the (n/s, c*s, h, w) view of the
+        NCHW path would be a copy there, and its result NCHW (a layout change per BatchNorm)."""
+        c = x.shape[1]
+        weight = self.weight if self.affine else x.new_ones(c, dtype=torch.float32)
+        bias = self.bias if self.affine else x.new_zeros(c, dtype=torch.float32)
+        out, (mean, var) = _SplitNormChannelsLast.apply(x, weight, bias, s, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                count = x.numel() // (s * c)
+                self.running_mean.lerp_(mean.mean(0).to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var * (count / max(count - 1, 1))).mean(0).to(self.running_var.dtype), factor)
+        return out
+
     def extra_repr(self):
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+def _split_sums(t, s):
+    """Sums of a channels-last ``(n, c, h, w)`` tensor per sub-batch ``i % s`` and channel, fp32
+    ``(s, c)``: a column sum over ``n / s`` rows of its memory, then over the pixels (two
+    contiguous reductions, several times faster than one over the strided dimensions)."""
+    n, c, h, w = t.shape
+    rows = t.permute(0, 2, 3, 1).reshape(n // s, s * h * w * c)  # a view of channels-last memory
+    return rows.sum(0, dtype=torch.float32).view(s, h * w, c).sum(1)
+
+
+def _per_sample(t, n):
+    """``(s, c)`` -> ``(n, c, 1, 1)``: sample ``i`` takes the row of its sub-batch ``i % s``."""
+    return t.expand(n // t.shape[0], *t.shape).reshape(n, t.shape[1], 1, 1)
+
+
+class _SplitNormChannelsLast(torch.autograd.Function):
+    """Training BatchNorm of sub-batches ``i % s`` on a channels-last ``(n, c, h, w)`` batch in
+    its layout (no layout copies, output channels-last); statistics in fp32 whatever the input
+    dtype. Returns ``(out, stats)``: ``stats`` ``(2, s, c)`` the mean and biased variance."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, s, eps):
+        n, c, h, w = x.shape
+        count = n // s * h * w
+        mean = _split_sums(x, s) / count
+        dev = x.float() - _per_sample(mean, n)  # two passes: no cancellation in the variance
+        var = _split_sums(dev.square_(), s) / count
+        del dev
+        rstd = torch.rsqrt(var + eps)
+        scale = rstd * weight.float()
+        shift = bias.float() - mean * scale
+        out = torch.addcmul(_per_sample(shift, n).to(x.dtype), x, _per_sample(scale, n).to(x.dtype))  # x's layout
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.s = s
+        stats = torch.stack([mean, var])
+        ctx.mark_non_differentiable(stats)
+        return out, stats
+
+    @staticmethod
+    def backward(ctx, grad, _stats):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        s, count = ctx.s, x.numel() // (ctx.s * x.shape[1])
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        sum_g, sum_gx = _split_sums(grad, s), _split_sums(grad * x, s)
+        sum_gxhat = (sum_gx - mean * sum_g) * rstd  # sum of grad * (x - mean) * rstd
+        a = rstd * weight.float()
+        b = -a * rstd * sum_gxhat / count
+        d = -a * sum_g / count - b * mean
+        gx = torch.addcmul(torch.addcmul(_per_sample(d, n).to(x.dtype), x, _per_sample(b, n).to(x.dtype)),
+                           grad, _per_sample(a, n).to(x.dtype))
+        return gx, sum_gxhat.sum(0).to(weight.dtype), sum_g.sum(0).to(weight.dtype), None, None
 
 
 def split_batch_norm(module, num_splits):
@@ -123,44 +188,48 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys):
-        keys = all_gather_cat(keys)
+        keys = du.all_gather_cat(keys)
         n = keys.shape[0]
         if self.K % n:
             raise ValueError(f"queue size K={self.K} is not divisible by the global batch size {n}")
-        ptr = int(self.queue_ptr)
-        self.queue[:, ptr:ptr + n] = keys.T.to(self.queue.dtype)
-        self.queue_ptr[0] = (ptr + n) % self.K
+        # the pointer stays on the device: no host sync (it advances by n, a divisor of K)
+        cols = self.queue_ptr + torch.arange(n, device=self.queue_ptr.device)
+        self.queue.index_copy_(1, cols, keys.T.to(self.queue.dtype))
+        self.queue_ptr.add_(n).remainder_(self.K)
 
     @torch.no_grad()
     def _batch_shuffle_ddp(self, x):
-        """Shuffle the global batch across ranks; returns this rank's part and the inverse."""
-        x_all = all_gather_cat(x)
+        """Shuffle the global batch across ranks; returns this rank's part and the inverse.
+        Under autocast the images travel in its dtype: the first convolution casts them anyway."""
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        x_all = du.all_gather_cat(x)
         n, world = x.shape[0], x_all.shape[0] // x.shape[0]
-        idx_shuffle = torch.randperm(x_all.shape[0], device=x.device)
-        dist.broadcast(idx_shuffle, src=0)
+        idx_shuffle = du.broadcast_(torch.randperm(x_all.shape[0], device=x.device), src=0)
         idx_unshuffle = torch.argsort(idx_shuffle)
-        mine = idx_shuffle.view(world, n)[dist.get_rank()]
-        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        mine = idx_shuffle.view(world, n)[du.get_rank()]
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         return x_all[mine].contiguous(memory_format=fmt), idx_unshuffle
 
     @torch.no_grad()
     def _key_features(self, im_k):
         """Normalized keys, computed on a shuffled batch (across ranks, or across the BatchNorm
         sub-batches of one process) and returned in the original order."""
-        if _world_size() > 1:
+        if du.get_world_size() > 1:
             im_k, idx_unshuffle = self._batch_shuffle_ddp(im_k)
-            return self._batch_unshuffle_ddp(F.normalize(self.encoder_k(im_k), dim=1), idx_unshuffle)
+            return self._batch_unshuffle_ddp(F.normalize(self.encoder_k(im_k).float(), dim=1), idx_unshuffle)
         if self.bn_splits > 1:  # torch's default generator: seeded runs stay reproducible
             idx_shuffle = torch.randperm(im_k.shape[0], device=im_k.device)
-            k = F.normalize(self.encoder_k(im_k[idx_shuffle]), dim=1)
+            k = F.normalize(self.encoder_k(im_k[idx_shuffle]).float(), dim=1)
             return k[torch.argsort(idx_shuffle)]
-        return F.normalize(self.encoder_k(im_k), dim=1)
+        return F.normalize(self.encoder_k(im_k).float(), dim=1)
 
     @torch.no_grad()
     def _batch_unshuffle_ddp(self, x, idx_unshuffle):
-        x_all = all_gather_cat(x)
+        x_all = du.all_gather_cat(x)
         n, world = x.shape[0], x_all.shape[0] // x.shape[0]
-        return x_all[idx_unshuffle.view(world, n)[dist.get_rank()]]
+        return x_all[idx_unshuffle.view(world, n)[du.get_rank()]]
 
     def forward(self, im_q, im_k):
         """Returns ``(logits, labels)``: logits ``(N, 1 + K)`` (positive first), labels zeros.
@@ -170,7 +239,7 @@ class MoCo(nn.Module):
         sub-batch does. Otherwise the BatchNorm statistics of the query and its key come from
         the same images, the leak that shuffle-BN closes.
         """
-        q = F.normalize(self.encoder_q(im_q), dim=1)
+        q = F.normalize(self.encoder_q(im_q).float(), dim=1)  # fp32 under autocast: unit-norm queue keys
         with torch.no_grad():
             self._momentum_update_key_encoder()
             k = self._key_features(im_k)

@@ -1,5 +1,5 @@
-"""Bookkeeping of a training run: stop signals, one epoch's tallies, the run's log files, and
-actions done by rank 0 that every rank must hear about."""
+"""Bookkeeping of a training run: stop signals, loader workers that die, one epoch's tallies,
+the run's log files, and actions done by rank 0 that every rank must hear about."""
 import itertools
 import json
 import os
@@ -14,25 +14,36 @@ import torch
 from . import distributed as du
 from .files import atomic_write
 
-__all__ = ["EVENTS", "StopSignal", "EpochTally", "RunLog", "on_rank0"]
+__all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "LoaderDied", "loader_died", "EpochTally", "RunLog",
+           "on_rank0"]
 
 EVENTS = ("bad_images", "scene_fallbacks")  # per-item event counts, summed over workers and ranks
 
 
+STOP_LAG = 2  # steps from a signal's arrival to the agreed stop when distributed (see StopSignal)
+
+
 class StopSignal:
-    """SIGTERM and SIGUSR1 (SLURM's notice before preemption or the time limit) ask the run to
-    stop after the current step. ``requested()`` is agreed by all ranks (a one-number
-    collective per step when distributed). Handlers are installed in the main thread only and
-    restored on exit."""
+    """SIGTERM, SIGUSR1 (SLURM's notice before preemption or the time limit) and SIGINT (Ctrl-C;
+    a second one interrupts at once) ask the run to stop at a step boundary.
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    ``requested()`` is called once a step on every rank and turns true at the same step on all.
+    In one process that is the step the signal arrived in. With several, each step starts an
+    asynchronous agreement on the flag and reads the one started ``STOP_LAG`` steps earlier
+    (long done by then): no host-device sync per step, and the run stops ``STOP_LAG`` steps
+    after the signal reached a rank (a signal to the whole job reaches all at once).
+    ``settle()`` (at an epoch end) agrees on everything still pending. Handlers are installed in
+    the main thread only and restored on exit; DataLoader workers ignore these signals
+    (:func:`ignore_stop_signals`), so a signal to the whole process group does not kill them."""
 
-    def __init__(self):
-        self.received, self._previous = None, {}
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self, lag=STOP_LAG):
+        self.received, self.lag, self._previous, self._pending = None, lag, {}, []
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (getattr(signal, name) for name in self.SIGNALS if hasattr(signal, name)):
+            for sig in _signals():
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -41,13 +52,53 @@ class StopSignal:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: no waiting for the step
         self.received = signal.Signals(signum).name
 
-    def requested(self, device):
+    def requested(self):
         if du.get_world_size() == 1:
             return self.received is not None
-        flag = torch.tensor([float(self.received is not None)], device=device)
-        return bool(du.all_gather_cat(flag).max().item())
+        self._pending.append(du.any_async(self.received is not None))
+        return len(self._pending) > self.lag and self._pending.pop(0).result()
+
+    def settle(self):
+        """Whether any rank has received a signal by now (a collective; clears the pending ones)."""
+        pending, self._pending = self._pending, []
+        now = du.any_async(self.received is not None)
+        return any([p.result() for p in pending]) | now.result()
+
+
+def _signals():
+    return [getattr(signal, name) for name in StopSignal.SIGNALS if hasattr(signal, name)]
+
+
+def ignore_stop_signals(worker_id=None):
+    """``worker_init_fn`` of DataLoaders: the worker ignores the stop signals (the main process
+    handles them). Torch's own worker handler would let SIGTERM from anyone but the parent kill
+    the worker mid-batch; ``kill -TERM -- -PGID``, SLURM and ``timeout`` send it to every process."""
+    for sig in _signals():
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class LoaderDied(RuntimeError):
+    """A DataLoader worker died (killed, out of memory) during an epoch."""
+
+
+def loader_died(error, it, run_dir):
+    """:class:`LoaderDied` naming the dead workers of loader iterator ``it`` if ``error`` (raised
+    in an epoch, by the loader or by torch's SIGCHLD handler) comes from a dead worker, else
+    ``None``. Torch may report only a broken pipe."""
+    if not isinstance(error, (EOFError, ConnectionError)) and "DataLoader worker (pid" not in str(error):
+        return None  # e.g. an unreadable image under --bad-image error
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise again while we look
+    workers, deadline = getattr(it, "_workers", []), time.monotonic() + 2
+    while not (dead := [w for w in workers if w.exitcode is not None]) and workers and time.monotonic() < deadline:
+        time.sleep(0.05)  # a killed worker's pipe closes just before it can be waited for
+    how = ", ".join(f"pid {w.pid} " + (f"killed by {signal.Signals(-w.exitcode).name}" if w.exitcode < 0
+                                        else f"exit code {w.exitcode}") for w in dead)
+    return LoaderDied(f"DataLoader worker died ({how or error}; {type(error).__name__}); nothing was saved since "
+                      f"the last checkpoint in {run_dir}: continue with --resume auto")
 
 
 class EpochTally:

@@ -2,16 +2,16 @@
 
 One worker function (``train_worker``) runs in every process that ``ssl_crops.distributed.launch``
 starts. Every sample's augmentation is seeded by (seed, epoch, sample) and every step's torch
-randomness (shuffle-BN, on-device augmentation) by (seed, step), so a resumed run repeats an
-uninterrupted one whatever the number of loader workers. Checkpoints (``ssl_crops.checkpoint``)
-are written at epoch ends, and at the current step when SIGTERM or SIGUSR1 arrives (the run then
-exits 0); ``--resume auto`` continues from the newest readable one, mid-epoch with the same
-sample order. A restart under torchrun resumes by itself.
+randomness (shuffle-BN, on-device augmentation) by (seed, step, rank), so a resumed run repeats
+an uninterrupted one whatever the number of loader workers. Checkpoints (``ssl_crops.checkpoint``)
+are written at epoch ends, and at a step boundary when SIGTERM, SIGUSR1 or SIGINT reaches any
+process of the run (``ssl_crops.run.StopSignal``; every rank then exits 0); ``--resume auto``
+continues from the newest readable one, mid-epoch with the same sample order. A restart under
+torchrun resumes by itself.
 """
 import argparse
 import functools
 import inspect
-import itertools
 import json
 import math
 import os
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torchvision.models as models
 from torchvision.transforms import v2
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from . import distributed as du
@@ -41,7 +41,7 @@ from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
 from .formats import SUBSET_FILES
 from .moco import MoCo, default_bn_splits
-from .run import EpochTally, RunLog, StopSignal, on_rank0
+from .run import EpochTally, RunLog, StopSignal, ignore_stop_signals, loader_died, on_rank0
 from .runlock import RunLock
 from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
@@ -168,22 +168,28 @@ def build_parser():
 
 # --------------------------------------------------------------------------- data
 class EpochSampler(Sampler):
-    """Wraps a ``DistributedSampler`` to yield ``(epoch, index)`` for ``SeededDataset``;
-    ``set_epoch(epoch, skip)`` leaves out the first ``skip`` indices (the done batches of a
-    resumed epoch)."""
+    """Yields ``(epoch, index)`` for ``SeededDataset``: this rank's share of the epoch's
+    permutation, as ``DistributedSampler(shuffle=True, drop_last=True)`` deals it (rank ``r`` takes
+    every ``world``-th index from the ``r``-th). Step ``b`` of the epoch then covers items
+    ``b*B .. (b+1)*B`` of the permutation (``B`` the global batch) whatever the number of ranks,
+    so ``set_epoch(epoch, skip)`` leaves out the first ``skip`` items of the whole permutation
+    (the done steps of a resumed epoch) and a mid-epoch resume with another number of processes
+    visits exactly the items not yet visited."""
 
-    def __init__(self, sampler):
-        self.sampler, self.epoch, self.skip = sampler, 0, 0
+    def __init__(self, dataset, world_size, rank, seed):
+        self.n, self.world, self.rank, self.seed = len(dataset), world_size, rank, seed
+        self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch, skip=0):
         self.epoch, self.skip = epoch, skip
-        self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        return ((self.epoch, i) for i in itertools.islice(self.sampler, self.skip, None))
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        total = self.n // self.world * self.world
+        return ((self.epoch, i) for i in order[self.skip:total][self.rank::self.world])
 
     def __len__(self):
-        return max(0, len(self.sampler) - self.skip)
+        return max(0, self.n // self.world * self.world - self.skip) // self.world
 
 
 class SeededDataset(Dataset):
@@ -339,13 +345,13 @@ def fitted_proposals(index, root, path, seed, main=True, max_images=BING_FIT_IMA
 
 
 def build_loader(dataset, args, info, batch_size, workers):
-    sampler = EpochSampler(DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
-                                              shuffle=True, seed=args.seed, drop_last=True))
-    # its own generator: creating an iterator must not draw from the global one
+    sampler = EpochSampler(dataset, info.world_size, info.rank, args.seed)
+    # its own generator: creating an iterator must not draw from the global one; workers leave
+    # the stop signals to the main process (a signal to the process group must not kill them)
     return DataLoader(SeededDataset(dataset, args.seed), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, pin_memory=info.device.type == "cuda",
                       persistent_workers=workers > 0, drop_last=True,
-                      generator=torch.Generator().manual_seed(args.seed))
+                      generator=torch.Generator().manual_seed(args.seed), worker_init_fn=ignore_stop_signals)
 
 
 def check_queue(args, num_samples, global_batch, main=True):
@@ -400,12 +406,12 @@ def train_step(model, im_q, im_k, optimizer, scaler, amp_dtype=None, memory_form
     return loss.detach(), (logits.detach().argmax(1) == 0).float().mean()
 
 
-def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, info, log, stop):
+def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, info, log, stop, augment=None):
     """Train until the epoch ends or a stop is requested; returns ``(global step, stopped)``.
 
-    Before each step torch's generators are seeded from ``(seed, step)``. Every ``--log-freq``
-    steps rank 0 writes a ``step`` record and, without a terminal, one plain line (tqdm only
-    on a terminal)."""
+    Before each step torch's generators are seeded from ``(seed, step, rank)``. Every
+    ``--log-freq`` steps rank 0 writes a ``step`` record and, without a terminal, one plain line
+    (tqdm only on a terminal): the only host-device syncs of the loop."""
     model.train()
     amp_dtype = AMP_DTYPES[args.amp]
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -416,10 +422,9 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, 
                disable=not (main and sys.stderr.isatty()), dynamic_ncols=True, leave=False)
     last_log = end = time.perf_counter()
     data_time, since_log, stopped = 0.0, 0, False
-    augment = BatchAugment(args.aug_plus) if args.augment_on == "device" else None
     for (im_q, im_k), _, events, skipped in loader:
         data_time += time.perf_counter() - end
-        seed_step(args.seed, step)
+        seed_step(args.seed, step, info.rank)
         loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt, augment)
         tally.add(loss, events, skipped)
         step, since_log = step + 1, since_log + 1
@@ -439,7 +444,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, 
                     bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.4f}", img_s=f"{rec['images_per_s']:.0f}")
             last_log, data_time, since_log = now, 0.0, 0
         bar.update()
-        if stop.requested(info.device):
+        if stop.requested():
             stopped = True
             break
         end = time.perf_counter()
@@ -541,11 +546,20 @@ def _train(info, args, index, test_index):
     model = build_model(args).to(info.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    fused = info.device.type == "cuda"  # fused SGD: no sync in the fp16 scaler's step
+    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                fused=fused)
+    augment = BatchAugment(args.aug_plus).to(info.device) if args.augment_on == "device" else None
     scaler = torch.amp.GradScaler(info.device.type, enabled=args.amp == "fp16")
     start_epoch, step, epoch_state = args.start_epoch, None, None
     if resume_ckpt is not None:
         start_epoch, step, epoch_state = resume(resume_path, resume_ckpt, model, optimizer, scaler)
+        saved_batch = (resume_ckpt.get("args") or {}).get("batch_size", args.batch_size)
+        if epoch_state and saved_batch != args.batch_size:  # its done items are batches x its batch size
+            raise ValueError(f"--resume {resume_path}: stopped mid-epoch with --batch-size {saved_batch}; resume it "
+                             f"with that batch size (any number of processes), or from an epoch end")
+        for group in optimizer.param_groups:  # the saved state carries the saving machine's choice
+            group["fused"] = fused
         del resume_ckpt
     step = start_epoch * steps_per_epoch if step is None else step
     if args.compile:
@@ -573,10 +587,17 @@ def _train(info, args, index, test_index):
     with StopSignal() as stop:
         for epoch in range(start_epoch, args.epochs):
             tally = EpochTally(info, epoch_state if epoch == start_epoch else None)
-            loader.sampler.set_epoch(epoch, skip=tally.batches * rank_batch)
+            loader.sampler.set_epoch(epoch, skip=tally.batches * args.batch_size)
             lr = adjust_learning_rate(optimizer, epoch, args)
             start, first = time.perf_counter(), tally.batches
-            step, stopped = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, tally, args, info, log, stop)
+            try:
+                step, stopped = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, tally, args, info, log,
+                                                stop, augment)
+            except (RuntimeError, EOFError, ConnectionError) as e:
+                died = loader_died(e, getattr(loader, "_iterator", None), run_dir)  # persistent workers' iterator
+                if died is None:
+                    raise
+                raise died from e
             skipped = tally.take_skipped()
             if main:
                 log.add_bad_images(skipped)
@@ -606,7 +627,7 @@ def _train(info, args, index, test_index):
                     print(f"  {events['bad_images']} unreadable images skipped this epoch "
                           f"(named in {log.bad_path})", flush=True)
             checkpoint(done, keep=done % args.save_freq == 0 or done == args.epochs)
-            if stopped:
+            if stopped or stop.settle():  # a signal in the epoch's last steps
                 if main:
                     print(f"{stop.received or 'a signal'}: stopped at the end of epoch {done}; saved {run_dir / LAST}; "
                           "continue with --resume auto", flush=True)

@@ -191,6 +191,17 @@ def test_seed_step_makes_a_step_independent_of_earlier_draws():
     assert not torch.equal(torch.randperm(16), a)
 
 
+def test_step_seeds_differ_per_rank():
+    """Rank 0 keeps the single-process seed (of runs saved before seeds had a rank); other
+    ranks draw other device augmentation and shuffle-BN permutations at the same step."""
+    assert ck.step_seed(3, 7, rank=0) == ck.step_seed(3, 7)
+    assert len({ck.step_seed(3, t, r) for t in range(50) for r in range(8)}) == 400
+    ck.seed_step(3, 7, rank=1)
+    a = torch.rand(4)
+    ck.seed_step(3, 7, rank=0)
+    assert not torch.equal(torch.rand(4), a)
+
+
 class Hostile:
     def __reduce__(self):
         return (print, ("this ran",))

@@ -1,5 +1,6 @@
 """Process-group setup, and MoCo / the trainer on 2 CPU ranks (gloo) under torchrun."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,7 +72,53 @@ def test_legacy_multiprocessing_flags_fall_back_to_one_gloo_process(clean_env, c
     assert "gloo" in capsys.readouterr().out
 
 
+COLLECTIVES = {"all_gather", "all_gather_into_tensor", "all_gather_single", "all_gather_object", "all_reduce",
+               "broadcast", "broadcast_object_list", "reduce", "reduce_scatter", "reduce_scatter_tensor", "all_to_all",
+               "all_to_all_single", "gather", "gather_object", "scatter", "scatter_object_list", "barrier",
+               "monitored_barrier", "send", "recv", "isend", "irecv", "batch_isend_irecv", "_all_gather_base"}
+
+
+def test_only_the_distributed_module_calls_collectives():
+    """One funnel: no module of the package but ssl_crops/distributed.py calls a
+    torch.distributed collective (under any alias, or imported by name)."""
+    import ast
+    offenders = []
+    for path in sorted((REPO / "ssl_crops").rglob("*.py")):
+        if path == REPO / "ssl_crops" / "distributed.py":
+            continue
+        tree = ast.parse(path.read_text())
+        aliases = {"torch.distributed"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases |= {a.asname for a in node.names if a.name == "torch.distributed" and a.asname}
+            elif isinstance(node, ast.ImportFrom) and node.module == "torch":
+                aliases |= {a.asname or a.name for a in node.names if a.name == "distributed"}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
+                offenders += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name in COLLECTIVES]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in COLLECTIVES and ast.unparse(node.value) in aliases:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {ast.unparse(node)}")
+    assert not offenders, offenders
+
+
+def test_device_ordinal_wraps_over_the_visible_gpus(clean_env, monkeypatch):
+    """`srun --gpus-per-task=1`: each task sees one GPU whatever its SLURM_LOCALID."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    assert du.init_distributed(local_rank=3).device == torch.device("cuda", 0)
+
+
+def test_legacy_launch_of_one_process_per_node_keeps_all_workers(clean_env, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(du, "init_distributed", lambda *a, **k: seen.update(k) or du.DistInfo())
+    args = Namespace(multiprocessing_distributed=False, world_size=2, rank=1, dist_url="tcp://x:1", gpu=None)
+    du.launch(lambda info, a: None, args)
+    assert seen["local_world_size"] == 1  # -j is per node, and this node runs one process
+
+
 WORKER = textwrap.dedent("""
+    import os
     import sys
     import torch, torch.nn as nn, torch.nn.functional as F
     import torch.distributed as dist
@@ -121,6 +168,22 @@ WORKER = textwrap.dedent("""
     assert torch.allclose(model.queue[:, ptr:ptr + 6], du.all_gather_cat(k).T, atol=1e-6)
     print("rank", info.rank, "queues identical", flush=True)
 
+    # the funnel: results on the caller's device, objects of different sizes
+    r = info.rank
+    assert torch.equal(du.all_gather_cat(torch.tensor([[r, 2 * r]])), torch.tensor([[0, 0], [1, 2]]))
+    b = torch.full((2, 3), float(r)).t()  # not contiguous
+    assert torch.equal(du.broadcast_(b, src=1), torch.ones(3, 2))
+    assert du.all_gather_objects({"r": r, "pad": "x" * 10 * r}) == [{"r": 0, "pad": ""}, {"r": 1, "pad": "x" * 10}]
+    assert du.broadcast_object(["from", r]) == ["from", 0]
+    assert du.any_async(r == 1).result() and not du.any_async(False).result()
+    os.environ[du.CUDA_COLLECTIVES_ENV] = "1"  # NCCL's rule under gloo: needs CUDA
+    try:
+        du.all_gather_cat(torch.zeros(1))
+        raise AssertionError("CUDA collectives without CUDA")
+    except RuntimeError as e:
+        assert not torch.cuda.is_available() and du.CUDA_COLLECTIVES_ENV in str(e), e
+    del os.environ[du.CUDA_COLLECTIVES_ENV]
+
     main(sys.argv[1:])  # the trainer, under the same torchrun (reusing the process group)
 """)
 
@@ -164,18 +227,35 @@ FAULTY_WORKER = textwrap.dedent("""
         train.train_step = train_step
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and fault and rank != int(os.environ["FAULT_RANK"]):
         time.sleep(3)  # the killed rank comes back first, while its peer's old keys are still in the store
+    if os.environ.get("AUG_LOG"):  # record the device-augmentation parameters of each step of this rank
+        import json, ssl_crops.transforms.augment as aug
+        seed_step, sample, current = train.seed_step, aug.AugmentSpec.sample, {}
+        def logged_seed_step(seed, step, rank=0):
+            current["step"] = step
+            return seed_step(seed, step, rank)
+        def logged_sample(self, n, generator=None):
+            p = sample(self, n, generator)
+            with open(os.path.join(os.environ["AUG_LOG"], f"rank{rank}.jsonl"), "a") as f:
+                f.write(json.dumps({"step": current["step"], "factors": p["factors"].tolist()}) + "\\n")
+            return p
+        train.seed_step, aug.AugmentSpec.sample = logged_seed_step, logged_sample
     train.main(sys.argv[1:])
+    if os.environ.get("EXIT_DIR"):
+        open(os.path.join(os.environ["EXIT_DIR"], f"rank{rank}.returned"), "w").close()
 """)
+
+
+def _train_args(data, out):
+    return [str(data / "images"), "-a", "resnet18", "--epochs", "2", "-b", "8", "--moco-k", "16", "--image-size", "32",
+            "-j", "0", "--mlp", "--aug-plus", "--cos", "--bing_crops", "--sampling", "image", "--seed", "0",
+            "--output-dir", str(out), "--save_name", "ddp", "--log-freq", "1", "--dist-timeout", "2"]
 
 
 def _torchrun(tmp_path, data, out, *extra, env=None, restarts=0):
     script = tmp_path / "faulty_worker.py"
     script.write_text(FAULTY_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", str(restarts),
-           "--master_port", str(_free_port()), str(script), str(data / "images"), "-a", "resnet18", "--epochs", "2",
-           "-b", "8", "--moco-k", "16", "--image-size", "32", "-j", "0", "--mlp", "--aug-plus", "--cos",
-           "--bing_crops", "--sampling", "image", "--seed", "0", "--output-dir", str(out), "--save_name", "ddp", "--log-freq", "1",
-           "--dist-timeout", "2", *extra]
+           "--master_port", str(_free_port()), str(script), *_train_args(data, out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -187,25 +267,60 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
+def _augment_params(log_dir, rank):
+    """``{step: [factors of view q, of view k]}`` of one rank (a redone step: its last record)."""
+    import json
+    params = {}
+    for line in (log_dir / f"rank{rank}.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        params.setdefault(rec["step"], []).append(rec["factors"])
+    return {step: views[-2:] for step, views in params.items()}
+
+
 @pytest.mark.slow
-def test_two_ranks_stopped_by_sigterm_resume_exactly(tmp_path, clean_env):
-    """2 gloo ranks, SIGTERM to rank 1 only at its 2nd step: both stop after that step (exit 0),
-    and the resumed run equals an uninterrupted one (weights, queue, losses)."""
-    data = make_demo(tmp_path / "demo", num_train=24, num_test=4, min_size=48, max_size=72)
-    _torchrun(tmp_path, data, tmp_path / "a")
-    proc = _torchrun(tmp_path, data, tmp_path / "b", env={"FAULT": "sigterm", "FAULT_RANK": "1", "FAULT_STEP": "2"})
-    assert "stopped after step 2 (epoch 1, batch 2/3)" in proc.stdout
-    assert torch.load(tmp_path / "b" / "ddp" / "checkpoint_last.pth", weights_only=True)["step"] == 2
-    _torchrun(tmp_path, data, tmp_path / "b", "--resume", "auto")
+def test_two_ranks_stopped_by_sigterm_to_the_process_group_resume_exactly(tmp_path, clean_env):
+    """2 gloo ranks under torchrun with a loader worker each and device augmentation; SIGTERM to
+    torchrun's process group mid-epoch (torchrun passes it on to each rank's own group, workers
+    included): both ranks stop at the same step, save once and return; resumed, the run equals
+    an uninterrupted one (weights, queue, losses, augmentation of every step), and the
+    augmentation differs between the ranks."""
+    data = make_demo(tmp_path / "demo", num_train=32, num_test=4, min_size=48, max_size=72)
+    extra = ("-b", "4", "-j", "2", "--augment-on", "device", "--epochs", "1")  # 8 steps
+    for run in ("a", "b"):
+        (tmp_path / f"aug_{run}").mkdir()
+    _torchrun(tmp_path, data, tmp_path / "a", *extra, env={"AUG_LOG": str(tmp_path / "aug_a")})
+    script = tmp_path / "faulty_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(script), *_train_args(data, tmp_path / "b"), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "AUG_LOG": str(tmp_path / "aug_b"),
+           "EXIT_DIR": str(tmp_path)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if " step 1 " in line:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    out = "".join(lines) + out
+    assert sorted(p.name for p in tmp_path.glob("rank*.returned")) == ["rank0.returned", "rank1.returned"], out + err
+    assert "stopped after step" in out and "DataLoader worker" not in err, out + err
+    stopped = torch.load(tmp_path / "b" / "ddp" / "checkpoint_last.pth", weights_only=True)
+    assert stopped["epoch"] == 0 and 1 < stopped["step"] < 8 and stopped["epoch_state"]["batches"] == stopped["step"]
+    _torchrun(tmp_path, data, tmp_path / "b", *extra, "--resume", "auto", env={"AUG_LOG": str(tmp_path / "aug_b")})
     a = torch.load(tmp_path / "a" / "ddp" / "checkpoint_last.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "ddp" / "checkpoint_last.pth", weights_only=True)
-    assert a["step"] == b["step"] == 6
+    assert a["step"] == b["step"] == 8
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
     ra, rb = _records(tmp_path / "a" / "ddp"), _records(tmp_path / "b" / "ddp")
-    assert [r["step"] for r in rb if r["type"] == "step"] == list(range(1, 7))
+    assert [r["step"] for r in rb if r["type"] == "step"] == list(range(1, 9))
     for kind in ("step", "epoch"):
         assert [r["loss"] for r in ra if r["type"] == kind] == [r["loss"] for r in rb if r["type"] == kind]
+    pa, pb = ([_augment_params(tmp_path / f"aug_{run}", rank) for rank in (0, 1)] for run in ("a", "b"))
+    assert pa == pb and sorted(pa[0]) == list(range(8))  # the same parameters after the resume
+    assert all(pa[0][step] != pa[1][step] for step in pa[0])  # and different ones per rank
 
 
 @pytest.mark.slow

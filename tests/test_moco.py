@@ -111,9 +111,13 @@ def test_logits_are_fp32_under_autocast():
 from ssl_crops.moco import SplitBatchNorm, default_bn_splits, split_batch_norm  # noqa: E402
 
 
-def test_split_batchnorm_normalizes_each_sub_batch_like_its_own_batchnorm():
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_split_batchnorm_normalizes_each_sub_batch_like_its_own_batchnorm(fmt):
+    """Values, gradients and running statistics of per-split ``batch_norm`` in both layouts;
+    the output keeps the input's layout (channels_last in, channels_last out)."""
     torch.manual_seed(0)
-    x = torch.randn(12, 5, 3, 4) * 3 + 1
+    x = (torch.randn(12, 5, 3, 4) * 3 + 1).contiguous(memory_format=fmt).requires_grad_()
+    grad = torch.randn(12, 5, 3, 4).contiguous(memory_format=fmt)
     split = SplitBatchNorm(5, num_splits=3)
     with torch.no_grad():
         split.weight.uniform_(0.5, 2), split.bias.uniform_(-1, 1)
@@ -121,8 +125,16 @@ def test_split_batchnorm_normalizes_each_sub_batch_like_its_own_batchnorm():
     for ref in refs:
         ref.load_state_dict(split.state_dict())
     out = split(x)
+    assert out.is_contiguous(memory_format=fmt)
+    out.backward(grad)
+    x_ref = x.detach().clone().requires_grad_()
     for j, ref in enumerate(refs):  # sub-batch j holds samples j, j + 3, j + 6, ...
-        torch.testing.assert_close(out[j::3], ref(x[j::3]))
+        y = F.batch_norm(x_ref[j::3], ref.running_mean, ref.running_var, ref.weight, ref.bias, True, 0.1, ref.eps)
+        torch.testing.assert_close(out[j::3], y)
+        y.backward(grad[j::3])
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(split.weight.grad, sum(r.weight.grad for r in refs))
+    torch.testing.assert_close(split.bias.grad, sum(r.bias.grad for r in refs))
     torch.testing.assert_close(split.running_mean, torch.stack([r.running_mean for r in refs]).mean(0))
     torch.testing.assert_close(split.running_var, torch.stack([r.running_var for r in refs]).mean(0))
     assert int(split.num_batches_tracked) == 1
@@ -131,6 +143,30 @@ def test_split_batchnorm_normalizes_each_sub_batch_like_its_own_batchnorm():
     plain = nn.BatchNorm2d(5).eval()
     plain.load_state_dict(split.state_dict())
     torch.testing.assert_close(split(x), plain(x))
+
+
+def test_bn_splits_step_in_channels_last_equals_nchw():
+    """A ResNet with split BatchNorm (in-place ReLU after each) trains the same in both layouts."""
+    torch.manual_seed(0)
+    a = MoCo(torchvision.models.resnet18, dim=8, K=16, bn_splits=2)
+    b = copy.deepcopy(a).to(memory_format=torch.channels_last)
+    x, xk = torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64)
+    grads = []
+    for model, fmt in ((a, torch.contiguous_format), (b, torch.channels_last)):
+        torch.manual_seed(1)  # the same key shuffle
+        logits, labels = model(x.contiguous(memory_format=fmt), xk.contiguous(memory_format=fmt))
+        F.cross_entropy(logits, labels).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.encoder_q.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(b.queue, a.queue, rtol=1e-4, atol=1e-5)
+
+
+def test_split_batchnorm_without_affine_in_channels_last():
+    x = torch.randn(8, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    split, ref = SplitBatchNorm(3, num_splits=2, affine=False), nn.BatchNorm2d(3, affine=False)
+    out = split(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out[1::2], ref(x[1::2]))
 
 
 def test_split_batchnorm_rejects_a_batch_that_does_not_split():

@@ -6,8 +6,9 @@ import signal
 import pytest
 import torch
 
+from ssl_crops import distributed as du
 from ssl_crops.distributed import DistInfo
-from ssl_crops.run import EpochTally, RunLog, StopSignal
+from ssl_crops.run import STOP_LAG, EpochTally, RunLog, StopSignal
 
 
 def test_resumed_log_drops_the_records_past_the_resumed_step(tmp_path):
@@ -66,9 +67,60 @@ def test_epoch_tally_sums_and_continues_from_its_state():
 
 
 def test_stop_signal_is_caught_and_the_old_handler_restored():
-    before = signal.getsignal(signal.SIGUSR1)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
     with StopSignal() as stop:
-        assert not stop.requested(torch.device("cpu"))
+        assert not stop.requested()
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert stop.requested(torch.device("cpu")) and stop.received == "SIGUSR1"
-    assert signal.getsignal(signal.SIGUSR1) is before
+        assert stop.requested() and stop.received == "SIGUSR1"
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_ctrl_c_stops_at_a_step_and_a_second_one_interrupts():
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # without the handler: KeyboardInterrupt here
+        assert stop.requested() and stop.received == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_distributed_stop_is_agreed_a_fixed_lag_after_the_signal(monkeypatch):
+    """With several ranks, step t reads the agreement started at step t - STOP_LAG (no sync per
+    step): every rank stops at the same step; settle() resolves what is still pending."""
+    monkeypatch.setattr(du, "get_world_size", lambda: 2)
+    started = []
+    monkeypatch.setattr(du, "any_async", lambda flag: started.append(flag) or du.AnyPending(flag))
+    stop = StopSignal()
+    answers = []
+    for step in range(6):
+        if step == 2:
+            stop.received = "SIGTERM"  # arrives during step 2
+        answers.append(stop.requested())
+    assert answers == [False] * (2 + STOP_LAG) + [True] * (4 - STOP_LAG)
+    assert started == [False, False, True, True, True, True]
+    late = StopSignal()
+    late.requested(), late.requested()
+    late.received = "SIGUSR1"
+    assert late.settle() and late._pending == []
+
+
+def test_worker_init_ignores_the_stop_signals():
+    """A DataLoader worker, as torch leaves it (SIGTERM from anyone but its parent kills it)
+    and after ``ignore_stop_signals``: a signal to the process group leaves it running."""
+    import subprocess
+    import sys
+    code = ("import os, signal, time; from ssl_crops.run import ignore_stop_signals; ignore_stop_signals(); "
+            "[os.kill(os.getpid(), s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)]; print('alive')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "alive", out.stderr
+
+
+def test_a_worker_error_is_not_taken_for_a_dead_worker(tmp_path):
+    """An exception raised in a worker (e.g. --bad-image error) passes through unchanged; a dead
+    worker's (torch's message or a broken pipe) becomes LoaderDied naming the run folder."""
+    from ssl_crops.run import LoaderDied, loader_died
+    handler = signal.getsignal(signal.SIGCHLD)  # loader_died resets torch's, as the run then ends
+    assert loader_died(ValueError("Caught CorruptImageError in DataLoader worker process 0."), None, tmp_path) is None
+    died = loader_died(RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly"), None, tmp_path)
+    assert isinstance(died, LoaderDied) and "pid(s) 123" in str(died) and str(tmp_path) in str(died)
+    assert isinstance(loader_died(EOFError(), None, tmp_path), LoaderDied)
+    signal.signal(signal.SIGCHLD, handler)

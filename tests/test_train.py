@@ -76,6 +76,28 @@ def test_check_queue():
     assert args.moco_k == 128
 
 
+@pytest.mark.parametrize("world,resumed_world", [(2, 1), (2, 4), (3, 3), (1, 2)])
+def test_mid_epoch_resume_with_another_number_of_processes_visits_the_rest(world, resumed_world):
+    """A global batch of 12 over ``world`` ranks, stopped after 2 steps, resumed over
+    ``resumed_world`` ranks: every item of the epoch is visited once, and the ranks' first
+    steps are the uninterrupted epoch's steps (the same items, whatever the ranks)."""
+    data, batch, done = range(100), 12, 2
+    def steps(w, skip):
+        shares = []
+        for r in range(w):
+            s = train.EpochSampler(data, w, r, seed=5)
+            s.set_epoch(0, skip)
+            assert len(s) == len(list(s))
+            shares.append([i for _, i in s])
+        b = batch // w
+        return [sorted(i for sh in shares for i in sh[k * b:(k + 1) * b]) for k in range(len(shares[0]) // b)]
+    whole = steps(world, 0)
+    resumed = steps(resumed_world, done * batch)
+    assert resumed == whole[done:done + len(resumed)] and len(resumed) >= len(whole) - done - 1
+    seen = [i for step in whole[:done] + resumed for i in step]
+    assert len(seen) == len(set(seen))
+
+
 def test_learning_rate_schedules():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     cos = Namespace(lr=0.4, cos=True, epochs=10, schedule=[])
@@ -239,31 +261,67 @@ def test_event_counts_from_loader_workers_add_up(bad_images):
 
 
 @pytest.mark.slow
-def test_sigterm_from_outside_saves_and_exits_0(demo, tmp_path):
-    """SIGTERM (what SLURM sends before preemption) to a running main_moco.py: it finishes the
-    step, saves checkpoint_last.pth mid-epoch, says so and exits 0. Without a terminal the log
-    is one plain line per interval (no carriage returns)."""
-    cmd = [sys.executable, "main_moco.py", str(demo / "images"), "-a", "resnet18", "-b", "8", "--moco-k", "64",
-           "--image-size", "32", "-j", "0", "--epochs", "3", "--log-freq", "1", "--seed", "0",
-           "--output-dir", str(tmp_path), "--save_name", "r"]
-    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID")},
-           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_mid_epoch_resume_with_another_batch_size_is_refused(demo, tmp_path, clean_env, monkeypatch):
+    torch.set_num_threads(1)
+    with monkeypatch.context() as m:
+        _signal_at(m, 1)
+        _run(demo, tmp_path, "--epochs", "1")  # stops after step 1 of 4
+    with pytest.raises(ValueError, match="stopped mid-epoch with --batch-size 32; resume it with that batch size"):
+        _run(demo, tmp_path, "--epochs", "1", "-b", "16", "--resume", "auto")
+
+
+def _children(pid):
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def _run_until(cmd, env, marker, act):
+    """Start ``cmd`` in a process group of its own; at the first stdout line containing
+    ``marker`` call ``act(proc)``; returns ``(proc, stdout, stderr)`` once it has exited."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     lines = []
-    for line in proc.stdout:  # wait for the first step line, then preempt
+    for line in proc.stdout:
         lines.append(line)
-        if " step 1 " in line:
-            proc.send_signal(signal.SIGTERM)
+        if marker in line:
+            act(proc)
             break
     out, err = proc.communicate(timeout=300)
-    out = "".join(lines) + out
+    return proc, "".join(lines) + out, err
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_saves_and_resumes(demo, tmp_path):
+    """SIGTERM to the whole process group (SLURM, scancel, timeout): the loader worker ignores it,
+    the run finishes the step, saves mid-epoch, exits 0. A loader worker SIGKILLed in the resumed
+    run: an error naming it, the checkpoint untouched. Resumed again, the run ends with each
+    step logged once. Without a terminal the log is one plain line per interval."""
+    cmd = [sys.executable, "main_moco.py", str(demo / "images"), "-a", "resnet18", "-b", "8", "--moco-k", "64",
+           "--image-size", "32", "-j", "1", "--epochs", "1", "--log-freq", "1", "--seed", "0",
+           "--output-dir", str(tmp_path), "--save_name", "r", "--resume", "auto"]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID")},
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc, out, err = _run_until(cmd, env, " step 1 ", lambda p: os.killpg(p.pid, signal.SIGTERM))
     assert proc.returncode == 0, out + err
     assert "SIGTERM: stopped after step" in out and "continue with --resume auto" in out
-    assert "\r" not in out + err and "loss" in lines[-1] and "compute" in lines[-1]
-    ckpt = torch.load(tmp_path / "r" / "checkpoint_last.pth", weights_only=True)
+    assert "\r" not in out + err and "DataLoader worker" not in err
+    last = tmp_path / "r" / "checkpoint_last.pth"
+    ckpt = torch.load(last, weights_only=True)
     assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 17 and ckpt["epoch_state"]["batches"] == ckpt["step"]
-    stop = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()][-1]
+    stop = _records(tmp_path / "r")[-1]
     assert stop["type"] == "stop" and stop["signal"] == "SIGTERM" and stop["step"] == ckpt["step"]
+
+    saved = last.read_bytes()
+    marker = f" step {ckpt['step'] + 1} "
+    proc, out, err = _run_until(cmd, env, marker, lambda p: [os.kill(c, signal.SIGKILL) for c in _children(p.pid)])
+    assert proc.returncode == 1 and "DataLoader worker died (pid" in err and "killed by SIGKILL" in err, out + err
+    assert "continue with --resume auto" in err.splitlines()[-1]
+    assert last.read_bytes() == saved
+
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = _records(tmp_path / "r")
+    assert [r["step"] for r in records if r["type"] == "step"] == list(range(1, 18))
+    assert [r["step"] for r in records if r["type"] == "epoch"] == [17]
 
 
 @pytest.mark.slow

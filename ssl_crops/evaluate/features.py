@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from ..distributed import all_gather_cat
 from ..files import atomic_write
+from ..run import ignore_stop_signals
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,7 +62,8 @@ def feature_loader(dataset, batch_size: int = 256, workers: int = 4, distributed
                if (distributed if distributed is not None else world > 1) else None)
     return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False, generator=torch.Generator().manual_seed(seed))
+                      persistent_workers=False, generator=torch.Generator().manual_seed(seed),
+                      worker_init_fn=ignore_stop_signals)
 
 
 def autocast(device: torch.device, amp: str):
@@ -112,10 +115,7 @@ def extract_features(backbone: nn.Module, loader, device, amp: str = "off", chan
     if distributed and world > 1:
         if not indexed:
             raise ValueError("distributed extraction needs indexed batches: use feature_loader()")
-        from ..distributed import all_gather_cat
-        feats = all_gather_cat(feats.to(device))
-        targets = all_gather_cat(targets.to(device))
-        indices = all_gather_cat(indices.to(device))
+        feats, targets, indices = all_gather_cat(feats), all_gather_cat(targets), all_gather_cat(indices)
     indices, first = np.unique(indices.cpu().numpy(), return_index=True)  # drops sampler padding
     return feats.cpu().numpy()[first], targets.cpu().numpy()[first]
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import broadcast_buffers
 from ..metrics import map_details, topk_accuracy
 from ..transforms import eval_transform
 from .features import extract_features, feature_loader, is_multilabel, rank_and_world
@@ -71,10 +72,11 @@ class KNNMonitor:
     ``monitor(encoder)`` extracts features before ``encoder.fc`` (swapped for identity while
     extracting) on the encoder's device and returns ``knn_classify`` metrics on rank 0, ``{}``
     on other ranks. With a process group it must be called on every rank: each extracts its
-    shard (``batch_size`` images per batch and rank) and rank 0 runs the kNN. The encoder's
-    train/eval mode and ``fc`` are restored afterwards. Test images are read from ``test_root``
-    (default ``root``); a federated (LVIS) test index is scored with its federated targets.
-    ``on_corrupt="skip"`` leaves unreadable images out (as ``--bad-image skip``).
+    shard (``batch_size`` images per batch and rank) with rank 0's buffers (BatchNorm statistics,
+    copied to every rank first) and rank 0 runs the kNN. The encoder's train/eval mode and ``fc``
+    are restored afterwards. Test images are read from ``test_root`` (default ``root``); a
+    federated (LVIS) test index is scored with its federated targets. ``on_corrupt="skip"``
+    leaves unreadable images out (as ``--bad-image skip``).
     """
 
     def __init__(self, root, train_index, test_index, image_size: int = 224, batch_size: int = 256,
@@ -92,6 +94,7 @@ class KNNMonitor:
     def __call__(self, encoder: nn.Module) -> dict:
         encoder = getattr(encoder, "module", encoder)
         device = next(encoder.parameters()).device
+        broadcast_buffers(encoder)  # BatchNorm statistics differ per rank: rank 0's for every shard
         fc, encoder.fc = encoder.fc, nn.Identity()
         try:
             tr, te = [extract_features(encoder, feature_loader(ds, self.batch_size, self.workers), device,

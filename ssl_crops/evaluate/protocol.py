@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from ..distributed import broadcast_object
 from ..files import atomic_write
 from ..metrics import batch_mean_average_precision, topk_accuracy
 from ..transforms import eval_transform, linear_train_transform
@@ -163,9 +164,7 @@ def run_cached(info, args) -> dict | None:
         out = {name: cache.load(keys[name]) if cache and rank == 0 else None for name in entries}
         todo = [name for name, hit in out.items() if hit is None]
         if cache and world > 1:
-            shared = [todo]
-            torch.distributed.broadcast_object_list(shared, src=0)
-            todo = shared[0]
+            todo = broadcast_object(todo)
         for name in (n for n in entries if n not in todo):
             _log(f"{name}: cached features {cache.path(keys[name])}")
         if not todo:
@@ -295,9 +294,7 @@ def run_moco(info, args) -> dict | None:
     auto = args.resume == "auto"
     state = find_linear_resume(args.resume, out_dir) if args.resume and (rank == 0 or not auto) else None
     if auto and world > 1:  # rank 0's choice for all ranks (the out dir may be node-local)
-        shared = [state]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        state = shared[0]
+        state = broadcast_object(state)
     if state is not None:
         _head_in_class_order(state, train_index.classes)
         fc.load_state_dict(state["fc"]), opt.load_state_dict(state["optimizer"])

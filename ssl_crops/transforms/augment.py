@@ -295,8 +295,8 @@ class BatchAugment(torch.nn.Module):
     them); returns the normalized float32 batch.
 
     Parameters come from ``generator`` (a CPU ``torch.Generator``) or torch's default CPU
-    generator, so a seed gives the same augmentation on every device; they reach the device
-    without a synchronization.
+    generator, so a seed gives the same augmentation on every device; they reach the device in
+    one non-blocking copy. Move the module to the device once (``mean``/``std`` are buffers).
     """
 
     def __init__(self, aug_plus: bool = True, spec: AugmentSpec | None = None,
@@ -310,26 +310,34 @@ class BatchAugment(torch.nn.Module):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"BatchAugment expects a uint8 (N, 3, H, W) batch, got {images.dtype} {tuple(images.shape)}")
         p = self.spec.sample(len(images), generator)
-        device = images.device
-        x = images.float().div_(255)
+        ops = []  # (function, sample indices, per-sample values), in the order they apply
 
-        def apply(mask: torch.Tensor, fn, *values: torch.Tensor) -> None:
-            if mask.any():
+        def plan(mask: torch.Tensor, fn, *values: torch.Tensor) -> None:
+            if mask.any():  # a CPU tensor: no sync
                 idx = mask.nonzero().squeeze(1)
-                vals = [v[idx].to(device, torch.float32, non_blocking=True) for v in values]
-                idx = idx.to(device, non_blocking=True)
-                x[idx] = fn(x[idx], *vals)
+                ops.append((fn, idx, [v[idx] for v in values]))
 
         gray = lambda y: _gray_f(y).expand(-1, 3, -1, -1)  # noqa: E731
         if self.spec.grayscale_first:
-            apply(p["gray"], gray)
+            plan(p["gray"], gray)
         for k in range(4):
             for op in range(4):
-                apply(p["jitter"] & (p["order"][:, k] == op), lambda y, f, op=op: _jitter_f(op, y, f), p["factors"][:, op])
+                plan(p["jitter"] & (p["order"][:, k] == op), lambda y, f, op=op: _jitter_f(op, y, f), p["factors"][:, op])
         if not self.spec.grayscale_first:
-            apply(p["gray"], gray)
-        apply(p["blur"], self._blur, p["sigma"])
-        apply(p["flip"], lambda y: y.flip(-1))
+            plan(p["gray"], gray)
+        plan(p["blur"], self._blur, p["sigma"])
+        plan(p["flip"], lambda y: y.flip(-1))
+        device = images.device
+        x = images.float().div_(255)
+        if ops:  # every index and value in one fp32 buffer: one copy, from pinned memory on CUDA
+            parts = [t.float() for _, idx, vals in ops for t in (idx, *vals)]
+            flat = torch.cat(parts)
+            if device.type == "cuda":
+                flat = flat.pin_memory()
+            chunks = iter(flat.to(device, non_blocking=True).split([len(t) for t in parts]))
+            for fn, _, vals in ops:
+                idx = next(chunks).long()
+                x[idx] = fn(x[idx], *[next(chunks) for _ in vals])
         return x.sub_(self.mean.to(device)).div_(self.std.to(device))
 
     def _blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
