@@ -38,7 +38,7 @@ from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
 from .formats import SUBSET_FILES
 from .moco import MoCo, default_bn_splits
-from .run import EpochTally, RunLog, StopSignal, on_rank0
+from .run import EpochTally, RunLog, StopSignal, TensorBoardLog, on_rank0, summary_writer
 from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
@@ -49,6 +49,7 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else {"broadcast_buffers": False})
+KEEP_CHECKPOINTS = -1  # numbered checkpoints kept by default: all (one every --save-freq epochs, and the last)
 BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
 # --demo: a small ResNet on the generated data, about two minutes on two CPU cores. The original
 # method's epoch is one item per box (~4.6 per demo image): 7 epochs are 154 steps, as many as
@@ -60,6 +61,11 @@ DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=1
                      resume="auto")  # running the Quick start again continues (or just reloads) the demo run
 
 
+def default_workers():
+    """``-j``'s default: the CPUs this process may use, at most 32 (the original's default)."""
+    return min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def build_parser():
     """The original MoCo flags (unchanged meaning), the object-crop flags and the extras."""
     p = argparse.ArgumentParser(description="MoCo v2 pretraining with object-aware crops",
@@ -69,7 +75,9 @@ def build_parser():
     g = p.add_argument_group("MoCo (original flags)")
     g.add_argument("-a", "--arch", default="resnet50", choices=ARCHS, metavar="ARCH",
                    help="torchvision ResNet: " + ", ".join(ARCHS))
-    g.add_argument("-j", "--workers", type=int, default=32, help="data-loading workers per node")
+    g.add_argument("-j", "--workers", type=int, default=default_workers(),
+                   help="data-loading workers per node, shared by its processes (default: the CPUs this process "
+                        "may use, at most 32)")
     g.add_argument("--epochs", type=int, default=200)
     g.add_argument("--start-epoch", type=int, default=0, help="first epoch (overridden by --resume)")
     g.add_argument("-b", "--batch-size", type=int, default=256, help="total batch size over all processes")
@@ -114,8 +122,8 @@ def build_parser():
                         "(dilation x the box size, grown about the centre to --min-region)")
     g.add_argument("--dilation", type=float, default=0.2, help="context dilation of the object regions")
     g.add_argument("--min-region", type=int, default=224,
-                   help="smallest object region side in pixels of the image (the original's 224; scale it with "
-                        "the image resolution)")
+                   help="smallest object region side in pixels of the input image: the original's 224 suits "
+                        "photos of about 1024 px (OpenImages); scale it with your resolution (e.g. 140 for 640 px)")
     g.add_argument("--min-scale", type=float, default=0.2,
                    help="smallest scale of the RandomResizedCrop of the context (or scene) view")
     g.add_argument("--rescale_parameter", "--rescale-parameter", type=float, default=0.0,
@@ -149,6 +157,12 @@ def build_parser():
                         "(device: workers return uint8 crops); default: device with CUDA, else cpu")
     g.add_argument("--output-dir", default="checkpoints")
     g.add_argument("--save-freq", type=int, default=10, help="keep checkpoint_<epoch>.pth every N epochs")
+    g.add_argument("--keep-checkpoints", type=int, default=KEEP_CHECKPOINTS, metavar="N",
+                   help="numbered checkpoints kept (the newest N; 0: none, -1: all); checkpoint_last and _prev "
+                        "are always kept")
+    g.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also log loss, lr, acc1, images/s, kNN mAP and bad images to TensorBoard in DIR "
+                        "(pip install 'ssl-crops[tb]')")
     g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
     g.add_argument("--test-labels", default=None, help="test labels dict for kNN (default: images_test.npy beside DIR)")
     g.add_argument("--demo", action="store_true",
@@ -389,6 +403,14 @@ def _knn_monitor(args, index):
                       batch_size=args.batch_size // du.get_world_size(), workers=min(args.workers, 4), amp=args.amp)
 
 
+def _nothing_to_do(args, resume_path, ckpt):
+    if ckpt is None:
+        return (f"nothing to do: --epochs {args.epochs} from start epoch {args.start_epoch}; "
+                "no checkpoint written")
+    return (f"nothing left to do: {resume_path} is already trained {ckpt['epoch']} epochs (--epochs "
+            f"{args.epochs}); raise --epochs to train further")
+
+
 def train_worker(info, args):
     """Pretrain in this process (rank ``info.rank``); returns the run folder."""
     main = info.rank == 0
@@ -408,6 +430,10 @@ def train_worker(info, args):
             print(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)",
                   flush=True)
     resume_path, resume_ckpt = locate_resume(args, run_dir)
+    if (resume_ckpt["epoch"] if resume_ckpt is not None else args.start_epoch) >= args.epochs:
+        if main:
+            print(_nothing_to_do(args, resume_path, resume_ckpt), flush=True)
+        return run_dir
     if resume_ckpt is not None and args.seed is None:  # the resumed run keeps its seed
         args.seed = (resume_ckpt.get("args") or {}).get("seed")
     args.seed = _shared_seed(args.seed, info.device)
@@ -450,7 +476,9 @@ def train_worker(info, args):
 
     log = None
     if main:
-        log = RunLog(run_dir, resumed_step=step if resume_path is not None else None)
+        resumed = step if resume_path is not None else None
+        tb = TensorBoardLog(args.tensorboard, None if resumed is None else resumed + 1) if args.tensorboard else None
+        log = RunLog(run_dir, resumed_step=resumed, tensorboard=tb)
         print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops), "
               f"{info.world_size} process(es) on {info.device.type}, batch {args.batch_size}", flush=True)
 
@@ -459,7 +487,7 @@ def train_worker(info, args):
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "args": json.loads(json.dumps(vars(args), default=str)), "rng": capture_rng(), "step": step,
                  "epoch_state": epoch_state}
-        on_rank0(lambda: save_checkpoint(state, run_dir, keep))
+        on_rank0(lambda: save_checkpoint(state, run_dir, keep, args.keep_checkpoints))
 
     with StopSignal() as stop:
         for epoch in range(start_epoch, args.epochs):
@@ -504,7 +532,22 @@ def train_worker(info, args):
     if main:
         log.close()
         print(f"checkpoint: {run_dir / LAST}\nlog: {run_dir / 'log.jsonl'}", flush=True)
+        if args.demo and info.world_size == 1 and step == args.epochs * steps_per_epoch:
+            _demo_result(info, args, run_dir)
     return run_dir
+
+
+def _demo_result(info, args, run_dir):
+    """The demo's linear evaluation (``linear_eval.py`` defaults) of the pretrained and of a
+    random-init network: what pretraining learnt."""
+    from .evaluate.protocol import quiet_map
+
+    print("linear evaluation of the demo (pretrained and random init) ...", flush=True)
+    out = run_dir / "linear_eval"
+    maps = [quiet_map(info, args.data, ckpt, args.arch, args.image_size, out / name)
+            for ckpt, name in ((str(run_dir / LAST), "checkpoint_last_cached"), ("", f"random_{args.arch}_cached"))]
+    print(f"demo: linear-probe test mAP {100 * maps[0]:.2f} pretrained, {100 * maps[1]:.2f} random-init "
+          f"{args.arch} ({100 * (maps[0] - maps[1]):+.2f}); reports in {out}", flush=True)
 
 
 def parse_args(argv=None):
@@ -518,6 +561,11 @@ def parse_args(argv=None):
         args.data = str(Path(args.data or "demo_data") / SUBSET_FILES["images"])
     elif args.data is None:
         parser.error("the image folder DIR is required (or use --demo)")
+    if args.tensorboard:
+        try:
+            summary_writer()
+        except ImportError as e:
+            parser.error(str(e))
     return args
 
 
