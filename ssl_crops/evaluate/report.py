@@ -80,9 +80,9 @@ def _named(stats: dict, labels, classes) -> dict:
 
 def write_report(report: dict, out_dir) -> dict[str, Path]:
     """Write the report files into ``out_dir``: ``report.json`` (per-class AP and training
-    images as class -> value maps), ``per_class_ap.csv`` (per-class rows) and ``per_class_ap.png`` (AP per class sorted by
-    training frequency; needs the ``[viz]`` extra, else a warning says how to install it);
-    returns ``{name: path}``. The one place report files are made."""
+    images as class -> value maps), ``per_class_ap.csv`` (per-class rows) and ``per_class_ap.png``
+    (AP per class sorted by training frequency; needs the ``[viz]`` extra, else a warning says
+    how to install it); returns ``{name: path}``. The one place report files are made."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"report": out_dir / "report.json", "per-class AP": out_dir / "per_class_ap.csv"}
