@@ -320,9 +320,9 @@ def test_disk_full_at_checkpoint_time_is_one_line(demo, tmp_path, clean_env, mon
     torch.set_num_threads(1)
     save = train.save_checkpoint
 
-    def save_on_a_full_disk(state, run_dir, keep):
+    def save_on_a_full_disk(state, run_dir, *keep):
         monkeypatch.setattr(files, "open", lambda p, mode="r": FullDisk(p, mode.replace("b", "")), raising=False)
-        save(state, run_dir, keep)
+        save(state, run_dir, *keep)
     monkeypatch.setattr(train, "save_checkpoint", save_on_a_full_disk)
     with pytest.raises(SystemExit) as err:
         _run(demo, tmp_path, "--epochs", "1")
