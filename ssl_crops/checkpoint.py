@@ -2,10 +2,10 @@
 
 A run folder holds ``checkpoint_last.pth`` (every epoch end, and at the step where a
 SIGTERM/SIGUSR1 stopped the run), ``checkpoint_prev.pth`` (the one it replaced) and
-``checkpoint_<epoch:04d>.pth`` every ``--save-freq`` epochs. ``state_dict`` keys follow the
-original MoCo layout (``module.encoder_q.*``, ``module.encoder_k.*``, ``module.queue``,
-``module.queue_ptr``) so the official ``main_lincls.py`` and detectron2's conversion read them;
-:func:`load_model_state` takes both layouts.
+``checkpoint_<epoch:04d>.pth`` every ``--save-freq`` epochs (the newest ``--keep-checkpoints``).
+``state_dict`` keys follow the original MoCo layout (``module.encoder_q.*``, ``module.encoder_k.*``,
+``module.queue``, ``module.queue_ptr``) so the official ``main_lincls.py`` and detectron2's
+conversion read them; :func:`load_model_state` takes both layouts.
 """
 import errno
 import hashlib
@@ -137,24 +137,28 @@ def check_output(run_dir):
         raise _output_error(run_dir, e) from None
 
 
-def save_checkpoint(state, run_dir, keep):
+def save_checkpoint(state, run_dir, keep, max_numbered=-1):
     """Write ``checkpoint_last.pth`` atomically, keeping the one it replaces as
-    ``checkpoint_prev.pth``; with ``keep`` also ``checkpoint_<epoch:04d>.pth``. A failed write
-    (disk full, permission, a directory in the way) raises :class:`OutputError` naming the path
-    and the cause, and leaves the previous checkpoints as they were."""
+    ``checkpoint_prev.pth``; with ``keep`` also ``checkpoint_<epoch:04d>.pth``, then delete all
+    but the newest ``max_numbered`` numbered checkpoints (-1: keep all; 0: write none). A failed
+    write (disk full, permission, a directory in the way) raises :class:`OutputError` naming the
+    path and the cause, and leaves the previous checkpoints as they were."""
     last = Path(run_dir) / LAST
     try:
         with atomic_write(last, backup=last.with_name(PREV)) as f:
             torch.save(state, f)
     except (OSError, RuntimeError) as e:
         raise _output_error(last, e) from None
-    if keep:
+    if keep and max_numbered != 0:
         numbered = last.with_name(f"checkpoint_{state['epoch']:04d}.pth")
         try:
             with open(last, "rb") as src, atomic_write(numbered) as f:
                 shutil.copyfileobj(src, f)
         except OSError as e:
             raise _output_error(numbered, e) from None
+        if max_numbered > 0:
+            for old in _numbered(run_dir)[max_numbered:]:
+                old.unlink()
 
 
 # --------------------------------------------------------------------------- reading
@@ -168,8 +172,12 @@ def load_checkpoint(path):
 def run_checkpoints(run_dir):
     """The checkpoint files of a run, newest first: last, prev, then numbered by epoch."""
     run_dir = Path(run_dir)
-    numbered = sorted(run_dir.glob("checkpoint_[0-9]*.pth"), key=lambda p: int(p.stem.split("_")[-1]), reverse=True)
-    return [p for p in [run_dir / LAST, run_dir / PREV, *numbered] if p.is_file()]
+    return [p for p in [run_dir / LAST, run_dir / PREV, *_numbered(run_dir)] if p.is_file()]
+
+
+def _numbered(run_dir):
+    """``checkpoint_<epoch>.pth`` files of a run, newest epoch first."""
+    return sorted(Path(run_dir).glob("checkpoint_[0-9]*.pth"), key=lambda p: int(p.stem.split("_")[-1]), reverse=True)
 
 
 def find_resume_checkpoint(run_dir):

@@ -14,8 +14,8 @@ import torch
 from . import distributed as du
 from .files import atomic_write
 
-__all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "LoaderDied", "loader_died", "EpochTally", "RunLog",
-           "on_rank0"]
+__all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "LoaderDied", "loader_died", "EpochTally",
+           "RunLog", "TensorBoardLog", "on_rank0"]
 
 EVENTS = ("bad_images", "scene_fallbacks")  # per-item event counts, summed over workers and ranks
 
@@ -154,8 +154,9 @@ class RunLog:
     (``log.<n>.jsonl``): a log is never truncated. ``bad_images.txt`` names each skipped image
     once, with its reason."""
 
-    def __init__(self, run_dir, resumed_step=None):
+    def __init__(self, run_dir, resumed_step=None, tensorboard=None):
         run_dir = Path(run_dir)
+        self.tensorboard = tensorboard  # a TensorBoardLog that gets the same records, or None
         self.path, self.bad_path = run_dir / "log.jsonl", run_dir / "bad_images.txt"
         if self.path.is_file() and resumed_step is None:
             aside = next(p for n in itertools.count(1) if not (p := run_dir / f"log.{n}.jsonl").exists())
@@ -185,6 +186,8 @@ class RunLog:
     def write(self, rec):
         self.file.write(json.dumps({**rec, "time": time.time()}) + "\n")
         self.file.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.write(rec)
 
     def add_bad_images(self, skipped):
         new = {k: v for k, v in sorted(skipped.items()) if k not in self.bad_names}
@@ -195,6 +198,39 @@ class RunLog:
 
     def close(self):
         self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+class TensorBoardLog:
+    """The numbers of the log records as TensorBoard scalars (``--tensorboard DIR``): ``step/loss``,
+    ``step/acc1``, ``step/lr``, ``step/images_per_s``, ... and ``epoch/loss``, ``epoch/bad_images``,
+    ``epoch/knn20_map``, ..., at the global step. Needs the ``tensorboard`` package."""
+
+    SKIP = ("type", "epoch", "step", "time")
+
+    def __init__(self, log_dir, purge_step=None):
+        self.writer = summary_writer()(str(log_dir), purge_step=purge_step)
+
+    def write(self, rec):
+        for key, value in rec.items():
+            if key not in self.SKIP and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{rec['type']}/{key}", value, rec["step"])
+        if rec["type"] != "step":
+            self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+def summary_writer():
+    """``torch.utils.tensorboard.SummaryWriter``; ``ImportError`` saying what to install without it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("--tensorboard needs the tensorboard package: pip install 'ssl-crops[tb]' "
+                          "(or pip install tensorboard)") from None
+    return SummaryWriter
 
 
 def on_rank0(fn):

@@ -18,6 +18,7 @@ A lock that a killed run left behind is taken over, with a printed line, when
 Otherwise ``acquire`` raises :class:`RunLocked` (one line: who holds it, since when) having
 written nothing.
 """
+import contextlib
 import errno
 import json
 import os
@@ -104,6 +105,7 @@ class RunLock:
         self.run_dir, self.path = Path(run_dir), Path(run_dir) / self.NAME
         self.heartbeat, self.stale_after = heartbeat, stale_after
         self._record, self._stop, self._thread, self._sigterm = None, threading.Event(), None, None
+        self._made_dir = False  # made by this lock: removed on release when nothing else was written
 
     def _read(self):
         """``(text, holder, age in seconds)`` of the lock file, or None when there is none. The
@@ -217,7 +219,9 @@ class RunLock:
                                     "wait for it to end, or choose another --save_name")
                 print(f"taking over the lock of {self.run_dir} from {self._describe(holder, age)}: {why}", flush=True)
                 self._break(text)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.run_dir.exists():
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._made_dir = True
             if self._create():
                 break
         else:
@@ -243,6 +247,9 @@ class RunLock:
             signal.signal(signal.SIGTERM, self._sigterm)
         if self._owned():
             self.path.unlink(missing_ok=True)
+            if self._made_dir:
+                with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                    self.run_dir.rmdir()
         self._record, self._thread, self._sigterm = None, None, None
 
     def __enter__(self):

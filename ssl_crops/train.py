@@ -41,7 +41,8 @@ from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
 from .formats import SUBSET_FILES
 from .moco import MoCo, default_bn_splits
-from .run import EpochTally, RunLog, StopSignal, ignore_stop_signals, loader_died, on_rank0
+from .run import (EpochTally, RunLog, StopSignal, TensorBoardLog, ignore_stop_signals, loader_died, on_rank0,
+                  summary_writer)
 from .runlock import RunLock
 from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
@@ -53,15 +54,23 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else {"broadcast_buffers": False})
+KEEP_CHECKPOINTS = -1  # numbered checkpoints kept by default: all (one every --save-freq epochs, and the last)
 BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
 # --demo: a small ResNet on the generated data, about two minutes on two CPU cores. The original
 # method's epoch is one item per box (~4.6 per demo image): 7 epochs are 154 steps, as many as
 # 30 per-image epochs. Its 224 px minimum region is ~22% of an OpenImages photo's side; on the
 # 256-448 px demo scenes with 64 px views it is 64 px (224 px would make most object crops scenes).
-DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.2,
+# Temperature 0.1: at MoCo v2's 0.2 the keys of the random-init network stay nearly parallel (mean
+# cosine 0.99 after 154 steps, the loss at ln(K+1)) and pretraining learns nothing in so few steps.
+DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=128, moco_m=0.99, moco_t=0.1,
                      image_size=64, min_region=64, workers=1, mlp=True, aug_plus=True, cos=True, bing_crops=True,
                      save_name="demo", log_freq=1, save_freq=10, knn_every=10, seed=0,
                      resume="auto")  # running the Quick start again continues (or just reloads) the demo run
+
+
+def default_workers():
+    """``-j``'s default: the CPUs this process may use, at most 32 (the original's default)."""
+    return min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def build_parser():
@@ -73,7 +82,9 @@ def build_parser():
     g = p.add_argument_group("MoCo (original flags)")
     g.add_argument("-a", "--arch", default="resnet50", choices=ARCHS, metavar="ARCH",
                    help="torchvision ResNet: " + ", ".join(ARCHS))
-    g.add_argument("-j", "--workers", type=int, default=32, help="data-loading workers per node")
+    g.add_argument("-j", "--workers", type=int, default=default_workers(),
+                   help="data-loading workers per node, shared by its processes (default: the CPUs this process "
+                        "may use, at most 32)")
     g.add_argument("--epochs", type=int, default=200)
     g.add_argument("--start-epoch", type=int, default=0, help="first epoch (overridden by --resume)")
     g.add_argument("-b", "--batch-size", type=int, default=256, help="total batch size over all processes")
@@ -118,8 +129,8 @@ def build_parser():
                         "(dilation x the box size, grown about the centre to --min-region)")
     g.add_argument("--dilation", type=float, default=0.2, help="context dilation of the object regions")
     g.add_argument("--min-region", type=int, default=224,
-                   help="smallest object region side in pixels of the image (the original's 224; scale it with "
-                        "the image resolution)")
+                   help="smallest object region side in pixels of the input image: the original's 224 suits "
+                        "photos of about 1024 px (OpenImages); scale it with your resolution (e.g. 140 for 640 px)")
     g.add_argument("--min-scale", type=float, default=0.2,
                    help="smallest scale of the RandomResizedCrop of the context (or scene) view")
     g.add_argument("--rescale_parameter", "--rescale-parameter", type=float, default=0.0,
@@ -156,6 +167,12 @@ def build_parser():
                    help="resume on data other than the checkpoint's (its image count, box count and image ids); "
                         "without it that is an error")
     g.add_argument("--save-freq", type=int, default=10, help="keep checkpoint_<epoch>.pth every N epochs")
+    g.add_argument("--keep-checkpoints", type=int, default=KEEP_CHECKPOINTS, metavar="N",
+                   help="numbered checkpoints kept (the newest N; 0: none, -1: all); checkpoint_last and _prev "
+                        "are always kept")
+    g.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also log loss, lr, acc1, images/s, kNN mAP and bad images to TensorBoard in DIR "
+                        "(pip install 'ssl-crops[tb]')")
     g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
     g.add_argument("--test-labels", default=None, help="test labels dict for kNN (default: images_test.npy beside DIR)")
     g.add_argument("--test-coco", default=None, help="test annotations for kNN: a COCO or LVIS json (LVIS: federated mAP)")
@@ -487,6 +504,14 @@ def _knn_monitor(args, index, test_index=None):
                       test_root=args.test_images, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"))
 
 
+def _nothing_to_do(args, resume_path, ckpt):
+    if ckpt is None:
+        return (f"nothing to do: --epochs {args.epochs} from start epoch {args.start_epoch}; "
+                "no checkpoint written")
+    return (f"nothing left to do: {resume_path} is already trained {ckpt['epoch']} epochs (--epochs "
+            f"{args.epochs}); raise --epochs to train further")
+
+
 def train_worker(info, args, index=None, test_index=None):
     """Pretrain in this process (rank ``info.rank``); returns the run folder. ``index`` and
     ``test_index``: the annotations read by :func:`check_inputs` (read here when ``None``). Rank 0
@@ -519,6 +544,10 @@ def _train(info, args, index, test_index):
             print(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)",
                   flush=True)
     resume_path, resume_ckpt = locate_resume(args, run_dir)
+    if (resume_ckpt["epoch"] if resume_ckpt is not None else args.start_epoch) >= args.epochs:
+        if main:
+            print(_nothing_to_do(args, resume_path, resume_ckpt), flush=True)
+        return run_dir
     if resume_ckpt is not None and args.seed is None:  # the resumed run keeps its seed
         args.seed = (resume_ckpt.get("args") or {}).get("seed")
     args.seed = _shared_seed(args.seed, info.device)
@@ -573,7 +602,9 @@ def _train(info, args, index, test_index):
 
     log = None
     if main:
-        log = RunLog(run_dir, resumed_step=step if resume_path is not None else None)
+        resumed = step if resume_path is not None else None
+        tb = TensorBoardLog(args.tensorboard, None if resumed is None else resumed + 1) if args.tensorboard else None
+        log = RunLog(run_dir, resumed_step=resumed, tensorboard=tb)
         print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops), "
               f"{info.world_size} process(es) on {info.device.type}, batch {args.batch_size}", flush=True)
 
@@ -582,7 +613,7 @@ def _train(info, args, index, test_index):
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "args": json.loads(json.dumps(vars(args), default=str)), "rng": capture_rng(), "step": step,
                  "epoch_state": epoch_state, "dataset": fingerprint, "world_size": info.world_size}
-        on_rank0(lambda: save_checkpoint(state, run_dir, keep))
+        on_rank0(lambda: save_checkpoint(state, run_dir, keep, args.keep_checkpoints))
 
     with StopSignal() as stop:
         for epoch in range(start_epoch, args.epochs):
@@ -635,7 +666,22 @@ def _train(info, args, index, test_index):
     if main:
         log.close()
         print(f"checkpoint: {run_dir / LAST}\nlog: {run_dir / 'log.jsonl'}", flush=True)
+        if args.demo and info.world_size == 1 and step == args.epochs * steps_per_epoch:
+            _demo_result(info, args, run_dir)
     return run_dir
+
+
+def _demo_result(info, args, run_dir):
+    """The demo's linear evaluation (``linear_eval.py`` defaults) of the pretrained and of a
+    random-init network: what pretraining learnt."""
+    from .evaluate.protocol import quiet_map
+
+    print("linear evaluation of the demo (pretrained and random init) ...", flush=True)
+    out = run_dir / "linear_eval"
+    maps = [quiet_map(info, args.data, ckpt, args.arch, args.image_size, out / name)
+            for ckpt, name in ((str(run_dir / LAST), "checkpoint_last_cached"), ("", f"random_{args.arch}_cached"))]
+    print(f"demo: linear-probe test mAP {100 * maps[0]:.2f} pretrained, {100 * maps[1]:.2f} random-init "
+          f"{args.arch} ({100 * (maps[0] - maps[1]):+.2f}); reports in {out}", flush=True)
 
 
 def parse_args(argv=None):
@@ -649,6 +695,11 @@ def parse_args(argv=None):
         args.data = str(Path(args.data or "demo_data") / SUBSET_FILES["images"])
     elif args.data is None:
         parser.error("the image folder DIR is required (or use --demo)")
+    if args.tensorboard:
+        try:
+            summary_writer()
+        except ImportError as e:
+            parser.error(str(e))
     return args
 
 

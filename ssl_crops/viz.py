@@ -9,6 +9,7 @@ matplotlib is an optional extra (``pip install 'ssl-crops[viz]'``); only this mo
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -273,18 +274,26 @@ def _missing_ap(ap, train_counts) -> dict:
 
 
 def _per_class_from_report(report_path, out) -> Path:
+    """The per-class picture of a ``report.json`` of ``linear_eval.py``: AP and training images
+    per class from its ``per_class_ap`` and ``per_class_train_images`` maps (reports without
+    the latter: from ``per_class_ap.csv`` beside it)."""
     path = Path(report_path)
     try:
         report = json.loads(path.read_text())
-        rows = report["per_class"]
-        ap = [r["ap"] for r in rows]
-        names = [r["class"] for r in rows]
-        counts = [r["train_images"] for r in rows]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: report not found") from None
-    except (ValueError, KeyError, TypeError) as e:
+        ap = report["per_class_ap"]
+        counts = report.get("per_class_train_images")
+        if counts is None:
+            with open(path.with_name("per_class_ap.csv"), newline="") as f:
+                counts = {r["class"]: int(r["train_images"]) for r in csv.DictReader(f)}
+        names = list(ap)
+        counts = [counts[c] for c in names]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: report not found" if not path.is_file() else
+                                f"{path}: no per-class training counts in it, and no {e.filename}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a linear_eval report.json with per-class AP ({type(e).__name__}: {e})") from e
-    return per_class_ap_figure(ap, names, counts, out, title=f"{path}: AP per class, by training frequency")
+    return per_class_ap_figure([ap[c] for c in names], names, counts, out,
+                               title=f"{path}: AP per class, by training frequency")
 
 
 # --------------------------------------------------------------------------- CLI

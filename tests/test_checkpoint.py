@@ -112,6 +112,15 @@ def test_last_checkpoint_keeps_its_predecessor(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.mark.parametrize("max_numbered, kept", [(-1, [5, 4, 3, 2, 1]), (2, [5, 4]), (0, [])])
+def test_keep_checkpoints_keeps_the_newest_numbered_ones(tmp_path, max_numbered, kept):
+    for epoch in range(1, 6):
+        ck.save_checkpoint({"epoch": epoch, "state_dict": {"w": torch.ones(2)}}, tmp_path, True, max_numbered)
+    numbered = [p for p in ck.run_checkpoints(tmp_path) if p.name not in (ck.LAST, ck.PREV)]
+    assert [int(p.stem.split("_")[-1]) for p in numbered] == kept
+    assert (tmp_path / ck.LAST).is_file() and (tmp_path / ck.PREV).is_file()  # always kept
+
+
 class _FullDisk(io.FileIO):
     """A file on a disk that fills up after ``room`` bytes."""
     room = 200

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import socket
@@ -60,6 +61,14 @@ def test_demo_defaults_and_explicit_flags_win(tmp_path):
     assert train.parse_args(["--demo", str(tmp_path), "--resume", ""]).resume == ""
     with pytest.raises(SystemExit):
         train.parse_args([])  # DIR is required without --demo
+
+
+def test_workers_default_to_the_cpus_of_the_process(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert train.build_parser().parse_args(["D"]).workers == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    assert train.build_parser().parse_args(["D"]).workers == 32
+    assert "in pixels of the input image" in " ".join(train.build_parser().format_help().split())  # --min-region
 
 
 def test_check_queue():
@@ -370,9 +379,9 @@ def test_disk_full_at_checkpoint_time_is_one_line(demo, tmp_path, clean_env, mon
     torch.set_num_threads(1)
     save = train.save_checkpoint
 
-    def save_on_a_full_disk(state, run_dir, keep):
+    def save_on_a_full_disk(state, run_dir, *keep):
         monkeypatch.setattr(files, "open", lambda p, mode="r": FullDisk(p, mode.replace("b", "")), raising=False)
-        save(state, run_dir, keep)
+        save(state, run_dir, *keep)
     monkeypatch.setattr(train, "save_checkpoint", save_on_a_full_disk)
     with pytest.raises(SystemExit) as err:
         _run(demo, tmp_path, "--epochs", "1")
@@ -410,10 +419,27 @@ def test_demo_runs_with_knn_monitor(demo, tmp_path, clean_env, capsys):
     out = capsys.readouterr().out
     assert run_dir == tmp_path / "demo" and "making demo data" not in out
     assert f"checkpoint: {run_dir / 'checkpoint_last.pth'}" in out and f"log: {run_dir / 'log.jsonl'}" in out
+    shown = re.search(r"demo: linear-probe test mAP ([\d.]+) pretrained, ([\d.]+) random-init resnet18", out)
+    reports = run_dir / "linear_eval"  # the demo's own evaluation, as linear_eval.py writes it
+    for value, name in zip(shown.groups(), ("checkpoint_last_cached", "random_resnet18_cached")):
+        assert float(value) == pytest.approx(100 * json.loads((reports / name / "report.json").read_text())["map"],
+                                             abs=0.006)
     summary = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()][-1]
     assert summary["type"] == "epoch" and 0.0 <= summary["knn20_map"] <= 1.0
     ckpt = torch.load(run_dir / "checkpoint_0001.pth", weights_only=True)
     assert ckpt["args"]["moco_k"] == 128 and ckpt["arch"] == "resnet18"
+    train.main(["--demo", str(demo), "--epochs", "1", "--image-size", "32", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out  # the Quick start run again: says so, trains nothing
+    assert f"nothing left to do: {run_dir / 'checkpoint_last.pth'} is already trained 1 epochs" in out
+    assert "resumed" not in out and "epoch 1/1" not in out
+
+
+@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--start-epoch", "2", "--epochs", "2"]])
+def test_nothing_to_do_says_so_and_names_no_checkpoint(demo, tmp_path, clean_env, capsys, flags):
+    run_dir = _run(demo, tmp_path, *flags)
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "no checkpoint written" in out and "checkpoint:" not in out
+    assert not run_dir.exists()
 
 
 def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
@@ -798,3 +824,45 @@ def test_knn_test_index_of_an_lvis_json_is_federated(demo_root, tmp_path):
     with pytest.raises(ValueError, match="only one of"):
         train.knn_test_index(train.parse_args([*sys.argv[:0], str(demo_root / "images"), "--test-coco", "a.json",
                                                "--test-labels", "b.npy"]), index)
+
+
+class _FakeWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is an optional extra)."""
+    made = []
+
+    def __init__(self, log_dir, purge_step=None):
+        self.log_dir, self.purge_step, self.scalars, self.closed = log_dir, purge_step, [], False
+        _FakeWriter.made.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_and_keep_checkpoints(demo, tmp_path, clean_env, monkeypatch, one_thread):
+    from ssl_crops import run
+    monkeypatch.setattr(run, "summary_writer", lambda: _FakeWriter)
+    monkeypatch.setattr(train, "summary_writer", lambda: _FakeWriter)
+    _run(demo, tmp_path, "--tensorboard", str(tmp_path / "tb"), "--knn-every", "2", "--keep-checkpoints", "1")
+    writer = _FakeWriter.made[-1]
+    assert writer.log_dir == str(tmp_path / "tb") and writer.purge_step is None and writer.closed
+    tags = {tag for tag, _, _ in writer.scalars}
+    assert {"step/loss", "step/acc1", "step/lr", "step/images_per_s", "epoch/loss", "epoch/lr",
+            "epoch/images_per_s", "epoch/bad_images", "epoch/knn20_map"} <= tags
+    logged = [(r["step"], r["loss"]) for r in _records(tmp_path / "r") if r["type"] == "epoch"]
+    assert [(s, v) for tag, v, s in writer.scalars if tag == "epoch/loss"] == logged
+    assert sorted(p.name for p in (tmp_path / "r").glob("checkpoint_*.pth")) == [
+        "checkpoint_0002.pth", "checkpoint_last.pth", "checkpoint_prev.pth"]  # --save-freq 1, newest one kept
+
+
+def test_tensorboard_without_the_package_is_one_error_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["D", "--tensorboard", "tb"])
+    assert e.value.code == 2
+    assert "error: --tensorboard needs the tensorboard package: pip install 'ssl-crops[tb]'" in capsys.readouterr().err

@@ -99,11 +99,19 @@ def test_per_class_ap_figure(tmp_path):
         viz.per_class_ap_figure([0.1, 0.2, 0.3], ["a", "b"], [1, 2, 3], tmp_path / "x.png")
 
 
-def test_per_class_cli_reads_linear_eval_report(tmp_path):
-    report = {"per_class": [{"class": f"c{i}", "ap": i / 10, "train_images": 100 - i} for i in range(8)]}
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    out = viz.main(["per-class", str(tmp_path / "report.json"), "--out", str(tmp_path / "p.png")])
+def test_per_class_cli_reads_the_report_linear_eval_writes(demo_root, tmp_path, one_thread):
+    from ssl_crops.evaluate import main as linear_eval
+    out_dir = tmp_path / "eval"
+    linear_eval([str(demo_root / "images"), "-a", "resnet18", "--image-size", "32", "-j", "0", "-b", "16",
+                 "--no-progress", "--no-cache", "--train-crops", "0", "--probe-epochs", "2", "--lrs", "1e-2",
+                 "--wds", "0", "--out-dir", str(out_dir)])
+    out = viz.main(["per-class", str(out_dir / "report.json"), "--out", str(tmp_path / "p.png")])
     assert_picture(out, (400, 300))
+    report = json.loads((out_dir / "report.json").read_text())
+    del report["per_class_train_images"]  # a report of an older version: counts from per_class_ap.csv beside it
+    (out_dir / "report.json").write_text(json.dumps(report))
+    assert_picture(viz.main(["per-class", str(out_dir / "report.json"), "--out", str(tmp_path / "q.png")]),
+                   (400, 300))
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json: not a linear_eval report"):
         viz.main(["per-class", str(tmp_path / "bad.json"), "--out", str(tmp_path / "q.png")])

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bad-image", choices=["skip", "error"], default="skip",
                    help="an unreadable image (missing, truncated, empty, not an image): leave it out (named, and "
                         "counted in report.json) or stop with an error naming it")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none without a terminal)")
     c = p.add_argument_group("cached protocol")
     c.add_argument("--cache-dir", default=None, help=f"feature cache (default {default_cache_dir()})")
     c.add_argument("--no-cache", action="store_true")
@@ -107,21 +110,37 @@ def _one_line(error: Exception) -> str:
 def _setup(args, info):
     device = torch.device(args.device if args.device and not info.distributed else info.device)
     torch.manual_seed(args.seed)
+    pretrain_size = None
     if args.pretrained:
         ckpt = read_checkpoint(args.pretrained)
-        if args.image_size is None:  # evaluate at the pretraining resolution
-            args.image_size = int((ckpt.get("args") or {}).get("image_size") or 224)
+        recorded = ckpt.get("args")
+        pretrain_size = recorded.get("image_size") if isinstance(recorded, dict) else None
         backbone = backbone_from_checkpoint(ckpt, args.arch, args.pretrained)
         ident = checkpoint_fingerprint(args.pretrained)
     else:
         backbone = build_backbone(args.arch or "resnet50")
         ident = {"random_init": args.arch or "resnet50", "seed": args.seed}
     args.arch = backbone.arch
-    args.image_size = args.image_size or 224
+    args.image_size_source = _image_size(args, pretrain_size)
+    _log(f"image size {args.image_size} px ({args.image_size_source})")
     for prm in backbone.parameters():
         prm.requires_grad_(False)
     backbone.to(device).eval()
     return backbone, ident, device
+
+
+def _image_size(args, pretrain_size) -> str:
+    """Set ``args.image_size`` (default: the checkpoint's pretraining size, else 224); returns
+    where it came from."""
+    if args.image_size is not None:
+        return "--image-size" + (f"; pretrained at {pretrain_size}" if pretrain_size not in (None, args.image_size)
+                                  else "")
+    if pretrain_size:
+        args.image_size = int(pretrain_size)
+        return "the checkpoint's pretraining --image-size"
+    args.image_size = 224
+    return ("default; the checkpoint does not record its pretraining size, give --image-size"
+            if args.pretrained else "default")
 
 
 def _per_process_batch(batch_size: int, world: int) -> int:
@@ -241,7 +260,8 @@ def _finish(args, splits: Splits, test_y, scores, multilabel, ident, **extra) ->
     train = splits.train
     report = build_report(scores, test_y, train.class_counts(), train.classes, multilabel, args.head_min,
                           args.tail_max, args.paper_batch_size, protocol=args.protocol, checkpoint=ident,
-                          arch=args.arch, image_size=args.image_size, num_train=len(train),
+                          arch=args.arch, image_size=args.image_size,
+                          image_size_source=args.image_size_source, num_train=len(train),
                           federated=bool(splits.test.federated), **splits.notes, **extra)
     report["notes"] = _unseen_notes(splits.notes)
     files = write_report(report, _out_dir(args))
@@ -385,6 +405,15 @@ def _head_in_class_order(state: dict, classes: list[str]) -> None:
     state["classes"] = list(classes)
 
 
+def quiet_map(info, data, pretrained: str, arch: str, image_size: int, out_dir) -> float:
+    """Whole-set test mAP of the default cached linear evaluation of ``pretrained`` (``""``: a
+    random-init ``arch``) in this process, its printing silenced (the report goes to ``out_dir``)."""
+    args = build_parser().parse_args([str(data), "--pretrained", pretrained, "-a", arch, "--image-size",
+                                      str(image_size), "--no-cache", "--no-progress", "--out-dir", str(out_dir)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        return run_cached(info, args)["map"]
+
+
 def _worker(info, args):
     result = (run_moco if args.protocol == "moco" else run_cached)(info, args)
     if result is not None and getattr(args, "_result", None) is not None:
@@ -395,6 +424,7 @@ def main(argv=None) -> dict | None:
     """CLI entry: parse, launch (single process, torchrun, or legacy multiprocessing) and
     return the report of rank 0 (``None`` in spawned workers)."""
     args = build_parser().parse_args(argv)
+    args.no_progress = args.no_progress or not sys.stderr.isatty()  # no \r redraws in piped logs
     from ..distributed import launch
     args._result = []
     from ..data import CorruptImageError

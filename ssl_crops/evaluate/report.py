@@ -67,6 +67,7 @@ def build_report(scores, targets, train_counts, classes, multilabel: bool, head_
          "test_positives": int(positives[i]), "group": str(groups[i]), "tertile": str(tertiles[i]),
          "ap": None if np.isnan(res.ap[i]) else float(res.ap[i])} for i, c in enumerate(classes)]
     report["per_class_ap"] = {r["class"]: r["ap"] for r in report["per_class"]}
+    report["per_class_train_images"] = {r["class"]: r["train_images"] for r in report["per_class"]}
     return report
 
 
@@ -78,10 +79,10 @@ def _named(stats: dict, labels, classes) -> dict:
 
 
 def write_report(report: dict, out_dir) -> dict[str, Path]:
-    """Write the report files into ``out_dir``: ``report.json`` (per-class AP as a class -> AP
-    map), ``per_class_ap.csv`` (per-class rows) and ``per_class_ap.png`` (AP per class sorted by
-    training frequency; needs the ``[viz]`` extra, else a warning says how to install it);
-    returns ``{name: path}``. The one place report files are made."""
+    """Write the report files into ``out_dir``: ``report.json`` (per-class AP and training
+    images as class -> value maps), ``per_class_ap.csv`` (per-class rows) and ``per_class_ap.png``
+    (AP per class sorted by training frequency; needs the ``[viz]`` extra, else a warning says
+    how to install it); returns ``{name: path}``. The one place report files are made."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"report": out_dir / "report.json", "per-class AP": out_dir / "per_class_ap.csv"}
@@ -111,7 +112,8 @@ def _range(r: dict) -> str:
 
 def format_table(report: dict) -> str:
     """Plain-text summary (percent): overall mAP, the paper-comparable batch-mean mAP, mAP per
-    frequency group and tertile, top-1/5, the probe setting, kNN, unseen test classes."""
+    frequency group and tertile, top-1/5, the probe setting, the image size, kNN, unseen test
+    classes."""
     t = report["thresholds"]
     rows = [f"{'subset':<44}{'classes':>8}{'mAP':>8}",
             f"{'all (whole test set)':<44}{report['classes_evaluated']:>8}{_pct(report['map']):>8}"]
@@ -141,6 +143,9 @@ def format_table(report: dict) -> str:
         rows.append(f"probe: lr {best['lr']:g}, wd {best['wd']:g} chosen from {len(report['sweep'])} ({val})")
         for note in report.get("sweep_notes", []):
             rows.append(f"probe: {note}")
+    if "image_size" in report:
+        source = report.get("image_size_source")
+        rows.append(f"image size: {report['image_size']} px" + (f" ({source})" if source else ""))
     for key, v in report.get("knn", {}).items():
         rows.append(f"{key:<44}{'':>8}{_pct(v):>8}")
     for note in report.get("notes", []):

@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--chunk-size", type=int, default=32, help="images per resumable shard")
     p.add_argument("--overwrite", action="store_true", help="discard an existing cache and its shards")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none without a terminal)")
     p = sub.add_parser("evaluate", help="detection rate and mean best overlap against boxes")
     p.add_argument("--images", required=True, help="image folder")
     _annotations(p)
@@ -93,13 +93,18 @@ def _pixel_boxes(index, i, size) -> np.ndarray:
     return index.boxes(i) * np.array([w, h, w, h], np.float32)
 
 
+def _bar() -> bool:
+    """Progress bars only on a terminal: a piped log gets the summary lines, not ``\\r`` redraws."""
+    return sys.stderr.isatty()
+
+
 def cmd_fit(args) -> None:
     index, rows = _index(args)
     t = time.perf_counter()
     model = Bing.fit_index(index, args.images, rows, seed=args.seed, min_positives=args.min_positives,
                            per_size=args.per_size, max_side=args.max_side or None, color=args.color,
                            rescore_top=args.rescore_top or None, rescore_head=args.rescore_head,
-                           snap=args.snap or None, progress=True)
+                           snap=args.snap or None, progress=_bar())
     model.save(args.out)
     print(f"fitted {model} on {len(rows)} images ({sum(len(index.boxes(i)) for i in rows)} boxes) in "
           f"{time.perf_counter() - t:.1f} s; sizes (w, h): {model.sizes.tolist()}; wrote {args.out}")
@@ -109,7 +114,7 @@ def cmd_propose(args) -> None:
     model = _load_model(args.model, args.nms)
     t = time.perf_counter()
     cache = propose_folder(args.images, model, args.out, top_k=args.top_k, workers=args.workers,
-                           chunk_size=args.chunk_size, progress=not args.no_progress,
+                           chunk_size=args.chunk_size, progress=_bar() and not args.no_progress,
                            model_name=str(Path(args.model).resolve()), overwrite=args.overwrite)
     print(f"{cache} in {args.out} ({time.perf_counter() - t:.1f} s)")
 
@@ -122,7 +127,7 @@ def cmd_evaluate(args) -> None:
     cache = ProposalCache.load(args.proposals) if args.proposals else None
     model = None if cache else _load_model(args.model, args.nms)
     props, gts, seconds, missing = [], [], 0.0, 0
-    for i in tqdm(rows, desc="evaluate", unit="img"):
+    for i in tqdm(rows, desc="evaluate", unit="img", disable=not _bar()):
         image_id = index.image_id(i)
         if cache is not None:
             if image_id not in cache:

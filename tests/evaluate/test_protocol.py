@@ -99,16 +99,40 @@ def test_missing_checkpoint_is_a_clear_error(demo_root, tmp_path):
         main([str(demo_root / "images"), "--pretrained", str(tmp_path / "missing.pth"), *FAST, "--no-cache"])
 
 
-def test_image_size_defaults_to_the_pretraining_size(demo_root, moco_checkpoint, tmp_path):
+def test_image_size_defaults_to_the_pretraining_size(demo_root, moco_checkpoint, tmp_path, capsys):
     ckpt = torch.load(moco_checkpoint, weights_only=True)
     ckpt["args"] = {"image_size": 40}
     torch.save(ckpt, tmp_path / "ckpt.pth")
     fast = [a for i, a in enumerate(FAST) if "--image-size" not in FAST[max(i - 1, 0):i + 1]]
     rep = main([str(demo_root / "images"), "--pretrained", str(tmp_path / "ckpt.pth"), *fast, "--no-cache",
                 "--out-dir", str(tmp_path / "out")])
-    assert rep["image_size"] == 40
-    rep = main([str(demo_root / "images"), *fast, "--no-cache", "--out-dir", str(tmp_path / "rand")])
+    out = capsys.readouterr().out
+    assert rep["image_size"] == 40 and "image size 40 px (the checkpoint's pretraining --image-size)" in out
+    assert "image size: 40 px (the checkpoint's pretraining --image-size)" in out  # in the table
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert written["image_size"] == 40 and written["image_size_source"] == rep["image_size_source"]
+    rep = main([str(demo_root / "images"), "--pretrained", str(tmp_path / "ckpt.pth"), *fast, "--image-size", "48",
+                "--no-cache", "--out-dir", str(tmp_path / "out48")])
+    assert rep["image_size"] == 48 and "image size 48 px (--image-size; pretrained at 40)" in capsys.readouterr().out
+    # a plain state dict (an exported backbone) records no size: today's default, said so
+    torch.save({k.removeprefix("module.encoder_q."): v for k, v in ckpt["state_dict"].items()
+                if k.startswith("module.encoder_q.") and ".fc." not in k}, tmp_path / "backbone.pth")
+    rep = main([str(demo_root / "images"), "--pretrained", str(tmp_path / "backbone.pth"), *fast, "--no-cache",
+                "--out-dir", str(tmp_path / "plain")])
     assert rep["image_size"] == 224
+    assert "image size 224 px (default; the checkpoint does not record its pretraining size" in capsys.readouterr().out
+    rep = main([str(demo_root / "images"), *fast, "--no-cache", "--out-dir", str(tmp_path / "rand")])
+    assert rep["image_size"] == 224 and "image size 224 px (default)" in capsys.readouterr().out
+
+
+def test_progress_bars_only_on_a_terminal(demo_root, tmp_path, capsys, monkeypatch):
+    args = [str(demo_root / "images"), *[a for a in FAST if a != "--no-progress"], "--no-cache",
+            "--out-dir", str(tmp_path / "out")]
+    main(args)
+    assert "\r" not in capsys.readouterr().err  # a piped log: no bar redraws
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    main(args)
+    assert "\r" in capsys.readouterr().err
 
 
 def _colour_folders(root, splits):

@@ -106,6 +106,19 @@ def test_evaluate_prints_table(demo, model_path, tmp_path, capsys):
     assert "ms per image" in direct
 
 
+def test_progress_bars_only_on_a_terminal(demo, model_path, tmp_path, capsys, monkeypatch):
+    images = ["--images", str(demo / "images")]
+    main(["fit", *images, "--out", str(tmp_path / "m.npz"), "--min-positives", "3", "--max-images", "4",
+          "--rescore-top", "0"])
+    main(["propose", *images, "--model", str(model_path), "--out", str(tmp_path / "p.npz"), "--top-k", "5"])
+    main(["evaluate", *images, "--coco", str(demo / "annotations_test.json"), "--proposals", str(tmp_path / "p.npz")])
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err and "wrote" in out and "MABO" in out  # a piped log: summary lines only
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    main(["evaluate", *images, "--coco", str(demo / "annotations_test.json"), "--proposals", str(tmp_path / "p.npz")])
+    assert "\r" in capsys.readouterr().err
+
+
 def test_bad_model_file_is_a_clear_error(demo, tmp_path):
     bad = tmp_path / "model.npz"
     bad.write_bytes(b"garbage")
