@@ -153,7 +153,15 @@ def test_without_hard_links_the_lock_is_made_exclusively(tmp_path, monkeypatch):
     with RunLock(tmp_path / "r"):
         with pytest.raises(RunLocked):
             RunLock(tmp_path / "r").acquire()
-    assert not list((tmp_path / "r").iterdir())
+    assert not (tmp_path / "r").exists()  # the folder the lock made, left empty, goes with it
+
+
+def test_release_keeps_a_folder_it_did_not_make_or_that_was_written(tmp_path):
+    (tmp_path / "old").mkdir()
+    with RunLock(tmp_path / "old"), RunLock(tmp_path / "new"):
+        (tmp_path / "new" / "log.jsonl").write_text("{}")
+    assert not list((tmp_path / "old").iterdir())
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["log.jsonl"]
 
 
 def test_unwritable_folder_is_an_output_error(tmp_path):
