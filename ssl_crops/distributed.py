@@ -198,7 +198,9 @@ def backend_device():
 
 
 def _on_backend(tensor):
-    t = tensor.to(backend_device(), non_blocking=True)
+    device = backend_device()
+    # non-blocking only towards CUDA (stream-ordered); a device-to-host copy must finish before gloo reads it
+    t = tensor.to(device, non_blocking=device.type == "cuda")
     if _cuda_collectives() and not t.is_cuda:
         raise AssertionError(f"collective on a {t.device} tensor: NCCL takes CUDA tensors only")
     return t
