@@ -1,7 +1,10 @@
 """Bookkeeping of a training run: stop signals, loader workers that die, one epoch's tallies,
 the run's log files, and actions done by rank 0 that every rank must hear about."""
+import atexit
 import itertools
 import json
+import multiprocessing
+import multiprocessing.util  # registers its exit handler first, so ours (below) runs before it
 import os
 import signal
 import threading
@@ -14,7 +17,7 @@ import torch
 from . import distributed as du
 from .files import atomic_write
 
-__all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "LoaderDied", "loader_died", "EpochTally",
+__all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "stop_workers", "LoaderDied", "loader_died", "EpochTally",
            "RunLog", "TensorBoardLog", "on_rank0"]
 
 EVENTS = ("bad_images", "scene_fallbacks")  # per-item event counts, summed over workers and ranks
@@ -79,6 +82,30 @@ def ignore_stop_signals(worker_id=None):
     the worker mid-batch; ``kill -TERM -- -PGID``, SLURM and ``timeout`` send it to every process."""
     for sig in _signals():
         signal.signal(sig, signal.SIG_IGN)
+
+
+def stop_workers(loader_or_iterator):
+    """Shut down the workers of a DataLoader (its persistent iterator) or of a loader iterator
+    now, not whenever the last reference goes (an exception's traceback can hold it for long)."""
+    it = loader_or_iterator
+    if hasattr(it, "_iterator"):  # a DataLoader with persistent workers
+        it, loader_or_iterator._iterator = it._iterator, None
+    if hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+
+
+@atexit.register
+def _kill_leftover_workers():
+    """At exit multiprocessing stops daemonic children with SIGTERM and waits for them; workers
+    that ignore it (:func:`ignore_stop_signals`) would make it wait forever, so kill them first."""
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    for p in children:
+        p.terminate()
+    for p in children:
+        p.join(1)
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 class LoaderDied(RuntimeError):

@@ -42,7 +42,7 @@ from .demo import make_demo
 from .formats import SUBSET_FILES
 from .moco import MoCo, default_bn_splits
 from .run import (EpochTally, RunLog, StopSignal, TensorBoardLog, ignore_stop_signals, loader_died, on_rank0,
-                  summary_writer)
+                  stop_workers, summary_writer)
 from .runlock import RunLock
 from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
@@ -615,54 +615,57 @@ def _train(info, args, index, test_index):
                  "epoch_state": epoch_state, "dataset": fingerprint, "world_size": info.world_size}
         on_rank0(lambda: save_checkpoint(state, run_dir, keep, args.keep_checkpoints))
 
-    with StopSignal() as stop:
-        for epoch in range(start_epoch, args.epochs):
-            tally = EpochTally(info, epoch_state if epoch == start_epoch else None)
-            loader.sampler.set_epoch(epoch, skip=tally.batches * args.batch_size)
-            lr = adjust_learning_rate(optimizer, epoch, args)
-            start, first = time.perf_counter(), tally.batches
-            try:
-                step, stopped = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, tally, args, info, log,
-                                                stop, augment)
-            except (RuntimeError, EOFError, ConnectionError) as e:
-                died = loader_died(e, getattr(loader, "_iterator", None), run_dir)  # persistent workers' iterator
-                if died is None:
-                    raise
-                raise died from e
-            skipped = tally.take_skipped()
-            if main:
-                log.add_bad_images(skipped)
-            if tally.batches < steps_per_epoch:  # stopped mid-epoch
-                checkpoint(epoch, epoch_state=tally.state())
+    try:
+        with StopSignal() as stop:
+            for epoch in range(start_epoch, args.epochs):
+                tally = EpochTally(info, epoch_state if epoch == start_epoch else None)
+                loader.sampler.set_epoch(epoch, skip=tally.batches * args.batch_size)
+                lr = adjust_learning_rate(optimizer, epoch, args)
+                start, first = time.perf_counter(), tally.batches
+                try:
+                    step, stopped = train_one_epoch(ddp, loader, optimizer, scaler, epoch, step, tally, args, info, log,
+                                                    stop, augment)
+                except (RuntimeError, EOFError, ConnectionError) as e:
+                    died = loader_died(e, getattr(loader, "_iterator", None), run_dir)  # persistent workers' iterator
+                    if died is None:
+                        raise
+                    raise died from e
+                skipped = tally.take_skipped()
                 if main:
-                    signame = stop.received or "a signal to another process"
-                    log.write({"type": "stop", "signal": signame, "epoch": epoch, "step": step})
-                    print(f"{signame}: stopped after step {step} (epoch {epoch + 1}, batch {tally.batches}/"
-                          f"{steps_per_epoch}); saved {run_dir / LAST}; continue with --resume auto", flush=True)
-                break
-            loss, events = tally.summary(steps_per_epoch)
-            events["bad_images"] = len(skipped)  # images, not items: one with several boxes is skipped per box
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"mean loss of epoch {epoch} is {loss}")
-            done = epoch + 1
-            ips = args.batch_size * (tally.batches - first) / (time.perf_counter() - start)
-            summary = {"type": "epoch", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "images_per_s": ips,
-                       **events}
-            if knn is not None and (done % args.knn_every == 0 or done == args.epochs):
-                summary.update(knn(model.encoder_q))
-            if main:
-                log.write(summary)
-                print(f"epoch {done}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in summary.items()
-                                                                if k not in ("type", "epoch")), flush=True)
-                if events["bad_images"]:
-                    print(f"  {events['bad_images']} unreadable images skipped this epoch "
-                          f"(named in {log.bad_path})", flush=True)
-            checkpoint(done, keep=done % args.save_freq == 0 or done == args.epochs)
-            if stopped or stop.settle():  # a signal in the epoch's last steps
+                    log.add_bad_images(skipped)
+                if tally.batches < steps_per_epoch:  # stopped mid-epoch
+                    checkpoint(epoch, epoch_state=tally.state())
+                    if main:
+                        signame = stop.received or "a signal to another process"
+                        log.write({"type": "stop", "signal": signame, "epoch": epoch, "step": step})
+                        print(f"{signame}: stopped after step {step} (epoch {epoch + 1}, batch {tally.batches}/"
+                              f"{steps_per_epoch}); saved {run_dir / LAST}; continue with --resume auto", flush=True)
+                    break
+                loss, events = tally.summary(steps_per_epoch)
+                events["bad_images"] = len(skipped)  # images, not items: one with several boxes is skipped per box
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"mean loss of epoch {epoch} is {loss}")
+                done = epoch + 1
+                ips = args.batch_size * (tally.batches - first) / (time.perf_counter() - start)
+                summary = {"type": "epoch", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "images_per_s": ips,
+                           **events}
+                if knn is not None and (done % args.knn_every == 0 or done == args.epochs):
+                    summary.update(knn(model.encoder_q))
                 if main:
-                    print(f"{stop.received or 'a signal'}: stopped at the end of epoch {done}; saved {run_dir / LAST}; "
-                          "continue with --resume auto", flush=True)
-                break
+                    log.write(summary)
+                    print(f"epoch {done}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in summary.items()
+                                                                    if k not in ("type", "epoch")), flush=True)
+                    if events["bad_images"]:
+                        print(f"  {events['bad_images']} unreadable images skipped this epoch "
+                              f"(named in {log.bad_path})", flush=True)
+                checkpoint(done, keep=done % args.save_freq == 0 or done == args.epochs)
+                if stopped or stop.settle():  # a signal in the epoch's last steps
+                    if main:
+                        print(f"{stop.received or 'a signal'}: stopped at the end of epoch {done}; saved {run_dir / LAST}; "
+                              "continue with --resume auto", flush=True)
+                    break
+    finally:
+        stop_workers(loader)  # now: they ignore SIGTERM, and a traceback may hold the loader
     if main:
         log.close()
         print(f"checkpoint: {run_dir / LAST}\nlog: {run_dir / 'log.jsonl'}", flush=True)

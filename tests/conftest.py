@@ -1,4 +1,8 @@
-"""Shared fixtures: a small demo dataset generated once per test session."""
+"""Shared fixtures: a small demo dataset generated once per test session; no test may leave
+child processes behind."""
+import gc
+import multiprocessing
+
 import pytest
 import torch
 
@@ -12,6 +16,19 @@ def demo_root(tmp_path_factory):
     """A small demo dataset (24 train, 8 test images of 128-224 px); treat it as read-only."""
     return make_demo(tmp_path_factory.mktemp("demo"), num_train=24, num_test=8, seed=0,
                      min_size=128, max_size=224)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(request):
+    """Fail a test that leaves child processes alive (e.g. DataLoader workers of a loader that was
+    not shut down): they ignore SIGTERM, so they would hang the interpreter's exit."""
+    yield
+    gc.collect()
+    left = [p for p in multiprocessing.active_children() if (p.join(2) or p.is_alive())]
+    for p in left:
+        p.kill()
+        p.join()
+    assert not left, f"{request.node.nodeid} left {len(left)} child process(es) running: {left}"
 
 
 @pytest.fixture

@@ -2,13 +2,17 @@
 import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from ssl_crops import distributed as du
 from ssl_crops.distributed import DistInfo
-from ssl_crops.run import STOP_LAG, EpochTally, RunLog, StopSignal
+from ssl_crops.run import STOP_LAG, EpochTally, RunLog, StopSignal, ignore_stop_signals, stop_workers
 
 
 def test_resumed_log_drops_the_records_past_the_resumed_step(tmp_path):
@@ -124,3 +128,35 @@ def test_a_worker_error_is_not_taken_for_a_dead_worker(tmp_path):
     assert isinstance(died, LoaderDied) and "pid(s) 123" in str(died) and str(tmp_path) in str(died)
     assert isinstance(loader_died(EOFError(), None, tmp_path), LoaderDied)
     signal.signal(signal.SIGCHLD, handler)
+
+
+LEAKED_LOADER = """
+import sys, torch
+from torch.utils.data import DataLoader
+from ssl_crops.run import ignore_stop_signals
+loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True,
+                    worker_init_fn=ignore_stop_signals)
+next(iter(loader))
+KEEP = [loader]  # never shut down: the workers live until the interpreter exits
+print("ready", flush=True)
+"""
+
+
+def test_workers_that_ignore_sigterm_do_not_hang_the_exit(tmp_path):
+    # multiprocessing's exit handler stops daemonic children with SIGTERM and waits: without
+    # run's own exit handler this process would wait forever for the two workers
+    script = tmp_path / "leak.py"
+    script.write_text(LEAKED_LOADER)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert "ready" in out.stdout
+
+
+def test_stop_workers_shuts_a_persistent_loader_down():
+    loader = DataLoader(list(range(8)), batch_size=2, num_workers=1, persistent_workers=True,
+                        worker_init_fn=ignore_stop_signals)
+    next(iter(loader))
+    workers = list(loader._iterator._workers)
+    stop_workers(loader)
+    assert loader._iterator is None and not any(w.is_alive() for w in workers)

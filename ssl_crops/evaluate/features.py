@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..distributed import all_gather_cat
 from ..files import atomic_write
-from ..run import ignore_stop_signals
+from ..run import ignore_stop_signals, stop_workers
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -92,23 +92,27 @@ def extract_features(backbone: nn.Module, loader, device, amp: str = "off", chan
         backbone.to(memory_format=torch.channels_last)
     feats, targets, indices = [], [], []
     seen, indexed = 0, True
-    bar = tqdm(loader, desc="features", unit="batch", disable=not progress or rank != 0,
-               dynamic_ncols=True, leave=False)
-    for batch in bar:
-        images, target = batch[0], batch[1]
-        indexed = len(batch) > 2
-        idx = batch[2] if indexed else torch.arange(seen, seen + len(images))
-        seen += len(images)
-        images = images.to(device, non_blocking=True)
-        shape = images.shape[:-3]  # (B,) or (B, V) for MultiView batches
-        images = images.flatten(0, -4)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            out = backbone(images)
-        feats.append(out.float().reshape(*shape, -1))
-        targets.append(torch.as_tensor(target))
-        indices.append(torch.as_tensor(idx))
+    batches = iter(loader)  # its workers are shut down even if a batch raises
+    bar = tqdm(batches, total=len(loader) if hasattr(loader, "__len__") else None, desc="features", unit="batch",
+               disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
+    try:
+        for batch in bar:
+            images, target = batch[0], batch[1]
+            indexed = len(batch) > 2
+            idx = batch[2] if indexed else torch.arange(seen, seen + len(images))
+            seen += len(images)
+            images = images.to(device, non_blocking=True)
+            shape = images.shape[:-3]  # (B,) or (B, V) for MultiView batches
+            images = images.flatten(0, -4)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                out = backbone(images)
+            feats.append(out.float().reshape(*shape, -1))
+            targets.append(torch.as_tensor(target))
+            indices.append(torch.as_tensor(idx))
+    finally:
+        stop_workers(batches)
     backbone.train(was_training)
     feats = torch.cat(feats)
     targets, indices = torch.cat(targets), torch.cat(indices).long()
