@@ -7,7 +7,7 @@
         --multiprocessing-distributed --bing_crops
     torchrun --nproc_per_node 8 main_moco.py DATA -a resnet50 ...
 
-See ``python main_moco.py --help`` and ``ssl_crops/train.py``.
+See ``python main_moco.py --help`` and ``ssl_crops/train/``.
 """
 from ssl_crops.train import main
 

@@ -214,22 +214,23 @@ FAULTY_WORKER = textwrap.dedent("""
     # FAULT_RANK, FAULT_STEP (sigkill only in the first attempt of a torchrun job)
     import os, signal, sys, time
     from ssl_crops import train
+    from ssl_crops.train import loop
 
     fault, rank = os.environ.get("FAULT"), int(os.environ["RANK"])
     if fault and rank == int(os.environ["FAULT_RANK"]) and (
             fault == "sigterm" or os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0"):
-        step, calls = train.train_step, []
+        step, calls = loop.train_step, []
         def train_step(*a, **k):
             calls.append(1)
             if len(calls) == int(os.environ["FAULT_STEP"]):
                 os.kill(os.getpid(), signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
             return step(*a, **k)
-        train.train_step = train_step
+        loop.train_step = train_step
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and fault and rank != int(os.environ["FAULT_RANK"]):
         time.sleep(3)  # the killed rank comes back first, while its peer's old keys are still in the store
     if os.environ.get("AUG_LOG"):  # record the device-augmentation parameters of each step of this rank
         import json, ssl_crops.transforms.augment as aug
-        seed_step, sample, current = train.seed_step, aug.AugmentSpec.sample, {}
+        seed_step, sample, current = loop.seed_step, aug.AugmentSpec.sample, {}
         def logged_seed_step(seed, step, rank=0):
             current["step"] = step
             return seed_step(seed, step, rank)
@@ -238,7 +239,7 @@ FAULTY_WORKER = textwrap.dedent("""
             with open(os.path.join(os.environ["AUG_LOG"], f"rank{rank}.jsonl"), "a") as f:
                 f.write(json.dumps({"step": current["step"], "factors": p["factors"].tolist()}) + "\\n")
             return p
-        train.seed_step, aug.AugmentSpec.sample = logged_seed_step, logged_sample
+        loop.seed_step, aug.AugmentSpec.sample = logged_seed_step, logged_sample
     train.main(sys.argv[1:])
     if os.environ.get("EXIT_DIR"):
         open(os.path.join(os.environ["EXIT_DIR"], f"rank{rank}.returned"), "w").close()

@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.models import resnet18
 
-from ssl_crops import train
-from ssl_crops.data import CorruptImageError
+from ssl_crops import checkpoint, train
+from ssl_crops.data import CorruptImageError, load_index
+from ssl_crops.moco import MoCo
+from ssl_crops.train import loop, options, worker
 from ssl_crops.demo import make_demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,18 +74,17 @@ def test_workers_default_to_the_cpus_of_the_process(monkeypatch):
     assert "in pixels of the input image" in " ".join(train.build_parser().format_help().split())  # --min-region
 
 
-def test_check_queue():
+def test_queue_size():
     args = Namespace(moco_k=96)
     with pytest.raises(ValueError, match="not divisible"):
-        train.check_queue(args, 1000, 64)
+        train.queue_size(args, 1000, 64)
     with pytest.raises(ValueError, match="fewer than"):
-        train.check_queue(args, 10, 64)
+        train.queue_size(args, 10, 64)
     with pytest.warns(UserWarning, match="whole dataset"):
-        train.check_queue(Namespace(moco_k=65536), 160, 32)
-    args = Namespace(moco_k=65536)
+        assert train.queue_size(Namespace(moco_k=65536), 160, 32) == 128
     with pytest.warns(UserWarning):
-        train.check_queue(args, 136, 128)
-    assert args.moco_k == 128
+        assert train.queue_size(Namespace(moco_k=65536), 136, 128) == 128
+    assert train.queue_size(Namespace(moco_k=128), 1000, 64) == 128
 
 
 @pytest.mark.parametrize("world,resumed_world", [(2, 1), (2, 4), (3, 3), (1, 2)])
@@ -118,21 +120,21 @@ def test_learning_rate_schedules():
 
 
 def test_resume_auto_skips_truncated_checkpoint(tmp_path):
-    train.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
-    train.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
+    checkpoint.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
+    checkpoint.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
     newest = tmp_path / "checkpoint_last.pth"
     newest.write_bytes(newest.read_bytes()[:100])  # a truncated file, now the newest one
     with pytest.warns(UserWarning, match="checkpoint_last.pth"):
-        path, ckpt = train.find_resume_checkpoint(tmp_path)
+        path, ckpt = checkpoint.find_resume_checkpoint(tmp_path)
     assert path.name == "checkpoint_0002.pth" and ckpt["epoch"] == 2
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
-    assert train.find_resume_checkpoint(tmp_path / "missing") == (None, None)
+    assert checkpoint.find_resume_checkpoint(tmp_path / "missing") == (None, None)
 
 
 def test_rng_state_round_trip():
-    state = train.capture_rng()
+    state = checkpoint.capture_rng()
     a = (torch.rand(2), np.random.rand(), random.random())
-    train.restore_rng(state)
+    checkpoint.restore_rng(state)
     b = (torch.rand(2), np.random.rand(), random.random())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
@@ -173,14 +175,14 @@ def test_resume_keeps_the_seed_of_an_unseeded_run(demo, tmp_path, clean_env, mon
 def _signal_at(monkeypatch, *steps, sig=signal.SIGTERM):
     """Make the process send itself ``sig`` during its ``steps``-th training steps (counted from 1)."""
     calls = []
-    step = train.train_step
+    step = loop.train_step
 
     def train_step(*a, **k):
         calls.append(1)
         if len(calls) in steps:
             os.kill(os.getpid(), sig)
         return step(*a, **k)
-    monkeypatch.setattr(train, "train_step", train_step)
+    monkeypatch.setattr(loop, "train_step", train_step)
 
 
 def _records(run_dir):
@@ -354,7 +356,7 @@ def test_bad_images_counted_over_workers_and_named_once(bad_images, tmp_path, cl
 def test_unwritable_output_fails_before_training(demo, tmp_path, clean_env, monkeypatch):
     (tmp_path / "out").write_text("a file where the output folder should be")
     started = []
-    monkeypatch.setattr(train, "build_dataset", lambda *a: started.append(1))
+    monkeypatch.setattr(worker, "build_dataset", lambda *a: started.append(1))
     with pytest.raises(SystemExit) as err:
         _run(demo, tmp_path / "out")
     assert str(tmp_path / "out" / "r") in str(err.value) and "\n" not in str(err.value) and not started
@@ -377,12 +379,12 @@ def test_disk_full_at_checkpoint_time_is_one_line(demo, tmp_path, clean_env, mon
             raise OSError(errno.ENOSPC, "No space left on device")
 
     torch.set_num_threads(1)
-    save = train.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def save_on_a_full_disk(state, run_dir, *keep):
         monkeypatch.setattr(files, "open", lambda p, mode="r": FullDisk(p, mode.replace("b", "")), raising=False)
         save(state, run_dir, *keep)
-    monkeypatch.setattr(train, "save_checkpoint", save_on_a_full_disk)
+    monkeypatch.setattr(worker, "save_checkpoint", save_on_a_full_disk)
     with pytest.raises(SystemExit) as err:
         _run(demo, tmp_path, "--epochs", "1")
     msg = str(err.value)
@@ -406,7 +408,7 @@ def test_original_command_line_runs_on_cpu(demo, tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no CUDA device" in proc.stdout and "gloo" in proc.stdout
-    boxes = train.load_index(str(demo / "images")).num_boxes  # one item per box: the queue is shrunk below them
+    boxes = load_index(str(demo / "images")).num_boxes  # one item per box: the queue is shrunk below them
     assert f"using K={(boxes - 1) // 128 * 128}" in proc.stderr
     ckpt = torch.load(tmp_path / "NAME" / "checkpoint_last.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "resnet18" and ckpt["args"]["bing_crops"]
@@ -471,8 +473,7 @@ def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
     props = dataset.proposals.proposals_for(index.image_id(i), img)
     assert props.shape[1] == 4 and len(props) >= args.bing_topk and (props >= 0).all() and (props <= 1).all()
     # a run without any boxes falls back to scene crops with a warning
-    args.labels = args.boxes = None
-    args.data = str(tmp_path / "flat")
+    args = args.replace(labels=None, boxes=None, data=str(tmp_path / "flat"))
     (tmp_path / "flat").mkdir()
     img.save(tmp_path / "flat" / "a.jpg")
     with pytest.warns(UserWarning, match="no image .* has boxes"):
@@ -545,7 +546,7 @@ def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_
     dataset, _ = train.build_dataset(args, tmp_path / "run")
     (q, k), _ = dataset[0]
     assert q.dtype == k.dtype == torch.uint8 and q.shape == (3, 32, 32)
-    args.augment_on = "cpu"
+    args = args.replace(augment_on="cpu")
     (q_cpu, _), _ = train.build_dataset(args, tmp_path / "run")[0][0]
     assert q_cpu.dtype == torch.float32 and q_cpu.shape == (3, 32, 32)
 
@@ -553,7 +554,7 @@ def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_
     losses = []
     for on_device in (True, False):
         torch.manual_seed(0)
-        model = train.MoCo(train.models.resnet18, dim=16, K=32, m=0.99, T=0.2, mlp=True)
+        model = MoCo(resnet18, dim=16, K=32, m=0.99, T=0.2, mlp=True)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         torch.manual_seed(1)
@@ -749,7 +750,7 @@ def test_bing_proposals_recipe_for_images_without_boxes(demo_root, tmp_path, cap
     the run caches the folder's proposals once in <run>/proposals.npz and says so."""
     from ssl_crops.proposals import Bing, ProposalCache
 
-    index = train.load_index(demo_root / "images")
+    index = load_index(demo_root / "images")
     Bing.fit_index(index, demo_root / "images", range(8), seed=0).save(tmp_path / "bing.npz")
     (tmp_path / "photos").mkdir()
     for name in sorted(os.listdir(demo_root / "images"))[:6]:
@@ -815,10 +816,10 @@ def test_knn_test_index_of_an_lvis_json_is_federated(demo_root, tmp_path):
     (tmp_path / "lvis.json").write_text(json.dumps(coco))
     args = train.parse_args([str(demo_root / "images"), "--knn-every", "1", "--test-coco", str(tmp_path / "lvis.json"),
                              "--test-images", str(demo_root)])
-    index = train.load_index(demo_root / "images")
+    index = load_index(demo_root / "images")
     test = train.knn_test_index(args, index)
     assert test.federated and test.classes == index.classes and len(test) == 8
-    monitor = train._knn_monitor(args, index, test)
+    monitor = worker._knn_monitor(args, index, test)
     assert monitor.test.root == demo_root and (demo_root / test.path(0)).is_file()
     assert (monitor.test_targets == -1).any()
     with pytest.raises(ValueError, match="only one of"):
@@ -847,7 +848,7 @@ class _FakeWriter:
 def test_tensorboard_and_keep_checkpoints(demo, tmp_path, clean_env, monkeypatch, one_thread):
     from ssl_crops import run
     monkeypatch.setattr(run, "summary_writer", lambda: _FakeWriter)
-    monkeypatch.setattr(train, "summary_writer", lambda: _FakeWriter)
+    monkeypatch.setattr(options, "summary_writer", lambda: _FakeWriter)
     _run(demo, tmp_path, "--tensorboard", str(tmp_path / "tb"), "--knn-every", "2", "--keep-checkpoints", "1")
     writer = _FakeWriter.made[-1]
     assert writer.log_dir == str(tmp_path / "tb") and writer.purge_step is None and writer.closed

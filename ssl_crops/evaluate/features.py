@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from ..config import AMP_DTYPES
 from ..distributed import all_gather_cat
 from ..files import atomic_write
 from ..run import ignore_stop_signals, stop_workers
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class MultiView:
