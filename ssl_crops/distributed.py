@@ -21,7 +21,9 @@ attempt, whatever the agent's setting.
 import os
 import pickle
 import re
+import signal
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlparse
@@ -109,6 +111,26 @@ def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, lo
                     local_world_size or min(world_size, max(1, torch.cuda.device_count())))
 
 
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How :func:`launch` starts the job: the original MoCo flags and ``--dist-timeout``."""
+    multiprocessing_distributed: bool = False
+    dist_url: str | None = None
+    world_size: int = 1  # nodes (legacy launch)
+    rank: int = 0  # node rank (legacy launch)
+    gpu: int | None = None
+    backend: str | None = None
+    timeout_s: float | None = None
+
+    @classmethod
+    def of(cls, args) -> "LaunchSettings":
+        """The settings of a parsed command line (attributes missing from ``args``: defaults)."""
+        minutes = getattr(args, "dist_timeout", None)
+        return cls(bool(getattr(args, "multiprocessing_distributed", False)), getattr(args, "dist_url", None),
+                   max(1, getattr(args, "world_size", 1)), max(0, getattr(args, "rank", 0)), getattr(args, "gpu", None),
+                   getattr(args, "dist_backend", None), None if minutes is None else minutes * 60)
+
+
 def _run(worker_fn, info, args):
     try:
         return worker_fn(info, args)
@@ -116,49 +138,60 @@ def _run(worker_fn, info, args):
         cleanup()
 
 
-def _spawn_worker(local_rank, worker_fn, args, node_rank, nprocs, world_size):
-    info = init_distributed(getattr(args, "dist_backend", None), args.dist_url,
-                            rank=node_rank * nprocs + local_rank, world_size=world_size,
-                            local_rank=local_rank, local_world_size=nprocs, timeout=_timeout(args))
+def _spawn_worker(local_rank, worker_fn, args, how, nprocs, world_size):
+    info = init_distributed(how.backend, how.dist_url, rank=how.rank * nprocs + local_rank, world_size=world_size,
+                            local_rank=local_rank, local_world_size=nprocs, timeout=how.timeout_s)
     return _run(worker_fn, info, args)
 
 
-def _timeout(args):
-    minutes = getattr(args, "dist_timeout", None)
-    return None if minutes is None else minutes * 60
+@contextmanager
+def _parent_outlives_stop_signals():
+    """While ``mp.spawn``'s parent waits, a stop signal to the whole job (SLURM, ``timeout``) is
+    the ranks' to handle: the parent notes it instead of dying, which would SIGINT the ranks
+    (their death signal) while they save."""
+    def note(signum, frame):
+        print(f"{signal.Signals(signum).name}: waiting for the processes to save and stop", flush=True)
+
+    names = ("SIGTERM", "SIGUSR1", "SIGINT")
+    previous = {sig: signal.signal(sig, note) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def launch(worker_fn, args):
     """Run ``worker_fn(info, args)`` in every process of the job (see the module docstring).
 
-    ``args`` may carry ``multiprocessing_distributed``, ``dist_url``, ``world_size``, ``rank``,
-    ``gpu`` and ``dist_backend`` (the original MoCo flags) and ``dist_timeout`` (minutes).
+    The launch reads :class:`LaunchSettings` from ``args`` (``multiprocessing_distributed``,
+    ``dist_url``, ``world_size``, ``rank``, ``gpu``, ``dist_backend``: the original MoCo flags,
+    and ``dist_timeout`` in minutes); ``args`` itself goes to the worker unchanged.
     Returns the worker's result when it runs in this process.
     """
-    mp_dist = getattr(args, "multiprocessing_distributed", False)
-    backend = getattr(args, "dist_backend", None)
+    how = LaunchSettings.of(args)
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     slurm = "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1
-    if torchrun or (slurm and not mp_dist):
-        if mp_dist:
+    if torchrun or (slurm and not how.multiprocessing_distributed):
+        if how.multiprocessing_distributed:
             print("launched by torchrun: ignoring --multiprocessing-distributed", flush=True)
-        return _run(worker_fn, init_distributed(backend, getattr(args, "dist_url", None), timeout=_timeout(args)), args)
-    nodes, node_rank = max(1, getattr(args, "world_size", 1)), max(0, getattr(args, "rank", 0))
-    if mp_dist:
+        return _run(worker_fn, init_distributed(how.backend, how.dist_url, timeout=how.timeout_s), args)
+    if how.multiprocessing_distributed:
         nprocs = torch.cuda.device_count()
         if nprocs == 0:
             print("--multiprocessing-distributed: no CUDA device, running one process per node "
                   "with the gloo backend", flush=True)
             nprocs = 1
         if nprocs == 1:
-            return _spawn_worker(0, worker_fn, args, node_rank, 1, nodes)
-        mp.spawn(_spawn_worker, nprocs=nprocs, args=(worker_fn, args, node_rank, nprocs, nodes * nprocs))
+            return _spawn_worker(0, worker_fn, args, how, 1, how.world_size)
+        with _parent_outlives_stop_signals():
+            mp.spawn(_spawn_worker, nprocs=nprocs, args=(worker_fn, args, how, nprocs, how.world_size * nprocs))
         return None
-    if nodes > 1:
-        info = init_distributed(backend, args.dist_url, rank=node_rank, world_size=nodes,  # one process a node
-                                local_rank=getattr(args, "gpu", None), local_world_size=1, timeout=_timeout(args))
+    if how.world_size > 1:
+        info = init_distributed(how.backend, how.dist_url, rank=how.rank, world_size=how.world_size,  # one a node
+                                local_rank=how.gpu, local_world_size=1, timeout=how.timeout_s)
     else:
-        info = init_distributed(backend, local_rank=getattr(args, "gpu", None))
+        info = init_distributed(how.backend, local_rank=how.gpu)
     return _run(worker_fn, info, args)
 
 

@@ -61,6 +61,38 @@ def test_launch_runs_plain_single_process(clean_env):
     assert du.launch(lambda info, a: (info.world_size, info.distributed), args) == (1, False)
 
 
+SPAWNED = textwrap.dedent("""
+    import os, signal, sys, time
+    from argparse import Namespace
+    import torch
+    from ssl_crops import distributed as du
+
+    def work(info, args):
+        if info.rank == 0:
+            os.kill(os.getppid(), signal.SIGTERM)  # as SLURM or timeout would: the parent is signalled too
+        time.sleep(1)
+        du.barrier()
+        print(f"rank {info.rank} done", flush=True)
+
+    if __name__ == "__main__":
+        torch.cuda.device_count = lambda: 2  # two ranks on the CPU (gloo) through the mp.spawn path
+        du.launch(work, Namespace(multiprocessing_distributed=True, world_size=1, rank=0, gpu=None,
+                                  dist_url=sys.argv[1]))
+        print("parent returned", flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_legacy_spawn_parent_outlives_a_stop_signal(tmp_path):
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWNED)
+    out = subprocess.run([sys.executable, str(script), f"tcp://127.0.0.1:{_free_port()}"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rank 0 done" in out.stdout and "rank 1 done" in out.stdout and "parent returned" in out.stdout
+    assert "SIGTERM: waiting for the processes to save and stop" in out.stdout
+
+
 def test_legacy_multiprocessing_flags_fall_back_to_one_gloo_process(clean_env, capsys):
     if torch.cuda.is_available():
         pytest.skip("CPU fallback only")
