@@ -25,18 +25,18 @@ class Config(types.SimpleNamespace):
         raise AttributeError("a Config is frozen")
 
     @classmethod
-    def of(cls, namespace: argparse.Namespace | dict, **changes) -> "Config":
-        """A config with the values of a parsed namespace (or dict), updated by ``changes``."""
-        values = dict(namespace if isinstance(namespace, dict) else vars(namespace))
-        unknown = set(changes) - set(values)
-        if unknown:
-            raise TypeError(f"Config.of: unknown settings {sorted(unknown)}")
+    def of(cls, namespace: argparse.Namespace | dict, **settings) -> "Config":
+        """A config with the values of a parsed namespace (or dict) and ``settings`` (new or
+        resolved ones, e.g. a default that depends on the device)."""
         cfg = cls()
-        cfg.__dict__.update(values, **changes)
+        cfg.__dict__.update(namespace if isinstance(namespace, dict) else vars(namespace), **settings)
         return cfg
 
     def replace(self, **changes) -> "Config":
         """A copy with ``changes`` (existing settings only: a misspelt name is an error)."""
+        unknown = set(changes) - set(self.__dict__)
+        if unknown:
+            raise TypeError(f"Config.replace: unknown settings {sorted(unknown)}")
         return type(self).of(self.__dict__, **changes)
 
     def to_dict(self) -> dict:

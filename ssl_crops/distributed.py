@@ -203,8 +203,19 @@ def get_rank():
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside a process group."""
+    return get_rank(), get_world_size()
+
+
 def is_main_process():
     return get_rank() == 0
+
+
+def print0(*args, **kwargs):
+    """``print`` (flushed) in the rank-0 process only: the one place that decides who talks."""
+    if is_main_process():
+        print(*args, flush=True, **kwargs)
 
 
 # --------------------------------------------------------------------------- collectives

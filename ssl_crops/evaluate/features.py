@@ -17,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from ..config import AMP_DTYPES
-from ..distributed import all_gather_cat
+from ..distributed import all_gather_cat, rank_and_world
 from ..files import atomic_write
 from ..run import ignore_stop_signals, stop_workers
 
@@ -44,12 +44,6 @@ class IndexedDataset(Dataset):
 
     def __getitem__(self, i):
         return (*self.dataset[i], i)
-
-
-def rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def feature_loader(dataset, batch_size: int = 256, workers: int = 4, distributed: bool | None = None,

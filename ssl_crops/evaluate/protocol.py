@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from ..distributed import broadcast_object
+from ..config import Config
+from ..distributed import broadcast_object, print0
 from ..files import atomic_write
 from ..metrics import batch_mean_average_precision, topk_accuracy
 from ..transforms import eval_transform, linear_train_transform
@@ -28,7 +29,7 @@ from .features import (AMP_DTYPES, FeatureCache, MultiView, autocast, default_ca
 from .knn import knn_classify
 from .probe import linear_probe
 from .report import PAPER_BATCH_SIZE, PAPER_LABEL, build_report, format_table, scoring_targets, write_report
-from .splits import Splits, _leave_out_unreadable, _log, _unseen_notes, load_splits
+from .splits import Splits, _leave_out_unreadable, _unseen_notes, load_splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +109,8 @@ def _one_line(error: Exception) -> str:
 
 
 def _setup(args, info):
+    """``(backbone, its identity, device, args)``: the args with the backbone's arch and the image
+    size resolved (from the checkpoint when not given)."""
     device = torch.device(args.device if args.device and not info.distributed else info.device)
     torch.manual_seed(args.seed)
     pretrain_size = None
@@ -120,27 +123,25 @@ def _setup(args, info):
     else:
         backbone = build_backbone(args.arch or "resnet50")
         ident = {"random_init": args.arch or "resnet50", "seed": args.seed}
-    args.arch = backbone.arch
-    args.image_size_source = _image_size(args, pretrain_size)
-    _log(f"image size {args.image_size} px ({args.image_size_source})")
+    size, source = _image_size(args, pretrain_size)
+    args = Config.of(args, arch=backbone.arch, image_size=size, image_size_source=source)
+    print0(f"image size {size} px ({source})")
     for prm in backbone.parameters():
         prm.requires_grad_(False)
     backbone.to(device).eval()
-    return backbone, ident, device
+    return backbone, ident, device, args
 
 
-def _image_size(args, pretrain_size) -> str:
-    """Set ``args.image_size`` (default: the checkpoint's pretraining size, else 224); returns
-    where it came from."""
+def _image_size(args, pretrain_size) -> tuple[int, str]:
+    """``(image size, where it came from)``: ``--image-size``, else the checkpoint's pretraining
+    size, else 224."""
     if args.image_size is not None:
-        return "--image-size" + (f"; pretrained at {pretrain_size}" if pretrain_size not in (None, args.image_size)
-                                  else "")
+        return args.image_size, "--image-size" + (f"; pretrained at {pretrain_size}"
+                                                  if pretrain_size not in (None, args.image_size) else "")
     if pretrain_size:
-        args.image_size = int(pretrain_size)
-        return "the checkpoint's pretraining --image-size"
-    args.image_size = 224
-    return ("default; the checkpoint does not record its pretraining size, give --image-size"
-            if args.pretrained else "default")
+        return int(pretrain_size), "the checkpoint's pretraining --image-size"
+    return 224, ("default; the checkpoint does not record its pretraining size, give --image-size"
+                 if args.pretrained else "default")
 
 
 def _per_process_batch(batch_size: int, world: int) -> int:
@@ -169,7 +170,7 @@ def run_cached(info, args) -> dict | None:
     batch_size = _per_process_batch(args.batch_size, world)
     multilabel, splits = _load(args)
     train_root, train_index, test_root, test_index = splits.train_root, splits.train, splits.test_root, splits.test
-    backbone, ident, device = _setup(args, info)
+    backbone, ident, device, args = _setup(args, info)
     cache = None if args.no_cache else FeatureCache(args.cache_dir or default_cache_dir())
     timing = {}
 
@@ -185,7 +186,7 @@ def run_cached(info, args) -> dict | None:
         if cache and world > 1:
             todo = broadcast_object(todo)
         for name in (n for n in entries if n not in todo):
-            _log(f"{name}: cached features {cache.path(keys[name])}")
+            print0(f"{name}: cached features {cache.path(keys[name])}")
         if not todo:
             return out
         tfs = [tf for name in todo for tf in [entries[name][0]] * entries[name][1]]
@@ -196,7 +197,7 @@ def run_cached(info, args) -> dict | None:
         feats, targets = extract_features(backbone, loader, device, args.amp, args.channels_last,
                                           not args.no_progress)
         timing[f"extract_{'+'.join(todo)}_s"] = round(time.perf_counter() - t, 2)
-        _log(f"{'+'.join(todo)}: extracted {feats.shape[0]} images x {feats.shape[1]} views, "
+        print0(f"{'+'.join(todo)}: extracted {feats.shape[0]} images x {feats.shape[1]} views, "
              f"{feats.shape[2]}-d, in {time.perf_counter() - t:.2f}s")
         start = 0
         for name in todo:
@@ -228,7 +229,7 @@ def run_cached(info, args) -> dict | None:
     probe = linear_probe(np.concatenate(rows), np.concatenate([train_y] * len(rows)), test_x, multilabel,
                          args.lrs, args.wds, args.val_fraction, args.probe_epochs, args.probe_batch_size,
                          args.seed, device, train_groups=groups, num_classes=train_index.num_classes,
-                         widen=args.widen, log=_log)
+                         widen=args.widen, log=print0)
     timing["probe_s"] = round(time.perf_counter() - t, 2)
     extra = {}
     if args.knn:
@@ -241,10 +242,10 @@ def _load(args) -> tuple[bool, Splits]:
     """``(multilabel, splits)``; notes about unseen test classes are printed on rank 0."""
     forced = None if args.task == "auto" else args.task == "multilabel"
     splits = load_splits(args, forced)
-    _log(f"train annotations: {splits.train.describe()}")
-    _log(f"test annotations: {splits.test.describe()}")
+    print0(f"train annotations: {splits.train.describe()}")
+    print0(f"test annotations: {splits.test.describe()}")
     for note in _unseen_notes(splits.notes):
-        _log(f"warning: {note}")
+        print0(f"warning: {note}")
     return (is_multilabel(splits.train) if forced is None else forced), splits
 
 
@@ -294,7 +295,7 @@ def run_moco(info, args) -> dict | None:
     batch_size = _per_process_batch(args.batch_size, world)
     multilabel, splits = _load(args)
     train_index = splits.train
-    backbone, ident, device = _setup(args, info)
+    backbone, ident, device, args = _setup(args, info)
     if args.channels_last:
         backbone.to(memory_format=torch.channels_last)
     test = LabeledImageDataset(splits.test_root, splits.test, eval_transform(args.image_size), _on_corrupt(args))
@@ -319,7 +320,7 @@ def run_moco(info, args) -> dict | None:
         _head_in_class_order(state, train_index.classes)
         fc.load_state_dict(state["fc"]), opt.load_state_dict(state["optimizer"])
         start, history = state["epoch"], list(state.get("history", []))
-        _log(f"resumed the linear head at epoch {start}")
+        print0(f"resumed the linear head at epoch {start}")
     dataset = LabeledImageDataset(splits.train_root, train_index, linear_train_transform(args.image_size),
                                   _on_corrupt(args))
     sampler = DistributedSampler(dataset, seed=args.seed) if world > 1 else None
@@ -358,7 +359,7 @@ def run_moco(info, args) -> dict | None:
             figure = _epoch_figure(fc(test_x).cpu().numpy(), test_y, scored_y, multilabel,
                                    args.paper_batch_size)
         history.append({"epoch": epoch + 1, "test_batch_mean": figure})
-        _log(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f} "
+        print0(f"epoch {epoch + 1}/{args.epochs} lr {lr:g} loss {total / max(n, 1):.4f} "
              f"test {'batch-mean mAP' if multilabel else 'top-1'} {100 * figure:.2f}"
              + (f" ({unreadable} unreadable train images left out)" if unreadable else ""))
         if rank == 0:
@@ -408,28 +409,25 @@ def _head_in_class_order(state: dict, classes: list[str]) -> None:
 def quiet_map(info, data, pretrained: str, arch: str, image_size: int, out_dir) -> float:
     """Whole-set test mAP of the default cached linear evaluation of ``pretrained`` (``""``: a
     random-init ``arch``) in this process, its printing silenced (the report goes to ``out_dir``)."""
-    args = build_parser().parse_args([str(data), "--pretrained", pretrained, "-a", arch, "--image-size",
-                                      str(image_size), "--no-cache", "--no-progress", "--out-dir", str(out_dir)])
+    args = Config.of(build_parser().parse_args([str(data), "--pretrained", pretrained, "-a", arch, "--image-size",
+                                                str(image_size), "--no-cache", "--no-progress", "--out-dir",
+                                                str(out_dir)]))
     with contextlib.redirect_stdout(io.StringIO()):
         return run_cached(info, args)["map"]
 
 
 def _worker(info, args):
-    result = (run_moco if args.protocol == "moco" else run_cached)(info, args)
-    if result is not None and getattr(args, "_result", None) is not None:
-        args._result.append(result)
+    return (run_moco if args.protocol == "moco" else run_cached)(info, args)
 
 
 def main(argv=None) -> dict | None:
     """CLI entry: parse, launch (single process, torchrun, or legacy multiprocessing) and
     return the report of rank 0 (``None`` in spawned workers)."""
     args = build_parser().parse_args(argv)
-    args.no_progress = args.no_progress or not sys.stderr.isatty()  # no \r redraws in piped logs
-    from ..distributed import launch
-    args._result = []
+    args = Config.of(args, no_progress=args.no_progress or not sys.stderr.isatty())  # no \r redraws in piped logs
     from ..data import CorruptImageError
+    from ..distributed import launch
     try:
-        launch(_worker, args)
+        return launch(_worker, args)
     except CorruptImageError as e:  # --bad-image error, raised in a loader worker or here: one line
         raise CorruptImageError(f"{_one_line(e)} (--bad-image skip leaves unreadable images out)") from None
-    return args._result[0] if args._result else None

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import is_multilabel, rank_and_world
-
-
-def _log(*a):
-    if rank_and_world()[0] == 0:
-        print(*a, flush=True)
+from ..distributed import print0
+from .features import is_multilabel
 
 
 @dataclass
@@ -140,5 +136,5 @@ def _leave_out_unreadable(splits: Splits, split: str, targets) -> np.ndarray:
             reasons[index.path(i)] = str(e).removeprefix(f"{root / index.path(i)}: ")
     splits.notes[f"{split}_unreadable_images"] = reasons
     setattr(splits, split, index.subset(~bad))
-    _log("warning: " + _unseen_notes({f"{split}_unreadable_images": reasons})[0])
+    print0("warning: " + _unseen_notes({f"{split}_unreadable_images": reasons})[0])
     return ~bad
