@@ -17,7 +17,7 @@ _OI_BOX, _OI_NAME = itemgetter(_OI_XMIN, _OI_YMIN, _OI_XMAX, _OI_YMAX), itemgett
 _NAN = float("nan")
 
 
-def _to_float(v) -> float:
+def to_float(v) -> float:
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -53,11 +53,11 @@ def _outside_share(boxes: np.ndarray) -> tuple[int, int]:
     return int(outside.sum()), int(finite.sum())
 
 
-def _counts(counts: Mapping[str, int]) -> str:
+def format_counts(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in counts.items() if n)
 
 
-class _Builder:
+class RowBuilder:
     """Accumulates images in flat lists and turns them into a :class:`BoxIndex`; boxes are
     converted, validated and matched to classes once, over all images together."""
 
@@ -97,7 +97,7 @@ class _Builder:
         valid, reasons, clipped = _clean_boxes(boxes)
         dropped = int((~valid).sum())
         if dropped or clipped:
-            warnings.warn(f"{self.source}: " + _box_changes(len(boxes), reasons, clipped), stacklevel=3)
+            warnings.warn(f"{self.source}: " + box_changes(len(boxes), reasons, clipped), stacklevel=3)
         names = np.array(self.box_names, dtype=str)
         if self.fixed:
             classes = np.array(self.vocabulary, dtype=str)
@@ -146,11 +146,11 @@ class _Builder:
         )
 
 
-def _box_changes(total: int, reasons: Mapping[str, int], clipped: int) -> str:
+def box_changes(total: int, reasons: Mapping[str, int], clipped: int) -> str:
     """``"3 of 929 boxes dropped (2 outside the image, 1 not a number); 5 clipped to the image"``."""
     parts = []
     if reasons:
-        parts.append(f"{sum(reasons.values())} of {total} boxes dropped ({_counts(reasons)})")
+        parts.append(f"{sum(reasons.values())} of {total} boxes dropped ({format_counts(reasons)})")
     if clipped:
         parts.append(f"{clipped} of {total} boxes partly outside the image, clipped to it")
     return "; ".join(parts)
@@ -163,14 +163,14 @@ def _float_boxes(coords: list) -> np.ndarray:
     try:
         return np.array(coords, dtype=np.float64).reshape(-1, 4)
     except (TypeError, ValueError):  # some value is not a number: convert one by one
-        return np.array([[_to_float(v) for v in row] for row in coords], dtype=np.float64).reshape(-1, 4)
+        return np.array([[to_float(v) for v in row] for row in coords], dtype=np.float64).reshape(-1, 4)
 
 
 def _as_str(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _parse_rows(rows) -> tuple[list, list]:
+def parse_rows(rows) -> tuple[list, list]:
     """``([x0, y0, x1, y1] per row, class per row)`` from OpenImages box CSV rows; a row too
     short to hold a box becomes NaN (dropped and counted)."""
     try:  # the common case: every row is complete

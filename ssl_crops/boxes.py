@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .box_rows import _Builder, _box_changes, _counts, _parse_rows, _to_float
+from .box_rows import RowBuilder, box_changes, format_counts, parse_rows, to_float
 from .files import UnsafePickleError, atomic_write, load_npy_dict
 
 __all__ = ["BoxIndex", "load_npy_dict", "image_files", "coco_file_name", "UnsafePickleError", "IMAGE_EXTENSIONS"]
@@ -87,13 +87,13 @@ class BoxIndex:
         boxes = _as_dict(boxes_npy) if boxes_npy is not None else {}
         source = _source(labels_npy, "labels dict") + (f" + {_source(boxes_npy, 'boxes dict')}" if boxes_npy is not None
                                                        else "")
-        builder = _Builder(classes, source, "they look like pixel coordinates, but the boxes dict holds XMin, XMax, "
+        builder = RowBuilder(classes, source, "they look like pixel coordinates, but the boxes dict holds XMin, XMax, "
                                             "YMin, YMax normalized to [0, 1] (as OpenImages' box CSV): divide x by "
                                             "the image width and y by its height")
         for image_id, image_labels in labels.items():
             entry = boxes.get(image_id, ())
             rows = entry.get("data", ()) if isinstance(entry, Mapping) else entry
-            coords, names = _parse_rows(rows)
+            coords, names = parse_rows(rows)
             if isinstance(image_labels, (str, bytes)):
                 image_labels = [image_labels]
             builder.add(str(image_id), f"{image_id}{suffix}", image_labels, coords, names)
@@ -137,7 +137,7 @@ class BoxIndex:
                 skipped["unknown category id"] += 1
             else:
                 per_image.setdefault(a.get("image_id"), []).append(a)
-        builder = _Builder(classes if classes is not None else [categories[k] for k in sorted(categories)],
+        builder = RowBuilder(classes if classes is not None else [categories[k] for k in sorted(categories)],
                            str(json_path), "check the images' width and height entries against the photos "
                                            "(COCO bbox is [x, y, width, height] in pixels of that size)")
         for im in images:
@@ -154,7 +154,7 @@ class BoxIndex:
             for k, a in enumerate(anns):
                 bbox = a.get("bbox")
                 if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and w > 0 and h > 0:
-                    x, y, bw, bh = (_to_float(v) for v in bbox)
+                    x, y, bw, bh = (to_float(v) for v in bbox)
                     coords[k] = (x / w, y / h, (x + bw) / w, (y + bh) / h)
             builder.add(Path(name).stem, name, sorted(set(names)), coords, names, neg, nex)
         skipped["unknown image id"] = sum(map(len, per_image.values()))
@@ -173,7 +173,7 @@ class BoxIndex:
             found = f"; found {len(others)} other files, e.g. {others[0]}" if others else " (the folder is empty)"
             raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found{found}")
         class_layout = all(len(p.parts) == 2 for p in files)
-        builder = _Builder(classes, f"{root} (image folder, no boxes)")
+        builder = RowBuilder(classes, f"{root} (image folder, no boxes)")
         builder.skipped = {"files that are not images": len(others)}
         empty = np.zeros((0, 4))
         for p in files:
@@ -222,9 +222,9 @@ class BoxIndex:
         """One line: the source file(s), what was read, and what was dropped, clipped or left out."""
         line = f"{self.source or 'BoxIndex'}: {len(self)} images, {self.num_boxes} boxes, {self.num_classes} classes"
         total = self.num_boxes + self.dropped
-        changes = _box_changes(total, self.dropped_reasons or ({"invalid": self.dropped} if self.dropped else {}),
+        changes = box_changes(total, self.dropped_reasons or ({"invalid": self.dropped} if self.dropped else {}),
                                self.clipped)
-        left_out = _counts(self.skipped)
+        left_out = format_counts(self.skipped)
         return line + (f"; {changes}" if changes else "") + (f"; left out: {left_out}" if left_out else "")
 
     @property
