@@ -80,13 +80,10 @@ def _train(info, args, index, test_index):
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
     if restart > 0 and args.resume != "auto" and (not args.resume or run_checkpoints(run_dir)):
         args = args.replace(resume="auto")  # also over an explicit --resume PATH once this run has checkpoints
-        if main:
-            print(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)",
-                  flush=True)
+        du.print0(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)")
     resume_path, resume_ckpt = locate_resume(args, run_dir)
     if (resume_ckpt["epoch"] if resume_ckpt is not None else args.start_epoch) >= args.epochs:
-        if main:
-            print(_nothing_to_do(args, resume_path, resume_ckpt), flush=True)
+        du.print0(_nothing_to_do(args, resume_path, resume_ckpt))
         return run_dir
     seed = args.seed
     if resume_ckpt is not None and seed is None:  # the resumed run keeps its seed
