@@ -42,7 +42,7 @@ class StopSignal:
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self, lag=STOP_LAG):
-        self.received, self.lag, self._previous, self._pending = None, lag, {}, []
+        self.received, self.lag, self._previous, self._pending, self._interrupts = None, lag, {}, [], 0
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -55,9 +55,11 @@ class StopSignal:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.received == "SIGINT":
-            raise KeyboardInterrupt  # a second Ctrl-C: no waiting for the step
-        self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt  # a second Ctrl-C: no waiting for the step
+        self.received = self.received or signal.Signals(signum).name  # the first: what stopped the run
 
     def requested(self):
         if du.get_world_size() == 1:

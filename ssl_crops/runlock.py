@@ -90,21 +90,24 @@ def _alive(pid, started):
     return now is None or (now[1] != "Z" and (started is None or now[0] == started))
 
 
-def _exit_on_sigterm(signum, frame):
+EXIT_SIGNALS = ("SIGTERM", "SIGUSR1")  # their default action ends the process without unwinding
+
+
+def _exit_on_signal(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through RunLock.release
 
 
 class RunLock:
     """``run.lock`` of ``run_dir`` (see the module docstring). A context manager, or
-    :meth:`acquire` and :meth:`release`. While held, SIGTERM without a handler of its own
-    (before training installs one) exits through :meth:`release`."""
+    :meth:`acquire` and :meth:`release`. While held, SIGTERM or SIGUSR1 without a handler of its
+    own (before training installs one) exits through :meth:`release`."""
 
     NAME = "run.lock"
 
     def __init__(self, run_dir, heartbeat=30.0, stale_after=300.0):
         self.run_dir, self.path = Path(run_dir), Path(run_dir) / self.NAME
         self.heartbeat, self.stale_after = heartbeat, stale_after
-        self._record, self._stop, self._thread, self._sigterm = None, threading.Event(), None, None
+        self._record, self._stop, self._thread, self._previous = None, threading.Event(), None, {}
         self._made_dir = False  # made by this lock: removed on release when nothing else was written
 
     def _read(self):
@@ -204,8 +207,10 @@ class RunLock:
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
         self._thread.start()
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            self._sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (getattr(signal, name) for name in EXIT_SIGNALS if hasattr(signal, name)):
+                if signal.getsignal(sig) == signal.SIG_DFL:
+                    self._previous[sig] = signal.signal(sig, _exit_on_signal)
         return self
 
     def _take(self):
@@ -243,14 +248,15 @@ class RunLock:
             return
         self._stop.set()
         self._thread.join()
-        if self._sigterm is not None and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
-            signal.signal(signal.SIGTERM, self._sigterm)
+        for sig, handler in self._previous.items():
+            if signal.getsignal(sig) is _exit_on_signal:
+                signal.signal(sig, handler)
         if self._owned():
             self.path.unlink(missing_ok=True)
             if self._made_dir:
                 with contextlib.suppress(OSError):  # not empty: the run wrote into it
                     self.run_dir.rmdir()
-        self._record, self._thread, self._sigterm = None, None, None
+        self._record, self._thread, self._previous = None, None, {}
 
     def __enter__(self):
         return self.acquire()

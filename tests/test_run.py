@@ -87,6 +87,16 @@ def test_ctrl_c_stops_at_a_step_and_a_second_one_interrupts():
             os.kill(os.getpid(), signal.SIGINT)
 
 
+def test_the_first_signal_names_the_stop():
+    # SLURM sends SIGTERM; a legacy mp.spawn rank then also gets its parent's death signal (SIGINT)
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C still interrupts at once
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_distributed_stop_is_agreed_a_fixed_lag_after_the_signal(monkeypatch):
     """With several ranks, step t reads the agreement started at step t - STOP_LAG (no sync per
     step): every rank stops at the same step; settle() resolves what is still pending."""

@@ -171,12 +171,13 @@ def test_unwritable_folder_is_an_output_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_before_training_releases_the_lock(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_before_training_releases_the_lock(tmp_path, sig):
     code = ("import sys, time\nfrom ssl_crops.runlock import RunLock\nwith RunLock(sys.argv[1]):\n"
             "    print('held', flush=True)\n    time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "r")], cwd=REPO, stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stdout.readline() == "held\n"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 128 + signal.SIGTERM
+    proc.send_signal(sig)
+    assert proc.wait(30) == 128 + sig
     assert not (tmp_path / "r" / "run.lock").exists()
