@@ -10,6 +10,7 @@ from ssl_crops.proposals import (Bing, ImageReadError, ModelFileError, box_iou, 
                                  normed_gradient, read_image)
 from ssl_crops.proposals.bing import _Candidates
 from ssl_crops.proposals.features import Layout
+from ssl_crops.proposals.ranking import rank
 from ssl_crops.proposals.rescoring import Rescorer
 
 
@@ -121,6 +122,10 @@ def test_fit_is_deterministic(scenes, fitted):
     np.testing.assert_array_equal(again.calib, same.calib)
 
 
+def _rank(model, c, n):
+    return rank(c.score, c.sparse, model._fine[c.size], n, model.sparse_top, model.fine_after, model.fine_share)
+
+
 def test_propose_output(scenes, fitted, fitted_fine):
     img = scenes[1][0][0]
     boxes, scores = fitted.propose(img, 300, return_scores=True)
@@ -132,13 +137,13 @@ def test_propose_output(scenes, fitted, fitted_fine):
     # fine sizes (sqrt 2 steps) only after fine_after ranks, then one rank in 1 / fine_share
     work, _ = fitted_fine._working(img)
     cand = fitted_fine._stage1(work)
-    fine = fitted_fine._fine[cand.size[fitted_fine._rank(cand, 400)]]
+    fine = fitted_fine._fine[cand.size[_rank(fitted_fine, cand, 400)]]
     assert fitted_fine._fine.any() and fine.sum() > 0
     assert not fine[:fitted_fine.fine_after].any()
     assert fine[fitted_fine.fine_after:].sum() == int(300 * fitted_fine.fine_share)
     np.testing.assert_array_equal(fitted_fine.propose(img, 10), fitted_fine.propose(img, 300)[:10])
     # within each queue: best first; coarse: the best sparse_top 5x5 maxima, then the rest
-    order = fitted_fine._rank(cand, len(cand.score))
+    order = _rank(fitted_fine, cand, len(cand.score))
     fine, score, sparse = fitted_fine._fine[cand.size[order]], cand.score[order], cand.sparse[order]
     coarse, head = score[~fine], fitted_fine.sparse_top
     assert np.all(np.diff(score[fine]) <= 0)
@@ -267,7 +272,7 @@ def test_stage_three_reranks_the_best_stage_two_candidates(scenes, fitted):
     img = scenes[1][2][0]
     plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **{**fitted.params, "snap": None})
     work, _ = plain._working(img)
-    everything = plain._candidates(work)
+    everything = plain._scored(work)
     top = fitted.rescorer.top
     fitted.rescorer.top, fitted.rescorer.head, fitted.snap = 50, 0, None
     try:
@@ -301,6 +306,7 @@ def test_stage_three_keeps_the_stage_two_head(scenes, fitted, monkeypatch):
     assert not moved[:50].any() and moved[50:].any() and len(np.unique(boxes, axis=0)) == len(boxes)
     with monkeypatch.context() as m:              # top_k within the head: no stage III is computed
         m.setattr("ssl_crops.proposals.bing.cue_integral", None)
+        m.setattr("ssl_crops.proposals.rescoring.cue_integral", None)
         np.testing.assert_array_equal(fitted.propose(img, 50), boxes[:50])
     fitted.rescorer.head = 10
     try:
