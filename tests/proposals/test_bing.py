@@ -322,6 +322,43 @@ def test_stage_three_keeps_the_stage_two_head(scenes, fitted, monkeypatch):
         Bing.fit([im for im, _ in scenes[0][:5]], [b for _, b in scenes[0][:5]], rescore_head=101)
 
 
+def test_proposals_for_top_k_is_the_start_of_the_full_list(scenes, fitted, monkeypatch):
+    """``proposals_for(.., top_k)`` is the first ``top_k`` of the model's ``top_k`` list; stage III
+    runs only when the list goes past the head, and snapping only for the boxes it returns."""
+    from ssl_crops.proposals import rescoring, snapping
+    rescored, snapped = [], []
+    rescore, snap_edges = rescoring.Rescorer.rescore, snapping.snap_edges
+    monkeypatch.setattr(rescoring.Rescorer, "rescore", lambda self, *a: rescored.append(1) or rescore(self, *a))
+    monkeypatch.setattr(snapping, "snap_edges", lambda p, f, boxes, *a: snapped.append(len(boxes))
+                        or snap_edges(p, f, boxes, *a))
+    assert fitted.top_k == 1000 and fitted.rescorer.head == 50 and fitted.snap
+    for img, _ in scenes[1][:4]:
+        full = fitted.proposals_for("x", img)
+        assert len(rescored) == 1 and sum(snapped) == len(full) - 50
+        rescored.clear(), snapped.clear()
+        for k in (0, 1, 10, 50):                                  # within the head: neither stage runs
+            np.testing.assert_array_equal(fitted.proposals_for("x", img, top_k=k), full[:k])
+        assert not rescored and not snapped
+        for k in (51, 200, 2000):
+            np.testing.assert_array_equal(fitted.proposals_for("x", img, top_k=k), full[:k])
+            assert len(rescored) == 1 and sum(snapped) == min(k, len(full)) - 50
+            rescored.clear(), snapped.clear()
+    with pytest.raises(ValueError, match="top_k must be at least 0"):
+        fitted.proposals_for("x", img, top_k=-1)
+
+
+def test_proposals_for_top_k_without_stage_three_or_with_nms(scenes, fitted):
+    img = scenes[1][3][0]
+    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **{**fitted.params, "top_k": 300})
+    full = plain.proposals_for("x", img)
+    assert len(full) == 300
+    for k in (1, 10, 120, 300, 400):
+        np.testing.assert_array_equal(plain.proposals_for("x", img, top_k=k), full[:k])
+    plain.nms_iou = 0.6
+    full = plain.proposals_for("x", img)
+    np.testing.assert_array_equal(plain.proposals_for("x", img, top_k=10), full[:10])
+
+
 def test_best_candidates_keep_their_order_and_count_with_ties():
     lay = Layout(64, 64, np.array([[16, 16]]))
     score = np.array([3, 1, 2, 2, 2, 0, 5], np.float32)

@@ -21,3 +21,35 @@ def test_snap_edges_moves_sides_onto_an_outline():
     np.testing.assert_array_equal(snapped[2], loose[2])                    # nothing to snap to: stays
     edge = snap_edges(packed, factors, np.array([[0, 0, 128, 96]], np.float32), 0.1, (128, 96))
     assert edge.min() >= 0 and (edge[0, 2:] <= [128, 96]).all()
+
+
+def test_snap_returns_the_start_of_the_fully_snapped_list(monkeypatch):
+    """``snap(.., keep)`` snaps only as far down the list as its first ``keep`` boxes need, also
+    when snapped boxes that repeat earlier ones are dropped."""
+    from ssl_crops.proposals import snapping
+    rng = np.random.default_rng(0)
+    boxes = np.unique(rng.integers(0, 4, (300, 4)).astype(np.float32), axis=0)
+    rng.shuffle(boxes)
+    score = -np.arange(len(boxes), dtype=np.float32)
+    seen = []
+
+    def coarse(packed, factors, b, step, size):               # stand-in geometry: many boxes meet
+        seen.append(len(b))
+        return np.floor(b / 2) * 2
+
+    monkeypatch.setattr(snapping, "snap_edges", coarse)
+    integral = ((None, None), (0.5, 0.5))
+    full, full_score = snapping.snap(boxes, score, integral, 0.1, 5, None, (64, 64))
+    assert seen == [len(boxes) - 5] and len(full) < len(boxes)            # some dropped
+    np.testing.assert_array_equal(full[:5], boxes[:5])                    # the head stays
+    np.testing.assert_array_equal(full_score, score[np.isin(score, full_score)])
+    for keep in (6, 20, 100, len(full)):
+        seen.clear()
+        out, out_score = snapping.snap(boxes, score, integral, 0.1, 5, keep, (64, 64))
+        np.testing.assert_array_equal(out, full[:keep])
+        np.testing.assert_array_equal(out_score, full_score[:keep])
+        assert seen[0] == keep - 5 and (len(seen) == 1 or seen[-1] <= 2 * seen[-2] + 5)
+    assert len(seen) > 1                                                  # drops: it snapped further down
+    seen.clear()
+    out, _ = snapping.snap(boxes, score, integral, 0.1, 5, 6, (64, 64))
+    assert seen == [1]                                                    # one box below the head
