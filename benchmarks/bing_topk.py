@@ -15,7 +15,8 @@ model: ``--model`` if it exists, else fitted on all of DATA's annotated images (
 - ``--compare-with DIR``: this script's ``--dump`` runs with ``PYTHONPATH=DIR`` (e.g. a
   pristine ``git worktree add /tmp/base 60ceead``) and here; ``propose(img, k,
   return_scores=True)`` for k in 10 and 1000 must give identical boxes and scores, and the new
-  ``proposals_for(.., top_k=K)`` must equal the old ``proposals_for(..)[:K]``.
+  ``proposals_for(.., top_k=K)`` must equal the old ``proposals_for(..)[:K]``; a model fitted
+  there (``--fit``, seed 0) must equal the one fitted here.
 """
 from __future__ import annotations
 
@@ -39,6 +40,19 @@ KS = (10, 1000)
 def decode(paths):
     from PIL import Image
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+def fit(data: Path, out: Path) -> None:
+    """Fit on every annotated image of ``data`` (seed 0) and save to ``out``."""
+    from ssl_crops.boxes import BoxIndex
+    from ssl_crops.proposals import Bing
+    coco = BoxIndex.from_coco(data / "instances.json")
+    Bing.fit_index(coco, data / "images", range(len(coco)), seed=0).save(out)
+
+
+def same_models(a: Path, b: Path) -> bool:
+    with np.load(a) as x, np.load(b) as y:
+        return set(x.files) == set(y.files) and all(np.array_equal(x[k], y[k]) for k in x.files)
 
 
 def dump(model_path: str, paths_file: str, out: str, top_k: int) -> None:
@@ -83,6 +97,11 @@ def compare(args, model_path: Path, paths) -> bool:
         env = {**os.environ, "PYTHONPATH": str(Path(args.compare_with).resolve())}
         subprocess.run(cmd, env=env, check=True, cwd=tmp)                    # cwd: no local package shadows
         dump(str(model_path), str(listing), str(new), args.top_k)
+        theirs, ours = Path(tmp, "theirs.npz"), Path(tmp, "ours.npz")
+        subprocess.run([sys.executable, __file__, "--fit", str(args.data.resolve()), str(theirs)], env=env, check=True,
+                       cwd=tmp)
+        fit(args.data, ours)
+        fitted_same = same_models(theirs, ours)
         from ssl_crops.proposals import Bing
         model = Bing.load(model_path)
         same = {f"propose top_k={k} {what}": 0 for k in KS for what in ("boxes", "scores")}
@@ -95,9 +114,10 @@ def compare(args, model_path: Path, paths) -> bool:
                 same[f"proposals_for top_k={args.top_k}"] += np.array_equal(
                     a[f"for_{i}"], model.proposals_for(str(i), img, top_k=args.top_k))
     print(f"identity against {args.compare_with} on {len(paths)} images:")
+    print(f"  {'fitted model file (seed 0)':<32} {'identical' if fitted_same else 'DIFFERENT'}")
     for name, n in same.items():
         print(f"  {name:<32} {n}/{len(paths)} identical")
-    return all(n == len(paths) for n in same.values())
+    return fitted_same and all(n == len(paths) for n in same.values())
 
 
 def main() -> None:
@@ -116,7 +136,7 @@ def main() -> None:
     paths = [args.data / "images" / coco.path(i) for i in range(len(coco))]
     if not args.model.exists():
         t = time.perf_counter()
-        Bing.fit_index(coco, args.data / "images", range(len(coco)), seed=0).save(args.model)
+        fit(args.data, args.model)
         print(f"fitted on {len(coco)} images in {time.perf_counter() - t:.0f} s -> {args.model}")
     model = Bing.load(args.model)
     print(f"{model!r}; top_k {model.top_k}, asked {args.top_k}; one thread; the machine may be shared")
@@ -155,5 +175,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--dump":
         dump(*sys.argv[2:5], int(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--fit":
+        fit(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
         main()

@@ -58,7 +58,7 @@ from .config import (FIT_RANKING, FIT_SCORING, FitConfig, Knob, RankingConfig, S
                      split_knobs)
 from .edges import cue_integral
 from .evaluation import box_iou, evaluate_proposals, format_table
-from .features import SIDES, W8, Layout, convert_color, grid_maxima, local_maxima, normed_gradient
+from .features import SIDES, W8, Candidates, Layout, convert_color, grid_maxima, local_maxima, normed_gradient
 from .images import ImageReadError, as_rgb, image_size, read_image, working_image
 from .opencv import (OPENCV_GRADIENT_SHIFT, OPENCV_PREFIX, OPENCV_SIDES, ModelFileError, binarize_filter,
                      read_opencv_matrix)
@@ -84,35 +84,6 @@ _OFFS = np.arange(W8)
 def _patches(mag: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """The 8x8 windows of ``mag`` at top-left corners ``(ys, xs)``: ``(n, 8, 8)``."""
     return mag[ys[:, None, None] + _OFFS[None, :, None], xs[:, None, None] + _OFFS[None, None, :]]
-
-
-class _Candidates:
-    """Stage-I candidates of one working image: global score-map positions, size, score, 5x5 flag,
-    and after stage III the image's cue integrals (``cue``)."""
-
-    def __init__(self, lay: Layout, ys, xs, size, score, sparse, cue=None):
-        self.lay, self.ys, self.xs, self.size, self.score, self.sparse, self.cue = lay, ys, xs, size, score, sparse, cue
-
-    def take(self, sel) -> "_Candidates":
-        return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel],
-                           self.cue)
-
-    def boxes(self) -> np.ndarray:
-        return self.lay.boxes(self.ys, self.xs)
-
-    def best(self, n: int) -> "_Candidates":
-        """The ``n`` best by score, in their original order (ties at the cut: the first)."""
-        if n >= len(self.score):
-            return self
-        cut = np.partition(self.score, len(self.score) - n)[len(self.score) - n]
-        keep = self.score > cut
-        keep[np.flatnonzero(self.score == cut)[:n - np.count_nonzero(keep)]] = True
-        return self.take(np.flatnonzero(keep))
-
-
-def _no_candidates(lay: Layout) -> _Candidates:
-    e = np.zeros(0, np.intp)
-    return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
 
 
 # --------------------------------------------------------------------------- model
@@ -191,12 +162,12 @@ class Bing:
             cols.append((v, t, bool(np.any(~self._fine[size[ok]]))))   # 5x5 maxima only rank coarse sizes
         return lay, cols
 
-    def _stage1(self, work: np.ndarray) -> _Candidates:
+    def _stage1(self, work: np.ndarray) -> Candidates:
         """Candidates of a working image (in the model's colour space): the 3x3 maxima of every
         size's calibrated score map."""
         lay, cols = self._layout(work.shape[1], work.shape[0])
         if not lay.bands:
-            return _no_candidates(lay)
+            return Candidates.empty(lay)
         out = []
         mag = lay.canvas(work)
         if self.gradient_shift:
@@ -214,34 +185,42 @@ class Bing:
             f = ys * s.shape[1] + xs                    # flat indices: take is faster than [ys, xs]
             sparse = local_maxima(s, 5).ravel().take(f) > 0 if coarse else np.zeros(len(f), bool)
             out.append((ys + y0, xs + c0, size.take(xs), s.ravel().take(f), sparse))
-        return _Candidates(lay, *map(np.concatenate, zip(*out))) if out else _no_candidates(lay)
+        return Candidates(lay, *map(np.concatenate, zip(*out))) if out else Candidates.empty(lay)
 
-    def _scored(self, work: np.ndarray) -> _Candidates:
+    def _scored(self, work: np.ndarray) -> Candidates:
         """Stages I and II of an RGB working image, with the ``per_size`` cap."""
         c = self._stage1(convert_color(work, self.color))
         return c.take(top_per_group(c.size, c.score, self.per_size)) if self.per_size else c
 
+    def _rescored(self, work: np.ndarray, c: Candidates, upto: int | None):
+        """Stage III of the ``rescorer.top`` best candidates ``c`` by stage-II score, unless the
+        first ``upto`` proposals (``None``: all) are all in its head, which it leaves in stage-II
+        order: the candidates and the cue integrals of ``work`` (``None`` when not computed)."""
+        if self.rescorer is None or not len(c.score):
+            return c, None
+        c = c.best(self.rescorer.top)
+        top = head(c.score, c.sparse, self._fine.take(c.size), self.rescorer.head)
+        if upto is not None and upto <= len(top):
+            return c, None
+        c.score, cue = self.rescorer.rescore(work, c.boxes(), c.score, top)
+        return c, cue
+
     def _propose(self, work: np.ndarray, factors, n: int | None, keep: int | None):
         """The first ``keep`` of the ``n`` best proposals (``None``: all; ``keep <= n``) of the
         working image ``work``, in the pixels of its input (``factors``), and their scores.
-        Stage III and snapping run only as far as they change those."""
-        upto = None if self.nms_iou is not None else keep       # NMS needs the whole list
-        c, cue, head_n = self._scored(work), None, 0
+        Stage III, ranking and snapping run only as far as they change those."""
+        upto = None if self.nms_iou is not None else keep      # the part of the list returned (NMS: all)
+        c, cue = self._rescored(work, self._scored(work), upto)                 # stages I, II and III
+        fixed = 0 if self.rescorer is None else self.rescorer.head               # not snapped
         count = len(c.score) if n is None or upto is None else min(n, len(c.score))
-        if self.rescorer is not None and len(c.score):
-            c, head_n = c.best(self.rescorer.top), self.rescorer.head
-            top = head(c.score, c.sparse, self._fine.take(c.size), head_n)
-            if upto is not None and upto <= len(top):           # all in the head, which stage III keeps as is
-                count = min(upto, len(c.score))
-            else:                                                # stage III
-                c.score, cue = self.rescorer.rescore(work, c.boxes(), c.score, top)
-                count = len(c.score) if n is None or upto is None else min(n, len(c.score))
+        if upto is not None and (self.snap is None or upto <= fixed):  # else boxes dropped by snapping
+            count = min(count, upto)                                   # pull later ones into the list
         order = rank(c.score, c.sparse, self._fine.take(c.size), count, self.sparse_top, self.fine_after,
                      self.fine_share)
         c, score = c.take(order), c.score[order].astype(np.float32)
         boxes = c.boxes()
-        if self.snap is not None and (len(boxes) if upto is None else min(upto, len(boxes))) > head_n:
-            boxes, score = snap(boxes, score, cue if cue is not None else cue_integral(work), self.snap, head_n,
+        if self.snap is not None and min(len(boxes), len(boxes) if upto is None else upto) > fixed:
+            boxes, score = snap(boxes, score, cue if cue is not None else cue_integral(work), self.snap, fixed,
                                 upto, (c.lay.width, c.lay.height))
         boxes *= np.array([*factors, *factors], np.float32)
         if self.nms_iou is not None and len(boxes):

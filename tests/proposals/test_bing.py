@@ -8,8 +8,6 @@ import pytest
 from ssl_crops.demo import synthetic_scenes
 from ssl_crops.proposals import (Bing, ImageReadError, ModelFileError, box_iou, evaluate_proposals,
                                  normed_gradient, read_image)
-from ssl_crops.proposals.bing import _Candidates
-from ssl_crops.proposals.features import Layout
 from ssl_crops.proposals.ranking import rank
 from ssl_crops.proposals.rescoring import Rescorer
 
@@ -357,16 +355,6 @@ def test_proposals_for_top_k_without_stage_three_or_with_nms(scenes, fitted):
     plain.nms_iou = 0.6
     full = plain.proposals_for("x", img)
     np.testing.assert_array_equal(plain.proposals_for("x", img, top_k=10), full[:10])
-
-
-def test_best_candidates_keep_their_order_and_count_with_ties():
-    lay = Layout(64, 64, np.array([[16, 16]]))
-    score = np.array([3, 1, 2, 2, 2, 0, 5], np.float32)
-    n = len(score)
-    c = _Candidates(lay, np.arange(n), np.arange(n), np.zeros(n, int), score, np.zeros(n, bool))
-    best = c.best(3)
-    assert best.score.tolist() == [3, 2, 5] and best.ys.tolist() == [0, 2, 6]   # first of the tied 2s
-    assert c.best(7) is c and c.best(1).score.tolist() == [5]
 
 
 def test_fit_without_stage_three(scenes):
