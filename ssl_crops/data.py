@@ -157,7 +157,7 @@ class ObjectCropDataset(torch.utils.data.Dataset):
         img = open_image(self.root / self.index.path(image))
         if len(boxes) == 0 and self.proposals is not None:  # proposals computed from pixels need the full image
             pixels = img.decode() if getattr(self.proposals, "needs_image", True) else None
-            boxes = self.proposals.proposals_for(self.index.image_id(image), pixels)[: self.proposal_topk]
+            boxes = self.proposals.proposals_for(self.index.image_id(image), pixels, self.proposal_topk)
         return (img if self.accepts_encoded else img.decode()), boxes
 
     def _next_image_item(self, i: int) -> int:

@@ -22,16 +22,20 @@ Pipeline for one image (``Bing.propose``):
    edge, edge-orientation, placement and shape cues of the window against its surroundings
    (``rescoring``), except the first ``rescorer.head`` (50) proposals, which keep the stage-II
    ranking (the best 5x5 maxima of coarse sizes): their scores are lifted above the rest, in
-   that order. Skipped when all proposals asked for are in that head.
-8. Ranking: the first ``sparse_top`` proposals are the best 5x5 maxima of the coarse
-   (power-of-two) sizes, then the best of the rest, with one rank in ``1 / fine_share`` after
-   ``fine_after`` given to the fine (sqrt(2)) sizes.
+   that order. Skipped when all proposals asked for are in that head (``Rescorer.rescore``).
+8. Ranking (``ranking.rank``): the first ``sparse_top`` proposals are the best 5x5 maxima of
+   the coarse (power-of-two) sizes, then the best of the rest, with one rank in ``1 / fine_share``
+   after ``fine_after`` given to the fine (sqrt(2)) sizes.
 9. Edge snapping (fitted models; ``snap``): every side of the proposals after the rescorer's
    head moves by ``-snap``, 0 or ``+snap`` of the box's side to where the gradient runs along
-   it most (``rescoring.snap_edges``; window sizes are a factor 2 apart and positions an
-   eighth of a window, so many windows miss an object's outline); a box snapped onto an
-   earlier one stays put. Boxes are mapped back to the input's pixels (continuous ``xyxy``,
-   ``x1``/``y1`` exclusive); optional greedy box NMS.
+   it most (``snapping.snap``; window sizes are a factor 2 apart and positions an eighth of a
+   window, so many windows miss an object's outline); a box snapped onto an earlier one stays
+   put. Only the boxes the returned list needs are snapped. Boxes are mapped back to the
+   input's pixels (continuous ``xyxy``, ``x1``/``y1`` exclusive); optional greedy box NMS.
+
+The knobs come in groups (``config``): ``ScoringConfig`` (steps 1-6), ``RankingConfig`` (8, 9,
+``top_k``), ``FitConfig`` (training); ``Bing(...)`` and ``Bing.fit(...)`` also take them as
+keyword arguments by name.
 
 ``Bing.fit`` trains the stages (a primal-Newton L2-loss linear SVM for stage I, per-size
 logistic fits for stage II, a weighted logistic fit for stage III); ``Bing.from_opencv``
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -49,25 +54,29 @@ import cv2
 import numpy as np
 
 from ..files import atomic_write
+from .config import (FIT_RANKING, FIT_SCORING, FitConfig, Knob, RankingConfig, ScoringConfig,
+                     split_knobs)
+from .edges import cue_integral
 from .evaluation import box_iou, evaluate_proposals, format_table
-from .features import COLORS, SIDES, W8, Layout, convert_color, grid_maxima, local_maxima, normed_gradient
+from .features import SIDES, W8, Candidates, Layout, convert_color, grid_maxima, local_maxima, normed_gradient
 from .images import ImageReadError, as_rgb, image_size, read_image, working_image
 from .opencv import (OPENCV_GRADIENT_SHIFT, OPENCV_PREFIX, OPENCV_SIDES, ModelFileError, binarize_filter,
                      read_opencv_matrix)
-from .ranking import best, fine_slots, nms, top_per_group, unique_snapped
-from .rescoring import Rescorer, cue_integral, cues, snap_edges
+from .ranking import head, nms, rank, top_per_group
+from .rescoring import Rescorer, cues
+from .snapping import snap
 from .solvers import logistic_1d, svm_l2
 
 __all__ = [
-    "Bing", "ImageReadError", "ModelFileError", "read_image", "image_size", "as_rgb", "normed_gradient",
-    "box_iou", "evaluate_proposals", "format_table", "read_opencv_matrix", "SIDES",
+    "Bing", "ScoringConfig", "RankingConfig", "FitConfig", "ImageReadError", "ModelFileError", "read_image",
+    "image_size", "as_rgb", "normed_gradient", "box_iou", "evaluate_proposals", "format_table",
+    "read_opencv_matrix", "SIDES",
 ]
 
 FORMAT = "ssl_crops.bing/2"                # /2 adds the optional stage-III rescorer
 READABLE_FORMATS = ("ssl_crops.bing/1", FORMAT)
-MAXIMA = ("grid", "local")              # candidates: features.grid_maxima or 3x3 local maxima
-FIT_SIDES = (16, 32, 64, 128, 256, 512)  # default sides of Bing.fit (held-out choice, README)
-MAX_SIDE = 640                           # default working size (long side, px)
+PARAMS = ("per_size", "nms_iou", "top_k", "color", "max_side", "sparse_top", "gradient_shift", "maxima",
+          "fine_share", "fine_after", "snap")   # the knobs a model file saves, in its order
 LAYOUTS = 64                             # image sizes whose layouts are cached (coco128 has 58; ~90 kB each)
 _OFFS = np.arange(W8)
 
@@ -77,57 +86,25 @@ def _patches(mag: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     return mag[ys[:, None, None] + _OFFS[None, :, None], xs[:, None, None] + _OFFS[None, None, :]]
 
 
-class _Candidates:
-    """Stage-I candidates of one working image: global score-map positions, size, score, 5x5 flag,
-    and after stage III the image's cue integrals (``cue``)."""
-
-    def __init__(self, lay: Layout, ys, xs, size, score, sparse, cue=None):
-        self.lay, self.ys, self.xs, self.size, self.score, self.sparse, self.cue = lay, ys, xs, size, score, sparse, cue
-
-    def take(self, sel) -> "_Candidates":
-        return _Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel],
-                           self.cue)
-
-    def boxes(self) -> np.ndarray:
-        return self.lay.boxes(self.ys, self.xs)
-
-    def best(self, n: int) -> "_Candidates":
-        """The ``n`` best by score, in their original order (ties at the cut: the first)."""
-        if n >= len(self.score):
-            return self
-        cut = np.partition(self.score, len(self.score) - n)[len(self.score) - n]
-        keep = self.score > cut
-        keep[np.flatnonzero(self.score == cut)[:n - np.count_nonzero(keep)]] = True
-        return self.take(np.flatnonzero(keep))
-
-
-def _no_candidates(lay: Layout) -> _Candidates:
-    e = np.zeros(0, np.intp)
-    return _Candidates(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
-
-
 # --------------------------------------------------------------------------- model
 class Bing:
-    """BING objectness model: an 8x8 stage-I filter and per-size stage-II calibration.
+    """BING objectness model: an 8x8 stage-I filter, per-size stage-II calibration and an
+    optional stage III.
 
     ``sizes``: ``(K, 2)`` window ``(w, h)`` in pixels of the working image (sides in
-    ``SIDES``); ``calib``: ``(K, 2)`` ``(v, t)``; ``per_size``: cap on candidates per size
-    (``None``: no cap); ``sparse_top``: leading proposals taken from the 5x5 maxima only;
-    ``maxima``: ``local`` (3x3) or ``grid`` candidates; ``fine_share``/``fine_after``: share
-    of the list given to sizes between powers of two, after that rank; ``nms_iou``: optional
-    final box NMS; ``snap``: edge-snapping step, a share of the box's side (``None``: none);
-    ``top_k``: number of proposals ``proposals_for`` returns; ``color``: the
-    gradient's colour space (``rgb``, ``hsv``, ``gray``); ``max_side``: working size (long side,
-    px; ``None`` = the input's size); ``gradient_shift``: low gradient bits dropped before
-    stage I (4 for OpenCV's binarized model); ``rescorer``: optional stage III
-    (:class:`~.rescoring.Rescorer`).
+    ``SIDES``); ``calib``: ``(K, 2)`` ``(v, t)``; ``scoring``: :class:`~.config.ScoringConfig`;
+    ``ranking``: :class:`~.config.RankingConfig`; ``rescorer``: optional stage III
+    (:class:`~.rescoring.Rescorer`); ``knobs``: fields of either config by name (``snap=0.12``),
+    also readable and settable as attributes (``model.nms_iou = 0.5``).
     """
 
-    def __init__(self, filter, sizes, calib, per_size: int | None = None, nms_iou: float | None = None,
-                 top_k: int = 1000, color: str = "rgb", max_side: int | None = MAX_SIDE,
-                 sparse_top: int = 100, gradient_shift: int = 0, maxima: str = "local",
-                 fine_share: float = 0.1, fine_after: int = 100, rescorer: Rescorer | None = None,
-                 snap: float | None = None):
+    color, max_side, gradient_shift, maxima, per_size = (
+        Knob("scoring", k) for k in ("color", "max_side", "gradient_shift", "maxima", "per_size"))
+    top_k, sparse_top, fine_share, fine_after, snap, nms_iou = (
+        Knob("ranking", k) for k in ("top_k", "sparse_top", "fine_share", "fine_after", "snap", "nms_iou"))
+
+    def __init__(self, filter, sizes, calib, *, scoring: ScoringConfig | None = None,
+                 ranking: RankingConfig | None = None, rescorer: Rescorer | None = None, **knobs):
         self.filter = np.ascontiguousarray(np.asarray(filter, np.float32).reshape(W8, W8))
         self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
         self.calib = np.asarray(calib, np.float32).reshape(-1, 2)
@@ -137,29 +114,12 @@ class Bing:
             raise ValueError(f"window sizes must be in {SIDES.tolist()}, got {self.sizes.tolist()}")
         if len(np.unique(self.sizes, axis=0)) != len(self.sizes):
             raise ValueError(f"repeated window sizes in {self.sizes.tolist()}")
-        if color not in COLORS:
-            raise ValueError(f"unknown colour space {color!r}; expected one of {COLORS}")
-        if maxima not in MAXIMA:
-            raise ValueError(f"unknown candidate maxima {maxima!r}; expected one of {MAXIMA}")
-        if max_side is not None and int(max_side) < W8:
-            raise ValueError(f"max_side must be at least {W8} px, got {max_side}")
-        if not 0 <= int(gradient_shift) < 8:
-            raise ValueError(f"gradient_shift must be in 0..7, got {gradient_shift}")
-        self.per_size, self.nms_iou, self.top_k = per_size and int(per_size), nms_iou, int(top_k)
-        self.color, self.sparse_top, self.gradient_shift = color, int(sparse_top), int(gradient_shift)
-        self.maxima = maxima
-        if not 0 <= fine_share <= 1:
-            raise ValueError(f"fine_share must be in [0, 1], got {fine_share}")
-        self.fine_share, self.fine_after = float(fine_share), int(fine_after)
+        self.scoring, self.ranking = split_knobs(knobs, scoring or ScoringConfig(), ranking or RankingConfig())
         self._fine = ~np.all(np.isin(self.sizes, OPENCV_SIDES), axis=1)     # a side between powers of two
-        self.max_side = None if max_side is None else int(max_side)
         if rescorer is not None and rescorer.head > min(self.sparse_top, self.fine_after):
             raise ValueError(f"rescorer head ({rescorer.head}) must not exceed sparse_top ({self.sparse_top}) "
                              f"and fine_after ({self.fine_after})")
         self.rescorer = rescorer
-        if snap is not None and not 0 < snap < 0.5:
-            raise ValueError(f"snap must be None or in (0, 0.5), got {snap}")
-        self.snap = None if snap is None else float(snap)
         self._layout = lru_cache(maxsize=LAYOUTS)(self._columns)
 
     def __repr__(self) -> str:
@@ -177,11 +137,9 @@ class Bing:
 
     @property
     def params(self) -> dict:
-        """Everything but the arrays and the rescorer (what :meth:`save` writes as JSON)."""
-        return {"per_size": self.per_size, "nms_iou": self.nms_iou, "top_k": self.top_k, "color": self.color,
-                "max_side": self.max_side, "sparse_top": self.sparse_top, "gradient_shift": self.gradient_shift,
-                "maxima": self.maxima, "fine_share": self.fine_share, "fine_after": self.fine_after,
-                "snap": self.snap}
+        """The knobs of both configs, flat (what :meth:`save` writes as JSON)."""
+        knobs = {**asdict(self.scoring), **asdict(self.ranking)}
+        return {k: knobs[k] for k in PARAMS}
 
     # ------------------------------------------------------------------ inference
     def _working(self, img):
@@ -191,31 +149,6 @@ class Bing:
             work, _ = working_image(read_image(img, self.max_side), self.max_side)
             return work, (w / work.shape[1], h / work.shape[0])
         return working_image(as_rgb(img), self.max_side)
-
-    def _candidates(self, work: np.ndarray, n: int | None = None) -> _Candidates:
-        """Candidates of an RGB working image: stage I and II, the ``per_size`` cap, and stage
-        III (only the ``rescorer.top`` best by stage-II score kept, and re-scored but for the
-        :meth:`_head`; skipped when the first ``n`` proposals are all in the head, which it
-        leaves in stage-II order)."""
-        c = self._stage1(convert_color(work, self.color))
-        if self.per_size:
-            c = c.take(top_per_group(c.size, c.score, self.per_size))
-        if self.rescorer is not None and len(c.score):
-            c = c.best(self.rescorer.top)
-            head = self._head(c, self.rescorer.head)
-            if n is not None and n <= len(head):
-                return c
-            c.cue = cue_integral(work)
-            s = self.rescorer.score(cues(*c.cue, c.boxes(), c.score))
-            s[head] = s.max() + np.arange(len(head), 0, -1, dtype=np.float32)   # first, in stage-II order
-            c.score = s
-        return c
-
-    def _head(self, c: _Candidates, n: int) -> np.ndarray:
-        """The first ``n`` (at most ``sparse_top`` and ``fine_after``) of :meth:`_rank`: the
-        best 5x5 maxima of coarse sizes, best first."""
-        head = np.flatnonzero(c.sparse & ~self._fine[c.size])
-        return head[best(c.score[head], min(n, len(head)))]
 
     def _columns(self, w: int, h: int):
         """Layout of a ``w x h`` working image and, per band, the calibration ``(v, t)`` of every
@@ -229,12 +162,12 @@ class Bing:
             cols.append((v, t, bool(np.any(~self._fine[size[ok]]))))   # 5x5 maxima only rank coarse sizes
         return lay, cols
 
-    def _stage1(self, work: np.ndarray) -> _Candidates:
+    def _stage1(self, work: np.ndarray) -> Candidates:
         """Candidates of a working image (in the model's colour space): the 3x3 maxima of every
         size's calibrated score map."""
         lay, cols = self._layout(work.shape[1], work.shape[0])
         if not lay.bands:
-            return _no_candidates(lay)
+            return Candidates.empty(lay)
         out = []
         mag = lay.canvas(work)
         if self.gradient_shift:
@@ -252,66 +185,67 @@ class Bing:
             f = ys * s.shape[1] + xs                    # flat indices: take is faster than [ys, xs]
             sparse = local_maxima(s, 5).ravel().take(f) > 0 if coarse else np.zeros(len(f), bool)
             out.append((ys + y0, xs + c0, size.take(xs), s.ravel().take(f), sparse))
-        return _Candidates(lay, *map(np.concatenate, zip(*out))) if out else _no_candidates(lay)
+        return Candidates(lay, *map(np.concatenate, zip(*out))) if out else Candidates.empty(lay)
 
-    def _rank_coarse(self, score: np.ndarray, sparse: np.ndarray, n: int) -> np.ndarray:
-        """Best first: the best ``sparse_top`` 5x5 maxima, then the best of the rest."""
-        head = np.flatnonzero(sparse)
-        head = head[best(score.take(head), min(self.sparse_top, n, len(head)))]
-        rest = np.ones(len(score), bool)
-        rest[head] = False
-        rest = np.flatnonzero(rest)
-        rest = rest[best(score.take(rest), min(n - len(head), len(rest)))]
-        return np.concatenate([head, rest])
+    def _scored(self, work: np.ndarray) -> Candidates:
+        """Stages I and II of an RGB working image, with the ``per_size`` cap."""
+        c = self._stage1(convert_color(work, self.color))
+        return c.take(top_per_group(c.size, c.score, self.per_size)) if self.per_size else c
 
-    def _rank(self, c: _Candidates, n: int) -> np.ndarray:
-        """Order of the first ``n`` proposals. Coarse sizes (power-of-two sides) are ranked by
-        :meth:`_rank_coarse`; fine sizes (a sqrt(2) step between) by score. After the first
-        ``fine_after`` ranks, fine sizes take a fixed share ``q = fine_share`` of the list
-        (rank ``i`` is fine when ``floor((j + 1) q) > floor(j q)``, ``j = i - fine_after``): a
-        fixed pattern, so that the list for ``top_k=10`` is the first 10 of the list for 1000.
-        A queue that runs out leaves its slots to the other."""
-        fine = self._fine.take(c.size)
-        a, b = np.flatnonzero(~fine), np.flatnonzero(fine)
-        ra = a[self._rank_coarse(c.score.take(a), c.sparse.take(a), min(n, len(a)))]
-        rb = b[best(c.score.take(b), min(n, len(b)))]
-        slot, ia, ib = fine_slots(n, self.fine_after, self.fine_share)
-        ok = np.where(slot, ib < len(rb), ia < len(ra))
-        merged = np.where(slot, rb[np.minimum(ib, max(len(rb) - 1, 0))] if len(rb) else -1,
-                          ra[np.minimum(ia, max(len(ra) - 1, 0))] if len(ra) else -1)[ok]
-        used_a, used_b = int((ok & ~slot).sum()), int((ok & slot).sum())
-        return np.concatenate([merged, ra[used_a:], rb[used_b:]])[:n].astype(np.intp)
+    def _rescored(self, work: np.ndarray, c: Candidates, upto: int | None):
+        """Stage III of the ``rescorer.top`` best candidates ``c`` by stage-II score, unless the
+        first ``upto`` proposals (``None``: all) are all in its head, which it leaves in stage-II
+        order: the candidates and the cue integrals of ``work`` (``None`` when not computed)."""
+        if self.rescorer is None or not len(c.score):
+            return c, None
+        c = c.best(self.rescorer.top)
+        top = head(c.score, c.sparse, self._fine.take(c.size), self.rescorer.head)
+        if upto is not None and upto <= len(top):
+            return c, None
+        c.score, cue = self.rescorer.rescore(work, c.boxes(), c.score, top)
+        return c, cue
+
+    def _propose(self, work: np.ndarray, factors, n: int | None, keep: int | None):
+        """The first ``keep`` of the ``n`` best proposals (``None``: all; ``keep <= n``) of the
+        working image ``work``, in the pixels of its input (``factors``), and their scores.
+        Stage III, ranking and snapping run only as far as they change those."""
+        upto = None if self.nms_iou is not None else keep      # the part of the list returned (NMS: all)
+        c, cue = self._rescored(work, self._scored(work), upto)                 # stages I, II and III
+        fixed = 0 if self.rescorer is None else self.rescorer.head               # not snapped
+        count = len(c.score) if n is None or upto is None else min(n, len(c.score))
+        if upto is not None and (self.snap is None or upto <= fixed):  # else boxes dropped by snapping
+            count = min(count, upto)                                   # pull later ones into the list
+        order = rank(c.score, c.sparse, self._fine.take(c.size), count, self.sparse_top, self.fine_after,
+                     self.fine_share)
+        c, score = c.take(order), c.score[order].astype(np.float32)
+        boxes = c.boxes()
+        if self.snap is not None and min(len(boxes), len(boxes) if upto is None else upto) > fixed:
+            boxes, score = snap(boxes, score, cue if cue is not None else cue_integral(work), self.snap, fixed,
+                                upto, (c.lay.width, c.lay.height))
+        boxes *= np.array([*factors, *factors], np.float32)
+        if self.nms_iou is not None and len(boxes):
+            kept = nms(boxes, self.nms_iou, len(boxes) if n is None else n)
+            boxes, score = boxes[kept], score[kept]
+        return (boxes, score) if keep is None else (boxes[:keep], score[:keep])
 
     def propose(self, img, top_k: int | None = 1000, return_scores: bool = False):
         """Proposals of ``img`` (array, PIL image or path): float32 ``(K, 4)`` pixel
-        ``x0, y0, x1, y1`` of ``img``, best first (and their scores when ``return_scores``)."""
-        work, (fx, fy) = self._working(img)
-        c = self._candidates(work, None if top_k is None or self.nms_iou is not None else int(top_k))
-        score = c.score
-        n = len(score) if top_k is None or self.nms_iou is not None else min(int(top_k), len(score))
-        order = self._rank(c, n)
-        c, score = c.take(order), score[order].astype(np.float32)
-        boxes = c.boxes()
-        head = self.rescorer.head if self.rescorer is not None else 0
-        if self.snap is not None and len(boxes) > head:
-            integral, factors = c.cue if c.cue is not None else cue_integral(work)
-            snapped = boxes.copy()
-            snapped[head:] = snap_edges(integral[1], factors, boxes[head:], self.snap, (c.lay.width, c.lay.height))
-            boxes, keep = unique_snapped(boxes, snapped)
-            score = score[keep]
-        boxes *= np.array([fx, fy, fx, fy], np.float32)
-        if self.nms_iou is not None and len(boxes):
-            keep = nms(boxes, self.nms_iou, len(boxes) if top_k is None else int(top_k))
-            boxes, score = boxes[keep], score[keep]
-        if top_k is not None:
-            boxes, score = boxes[:int(top_k)], score[:int(top_k)]
+        ``x0, y0, x1, y1`` of ``img``, best first (and their scores when ``return_scores``);
+        the first ``top_k`` (``None``: all)."""
+        top_k = _count(top_k)
+        work, factors = self._working(img)
+        boxes, score = self._propose(work, factors, top_k, top_k)
         return (boxes, score) if return_scores else boxes
 
-    def proposals_for(self, image_id: str, image) -> np.ndarray:
-        """Dataset protocol: float32 ``(K, 4)`` normalized xyxy, best first (``image_id`` unused)."""
+    def proposals_for(self, image_id: str, image, top_k: int | None = None) -> np.ndarray:
+        """Dataset protocol: float32 ``(K, 4)`` normalized xyxy, best first (``image_id`` unused):
+        the first ``top_k`` (``None``: all) of the model's ``self.top_k`` proposals, for which
+        stage III and snapping run only as far as those need."""
         img = as_rgb(image)
         h, w = img.shape[:2]
-        return self.propose(img, self.top_k) / np.array([w, h, w, h], np.float32)
+        keep = self.top_k if top_k is None else min(_count(top_k), self.top_k)
+        work, factors = self._working(img)
+        return self._propose(work, factors, self.top_k, keep)[0] / np.array([w, h, w, h], np.float32)
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -324,30 +258,30 @@ class Bing:
         return cls.fit(paths, boxes, **kwargs)
 
     @classmethod
-    def fit(cls, images: Iterable, boxes: Iterable, seed: int = 0, min_positives: int = 10,
-            negatives_per_image: int = 100, per_size: int | None = None, c: float = 1e-3, color: str = "hsv",
-            max_side: int | None = MAX_SIDE, sides: Sequence[int] = FIT_SIDES, rescore_top: int | None = 3000,
-            rescore_head: int = 50, box_weight: float = 30.0, fine_share: float = 0.15, snap: float | None = 0.12,
-            progress: bool = False, **kwargs) -> "Bing":
+    def fit(cls, images: Iterable, boxes: Iterable, *, config: FitConfig | None = None,
+            scoring: ScoringConfig | None = None, ranking: RankingConfig | None = None, progress: bool = False,
+            **knobs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).
 
-        Images are taken at the working size ``max_side`` and in colour space ``color``, as
-        :meth:`propose` will see them. Stage I: positives are the 8x8 gradient windows of the
-        sizes near every ground-truth box (window IoU >= 0.5 with the box, plus horizontal
-        flips), negatives random windows with IoU < 0.5 to every box; a class-balanced L2-loss
-        linear SVM (regularization ``c``). Sizes with fewer than ``min_positives`` boxes are
-        dropped. Stage II: per size, a logistic fit of "candidate has IoU >= 0.5 with a box"
-        on the stage-I score of the candidates of the same images. Stage III (unless
-        ``rescore_top`` is ``None``): a :class:`~.rescoring.Rescorer` of the best ``rescore_top``
-        candidates of the same images (``box_weight``: see :mod:`.rescoring`), the first
-        ``rescore_head`` proposals left in stage-II order. ``snap``: see :class:`Bing`.
-        ``fine_share``, ``rescore_top``, ``rescore_head`` and ``snap`` defaults: held-out choices
-        (README). Deterministic given ``seed``.
+        ``config``: :class:`~.config.FitConfig`; ``scoring``, ``ranking``: the model's configs
+        (defaults: colour ``hsv``, ``fine_share`` 0.15, ``snap`` 0.12, held-out choices, README);
+        ``knobs``: fields of any of the three by name. Images are taken at the working size
+        ``max_side`` and in colour space ``color``, as :meth:`propose` will see them. Stage I:
+        positives are the 8x8 gradient windows of the sizes near every ground-truth box (window
+        IoU >= 0.5 with the box, plus horizontal flips), negatives random windows with IoU < 0.5
+        to every box; a class-balanced L2-loss linear SVM (regularization ``c``). Sizes with
+        fewer than ``min_positives`` boxes are dropped. Stage II: per size, a logistic fit of
+        "candidate has IoU >= 0.5 with a box" on the stage-I score of the candidates of the same
+        images. Stage III (unless ``rescore_top`` is ``None``): a :class:`~.rescoring.Rescorer`
+        of the best ``rescore_top`` candidates of the same images, the first ``rescore_head``
+        proposals left in stage-II order. Deterministic given ``seed``.
         """
-        rng = np.random.default_rng(seed)
-        all_sizes = np.array([(w, h) for h in sides for w in sides], np.int64)
-        kwargs = {"per_size": per_size, "color": color, "max_side": max_side, "fine_share": fine_share, "snap": snap,
-                  **kwargs}
+        config, scoring, ranking = split_knobs(knobs, config or FitConfig(), scoring or FIT_SCORING,
+                                               ranking or FIT_RANKING)
+        rng, color, rescore_top, rescore_head = (np.random.default_rng(config.seed), scoring.color,
+                                                 config.rescore_top, config.rescore_head)
+        all_sizes = np.array([(w, h) for h in config.sides for w in config.sides], np.int64)
+        kwargs = {"scoring": scoring, "ranking": ranking}
         proto = cls(np.zeros((W8, W8)), all_sizes, np.zeros((len(all_sizes), 2)), **kwargs)
         if rescore_top is not None and not 0 <= rescore_head <= min(proto.sparse_top, proto.fine_after, rescore_top):
             raise ValueError(f"rescore_head must be in 0..min(sparse_top, fine_after, rescore_top), got {rescore_head}")
@@ -371,7 +305,7 @@ class Bing:
                 pos += [p, p[:, :, ::-1]]
                 pos_size += [ks[hit], ks[hit]]
             # negatives: a random size, then a random position of that size
-            kn = rng.choice(ks, negatives_per_image)
+            kn = rng.choice(ks, config.negatives_per_image)
             ys, xs = lay.place(kn, rng.random(len(kn)), rng.random(len(kn)))
             if len(gt):
                 far = box_iou(lay.boxes(ys, xs), gt).max(1) < 0.5
@@ -379,15 +313,15 @@ class Bing:
             neg.append(_patches(mag, ys, xs))
         pos_size = np.concatenate(pos_size) if pos_size else np.zeros(0, int)
         counts = np.bincount(pos_size, minlength=len(all_sizes)) // 2     # flips counted once
-        keep = np.flatnonzero(counts >= min_positives)
+        keep = np.flatnonzero(counts >= config.min_positives)
         pos = np.concatenate(pos) if pos else np.zeros((0, W8, W8))
         neg = np.concatenate(neg) if neg else np.zeros((0, W8, W8))
         if len(keep) == 0 or len(neg) == 0:
-            raise ValueError(f"too few positives: no window size has {min_positives} boxes "
+            raise ValueError(f"too few positives: no window size has {config.min_positives} boxes "
                              f"(counts {counts.tolist()}); pass more images or a lower min_positives")
         x = np.concatenate([pos.reshape(-1, W8 * W8), neg.reshape(-1, W8 * W8)]) / 255.0
         y = np.concatenate([np.ones(len(pos)), -np.ones(len(neg))])
-        w = svm_l2(x, y, c)
+        w = svm_l2(x, y, config.c)
         filt = (w[:-1] / 255.0).reshape(W8, W8)
         # stage II
         model = cls(filt, all_sizes[keep], np.tile([1.0, 0.0], (len(keep), 1)), **kwargs)
@@ -405,11 +339,12 @@ class Bing:
         if rescore_top is not None:
             rows, ious = [], []
             for work, gt in _progress(data, progress, "BING stage III"):
-                cand = model._candidates(work).best(int(rescore_top))       # no rescorer yet
+                cand = model._scored(work).best(int(rescore_top))
                 boxes = cand.boxes()
                 rows.append(cues(*cue_integral(work), boxes, cand.score))
                 ious.append(box_iou(boxes, gt) if len(gt) else np.zeros((len(boxes), 0)))
-            model.rescorer = Rescorer.fit(np.concatenate(rows), ious, int(rescore_top), int(rescore_head), box_weight)
+            model.rescorer = Rescorer.fit(np.concatenate(rows), ious, int(rescore_top), int(rescore_head),
+                                          config.box_weight)
         return model
 
     # ------------------------------------------------------------------ files
@@ -447,7 +382,8 @@ class Bing:
             raise ModelFileError(f"{path}: malformed BING model file ({type(e).__name__}: {e})") from e
 
     @classmethod
-    def from_opencv(cls, model_dir, prefix: str = OPENCV_PREFIX, **kwargs) -> "Bing":
+    def from_opencv(cls, model_dir, prefix: str = OPENCV_PREFIX, *, scoring: ScoringConfig | None = None,
+                    **knobs) -> "Bing":
         """Import OpenCV contrib's model: ``<prefix>.idx.yml.gz`` (kept size indices),
         ``.wS1.yml.gz`` (8x8 stage-I filter, rows = y) and ``.wS2.yml.gz`` (per-size v, t).
 
@@ -455,7 +391,7 @@ class Bing:
         ``w = 2 ** (4 + idx % 6)``, ``h = 2 ** (4 + idx // 6)``; row ``i`` of ``wS2`` belongs
         to ``idx[i]``. Its stage II was fitted on binarized scores (the filter as two {-1, +1}
         bases, the gradient's top 4 bits), so those are the scores computed here; the
-        gradient is "MAXBGR" (max over RGB channels).
+        gradient is "MAXBGR" (max over RGB channels). ``scoring`` defaults to that scoring.
         """
         d = Path(model_dir)
         files = [d / f"{prefix}.{part}.yml.gz" for part in ("idx", "wS1", "wS2")]
@@ -472,8 +408,8 @@ class Bing:
             raise ModelFileError(f"{files[2]}: expected {idx.size}x2 (v, t) rows, got {w2.shape}")
         idx = idx.astype(int)
         sizes = np.stack([OPENCV_SIDES[idx % n], OPENCV_SIDES[idx // n]], axis=1)
-        kwargs = {"color": "rgb", "gradient_shift": OPENCV_GRADIENT_SHIFT, "maxima": "grid", **kwargs}
-        return cls(binarize_filter(w1.reshape(W8, W8)), sizes, w2, **kwargs)
+        scoring = scoring or ScoringConfig(color="rgb", gradient_shift=OPENCV_GRADIENT_SHIFT, maxima="grid")
+        return cls(binarize_filter(w1.reshape(W8, W8)), sizes, w2, scoring=scoring, **knobs)
 
 
 def _progress(it, enabled: bool, desc: str):
@@ -481,3 +417,9 @@ def _progress(it, enabled: bool, desc: str):
         return it
     from tqdm import tqdm
     return tqdm(it, desc=desc)
+
+
+def _count(top_k) -> int | None:
+    if top_k is not None and int(top_k) < 0:
+        raise ValueError(f"top_k must be at least 0, got {top_k}")
+    return None if top_k is None else int(top_k)

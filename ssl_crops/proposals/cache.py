@@ -97,8 +97,9 @@ class ProposalCache:
         w, h = self.sizes[self._row[str(image_id)]]
         return int(w), int(h)
 
-    def proposals_for(self, image_id: str, image=None) -> np.ndarray:
-        """Dataset protocol: float32 ``(K, 4)`` normalized xyxy, best first (``image`` unused).
+    def proposals_for(self, image_id: str, image=None, top_k: int | None = None) -> np.ndarray:
+        """Dataset protocol: float32 ``(K, 4)`` normalized xyxy, best first, the first ``top_k``
+        (``None``: all; ``image`` unused).
 
         An image missing from the cache gets no proposals (so scene crops), with one warning
         per cache."""
@@ -109,7 +110,7 @@ class ProposalCache:
                 self._warned_missing = True
             return np.zeros((0, 4), np.float32)
         w, h = self.size(image_id)
-        return np.clip(self.boxes(image_id) / np.array([w, h, w, h], np.float32), 0, 1)
+        return np.clip(self.boxes(image_id)[:top_k] / np.array([w, h, w, h], np.float32), 0, 1)
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:

@@ -1,5 +1,5 @@
-"""BING features: colour spaces, normed gradients, the packed multi-size layout, 8x8 scoring
-and non-maximum suppression on score maps."""
+"""BING features: colour spaces, normed gradients, the packed multi-size layout, the candidates
+of stages I and II, and non-maximum suppression on score maps."""
 from __future__ import annotations
 
 import cv2
@@ -7,7 +7,7 @@ import numpy as np
 
 from .images import as_rgb
 
-__all__ = ["W8", "SIDES", "COLORS", "convert_color", "normed_gradient", "Layout", "local_maxima"]
+__all__ = ["W8", "SIDES", "COLORS", "convert_color", "normed_gradient", "Layout", "Candidates", "local_maxima"]
 
 W8 = 8                                                    # feature window side
 SIDES = np.rint(8 * 2 ** (np.arange(14) / 2)).astype(np.int64)   # window sides 8, 11, 16, ..., 724 (sqrt 2 steps)
@@ -197,6 +197,35 @@ class Layout:
         lx = np.clip(np.rint(cx), 0, self.rw[i] - W8).astype(int)
         ly = np.clip(np.rint(cy), 0, self.rh[j] - W8).astype(int)
         return self.y0[j] + ly, self.x0[i] + lx
+
+
+class Candidates:
+    """Stage-I candidates of one working image: global score-map positions, size, score, 5x5 flag,
+    and after stage III the image's cue integrals (``cue``)."""
+
+    def __init__(self, lay: Layout, ys, xs, size, score, sparse, cue=None):
+        self.lay, self.ys, self.xs, self.size, self.score, self.sparse, self.cue = lay, ys, xs, size, score, sparse, cue
+
+    @classmethod
+    def empty(cls, lay: Layout) -> "Candidates":
+        e = np.zeros(0, np.intp)
+        return cls(lay, e, e, e, np.zeros(0, np.float32), np.zeros(0, bool))
+
+    def take(self, sel) -> "Candidates":
+        return Candidates(self.lay, self.ys[sel], self.xs[sel], self.size[sel], self.score[sel], self.sparse[sel],
+                           self.cue)
+
+    def boxes(self) -> np.ndarray:
+        return self.lay.boxes(self.ys, self.xs)
+
+    def best(self, n: int) -> "Candidates":
+        """The ``n`` best by score, in their original order (ties at the cut: the first)."""
+        if n >= len(self.score):
+            return self
+        cut = np.partition(self.score, len(self.score) - n)[len(self.score) - n]
+        keep = self.score > cut
+        keep[np.flatnonzero(self.score == cut)[:n - np.count_nonzero(keep)]] = True
+        return self.take(np.flatnonzero(keep))
 
 
 def _before(k: int) -> np.ndarray:

@@ -22,17 +22,15 @@ on the candidates of the training images: label "IoU >= 0.5 with a box"; every b
 a weight ``box_weight`` over the windows that hit it (negatives weigh 1), so that boxes hit
 by a few windows count as much as boxes hit by many.
 
-:func:`snap_edges` moves the sides of the ranked proposals onto nearby outlines, with the
-same border strips.
+The integral images and border strips are :mod:`.edges`'; edge snapping (:mod:`.snapping`) uses
+them too.
 """
 from __future__ import annotations
 
-import sys
-
-import cv2
 import numpy as np
 
-from .features import gradients
+from .edges import border_sums, cue_integral, rect_sums
+from .snapping import snap_edges  # noqa: F401  (its import path before it moved to .snapping)
 from .solvers import logistic
 
 __all__ = ["CUES", "Rescorer", "cue_integral", "cues", "snap_edges"]
@@ -40,59 +38,6 @@ __all__ = ["CUES", "Rescorer", "cue_integral", "cues", "snap_edges"]
 CUES = ("score", "edge_in", "edge_ring", "edge_band", "edge_core", "edge_contrast", "edge_band_core", "centre_dx",
         "centre_y", "centre_y2", "log_area", "log_area2", "log_aspect", "log_aspect2", "at_border",
         "border_orientation")
-STRIP = 1 / 8                    # half-width of the border strips, as a share of the side
-
-
-def cue_integral(rgb: np.ndarray):
-    """Integral images (``h+1 x w+1``) of the normed gradient (int32) and of ``max_c |gx|`` and
-    ``max_c |gy|`` packed in one int64 (``gy << 32 | gx``: one look-up gives both sums) of uint8
-    RGB ``rgb`` at half size (bilinear: area averaging is 4x slower at odd sizes, for the same
-    held-out figures), and the ``(x, y)`` factors from ``rgb``'s pixels to them."""
-    h, w = rgb.shape[:2]
-    if min(h, w) >= 4:
-        rgb = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
-    if min(rgb.shape[:2]) < 2:                       # too small for a gradient
-        rgb = cv2.resize(rgb, (max(2, rgb.shape[1]), max(2, rgb.shape[0])), interpolation=cv2.INTER_NEAREST)
-    gx, gy = gradients(rgb, np.array([0]), np.array([rgb.shape[1] - 1]))
-    pair = [gx, gy] if sys.byteorder == "little" else [gy, gx]                     # gx in the low half
-    packed = cv2.integral(cv2.merge(pair), sdepth=cv2.CV_32S).view(np.int64)[..., 0]    # int32 pairs, >= 0
-    return (cv2.integral(cv2.add(gx, gy), sdepth=cv2.CV_32S), packed), (rgb.shape[1] / w, rgb.shape[0] / h)
-
-
-def _sums(integral: np.ndarray, rects: np.ndarray):
-    """Sums over rectangles ``rects`` (``(..., 4, n)`` pixel edges x0, y0, x1, y1; rounded,
-    clipped to at least one pixel inside the image) of ``integral`` (``h+1 x w+1``): ``(..., n)``
-    sums and pixel areas."""
-    h, w = integral.shape[0] - 1, integral.shape[1] - 1
-    r = np.rint(rects).astype(np.intp)
-    a = np.clip(r[..., 0, :], 0, w - 1)
-    b = np.clip(r[..., 1, :], 0, h - 1)
-    c = np.clip(r[..., 2, :], a + 1, w)
-    d = np.clip(r[..., 3, :], b + 1, h)
-    top, bottom = b * (w + 1), d * (w + 1)
-    v = integral.take(np.stack([bottom + c, top + c, bottom + a, top + a]))
-    return v[0] - v[1] - v[2] + v[3], (c - a) * (d - b)
-
-
-def _border(packed: np.ndarray, box: np.ndarray, shifts):
-    """Gradient sums along and across the sides of ``box`` (``(4, n)`` xyxy in the integral's
-    pixels) in strips of half-width ``STRIP`` of the side, centred on each side moved by each of
-    ``shifts`` (shares of the side): ``(edges, along, across, area)``, each ``(4, len(shifts),
-    n)``, sides left, right, top, bottom (float32 positions and sums, int areas). Along is
-    ``|gx|`` on the left and right, ``|gy|`` on the top and bottom; ``packed`` is the
-    ``gy << 32 | gx`` integral of :func:`cue_integral`."""
-    x0, y0, x1, y1 = box
-    wd, ht = np.maximum(x1 - x0, np.float32(1e-3)), np.maximum(y1 - y0, np.float32(1e-3))
-    shift = np.asarray(shifts, np.float32)[:, None]
-    ex = np.stack([x0 + shift * wd, x1 + shift * wd])                                  # (2, k, n): left, right
-    ey = np.stack([y0 + shift * ht, y1 + shift * ht])                                  # (2, k, n): top, bottom
-    dx, dy = wd * np.float32(STRIP), ht * np.float32(STRIP)
-    y0, y1, x0, x1 = (np.broadcast_to(v, ex.shape) for v in (y0, y1, x0, x1))
-    rects = np.concatenate([np.stack([ex - dx, y0, ex + dx, y1], axis=2),            # (4, k, 4, n)
-                            np.stack([x0, ey - dy, x1, ey + dy], axis=2)])
-    s, area = _sums(packed, rects)
-    gx, gy = (s & 0xFFFFFFFF).astype(np.float32), (s >> 32).astype(np.float32)
-    return (np.concatenate([ex, ey]), np.concatenate([gx[:2], gy[2:]]), np.concatenate([gy[:2], gx[2:]]), area)
 
 
 def cues(integral: np.ndarray, factors, boxes: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -105,9 +50,9 @@ def cues(integral: np.ndarray, factors, boxes: np.ndarray, score: np.ndarray) ->
     x0, y0, x1, y1 = box
     q = np.maximum(box[2:] - box[:2], np.float32(1e-3)) / 4                          # quarter sides
     grow = np.concatenate([-q, q])
-    s, area = _sums(integral, np.stack([box, box + grow, box - grow]))              # window, outer, core
+    s, area = rect_sums(integral, np.stack([box, box + grow, box - grow]))              # window, outer, core
     s, area = s.astype(np.float32), area.astype(np.float32)
-    _, along, across, a = _border(packed, box, [0])
+    _, along, across, a = border_sums(packed, box, [0])
     a = a[:, 0].astype(np.float32)
     along, across = (along[:, 0] / a).sum(0), (across[:, 0] / a).sum(0)               # over the 4 sides
     x = np.empty((len(CUES), len(x0)), np.float32)
@@ -127,23 +72,6 @@ def cues(integral: np.ndarray, factors, boxes: np.ndarray, score: np.ndarray) ->
     x[14] = (x0 <= 0.5) | (y0 <= 0.5) | (x1 >= w - 0.5) | (y1 >= h - 0.5)
     x[15] = np.log((along / 4 + 1) / (across / 4 + 1))
     return x.T
-
-
-def snap_edges(packed: np.ndarray, factors, boxes: np.ndarray, step: float, size) -> np.ndarray:
-    """``boxes`` (xyxy, pixels of the image of ``size = (w, h)`` that :func:`cue_integral` was
-    given) with every side moved by ``-step``, 0 or ``+step`` of the box's side to where the
-    gradient runs along it most: the largest mean ``|g_along| - |g_across|`` in a strip of
-    half-width ``STRIP`` of the side centred on the edge (from ``packed``, the ``gy << 32 | gx``
-    integral). Sides move independently; the box stays where nothing is better; result
-    clipped to the image."""
-    f = np.tile(np.float32(factors), 2)
-    b = np.ascontiguousarray((np.asarray(boxes, np.float32) * f).T)                    # (4, n)
-    edges, along, across, area = _border(packed, b, [0, -step, step])
-    pick = ((along - across) / area).argmax(1)                                         # ties: no move
-    new = np.take_along_axis(edges, pick[:, None], 1)[:, 0]
-    out = new[[0, 2, 1, 3]].T / f
-    w, h = size
-    return np.clip(out, 0, np.array([w, h, w, h], np.float32))
 
 
 class Rescorer:
@@ -174,6 +102,15 @@ class Rescorer:
     def score(self, x: np.ndarray) -> np.ndarray:
         """Logits of cue rows ``x`` (float32)."""
         return x[:, :len(self._w)] @ self._w + self._b
+
+    def rescore(self, work: np.ndarray, boxes: np.ndarray, score: np.ndarray, head: np.ndarray):
+        """Stage III of candidates ``boxes`` (xyxy, pixels of uint8 RGB ``work``) with stage-II
+        ``score``: their new scores, those of ``head`` (indices, best first) lifted above the
+        rest in that order, and :func:`cue_integral` of ``work`` (edge snapping uses it too)."""
+        integral = cue_integral(work)
+        s = self.score(cues(*integral, boxes, score))
+        s[head] = s.max() + np.arange(len(head), 0, -1, dtype=np.float32)       # first, in stage-II order
+        return s, integral
 
     @property
     def array(self) -> np.ndarray:

@@ -8,8 +8,7 @@ import pytest
 from ssl_crops.demo import synthetic_scenes
 from ssl_crops.proposals import (Bing, ImageReadError, ModelFileError, box_iou, evaluate_proposals,
                                  normed_gradient, read_image)
-from ssl_crops.proposals.bing import _Candidates
-from ssl_crops.proposals.features import Layout
+from ssl_crops.proposals.ranking import rank
 from ssl_crops.proposals.rescoring import Rescorer
 
 
@@ -121,6 +120,10 @@ def test_fit_is_deterministic(scenes, fitted):
     np.testing.assert_array_equal(again.calib, same.calib)
 
 
+def _rank(model, c, n):
+    return rank(c.score, c.sparse, model._fine[c.size], n, model.sparse_top, model.fine_after, model.fine_share)
+
+
 def test_propose_output(scenes, fitted, fitted_fine):
     img = scenes[1][0][0]
     boxes, scores = fitted.propose(img, 300, return_scores=True)
@@ -132,13 +135,13 @@ def test_propose_output(scenes, fitted, fitted_fine):
     # fine sizes (sqrt 2 steps) only after fine_after ranks, then one rank in 1 / fine_share
     work, _ = fitted_fine._working(img)
     cand = fitted_fine._stage1(work)
-    fine = fitted_fine._fine[cand.size[fitted_fine._rank(cand, 400)]]
+    fine = fitted_fine._fine[cand.size[_rank(fitted_fine, cand, 400)]]
     assert fitted_fine._fine.any() and fine.sum() > 0
     assert not fine[:fitted_fine.fine_after].any()
     assert fine[fitted_fine.fine_after:].sum() == int(300 * fitted_fine.fine_share)
     np.testing.assert_array_equal(fitted_fine.propose(img, 10), fitted_fine.propose(img, 300)[:10])
     # within each queue: best first; coarse: the best sparse_top 5x5 maxima, then the rest
-    order = fitted_fine._rank(cand, len(cand.score))
+    order = _rank(fitted_fine, cand, len(cand.score))
     fine, score, sparse = fitted_fine._fine[cand.size[order]], cand.score[order], cand.sparse[order]
     coarse, head = score[~fine], fitted_fine.sparse_top
     assert np.all(np.diff(score[fine]) <= 0)
@@ -267,7 +270,7 @@ def test_stage_three_reranks_the_best_stage_two_candidates(scenes, fitted):
     img = scenes[1][2][0]
     plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **{**fitted.params, "snap": None})
     work, _ = plain._working(img)
-    everything = plain._candidates(work)
+    everything = plain._scored(work)
     top = fitted.rescorer.top
     fitted.rescorer.top, fitted.rescorer.head, fitted.snap = 50, 0, None
     try:
@@ -301,6 +304,7 @@ def test_stage_three_keeps_the_stage_two_head(scenes, fitted, monkeypatch):
     assert not moved[:50].any() and moved[50:].any() and len(np.unique(boxes, axis=0)) == len(boxes)
     with monkeypatch.context() as m:              # top_k within the head: no stage III is computed
         m.setattr("ssl_crops.proposals.bing.cue_integral", None)
+        m.setattr("ssl_crops.proposals.rescoring.cue_integral", None)
         np.testing.assert_array_equal(fitted.propose(img, 50), boxes[:50])
     fitted.rescorer.head = 10
     try:
@@ -316,14 +320,41 @@ def test_stage_three_keeps_the_stage_two_head(scenes, fitted, monkeypatch):
         Bing.fit([im for im, _ in scenes[0][:5]], [b for _, b in scenes[0][:5]], rescore_head=101)
 
 
-def test_best_candidates_keep_their_order_and_count_with_ties():
-    lay = Layout(64, 64, np.array([[16, 16]]))
-    score = np.array([3, 1, 2, 2, 2, 0, 5], np.float32)
-    n = len(score)
-    c = _Candidates(lay, np.arange(n), np.arange(n), np.zeros(n, int), score, np.zeros(n, bool))
-    best = c.best(3)
-    assert best.score.tolist() == [3, 2, 5] and best.ys.tolist() == [0, 2, 6]   # first of the tied 2s
-    assert c.best(7) is c and c.best(1).score.tolist() == [5]
+def test_proposals_for_top_k_is_the_start_of_the_full_list(scenes, fitted, monkeypatch):
+    """``proposals_for(.., top_k)`` is the first ``top_k`` of the model's ``top_k`` list; stage III
+    runs only when the list goes past the head, and snapping only for the boxes it returns."""
+    from ssl_crops.proposals import rescoring, snapping
+    rescored, snapped = [], []
+    rescore, snap_edges = rescoring.Rescorer.rescore, snapping.snap_edges
+    monkeypatch.setattr(rescoring.Rescorer, "rescore", lambda self, *a: rescored.append(1) or rescore(self, *a))
+    monkeypatch.setattr(snapping, "snap_edges", lambda p, f, boxes, *a: snapped.append(len(boxes))
+                        or snap_edges(p, f, boxes, *a))
+    assert fitted.top_k == 1000 and fitted.rescorer.head == 50 and fitted.snap
+    for img, _ in scenes[1][:4]:
+        full = fitted.proposals_for("x", img)
+        assert len(rescored) == 1 and sum(snapped) == len(full) - 50
+        rescored.clear(), snapped.clear()
+        for k in (0, 1, 10, 50):                                  # within the head: neither stage runs
+            np.testing.assert_array_equal(fitted.proposals_for("x", img, top_k=k), full[:k])
+        assert not rescored and not snapped
+        for k in (51, 200, 2000):
+            np.testing.assert_array_equal(fitted.proposals_for("x", img, top_k=k), full[:k])
+            assert len(rescored) == 1 and sum(snapped) == min(k, len(full)) - 50
+            rescored.clear(), snapped.clear()
+    with pytest.raises(ValueError, match="top_k must be at least 0"):
+        fitted.proposals_for("x", img, top_k=-1)
+
+
+def test_proposals_for_top_k_without_stage_three_or_with_nms(scenes, fitted):
+    img = scenes[1][3][0]
+    plain = Bing(fitted.filter, fitted.sizes, fitted.calib, **{**fitted.params, "top_k": 300})
+    full = plain.proposals_for("x", img)
+    assert len(full) == 300
+    for k in (1, 10, 120, 300, 400):
+        np.testing.assert_array_equal(plain.proposals_for("x", img, top_k=k), full[:k])
+    plain.nms_iou = 0.6
+    full = plain.proposals_for("x", img)
+    np.testing.assert_array_equal(plain.proposals_for("x", img, top_k=10), full[:10])
 
 
 def test_fit_without_stage_three(scenes):

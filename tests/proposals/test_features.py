@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from ssl_crops.proposals.features import Layout, gradient, grid_maxima, local_maxima
+from ssl_crops.proposals.features import Candidates, Layout, gradient, grid_maxima, local_maxima
 from ssl_crops.proposals.opencv import binarize_filter
 
 SQUARES = np.array([(s, s) for s in (16, 32, 64, 128, 256, 512)])
@@ -76,3 +76,13 @@ def test_binarize_filter_is_opencvs_two_sign_bases():
     b2 = np.where(r >= 0, 1.0, -1.0)
     np.testing.assert_allclose(approx, beta1 * b1 + np.abs(r).mean() * b2, rtol=1e-5)
     assert len(np.unique(approx)) <= 4
+
+
+def test_best_candidates_keep_their_order_and_count_with_ties():
+    lay = Layout(64, 64, np.array([[16, 16]]))
+    score = np.array([3, 1, 2, 2, 2, 0, 5], np.float32)
+    n = len(score)
+    c = Candidates(lay, np.arange(n), np.arange(n), np.zeros(n, int), score, np.zeros(n, bool))
+    best = c.best(3)
+    assert best.score.tolist() == [3, 2, 5] and best.ys.tolist() == [0, 2, 6]   # first of the tied 2s
+    assert c.best(7) is c and c.best(1).score.tolist() == [5]
