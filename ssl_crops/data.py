@@ -30,8 +30,9 @@ class ProposalSource(Protocol):
     does not look at the pixels (a cache) may set ``needs_image = False``: it then gets ``None``
     and the image is decoded only as far as the crops need."""
 
-    def proposals_for(self, image_id: str, image: Image.Image | None) -> np.ndarray:
-        """Normalized ``x0, y0, x1, y1`` proposals ``(K, 4)``, best first."""
+    def proposals_for(self, image_id: str, image: Image.Image | None, top_k: int | None = None) -> np.ndarray:
+        """Normalized ``x0, y0, x1, y1`` proposals ``(K, 4)``, best first: the first ``top_k``
+        (``None``: all)."""
 
 
 JPEG_SCALES = (8, 4, 2)  # the DCT scale divisors libjpeg decodes at, besides 1 (the full image)

@@ -28,9 +28,9 @@ class FixedProposals:
     def __init__(self):
         self.asked = []
 
-    def proposals_for(self, image_id, image):
+    def proposals_for(self, image_id, image, top_k=None):
         self.asked.append(image_id)
-        return np.tile(np.array([[0.1, 0.1, 0.6, 0.6]], np.float32), (20, 1))
+        return np.tile(np.array([[0.1, 0.1, 0.6, 0.6]], np.float32), (20, 1))[:top_k]
 
 
 def test_image_sampling_returns_two_views_and_the_index(demo_root):
@@ -208,14 +208,14 @@ def test_proposal_sources_that_need_no_pixels_get_none(demo_root):
     class CachedProposals(FixedProposals):
         needs_image = False
 
-        def proposals_for(self, image_id, image):
+        def proposals_for(self, image_id, image, top_k=None):
             assert image is None
-            return super().proposals_for(image_id, image)
+            return super().proposals_for(image_id, image, top_k)
 
     no_boxes = BoxIndex.from_openimages(demo_root / "images_selected_new.npy")
     props = FixedProposals()
     seen = []
-    props.proposals_for = lambda image_id, image: seen.append(image) or np.array([[0.1, 0.1, 0.6, 0.6]])
+    props.proposals_for = lambda image_id, image, top_k: seen.append(image) or np.array([[0.1, 0.1, 0.6, 0.6]])
     ObjectCropDataset(demo_root / "images", no_boxes, ObjectAwareCrop(size=16), proposals=props)[0]
     assert isinstance(seen[0], Image.Image) and seen[0].size == open_image(demo_root / "images" / no_boxes.path(0)).size
     (q, _), _ = ObjectCropDataset(demo_root / "images", no_boxes, ObjectAwareCrop(size=16), proposals=CachedProposals())[0]
