@@ -10,7 +10,7 @@ Pipeline for one image (``Bing.propose``):
    skipped, sizes larger than the image clipped to it and kept once) the image is resized to
    ``round(8 W / w) x round(8 H / h)`` so that one 8x8 window is one candidate (bilinear,
    separable: one resize per width, one per height band).
-3. Normed gradients ``min(255, max_c |gx_c| + max_c |gy_c|)`` (``features.gradient``).
+3. Normed gradients ``min(255, max_c |gx_c| + max_c |gy_c|)`` (``gradients.normed_gradient``).
 4. Stage I: the 8x8 linear filter correlated with every band (exact float weights; OpenCV's
    model keeps its binarized weights and 4-bit gradients, the scores its stage II was fitted on).
 5. Stage II: per-size calibration ``v_i * s + t_i`` of the score maps.
@@ -54,11 +54,11 @@ import cv2
 import numpy as np
 
 from ..files import atomic_write
-from .config import (FIT_RANKING, FIT_SCORING, FitConfig, Knob, RankingConfig, ScoringConfig,
+from .knobs import (FIT_RANKING, FIT_SCORING, FitConfig, Knob, RankingConfig, ScoringConfig,
                      split_knobs)
 from .edges import cue_integral
 from .evaluation import box_iou, evaluate_proposals, format_table
-from .features import SIDES, W8, Candidates, Layout, convert_color, grid_maxima, local_maxima, normed_gradient
+from .gradients import SIDES, W8, Candidates, Layout, convert_color, grid_maxima, local_maxima, normed_gradient
 from .images import ImageReadError, as_rgb, image_size, read_image, working_image
 from .opencv import (OPENCV_GRADIENT_SHIFT, OPENCV_PREFIX, OPENCV_SIDES, ModelFileError, binarize_filter,
                      read_opencv_matrix)
@@ -92,8 +92,8 @@ class Bing:
     optional stage III.
 
     ``sizes``: ``(K, 2)`` window ``(w, h)`` in pixels of the working image (sides in
-    ``SIDES``); ``calib``: ``(K, 2)`` ``(v, t)``; ``scoring``: :class:`~.config.ScoringConfig`;
-    ``ranking``: :class:`~.config.RankingConfig`; ``rescorer``: optional stage III
+    ``SIDES``); ``calib``: ``(K, 2)`` ``(v, t)``; ``scoring``: :class:`~.knobs.ScoringConfig`;
+    ``ranking``: :class:`~.knobs.RankingConfig`; ``rescorer``: optional stage III
     (:class:`~.rescoring.Rescorer`); ``knobs``: fields of either config by name (``snap=0.12``),
     also readable and settable as attributes (``model.nms_iou = 0.5``).
     """
@@ -263,7 +263,7 @@ class Bing:
             **knobs) -> "Bing":
         """Train on ``images`` (arrays or paths) with ``boxes`` (pixel xyxy per image).
 
-        ``config``: :class:`~.config.FitConfig`; ``scoring``, ``ranking``: the model's configs
+        ``config``: :class:`~.knobs.FitConfig`; ``scoring``, ``ranking``: the model's configs
         (defaults: colour ``hsv``, ``fine_share`` 0.15, ``snap`` 0.12, held-out choices, README);
         ``knobs``: fields of any of the three by name. Images are taken at the working size
         ``max_side`` and in colour space ``color``, as :meth:`propose` will see them. Stage I:

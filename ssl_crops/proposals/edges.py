@@ -8,7 +8,7 @@ import sys
 import cv2
 import numpy as np
 
-from .features import gradients
+from .gradients import gradients
 
 __all__ = ["STRIP", "cue_integral", "rect_sums", "border_sums"]
 

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 
 from ssl_crops.proposals.edges import cue_integral, rect_sums
-from ssl_crops.proposals.features import gradients
+from ssl_crops.proposals.gradients import gradients
 
 
 def test_rectangle_sums_match_brute_force():

@@ -8,7 +8,7 @@ import pytest
 
 from ssl_crops.demo import synthetic_scenes
 from ssl_crops.proposals import Bing, FitConfig, RankingConfig, ScoringConfig
-from ssl_crops.proposals.config import split_knobs
+from ssl_crops.proposals.knobs import split_knobs
 
 SIZES = [(w, h) for w in (16, 32, 64) for h in (16, 32, 64)]
 FILTER = np.random.default_rng(0).standard_normal((8, 8)) / 100

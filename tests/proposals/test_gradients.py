@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from ssl_crops.proposals.features import Candidates, Layout, gradient, grid_maxima, local_maxima
+from ssl_crops.proposals.gradients import Candidates, Layout, gradient, grid_maxima, local_maxima
 from ssl_crops.proposals.opencv import binarize_filter
 
 SQUARES = np.array([(s, s) for s in (16, 32, 64, 128, 256, 512)])

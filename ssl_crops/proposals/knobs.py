@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from .features import COLORS, W8
+from .gradients import COLORS, W8
 
 __all__ = ["ScoringConfig", "RankingConfig", "FitConfig", "MAXIMA", "MAX_SIDE", "FIT_SIDES", "split_knobs", "Knob"]
 
