@@ -44,7 +44,9 @@ from .moco import MoCo, default_bn_splits
 from .run import (EpochTally, RunLog, StopSignal, TensorBoardLog, ignore_stop_signals, loader_died, on_rank0,
                   summary_writer)
 from .runlock import RunLock
-from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
+from .transforms import BatchAugment, ObjectAwareCrop
+from .transforms.augment import moco_augment
+from .transforms.geometry import GEOMETRIES
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
 CROP_MODES = ("scene", "object-object", "object-scene")
