@@ -29,7 +29,8 @@ from PIL import Image
 
 from ssl_crops.boxes import BoxIndex
 from ssl_crops.data import load_index
-from ssl_crops.transforms import ObjectAwareCrop, original_regions, random_resized_crop
+from ssl_crops.transforms import ObjectAwareCrop
+from ssl_crops.transforms.geometry import original_regions, random_resized_crop
 
 
 def open_index(path: Path, images: str | None) -> tuple[BoxIndex, Path]:

@@ -30,7 +30,8 @@ from torchvision.transforms import v2
 
 from ssl_crops.boxes import BoxIndex
 from ssl_crops.data import ObjectCropDataset, open_image
-from ssl_crops.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, GaussianBlur, ObjectAwareCrop, TwoViews
+from ssl_crops.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, ObjectAwareCrop, TwoViews
+from ssl_crops.transforms.augment import GaussianBlur
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-train"
 

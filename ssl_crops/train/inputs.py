@@ -16,7 +16,8 @@ from ..boxes import BoxIndex
 from ..data import ObjectCropDataset, find_annotation, load_index
 from ..formats import SUBSET_FILES
 from ..run import ignore_stop_signals
-from ..transforms import ObjectAwareCrop, moco_augment
+from ..transforms import ObjectAwareCrop
+from ..transforms.augment import moco_augment
 
 __all__ = ["BING_FIT_IMAGES", "EpochSampler", "SeededDataset", "build_dataset", "build_loader", "check_inputs",
            "crop_plan", "fitted_proposals", "knn_test_index", "opened_proposals", "queue_size"]

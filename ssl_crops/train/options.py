@@ -9,7 +9,7 @@ import torchvision.models as models
 from ..config import AMP_DTYPES, Config
 from ..formats import SUBSET_FILES
 from ..run import summary_writer
-from ..transforms import GEOMETRIES
+from ..transforms.geometry import GEOMETRIES
 from ..transforms.crop import MODES as CROP_MODES
 
 __all__ = ["ARCHS", "CROP_MODES", "DEMO_DEFAULTS", "KEEP_CHECKPOINTS", "build_parser", "default_workers", "parse_args"]

@@ -28,7 +28,8 @@ from torchvision.transforms.functional import pil_modes_mapping
 from torchvision.transforms.v2 import functional as F
 
 from .augment import MoCoAugment
-from .geometry import GEOMETRIES, Region, _randint, _uniform, object_regions, random_resized_crop, to_normalized_boxes
+from .geometry import (GEOMETRIES, Region, draw_int, draw_uniform, object_regions, random_resized_crop,
+                       to_normalized_boxes)
 
 __all__ = ["ObjectAwareCrop", "MODES", "GEOMETRIES"]
 
@@ -131,7 +132,7 @@ class ObjectAwareCrop(v2.Transform):
             regions = (random_resized_crop(image, self.scale, self.ratio, g),
                        random_resized_crop(image, self.scale, self.ratio, g))
         else:
-            box = boxes[_randint(0, len(boxes) - 1, g)]
+            box = boxes[draw_int(0, len(boxes) - 1, g)]
             tight, context = object_regions(width, height, box, self.geometry, self.dilation, self.min_region)
             centre = ((box[0] + box[2]) / 2 * width, (box[1] + box[3]) / 2 * height) if self.anchor else None
             view = random_resized_crop(tight, self.object_scale, self.ratio, g, anchor=centre)
@@ -140,7 +141,7 @@ class ObjectAwareCrop(v2.Transform):
             else:
                 other = random_resized_crop(image, self.scale, self.ratio, g)
             regions = (view, other)
-        if self.swap and _uniform(0.0, 1.0, g) < 0.5:
+        if self.swap and draw_uniform(0.0, 1.0, g) < 0.5:
             regions = regions[::-1]
         return regions
 

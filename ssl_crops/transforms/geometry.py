@@ -24,19 +24,20 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 __all__ = ["Region", "GEOMETRIES", "original_regions", "relative_regions", "object_regions", "clip_region",
-           "random_resized_crop", "to_normalized_boxes"]
+           "random_resized_crop", "to_normalized_boxes", "draw_int", "draw_uniform"]
 
 Region = tuple  # (x0, y0, x1, y1) integer pixels, x1/y1 exclusive
 GEOMETRIES = ("original", "relative")
 _TOLERANCE = 1e-6  # normalized coordinates this far outside [0, 1] are float error, and clipped
 
 
-def _uniform(lo: float, hi: float, g: torch.Generator | None) -> float:
+def draw_uniform(lo: float, hi: float, g: torch.Generator | None) -> float:
+    """Uniform float in ``[lo, hi)`` from ``g`` (``lo`` when the range is empty)."""
     return float(torch.empty(1).uniform_(lo, hi, generator=g)) if hi > lo else float(lo)
 
 
-def _randint(lo: int, hi: int, g: torch.Generator | None) -> int:
-    """Uniform integer in ``[lo, hi]`` (inclusive)."""
+def draw_int(lo: int, hi: int, g: torch.Generator | None) -> int:
+    """Uniform integer in ``[lo, hi]`` (inclusive) from ``g``."""
     return int(torch.randint(lo, hi + 1, (1,), generator=g)) if hi > lo else int(lo)
 
 
@@ -128,8 +129,8 @@ def _rrc_size(w: int, h: int, scale, ratio, g) -> tuple[int, int] | None:
     area = w * h
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * _uniform(scale[0], scale[1], g)
-        aspect = math.exp(_uniform(*log_ratio, g))
+        target = area * draw_uniform(scale[0], scale[1], g)
+        aspect = math.exp(draw_uniform(*log_ratio, g))
         cw = int(round(math.sqrt(target * aspect)))
         ch = int(round(math.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
@@ -163,11 +164,11 @@ def random_resized_crop(region: Region, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
     else:
         cw, ch = size
     if anchor is None:
-        left, top = _randint(x0, x1 - cw, generator), _randint(y0, y1 - ch, generator)
+        left, top = draw_int(x0, x1 - cw, generator), draw_int(y0, y1 - ch, generator)
     else:
         ax, ay = min(max(anchor[0], x0), x1), min(max(anchor[1], y0), y1)
-        left = _randint(max(x0, math.ceil(ax - cw)), min(x1 - cw, math.floor(ax)), generator)
-        top = _randint(max(y0, math.ceil(ay - ch)), min(y1 - ch, math.floor(ay)), generator)
+        left = draw_int(max(x0, math.ceil(ax - cw)), min(x1 - cw, math.floor(ax)), generator)
+        top = draw_int(max(y0, math.ceil(ay - ch)), min(y1 - ch, math.floor(ay)), generator)
     return (left, top, left + cw, top + ch)
 
 

@@ -5,8 +5,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from ssl_crops.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, BatchAugment, MoCoAugment,
-                                  MoCoV1Augment, MoCoV2Augment, moco_augment)
-from ssl_crops.transforms.augment import _JITTER_U8, _hue_f, _jitter_f
+                                  MoCoV1Augment, MoCoV2Augment)
+from ssl_crops.transforms.augment import _JITTER_U8, _hue_f, _jitter_f, moco_augment
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -189,7 +189,7 @@ def test_batch_blur_matches_a_gaussian_blur_per_sample():
 
 @pytest.mark.parametrize("side", [1, 2, 6])
 def test_reference_blur_handles_views_smaller_than_its_kernel(side):
-    from ssl_crops.transforms import GaussianBlur
+    from ssl_crops.transforms.augment import GaussianBlur
     x = torch.rand(3, side, side + 1)
     blur = GaussianBlur((2.0, 2.0))  # kernel 13 px: wider than the view
     out = blur(x)

@@ -8,8 +8,9 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ssl_crops.transforms import (MODES, MoCoV1Augment, ObjectAwareCrop, TwoViews, eval_transform,
-                                  to_normalized_boxes)
+from ssl_crops.transforms import MoCoV1Augment, ObjectAwareCrop, TwoViews, eval_transform
+from ssl_crops.transforms.crop import MODES
+from ssl_crops.transforms.geometry import to_normalized_boxes
 
 
 @st.composite
