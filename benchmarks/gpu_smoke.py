@@ -39,7 +39,8 @@ from moco_throughput import count_syncs, images_per_second
 from ssl_crops.distributed import CUDA_COLLECTIVES_ENV
 from ssl_crops.demo import make_demo
 from ssl_crops.moco import MoCo, SplitBatchNorm, default_bn_splits
-from ssl_crops.train import AMP_DTYPES, train_step
+from ssl_crops.config import AMP_DTYPES
+from ssl_crops.train import train_step
 from ssl_crops.transforms import BatchAugment
 
 REPO = Path(__file__).resolve().parents[1]
