@@ -33,10 +33,9 @@ from tqdm import tqdm
 
 from . import distributed as du
 from .boxes import BoxIndex
-from .checkpoint import (LAST, OutputError, ResumeMismatch, capture_rng, check_output, check_resume,
-                         dataset_fingerprint, locate_resume, resume, run_checkpoints, save_checkpoint, seed_step,
-                         to_moco_layout)
-from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng  # noqa: F401 (ssl_crops.train names)
+from .checkpoint import (LAST, CheckpointError, OutputError, ResumeMismatch, capture_rng, check_output, check_resume,
+                         checkpoint_arch, dataset_fingerprint, locate_resume, resume, run_checkpoints, save_checkpoint,
+                         seed_step, to_moco_layout)
 from .data import ObjectCropDataset, find_annotation, load_index
 from .demo import make_demo
 from .formats import SUBSET_FILES
@@ -264,12 +263,9 @@ def check_inputs(args):
     if args.resume and args.resume != "auto":
         if not Path(args.resume).is_file():
             raise FileNotFoundError(f"--resume {args.resume}: checkpoint not found")
-        try:  # mmap: reads the entries, not the tensors
-            held = torch.load(args.resume, map_location="cpu", weights_only=True, mmap=True).get("arch")
-        except Exception:  # unreadable: locate_resume says why
-            held = None
+        held = checkpoint_arch(args.resume)  # unreadable: CheckpointError naming the file
         if held and held != args.arch:
-            raise ValueError(f"--resume {args.resume}: holds a {held} checkpoint, not {args.arch}: pass -a {held}")
+            raise CheckpointError(f"--resume {args.resume}: holds a {held} checkpoint, not {args.arch}: pass -a {held}")
     with warnings.catch_warnings():
         if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 says what was dropped or clipped
             warnings.simplefilter("ignore")
@@ -543,7 +539,7 @@ def _train(info, args, index, test_index):
         if main:
             print(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)",
                   flush=True)
-    resume_path, resume_ckpt = locate_resume(args, run_dir)
+    resume_path, resume_ckpt = locate_resume(args.resume, run_dir)
     if (resume_ckpt["epoch"] if resume_ckpt is not None else args.start_epoch) >= args.epochs:
         if main:
             print(_nothing_to_do(args, resume_path, resume_ckpt), flush=True)
