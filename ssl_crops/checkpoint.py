@@ -1,4 +1,6 @@
-"""Pretraining checkpoints: layout, atomic writes with a kept predecessor, resume, RNG states.
+"""Checkpoints, the one place that reads and writes them: reading (one error type,
+:class:`CheckpointError`), the backbone and its architecture check, atomic writes with a kept
+predecessor, the newest readable file of a run, resume, RNG states.
 
 A run folder holds ``checkpoint_last.pth`` (every epoch end, and at the step where a
 SIGTERM/SIGUSR1 stopped the run), ``checkpoint_prev.pth`` (the one it replaced) and
@@ -11,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import warnings
@@ -22,12 +25,20 @@ import torch
 from . import distributed as du
 from .files import atomic_write
 
-__all__ = ["OutputError", "capture_rng", "restore_rng", "step_seed", "seed_step", "to_moco_layout", "load_model_state",
-           "encoder_state_dict", "check_output", "save_checkpoint", "load_checkpoint", "find_resume_checkpoint",
-           "run_checkpoints", "locate_resume", "resume", "ResumeMismatch",
-           "dataset_fingerprint", "check_resume"]
+__all__ = ["CheckpointError", "OutputError", "capture_rng", "restore_rng", "step_seed", "seed_step",
+           "to_moco_layout", "load_model_state", "encoder_state_dict", "ARCH_CANDIDATES", "backbone_state_dict",
+           "infer_arch", "backbone_weights", "read_checkpoint", "load_checkpoint", "checkpoint_arch",
+           "write_checkpoint", "check_output", "save_checkpoint", "run_checkpoints", "find_resume_checkpoint",
+           "locate_resume", "resume", "ResumeMismatch", "dataset_fingerprint", "check_resume"]
 
 LAST, PREV = "checkpoint_last.pth", "checkpoint_prev.pth"
+ARCH_CANDIDATES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                   "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is not the kind asked for, or does not fit the
+    architecture; the message names the file and the problem."""
 
 
 class OutputError(OSError):
@@ -87,12 +98,111 @@ def encoder_state_dict(ckpt, encoder="encoder_q"):
     """The torchvision weights of ``encoder`` in a checkpoint of either layout (or of a plain,
     optionally ``module.``-prefixed, state dict, also under a ``model`` entry), ``fc.*`` included."""
     if not isinstance(ckpt, dict):
-        raise ValueError("no state dict in the checkpoint")
+        raise CheckpointError("no state dict in the checkpoint")
     sd = next((ckpt[k] for k in ("state_dict", "model") if isinstance(ckpt.get(k), dict)), ckpt)
     sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if any(k.startswith(f"{encoder}.") for k in sd):
         sd = {k[len(encoder) + 1:]: v for k, v in sd.items() if k.startswith(f"{encoder}.")}
     return sd
+
+
+def backbone_state_dict(ckpt):
+    """Backbone weights (torchvision keys, ``fc.*`` dropped) and the arch named in ``ckpt``
+    (``None`` if none), not checked: see :func:`backbone_weights`."""
+    arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), str) else None
+    return {k: v for k, v in encoder_state_dict(ckpt).items() if not k.startswith("fc.")}, arch
+
+
+def _backbone_shapes(arch):
+    """Parameter and buffer shapes of torchvision's ``arch`` without ``fc`` (built on the meta device)."""
+    import torchvision
+    if not hasattr(torchvision.models, arch):
+        raise ValueError(f"unknown torchvision architecture {arch!r}")
+    with torch.device("meta"):
+        ref = getattr(torchvision.models, arch)().state_dict()
+    return {k: v.shape for k, v in ref.items() if not k.startswith("fc.")}
+
+
+def infer_arch(state_dict):
+    """The torchvision ResNet (of :data:`ARCH_CANDIDATES`) whose names and shapes match ``state_dict``."""
+    for name in ARCH_CANDIDATES:
+        ref = _backbone_shapes(name)
+        if ref.keys() == state_dict.keys() and all(state_dict[k].shape == s for k, s in ref.items()):
+            return name
+    return None
+
+
+def backbone_weights(ckpt, arch=None, source="checkpoint"):
+    """``(state_dict, arch)``: the query encoder's weights without ``fc``, checked against
+    torchvision's ``arch`` (default: the checkpoint's ``arch`` entry, else inferred from the
+    weights). Every backbone weight must be there with its shape, else :class:`CheckpointError`
+    naming ``source`` and what does not fit."""
+    sd, held = backbone_state_dict(ckpt)
+    if not sd:
+        raise CheckpointError(f"{source}: no backbone weights found")
+    arch = arch or held or infer_arch(sd)
+    if arch is None:
+        raise CheckpointError(f"{source}: cannot infer the architecture, pass -a/--arch")
+    ref = _backbone_shapes(arch)
+    missing, unexpected = sorted(ref.keys() - sd.keys()), sorted(sd.keys() - ref.keys())
+    wrong = sorted(k for k in ref.keys() & sd.keys() if sd[k].shape != ref[k])
+    if missing or unexpected or wrong:
+        held = held or infer_arch(sd)
+        if held and held != arch:
+            raise CheckpointError(f"{source}: holds a {held} backbone, not {arch}: pass -a {held} (or leave -a out)")
+        raise CheckpointError(f"{source}: weights do not match {arch}: {len(missing)} missing {missing[:5]}, "
+                              f"{len(unexpected)} unexpected {unexpected[:5]}, {len(wrong)} with other shapes "
+                              f"{wrong[:5]}")
+    return sd, arch
+
+
+# --------------------------------------------------------------------------- reading
+_KINDS = {"state_dict": "checkpoint of main_moco.py", "fc": "linear head checkpoint of linear_eval.py"}
+
+
+def read_checkpoint(path, require=None, mmap=False):
+    """The dict in a checkpoint file, read on CPU without executing pickled code.
+
+    ``require``: an entry it must hold (``"state_dict"``: pretraining, ``"fc"``: linear head).
+    ``mmap``: tensors stay on disk until used (zip files). A missing file raises
+    ``FileNotFoundError``; a file that cannot be read (truncated, no torch file, pickled code, no
+    dict, without ``require``) raises :class:`CheckpointError`, one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not (head[:2] == b"PK" or head[:1] == b"\x80"):  # torch's zip format (maybe truncated), a legacy pickle
+        kind = "a JSON file" if head.lstrip()[:1] in (b"{", b"[") else "not a torch file"
+        raise CheckpointError(f"{path}: not a checkpoint ({kind}); give a .pth written by main_moco.py, the "
+                              f"original MoCo code or torch.save(model.state_dict())")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head[:2] == b"PK")
+    except pickle.UnpicklingError as e:
+        detail = next((f" ({ln.split('error: ', 1)[-1].split('. ')[0]})" for ln in str(e).splitlines()
+                       if "WeightsUnpickler" in ln), "")  # e.g. "Unsupported global: GLOBAL builtins.print ..."
+        raise CheckpointError(f"{path}: cannot read checkpoint: it holds objects other than tensors and plain data, "
+                              f"refusing to unpickle them{detail}") from None
+    except Exception as e:  # truncated zip, bad pickle stream: torch's errors vary with the damage
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or not a torch file?): "
+                              f"{type(e).__name__}: {first_line}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(ckpt).__name__}, not a dict)")
+    if require is not None and require not in ckpt:
+        raise CheckpointError(f"{path}: not a {_KINDS.get(require, 'checkpoint')} (no {require!r} entry)")
+    return ckpt
+
+
+def load_checkpoint(path):
+    """A pretraining checkpoint (one with a ``state_dict``): :func:`read_checkpoint`."""
+    return read_checkpoint(path, require="state_dict")
+
+
+def checkpoint_arch(path):
+    """The ``arch`` entry of a checkpoint (``None`` if it has none), its tensors left on disk."""
+    arch = read_checkpoint(path, mmap=True).get("arch")
+    return arch if isinstance(arch, str) else None
 
 
 # --------------------------------------------------------------------------- writing
@@ -115,6 +225,17 @@ def _output_error(path, exc):
     else:
         reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
     return OutputError(f"cannot write {path}: {reason}")
+
+
+def write_checkpoint(obj, path, backup=None):
+    """``torch.save(obj)`` to ``path`` atomically (with ``backup``: the file it replaces is kept
+    there); a failed write raises :class:`OutputError` naming the path and the cause, and
+    leaves ``path`` as it was."""
+    try:
+        with atomic_write(path, backup=backup) as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as e:  # torch wraps ENOSPC in a RuntimeError
+        raise _output_error(path, e) from None
 
 
 def check_output(run_dir):
@@ -144,11 +265,7 @@ def save_checkpoint(state, run_dir, keep, max_numbered=-1):
     write (disk full, permission, a directory in the way) raises :class:`OutputError` naming the
     path and the cause, and leaves the previous checkpoints as they were."""
     last = Path(run_dir) / LAST
-    try:
-        with atomic_write(last, backup=last.with_name(PREV)) as f:
-            torch.save(state, f)
-    except (OSError, RuntimeError) as e:
-        raise _output_error(last, e) from None
+    write_checkpoint(state, last, backup=last.with_name(PREV))
     if keep and max_numbered != 0:
         numbered = last.with_name(f"checkpoint_{state['epoch']:04d}.pth")
         try:
@@ -161,58 +278,55 @@ def save_checkpoint(state, run_dir, keep, max_numbered=-1):
                 old.unlink()
 
 
-# --------------------------------------------------------------------------- reading
-def load_checkpoint(path):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError("not a checkpoint of main_moco.py (no 'state_dict')")
-    return ckpt
-
-
-def run_checkpoints(run_dir):
-    """The checkpoint files of a run, newest first: last, prev, then numbered by epoch."""
+# --------------------------------------------------------------------------- finding, resuming
+def run_checkpoints(run_dir, last=LAST, prev=PREV, numbered="checkpoint"):
+    """The checkpoint files of a run, newest first: ``last``, ``prev``, then
+    ``<numbered>_<epoch>.pth`` by epoch (``prev``, ``numbered``: ``None`` for none)."""
     run_dir = Path(run_dir)
-    return [p for p in [run_dir / LAST, run_dir / PREV, *_numbered(run_dir)] if p.is_file()]
+    paths = [run_dir / last] + ([run_dir / prev] if prev else []) + (_numbered(run_dir, numbered) if numbered else [])
+    return [p for p in paths if p.is_file()]
 
 
-def _numbered(run_dir):
-    """``checkpoint_<epoch>.pth`` files of a run, newest epoch first."""
-    return sorted(Path(run_dir).glob("checkpoint_[0-9]*.pth"), key=lambda p: int(p.stem.split("_")[-1]), reverse=True)
+def _numbered(run_dir, stem="checkpoint"):
+    """``<stem>_<epoch>.pth`` files of a run, newest epoch first."""
+    return sorted(Path(run_dir).glob(f"{stem}_[0-9]*.pth"), key=lambda p: int(p.stem.split("_")[-1]), reverse=True)
 
 
-def find_resume_checkpoint(run_dir):
-    """``(path, checkpoint)`` of the newest readable checkpoint in ``run_dir`` (see
-    :func:`run_checkpoints`), or ``(None, None)``; unreadable (e.g. truncated) files are
-    skipped with a warning."""
+def find_resume_checkpoint(run_dir, last=LAST, prev=PREV, numbered="checkpoint", require="state_dict"):
+    """``(path, checkpoint)`` of the newest readable checkpoint in ``run_dir``, or ``(None, None)``:
+    ``last``, else the newer (by step, then epoch) of ``prev`` and the newest readable numbered one
+    (file names as in :func:`run_checkpoints`; ``require`` as in :func:`read_checkpoint`).
+    Unreadable files (truncated, not a checkpoint) are skipped with a warning."""
     best = None
-    for path in run_checkpoints(run_dir):
+    for path in run_checkpoints(run_dir, last, prev, numbered):
         try:
-            ckpt = load_checkpoint(path)
-        except Exception as e:  # truncated zip, bad pickle, wrong content: try an older one
-            warnings.warn(f"skipping unreadable checkpoint {path}: {type(e).__name__}: {e}")
+            ckpt = read_checkpoint(path, require=require)
+        except (CheckpointError, OSError) as e:  # e.g. killed while copying: try an older one
+            warnings.warn(f"skipping unreadable checkpoint {e}")
             continue
         order = ckpt.get("step", -1), ckpt.get("epoch", -1)
         if best is None or order > best[2]:  # prev may be older or newer than the newest numbered one
             best = path, ckpt, order
-        if path.name != PREV:  # last, or the newest readable numbered one
+        if path.name != prev:  # last, or the newest readable numbered one
             break
     return best[:2] if best else (None, None)
 
 
-def locate_resume(args, run_dir):
-    """``(path, checkpoint)`` that ``--resume`` asks for; ``(None, None)`` for a fresh start.
+def locate_resume(resume_arg, run_dir):
+    """``(path, checkpoint)`` that ``--resume`` (``resume_arg``: a path, ``"auto"`` or ``""``) asks
+    for; ``(None, None)`` for a fresh start. An unreadable path raises :class:`CheckpointError`.
 
     A fresh start never writes over a run: with checkpoints in ``run_dir`` but none readable
     (``--resume auto``), or without ``--resume``, it raises ``FileExistsError``."""
-    if args.resume and args.resume != "auto":
-        if not Path(args.resume).is_file():
-            raise FileNotFoundError(f"--resume {args.resume}: checkpoint not found")
+    if resume_arg and resume_arg != "auto":
+        if not Path(resume_arg).is_file():
+            raise FileNotFoundError(f"--resume {resume_arg}: checkpoint not found")
         try:
-            return args.resume, load_checkpoint(args.resume)
-        except Exception as e:
-            raise ValueError(f"--resume {args.resume}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+            return resume_arg, read_checkpoint(resume_arg, require="state_dict")
+        except CheckpointError as e:
+            raise CheckpointError(f"--resume {e}") from None
     existing = run_checkpoints(run_dir)
-    if args.resume == "auto":
+    if resume_arg == "auto":
         path, ckpt = find_resume_checkpoint(run_dir)
         if path is None and existing:
             raise FileExistsError(f"--resume auto: no readable checkpoint in {run_dir} "
@@ -243,7 +357,7 @@ def resume(path, ckpt, model, optimizer, scaler):
 
 
 # --------------------------------------------------------------------------- resume checks
-class ResumeMismatch(ValueError):
+class ResumeMismatch(CheckpointError):
     """A checkpoint that this run's settings or data cannot continue; one line naming both values."""
 
 

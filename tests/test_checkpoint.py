@@ -1,17 +1,21 @@
 """Checkpoints: original MoCo key layout, a kept predecessor, one-line write errors, resume rules, export."""
 import errno
 import io
+import random
 import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
 from ssl_crops import checkpoint as ck
-from ssl_crops import files
+from ssl_crops import files, train
+from ssl_crops.evaluate import load_backbone
+from ssl_crops.export import export_backbone
 from ssl_crops.moco import MoCo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,8 +60,6 @@ def test_official_main_lincls_loader_finds_every_key(tmp_path):
 
 
 def test_evaluation_reads_the_new_layout(tmp_path):
-    from ssl_crops.evaluate import load_backbone
-
     model, _ = _moco_checkpoint(tmp_path / "c.pth")
     backbone = load_backbone(tmp_path / "c.pth")
     assert backbone.arch == "resnet18"
@@ -83,13 +85,11 @@ def test_export_writes_a_plain_torchvision_state_dict(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a zip")
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pth")])
-    assert "junk.pth: cannot read checkpoint" in str(err.value) and "\n" not in str(err.value)
+    assert "junk.pth: not a checkpoint (not a torch file)" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "x.pth").exists()
 
 
 def test_export_reads_the_old_layout_and_checks_the_arch(tmp_path):
-    from ssl_crops.export import export_backbone
-
     torch.manual_seed(0)
     model = MoCo(torchvision.models.resnet18, dim=16, K=32)
     torch.save({"epoch": 1, "arch": "resnet18", "state_dict": model.state_dict()}, tmp_path / "old.pth")
@@ -97,6 +97,96 @@ def test_export_reads_the_old_layout_and_checks_the_arch(tmp_path):
     assert arch == "resnet18" and "conv1.weight" in sd and not any(k.startswith("fc.") for k in sd)
     with pytest.raises(ValueError, match="resnet50"):
         export_backbone(tmp_path / "old.pth", arch="resnet50")
+
+
+# --------------------------------------------------------------------------- one reader, one error type
+@pytest.fixture(scope="module")
+def resnet18_checkpoint(tmp_path_factory):
+    """A pretraining checkpoint of a resnet18 (query encoder only, original key layout)."""
+    torch.manual_seed(0)
+    sd = torchvision.models.resnet18().state_dict()
+    path = tmp_path_factory.mktemp("ckpt") / "good.pth"
+    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": {f"module.encoder_q.{k}": v for k, v in sd.items()}},
+               path)
+    return path
+
+
+def _resume_cli(path, arch):  # main_moco.py --resume PATH -a ARCH: checked before the run folder is touched
+    train.check_inputs(train.parse_args([str(path.parent), "--resume", str(path), "-a", arch]))
+
+
+def _resume_run(path, arch):  # the run: read the checkpoint, check it against the settings
+    ck.check_resume(path, ck.locate_resume(str(path), path.parent / "run")[1], Namespace(arch=arch))
+
+
+ENTRY_POINTS = {"resume (main_moco.py)": _resume_cli, "resume (run)": _resume_run,
+                "linear_eval": lambda path, arch: load_backbone(path, arch), "export": export_backbone}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("kind, problem", [("truncated", "cannot read checkpoint"),
+                                           ("notes", "not a checkpoint (not a torch file)"),
+                                           ("wrong_arch", "resnet18")])
+def test_every_reader_raises_one_error_type_naming_the_file(resnet18_checkpoint, tmp_path, entry, kind, problem):
+    path, arch = tmp_path / f"{kind}.pth", "resnet18"
+    if kind == "truncated":
+        path.write_bytes(resnet18_checkpoint.read_bytes()[:5000])
+    elif kind == "notes":
+        path.write_text("epoch 1: loss 8.3")
+    else:
+        path, arch = resnet18_checkpoint, "resnet34"
+    with pytest.raises(ck.CheckpointError) as err:
+        ENTRY_POINTS[entry](path, arch)
+    msg = str(err.value)
+    assert path.name in msg and problem in msg and "\n" not in msg, msg
+    assert isinstance(err.value, ValueError)  # callers that catch ValueError still do
+    if entry != "resume (main_moco.py)":  # (which goes on to read the annotations)
+        ENTRY_POINTS[entry](resnet18_checkpoint, "resnet18")  # the same reader takes a good file
+
+
+def test_evaluation_reexports_the_one_reader():
+    from ssl_crops.evaluate import checkpoints
+
+    assert checkpoints.CheckpointError is ck.CheckpointError and checkpoints.read_checkpoint is ck.read_checkpoint
+    assert issubclass(ck.ResumeMismatch, ck.CheckpointError)
+
+
+def test_files_of_the_previous_version_still_load(tmp_path):
+    """Checkpoints as the code before the one checkpoint module wrote them (torch.save of these
+    dicts) are read by resume, evaluation, export and the linear head's resume."""
+    torch.manual_seed(0)
+    model = MoCo(torchvision.models.resnet18, dim=16, K=32, mlp=True)
+    opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)
+    state = {"epoch": 2, "step": 8, "arch": "resnet18", "state_dict": ck.to_moco_layout(model.state_dict()),
+             "optimizer": opt.state_dict(), "scaler": {}, "rng": ck.capture_rng(), "world_size": 1,
+             "args": {"arch": "resnet18", "seed": 3}, "dataset": {"images": 3, "boxes": 4, "ids": "0123"}}
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint_last.pth", "checkpoint_0002.pth"):
+        torch.save(state, run / name)
+    path, ckpt = ck.locate_resume("auto", run)
+    assert path == run / "checkpoint_last.pth" and ckpt["step"] == 8 and ckpt["args"]["seed"] == 3
+    assert ck.locate_resume(str(run / "checkpoint_0002.pth"), run)[1]["epoch"] == 2
+    fresh = MoCo(torchvision.models.resnet18, dim=16, K=32, mlp=True)
+    assert ck.resume(path, ckpt, fresh, torch.optim.SGD(fresh.parameters(), 0.1, momentum=0.9),
+                     torch.amp.GradScaler("cpu", enabled=False))[:2] == (2, 8)
+    assert torch.equal(fresh.encoder_q.conv1.weight, model.encoder_q.conv1.weight)
+    assert ck.checkpoint_arch(path) == "resnet18"
+    assert torch.equal(load_backbone(path).conv1.weight, model.encoder_q.conv1.weight)
+    sd, arch = export_backbone(path)
+    assert arch == "resnet18" and torch.equal(sd["conv1.weight"], model.encoder_q.conv1.weight)
+    # a file in torch's legacy (pre-zip) format: no mmap, read whole
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert ck.checkpoint_arch(tmp_path / "legacy.pth") == "resnet18"
+    # the linear head of linear_eval.py --protocol moco
+    from ssl_crops.evaluate import find_linear_resume
+
+    fc = torch.nn.Linear(512, 3)
+    head = {"epoch": 1, "fc": fc.state_dict(), "optimizer": torch.optim.SGD(fc.parameters(), 1.0).state_dict(),
+            "arch": "resnet18", "history": [{"epoch": 1, "test_batch_mean": 0.5}], "classes": ["a", "b", "c"]}
+    torch.save(head, tmp_path / "linear_last.pth")
+    loaded = find_linear_resume("auto", tmp_path)
+    assert loaded["classes"] == ["a", "b", "c"] and torch.equal(loaded["fc"]["weight"], fc.weight)
 
 
 def test_last_checkpoint_keeps_its_predecessor(tmp_path):
@@ -110,6 +200,26 @@ def test_last_checkpoint_keeps_its_predecessor(tmp_path):
         path, ckpt = ck.find_resume_checkpoint(tmp_path)
     assert path.name == "checkpoint_prev.pth" and ckpt["epoch"] == 2
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_resume_auto_skips_truncated_checkpoint(tmp_path):
+    ck.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
+    ck.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
+    newest = tmp_path / "checkpoint_last.pth"
+    newest.write_bytes(newest.read_bytes()[:100])  # a truncated file, now the newest one
+    with pytest.warns(UserWarning, match="checkpoint_last.pth"):
+        path, ckpt = ck.find_resume_checkpoint(tmp_path)
+    assert path.name == "checkpoint_0002.pth" and ckpt["epoch"] == 2
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+    assert ck.find_resume_checkpoint(tmp_path / "missing") == (None, None)
+
+
+def test_rng_state_round_trip():
+    state = ck.capture_rng()
+    a = (torch.rand(2), np.random.rand(), random.random())
+    ck.restore_rng(state)
+    b = (torch.rand(2), np.random.rand(), random.random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
 @pytest.mark.parametrize("max_numbered, kept", [(-1, [5, 4, 3, 2, 1]), (2, [5, 4]), (0, [])])
@@ -173,7 +283,7 @@ def test_check_output_before_training(tmp_path):
 
 
 def test_resume_never_starts_afresh_over_a_run(tmp_path):
-    auto, fresh = Namespace(resume="auto"), Namespace(resume="")
+    auto, fresh = "auto", ""
     assert ck.locate_resume(auto, tmp_path / "new") == (None, None)
     assert ck.locate_resume(fresh, tmp_path / "new") == (None, None)
     (tmp_path / "checkpoint_last.pth").write_bytes(b"truncated")
@@ -219,7 +329,7 @@ class Hostile:
 def test_hostile_resume_checkpoint_is_refused(tmp_path, capsys):
     torch.save({"state_dict": {}, "epoch": 1, "x": Hostile()}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="evil.pth: cannot read checkpoint"):
-        ck.locate_resume(Namespace(resume=str(tmp_path / "evil.pth")), tmp_path)
+        ck.locate_resume(str(tmp_path / "evil.pth"), tmp_path)
     assert "this ran" not in capsys.readouterr().out
 
 

@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from ..checkpoint import write_checkpoint
 from ..config import Config
 from ..distributed import broadcast_object, print0
-from ..files import atomic_write
 from ..metrics import batch_mean_average_precision, topk_accuracy
 from ..transforms import eval_transform, linear_train_transform
-from .checkpoints import (backbone_from_checkpoint, build_backbone, checkpoint_fingerprint, find_linear_resume,
-                          read_checkpoint)
+from .checkpoints import (LINEAR_LAST, backbone_from_checkpoint, build_backbone, checkpoint_fingerprint,
+                          find_linear_resume, read_checkpoint)
 from .features import (AMP_DTYPES, FeatureCache, MultiView, autocast, default_cache_dir, extract_features,
                        feature_loader, index_digest, is_multilabel, rank_and_world)
 from .knn import knn_classify
@@ -364,9 +364,9 @@ def run_moco(info, args) -> dict | None:
              + (f" ({unreadable} unreadable train images left out)" if unreadable else ""))
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_write(out_dir / "linear_last.pth") as f:
-                torch.save({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
-                            "arch": args.arch, "history": history, "classes": train_index.classes}, f)
+            write_checkpoint({"epoch": epoch + 1, "fc": fc.state_dict(), "optimizer": opt.state_dict(),
+                              "arch": args.arch, "history": history, "classes": train_index.classes},
+                             out_dir / LINEAR_LAST)
     train_s = time.perf_counter() - t0
     if rank != 0:
         return None

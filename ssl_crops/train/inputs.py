@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from .. import distributed as du
 from ..boxes import BoxIndex
+from ..checkpoint import CheckpointError, checkpoint_arch
 from ..data import ObjectCropDataset, find_annotation, load_index
 from ..formats import SUBSET_FILES
 from ..run import ignore_stop_signals
@@ -105,12 +106,9 @@ def check_inputs(args):
     if args.resume and args.resume != "auto":
         if not Path(args.resume).is_file():
             raise FileNotFoundError(f"--resume {args.resume}: checkpoint not found")
-        try:  # mmap: reads the entries, not the tensors
-            held = torch.load(args.resume, map_location="cpu", weights_only=True, mmap=True).get("arch")
-        except Exception:  # unreadable: locate_resume says why
-            held = None
+        held = checkpoint_arch(args.resume)  # unreadable: CheckpointError naming the file
         if held and held != args.arch:
-            raise ValueError(f"--resume {args.resume}: holds a {held} checkpoint, not {args.arch}: pass -a {held}")
+            raise CheckpointError(f"--resume {args.resume}: holds a {held} checkpoint, not {args.arch}: pass -a {held}")
     with warnings.catch_warnings():
         if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 says what was dropped or clipped
             warnings.simplefilter("ignore")

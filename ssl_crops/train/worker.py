@@ -81,7 +81,7 @@ def _train(info, args, index, test_index):
     if restart > 0 and args.resume != "auto" and (not args.resume or run_checkpoints(run_dir)):
         args = args.replace(resume="auto")  # also over an explicit --resume PATH once this run has checkpoints
         du.print0(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)")
-    resume_path, resume_ckpt = locate_resume(args, run_dir)
+    resume_path, resume_ckpt = locate_resume(args.resume, run_dir)
     if (resume_ckpt["epoch"] if resume_ckpt is not None else args.start_epoch) >= args.epochs:
         du.print0(_nothing_to_do(args, resume_path, resume_ckpt))
         return run_dir

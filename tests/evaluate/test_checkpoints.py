@@ -79,3 +79,7 @@ def test_find_linear_resume(tmp_path):
         assert find_linear_resume("auto", tmp_path) is None
     with pytest.raises(CheckpointError, match="linear_last.pth"):
         find_linear_resume(str(tmp_path / "linear_last.pth"), tmp_path)
+    # a pretraining checkpoint given as the linear head's --resume: named, not a KeyError later
+    torch.save({"epoch": 3, "state_dict": {}}, tmp_path / "checkpoint_last.pth")
+    with pytest.raises(CheckpointError, match="checkpoint_last.pth: not a linear head checkpoint"):
+        find_linear_resume(str(tmp_path / "checkpoint_last.pth"), tmp_path)
