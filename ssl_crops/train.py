@@ -32,18 +32,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from . import distributed as du
-from .boxes import BoxIndex
 from .checkpoint import (LAST, OutputError, ResumeMismatch, capture_rng, check_output, check_resume,
                          dataset_fingerprint, locate_resume, resume, run_checkpoints, save_checkpoint, seed_step,
                          to_moco_layout)
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng  # noqa: F401 (ssl_crops.train names)
-from .data import ObjectCropDataset, find_annotation, load_index
+from .data import ObjectCropDataset
 from .demo import make_demo
 from .formats import SUBSET_FILES
 from .moco import MoCo, default_bn_splits
 from .run import (EpochTally, RunLog, StopSignal, TensorBoardLog, ignore_stop_signals, loader_died, on_rank0,
                   summary_writer)
 from .runlock import RunLock
+from .sources import AnnotationSpec, add_annotation_args, load_index
 from .transforms import GEOMETRIES, BatchAugment, ObjectAwareCrop, moco_augment
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
@@ -146,11 +146,7 @@ def build_parser():
                         "<run>/bing.npz)")
     g.add_argument("--bing-topk", type=int, default=10, help="proposals used per image without boxes")
     g.add_argument("--image-size", type=int, default=224)
-    g.add_argument("--labels", default=None, help="labels dict (images_selected_new.npy)")
-    g.add_argument("--boxes", default=None, help="boxes dict (images_selected_with_all_features.npy)")
-    g.add_argument("--coco", default=None, help="COCO detection json instead of the dicts")
-    g.add_argument("--index", default=None,
-                   help="a saved BoxIndex (.npz, e.g. index.npz of the OpenImages builder) instead of the dicts")
+    add_annotation_args(g)
     g.add_argument("--bad-image", choices=["skip", "error"], default="skip",
                    help="an unreadable image (missing, truncated, empty, not an image, decompression bomb): skip it "
                         "(counted per epoch, named once in <run>/bad_images.txt) or stop with an error")
@@ -174,8 +170,7 @@ def build_parser():
                    help="also log loss, lr, acc1, images/s, kNN mAP and bad images to TensorBoard in DIR "
                         "(pip install 'ssl-crops[tb]')")
     g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
-    g.add_argument("--test-labels", default=None, help="test labels dict for kNN (default: images_test.npy beside DIR)")
-    g.add_argument("--test-coco", default=None, help="test annotations for kNN: a COCO or LVIS json (LVIS: federated mAP)")
+    add_annotation_args(g, prefix="test-", kinds=("labels", "coco"), what="test annotations for kNN")
     g.add_argument("--test-images", default=None,
                    help="test image folder for kNN (default: DIR; for LVIS the COCO folder holding train2017/val2017)")
     g.add_argument("--demo", action="store_true",
@@ -273,7 +268,7 @@ def check_inputs(args):
     with warnings.catch_warnings():
         if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 says what was dropped or clipped
             warnings.simplefilter("ignore")
-        index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+        index = load_index(AnnotationSpec.from_args(args, args.data))
         test_index = knn_test_index(args, index) if args.knn_every > 0 else None
     sampling = crop_plan(args, index)[1]
     samples = index.num_boxes if sampling == "box" else len(index)
@@ -287,7 +282,7 @@ def build_dataset(args, run_dir, main=True, index=None):
     """``(ObjectCropDataset, BoxIndex)`` from the flags (``index``: already read by
     :func:`check_inputs`). Rank 0 prints where the boxes come from."""
     if index is None:
-        index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+        index = load_index(AnnotationSpec.from_args(args, args.data))
     mode, sampling = crop_plan(args, index)
     unboxed = int((index.num_boxes_per_image() == 0).sum())
     if main:
@@ -482,14 +477,10 @@ def knn_test_index(args, index):
     beside DIR), with the training classes."""
     if args.test_coco and args.test_labels:
         raise ValueError("kNN test annotations: give only one of --test-coco, --test-labels")
-    if args.test_coco:
-        test = BoxIndex.from_coco(args.test_coco).with_classes(index.classes)
-    else:
-        test_labels = args.test_labels or find_annotation(SUBSET_FILES["test_labels"], args.data)
-        if test_labels is None:
-            raise FileNotFoundError(f"--knn-every needs test annotations: --test-coco VAL.json, --test-labels DICT "
-                                    f"or {SUBSET_FILES['test_labels']} beside {args.data}")
-        test = BoxIndex.from_openimages(test_labels, classes=index.classes)
+    try:
+        test = load_index(AnnotationSpec.from_args(args, args.data, prefix="test-", classes=index.classes))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--knn-every needs test annotations: {e}") from None
     if len(test) == 0:
         raise ValueError(f"{test.source}: no test images for the kNN monitor")
     return test

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..distributed import broadcast_object
 from ..files import atomic_write
 from ..metrics import batch_mean_average_precision, topk_accuracy
+from ..sources import add_annotation_args
 from ..transforms import eval_transform, linear_train_transform
 from .checkpoints import (backbone_from_checkpoint, build_backbone, checkpoint_fingerprint, find_linear_resume,
                           read_checkpoint)
@@ -39,13 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="", help="checkpoint (main_moco.py, original MoCo, or a torchvision "
                                                     "state dict); empty: random-init backbone")
     p.add_argument("-a", "--arch", default=None, help="torchvision arch (default: from the checkpoint, else resnet50)")
-    p.add_argument("--labels", help="train labels dict (default: images_selected_new.npy beside DATA)")
-    p.add_argument("--boxes", help="train boxes dict (default: images_selected_with_all_features.npy beside DATA)")
-    p.add_argument("--test-labels", help="test labels dict (default: images_test.npy beside DATA)")
-    p.add_argument("--coco", help="train annotations: COCO or LVIS detection json (image labels from its boxes)")
-    p.add_argument("--test-coco", help="test annotations: COCO or LVIS json (LVIS: federated AP)")
-    p.add_argument("--index", help="train annotations: a BoxIndex .npz (BoxIndex.save)")
-    p.add_argument("--test-index", help="test annotations: a BoxIndex .npz")
+    add_annotation_args(p, what="train annotations")
+    add_annotation_args(p, prefix="test-", kinds=("labels", "coco", "index"), what="test annotations")
     p.add_argument("--test-images", help="test image folder (default: DATA, or DATA/val for class folders)")
     p.add_argument("--include-crowd", action="store_true", help="COCO: also count iscrowd boxes as labels")
     p.add_argument("--task", choices=("auto", "multilabel", "singlelabel"), default="auto")
