@@ -1,11 +1,9 @@
 """Datasets: object-aware two-view pretraining data and labelled images for evaluation."""
 from __future__ import annotations
 
-import io
-import os
 import warnings
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -13,16 +11,15 @@ from PIL import Image
 
 from .boxes import BoxIndex
 from .demo import make_demo
-from .formats import SUBSET_FILES
+from .images import EncodedImage, ImageReadError, load_image, open_image
+from .sources import find_annotation, load_index
 
 __all__ = [
     "ObjectCropDataset", "LabeledImageDataset", "ProposalSource", "CorruptImageError", "EncodedImage",
     "open_image", "load_image", "load_index", "find_annotation", "make_demo", "unreadable_rows",
 ]
 
-
-class CorruptImageError(ValueError):
-    """An image file is missing, truncated or cannot be decoded."""
+CorruptImageError = ImageReadError  # the name this module used for it
 
 
 class ProposalSource(Protocol):
@@ -33,81 +30,6 @@ class ProposalSource(Protocol):
     def proposals_for(self, image_id: str, image: Image.Image | None, top_k: int | None = None) -> np.ndarray:
         """Normalized ``x0, y0, x1, y1`` proposals ``(K, 4)``, best first: the first ``top_k``
         (``None``: all)."""
-
-
-JPEG_SCALES = (8, 4, 2)  # the DCT scale divisors libjpeg decodes at, besides 1 (the full image)
-
-
-class EncodedImage:
-    """An image file read but not decoded: ``size`` comes from the header; pixels are decoded on
-    demand, a JPEG at a reduced DCT scale (1/2, 1/4, 1/8) when the regions asked for allow it.
-
-    A missing, truncated or undecodable file raises :class:`CorruptImageError` naming it.
-    """
-
-    def __init__(self, path):
-        self.path = Path(path)
-        try:
-            self._data = self.path.read_bytes()
-        except FileNotFoundError:
-            raise CorruptImageError(f"{path}: image file not found") from None
-        except OSError as e:
-            raise CorruptImageError(f"{path}: cannot read image ({e})") from e
-        with self._open() as f:
-            self.size, self.format = f.size, f.format
-        self._decoded: Image.Image | None = None
-
-    def decode(self) -> Image.Image:
-        """The whole image as RGB at full resolution (decoded once)."""
-        if self._decoded is None:
-            self._decoded = self._load(self._open())
-        return self._decoded
-
-    def scale_for(self, regions: Sequence, size) -> int:
-        """The largest JPEG scale divisor (8, 4, 2, else 1) at which every region keeps at least
-        ``size`` (``int`` or ``(width, height)``) pixels along each axis; 1 for other formats."""
-        if self._decoded is not None or self.format != "JPEG":
-            return 1
-        out_w, out_h = (size, size) if isinstance(size, int) else size
-        short = min(min((x1 - x0) / out_w, (y1 - y0) / out_h) for x0, y0, x1, y1 in regions)
-        return next((k for k in JPEG_SCALES if short >= k), 1)
-
-    def decode_regions(self, regions: Sequence, size) -> tuple[Image.Image, list[tuple[float, ...]]]:
-        """``(image, regions)``: the RGB image decoded at :meth:`scale_for` and the pixel regions
-        ``(x0, y0, x1, y1)`` mapped exactly into it (floats, 1/k of the original coordinates:
-        reduced pixel ``i`` covers original pixels ``[k i, k (i + 1))``)."""
-        k = self.scale_for(regions, size)
-        if k > 1:
-            f = self._open()
-            drafted = f.draft("RGB", (self.size[0] // k, self.size[1] // k))
-            if drafted is not None:  # None: a JPEG PIL cannot draft, decoded fully below
-                scale = self.size[0] / drafted[1][2]
-                return self._load(f), [tuple(v / scale for v in r) for r in regions]
-        return self.decode(), [tuple(float(v) for v in r) for r in regions]
-
-    def _open(self) -> Image.Image:
-        try:
-            return Image.open(io.BytesIO(self._data))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise CorruptImageError(f"{self.path}: cannot decode image ({e})") from e
-
-    def _load(self, f: Image.Image) -> Image.Image:
-        try:
-            with f:
-                return f.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise CorruptImageError(f"{self.path}: cannot decode image ({e})") from e
-
-
-def open_image(path) -> EncodedImage:
-    """Read an image file without decoding it (:class:`EncodedImage`); hand it to
-    :class:`~ssl_crops.transforms.ObjectAwareCrop` to decode only what the two views need."""
-    return EncodedImage(path)
-
-
-def load_image(path) -> Image.Image:
-    """Decode an image fully as RGB; :class:`CorruptImageError` names the file on failure."""
-    return EncodedImage(path).decode()
 
 
 class ObjectCropDataset(torch.utils.data.Dataset):
@@ -220,49 +142,3 @@ def unreadable_rows(targets) -> np.ndarray:
     """Boolean mask of the items :class:`LabeledImageDataset` served for unreadable images."""
     targets = np.asarray(targets)
     return np.isnan(targets.reshape(len(targets), -1)).any(1)
-
-
-def find_annotation(name: str | os.PathLike, data_dir) -> Path | None:
-    """``name`` if it is an existing path, else the first of ``data_dir/name``,
-    ``data_dir/../name`` and ``./name`` that exists."""
-    name = Path(name)
-    if name.is_file():
-        return name
-    for folder in (Path(data_dir), Path(data_dir).parent, Path.cwd()):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def load_index(data_dir, labels=None, boxes=None, coco=None, index=None) -> BoxIndex:
-    """The :class:`BoxIndex` of an image folder.
-
-    Explicit files win (``index`` a saved ``.npz``, ``coco`` a COCO json, ``labels`` /
-    ``boxes`` the OpenImages-subset dicts); otherwise ``images_selected_new.npy`` and
-    ``images_selected_with_all_features.npy`` are looked for beside the folder (in it, its
-    parent, the working directory; the boxes dict also beside an explicit labels dict);
-    otherwise the folder's images are indexed without boxes.
-    """
-    data_dir = Path(data_dir)
-    if index is not None:
-        return BoxIndex.load(index)
-    if coco is not None:
-        return BoxIndex.from_coco(_must_exist(coco, "COCO json"))
-    if labels is not None:
-        labels_path = _must_exist(labels, "labels dict")
-        boxes_dir = labels_path.parent
-    else:
-        labels_path, boxes_dir = find_annotation(SUBSET_FILES["labels"], data_dir), data_dir
-        if labels_path is None and boxes is not None:
-            raise FileNotFoundError(f"{SUBSET_FILES['labels']}: labels dict not found beside {data_dir} (give --labels)")
-    if labels_path is None:
-        return BoxIndex.from_folder(data_dir)
-    boxes_path = _must_exist(boxes, "boxes dict") if boxes is not None else find_annotation(SUBSET_FILES["boxes"], boxes_dir)
-    return BoxIndex.from_openimages(labels_path, boxes_path)
-
-
-def _must_exist(path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    return path

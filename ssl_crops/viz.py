@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from .boxes import BoxIndex
-from .data import load_image, load_index
 from .files import atomic_write
+from .images import load_image
+from .sources import AnnotationSpec, load_index
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ObjectAwareCrop
 
 __all__ = ["crops_figure", "log_figure", "per_class_ap_figure", "read_log", "open_index", "main"]
@@ -51,22 +52,11 @@ def _save(fig, path, dpi: int) -> Path:
 
 
 # --------------------------------------------------------------------------- crops
-def open_index(spec, images=None) -> BoxIndex:
+def open_index(spec) -> BoxIndex:
     """A ``BoxIndex`` from a saved ``.npz``, a COCO json, an OpenImages-subset labels dict
-    (``.npy``, boxes dict beside it) or a folder (what ``ssl_crops.data.load_index`` finds there)."""
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: index not found (a .npz, COCO .json, labels .npy or data folder)")
-    if path.is_dir():
-        return load_index(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        return load_index(images or path.parent, index=path)
-    if suffix == ".json":
-        return load_index(images or path.parent, coco=path)
-    if suffix == ".npy":
-        return load_index(images or path.parent, labels=path)
-    raise ValueError(f"{path}: not an index (expected .npz, COCO .json, labels .npy or a data folder)")
+    (``.npy``, boxes dict beside it) or a folder (what :func:`ssl_crops.sources.load_index`
+    finds there)."""
+    return load_index(AnnotationSpec.from_path(spec))
 
 
 def _display(view) -> np.ndarray:
@@ -328,7 +318,7 @@ def main(argv=None) -> Path:
     except ImportError:
         sys.exit(INSTALL_HINT)
     if a.command == "crops":
-        index = open_index(a.index, a.images)
+        index = open_index(a.index)
         crop = ObjectAwareCrop(mode=a.mode, geometry=a.geometry, dilation=a.dilation, size=a.size,
                                min_region=a.min_region)
         out = crops_figure(index, a.images, a.out, crop, n=a.n, seed=a.seed)

@@ -19,12 +19,12 @@ def test_import_and_box_index_do_not_import_torch():
 def test_top_level_names_are_the_modules_objects():
     from ssl_crops import BoxIndex, MoCo, ObjectAwareCrop, open_image
     from ssl_crops.boxes import BoxIndex as boxes_BoxIndex
-    from ssl_crops.data import open_image as data_open_image
+    from ssl_crops.images import open_image as images_open_image
     from ssl_crops.moco import MoCo as moco_MoCo
     from ssl_crops.transforms.crop import ObjectAwareCrop as crop_ObjectAwareCrop
 
     assert (BoxIndex, MoCo, ObjectAwareCrop, open_image) == (boxes_BoxIndex, moco_MoCo, crop_ObjectAwareCrop,
-                                                              data_open_image)
+                                                              images_open_image)
     assert set(ssl_crops.__all__) == {"BoxIndex", "MoCo", "ObjectAwareCrop", "open_image"}
     assert set(ssl_crops.__all__) <= set(dir(ssl_crops))
     with pytest.raises(AttributeError, match="no attribute 'Bogus'"):

@@ -21,6 +21,7 @@ from ..checkpoint import write_checkpoint
 from ..config import Config
 from ..distributed import broadcast_object, print0
 from ..metrics import batch_mean_average_precision, topk_accuracy
+from ..sources import add_annotation_args
 from ..transforms import eval_transform, linear_train_transform
 from .checkpoints import (LINEAR_LAST, backbone_from_checkpoint, build_backbone, checkpoint_fingerprint,
                           find_linear_resume, read_checkpoint)
@@ -29,7 +30,7 @@ from .features import (AMP_DTYPES, FeatureCache, MultiView, autocast, default_ca
 from .knn import knn_classify
 from .probe import linear_probe
 from .report import PAPER_BATCH_SIZE, PAPER_LABEL, build_report, format_table, scoring_targets, write_report
-from .splits import Splits, _leave_out_unreadable, _unseen_notes, load_splits
+from .splits import Splits, leave_out_unreadable, unseen_notes, load_splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="", help="checkpoint (main_moco.py, original MoCo, or a torchvision "
                                                     "state dict); empty: random-init backbone")
     p.add_argument("-a", "--arch", default=None, help="torchvision arch (default: from the checkpoint, else resnet50)")
-    p.add_argument("--labels", help="train labels dict (default: images_selected_new.npy beside DATA)")
-    p.add_argument("--boxes", help="train boxes dict (default: images_selected_with_all_features.npy beside DATA)")
-    p.add_argument("--test-labels", help="test labels dict (default: images_test.npy beside DATA)")
-    p.add_argument("--coco", help="train annotations: COCO or LVIS detection json (image labels from its boxes)")
-    p.add_argument("--test-coco", help="test annotations: COCO or LVIS json (LVIS: federated AP)")
-    p.add_argument("--index", help="train annotations: a BoxIndex .npz (BoxIndex.save)")
-    p.add_argument("--test-index", help="test annotations: a BoxIndex .npz")
+    add_annotation_args(p, what="train annotations")
+    add_annotation_args(p, prefix="test-", kinds=("labels", "coco", "index"), what="test annotations")
     p.add_argument("--test-images", help="test image folder (default: DATA, or DATA/val for class folders)")
     p.add_argument("--include-crowd", action="store_true", help="COCO: also count iscrowd boxes as labels")
     p.add_argument("--task", choices=("auto", "multilabel", "singlelabel"), default="auto")
@@ -219,7 +215,7 @@ def run_cached(info, args) -> dict | None:
         return None
     train_x, train_y = train["train"][0][:, 0], train["train"][1]
     crops = [*train["train-crops"][0].transpose(1, 0, 2)] if args.train_crops else []
-    keep, keep_test = _leave_out_unreadable(splits, "train", train_y), _leave_out_unreadable(splits, "test", test_served)
+    keep, keep_test = leave_out_unreadable(splits, "train", train_y), leave_out_unreadable(splits, "test", test_served)
     train_x, train_y, crops = train_x[keep], train_y[keep], [c[keep] for c in crops]
     test_x, train_index, test_index = test_x[keep_test, 0], splits.train, splits.test
     rows = [train_x] + crops
@@ -244,7 +240,7 @@ def _load(args) -> tuple[bool, Splits]:
     splits = load_splits(args, forced)
     print0(f"train annotations: {splits.train.describe()}")
     print0(f"test annotations: {splits.test.describe()}")
-    for note in _unseen_notes(splits.notes):
+    for note in unseen_notes(splits.notes):
         print0(f"warning: {note}")
     return (is_multilabel(splits.train) if forced is None else forced), splits
 
@@ -264,7 +260,7 @@ def _finish(args, splits: Splits, test_y, scores, multilabel, ident, **extra) ->
                           arch=args.arch, image_size=args.image_size,
                           image_size_source=args.image_size_source, num_train=len(train),
                           federated=bool(splits.test.federated), **splits.notes, **extra)
-    report["notes"] = _unseen_notes(splits.notes)
+    report["notes"] = unseen_notes(splits.notes)
     files = write_report(report, _out_dir(args))
     print(format_table(report))
     print("\n".join(f"{name}: {path}" for name, path in files.items()), flush=True)
@@ -301,7 +297,7 @@ def run_moco(info, args) -> dict | None:
     test = LabeledImageDataset(splits.test_root, splits.test, eval_transform(args.image_size), _on_corrupt(args))
     test_x, test_served = extract_features(backbone, feature_loader(test, batch_size, args.workers), device,
                                            args.amp, args.channels_last, not args.no_progress)
-    test_x = torch.from_numpy(test_x[_leave_out_unreadable(splits, "test", test_served)]).to(device)
+    test_x = torch.from_numpy(test_x[leave_out_unreadable(splits, "test", test_served)]).to(device)
     test_y = _test_targets(splits.test, multilabel)
     scored_y = scoring_targets(test_y, train_index.class_counts(), multilabel)
     fc = nn.Linear(backbone.num_features, train_index.num_classes).to(device)

@@ -37,8 +37,7 @@ def load_splits(args, multilabel: bool | None = None) -> Splits:
     multi-label one the class is not scored (:func:`~.report.scoring_targets`).
     """
     from ..boxes import BoxIndex
-    from ..data import find_annotation, load_index
-    from ..formats import SUBSET_FILES
+    from ..sources import AnnotationSpec, load_index
     data = Path(args.data)
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: image folder not found")
@@ -59,19 +58,8 @@ def load_splits(args, multilabel: bool | None = None) -> Splits:
         train, test = BoxIndex.from_folder(train_root), BoxIndex.from_folder(test_root)
     else:
         train_root, test_root = data, Path(args.test_images or data)
-        train = BoxIndex.from_coco(args.coco, include_crowd=args.include_crowd) if args.coco else \
-            load_index(data, labels=args.labels, boxes=args.boxes, index=args.index)
-        if args.test_coco:
-            test = BoxIndex.from_coco(args.test_coco, include_crowd=args.include_crowd)
-        elif args.test_index:
-            test = BoxIndex.load(args.test_index)
-        else:
-            test_labels = find_annotation(args.test_labels or SUBSET_FILES["test_labels"], data)
-            if test_labels is None:
-                raise FileNotFoundError(f"no test annotations: pass --test-coco, --test-index or --test-labels, put "
-                                        f"images_test.npy in {data} or {data.parent}, or use a folder with train/ "
-                                        f"and val/")
-            test = BoxIndex.from_openimages(test_labels)
+        train = load_index(AnnotationSpec.from_args(args, data))
+        test = load_index(AnnotationSpec.from_args(args, data, prefix="test-"))
     if not test_root.is_dir():
         raise FileNotFoundError(f"{test_root}: test image folder not found")
     if len(train) == 0 or train.num_classes == 0:
@@ -99,7 +87,7 @@ def load_splits(args, multilabel: bool | None = None) -> Splits:
     return Splits(train_root, train, test_root, test, notes)
 
 
-def _unseen_notes(notes: dict) -> list[str]:
+def unseen_notes(notes: dict) -> list[str]:
     out = []
     if notes.get("test_unseen_classes"):
         unseen = notes["test_unseen_classes"]
@@ -118,11 +106,12 @@ def _unseen_notes(notes: dict) -> list[str]:
     return out
 
 
-def _leave_out_unreadable(splits: Splits, split: str, targets) -> np.ndarray:
+def leave_out_unreadable(splits: Splits, split: str, targets) -> np.ndarray:
     """Mask of the readable images of ``split`` (``"train"`` or ``"test"``) from the targets the
     loader served; the unreadable ones (read again here for their reason) go into
     ``splits.notes`` and out of ``splits``, with one line on rank 0."""
-    from ..data import CorruptImageError, load_image, unreadable_rows
+    from ..data import unreadable_rows
+    from ..images import ImageReadError, load_image
     bad = unreadable_rows(targets)
     if not bad.any():
         return ~bad
@@ -132,9 +121,9 @@ def _leave_out_unreadable(splits: Splits, split: str, targets) -> np.ndarray:
         try:
             load_image(root / index.path(i))
             reasons[index.path(i)] = "unreadable in a loader worker"
-        except CorruptImageError as e:
+        except ImageReadError as e:
             reasons[index.path(i)] = str(e).removeprefix(f"{root / index.path(i)}: ")
     splits.notes[f"{split}_unreadable_images"] = reasons
     setattr(splits, split, index.subset(~bad))
-    print0("warning: " + _unseen_notes({f"{split}_unreadable_images": reasons})[0])
+    print0("warning: " + unseen_notes({f"{split}_unreadable_images": reasons})[0])
     return ~bad

@@ -1,7 +1,7 @@
 """Objectness proposals (BING) for images without boxes; no torch import here.
 
 ``Bing`` (fit, propose, save/load, ``from_opencv``; its knobs in ``ScoringConfig``,
-``RankingConfig``, ``FitConfig``; stages by module: images, features (I, II), rescoring (III),
+``RankingConfig``, ``FitConfig``; stages by module: images, gradients (I, II), rescoring (III),
 ranking, snapping; also edges, solvers, opencv, evaluation), ``ProposalCache`` (proposals
 cached by ``python -m ssl_crops.proposals propose``) and ``open_proposals`` (either, from a
 file). Both serve ``proposals_for(image_id, image, top_k)`` -> normalized xyxy, best first, to

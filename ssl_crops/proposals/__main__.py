@@ -6,7 +6,7 @@
     python -m ssl_crops.proposals --images DIR --model M --out proposals.npz     (= propose)
 
 ``M`` is a model written by ``fit`` or a folder with OpenCV contrib's ``ObjNessB2W8MAXBGR``
-files. Annotations are read with ``ssl_crops.data.load_index`` (the OpenImages-subset dicts
+files. Annotations are read with ``ssl_crops.sources.load_index`` (the OpenImages-subset dicts
 are found beside ``DIR`` when not given).
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sources import AnnotationSpec, add_annotation_args, load_index
 from .bing import Bing, ImageReadError, ModelFileError, as_rgb, evaluate_proposals, format_table
 from .cache import ProposalCache, propose_folder
 
@@ -25,10 +26,7 @@ COMMANDS = ("fit", "propose", "evaluate")
 
 
 def _annotations(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels", help="image -> labels dict (images_selected_new.npy form)")
-    p.add_argument("--boxes", help="image -> box rows dict (images_selected_with_all_features.npy form)")
-    p.add_argument("--coco", help="COCO detection json")
-    p.add_argument("--index", help="saved BoxIndex .npz")
+    add_annotation_args(p)
     p.add_argument("--max-images", type=int, default=None, help="use the first N images with boxes")
 
 
@@ -73,8 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _index(args):
-    from ..data import load_index  # imports torch: only fit/evaluate need it
-    index = load_index(args.images, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+    index = load_index(AnnotationSpec.from_args(args, args.images))
     print(f"boxes: {index.describe()}", flush=True)  # names the dicts when found beside the folder
     rows = [i for i in range(len(index)) if len(index.boxes(i))]
     if not rows:

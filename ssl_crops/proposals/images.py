@@ -1,4 +1,5 @@
-"""Image input for BING: decoding (8/16-bit, gray, alpha), uint8 RGB arrays and the working size."""
+"""Image input for BING: uint8 RGB arrays (8/16-bit, gray, alpha, floats) and the working size; files
+are read by :mod:`ssl_crops.images`."""
 from __future__ import annotations
 
 import os
@@ -7,14 +8,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..images import EncodedImage, ImageReadError, image_size
+
 __all__ = ["ImageReadError", "read_image", "image_size", "as_rgb", "to_uint8", "working_image"]
-
-
-class ImageReadError(ValueError):
-    """An image file cannot be decoded; the message names the file."""
-
-
-_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _from_pil(im: Image.Image) -> np.ndarray:
@@ -30,25 +26,7 @@ def read_image(path, max_side: int | None = None) -> np.ndarray:
     ``max_side``: a JPEG may be decoded at a reduced scale (DCT scaling) as long as its long
     side stays at least ``max_side``; the result is then smaller than the file.
     """
-    try:
-        with Image.open(path) as im:
-            if max_side is not None and im.format == "JPEG":
-                w, h = im.size
-                scale = max_side / max(w, h)
-                if scale < 0.5:
-                    im.draft("RGB", (max(1, int(np.ceil(w * scale))), max(1, int(np.ceil(h * scale)))))
-            return _from_pil(im)
-    except _READ_ERRORS as e:
-        raise ImageReadError(f"{path}: cannot read image ({e})") from e
-
-
-def image_size(path) -> tuple[int, int]:
-    """``(width, height)`` of an image file from its header; :class:`ImageReadError` names it."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except _READ_ERRORS as e:
-        raise ImageReadError(f"{path}: cannot read image ({e})") from e
+    return _from_pil(EncodedImage(path).decode_native(max_side))
 
 
 def to_uint8(a: np.ndarray) -> np.ndarray:

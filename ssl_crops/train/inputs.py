@@ -12,11 +12,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from .. import distributed as du
-from ..boxes import BoxIndex
 from ..checkpoint import CheckpointError, checkpoint_arch
-from ..data import ObjectCropDataset, find_annotation, load_index
-from ..formats import SUBSET_FILES
+from ..data import ObjectCropDataset
 from ..run import ignore_stop_signals
+from ..sources import AnnotationSpec, load_index
 from ..transforms import ObjectAwareCrop
 from ..transforms.augment import moco_augment
 
@@ -112,7 +111,7 @@ def check_inputs(args):
     with warnings.catch_warnings():
         if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 says what was dropped or clipped
             warnings.simplefilter("ignore")
-        index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+        index = load_index(AnnotationSpec.from_args(args, args.data))
         test_index = knn_test_index(args, index) if args.knn_every > 0 else None
     sampling = crop_plan(args, index)[1]
     samples = index.num_boxes if sampling == "box" else len(index)
@@ -127,14 +126,10 @@ def knn_test_index(args, index):
     beside DIR), with the training classes."""
     if args.test_coco and args.test_labels:
         raise ValueError("kNN test annotations: give only one of --test-coco, --test-labels")
-    if args.test_coco:
-        test = BoxIndex.from_coco(args.test_coco).with_classes(index.classes)
-    else:
-        test_labels = args.test_labels or find_annotation(SUBSET_FILES["test_labels"], args.data)
-        if test_labels is None:
-            raise FileNotFoundError(f"--knn-every needs test annotations: --test-coco VAL.json, --test-labels DICT "
-                                    f"or {SUBSET_FILES['test_labels']} beside {args.data}")
-        test = BoxIndex.from_openimages(test_labels, classes=index.classes)
+    try:
+        test = load_index(AnnotationSpec.from_args(args, args.data, prefix="test-", classes=index.classes))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--knn-every needs test annotations: {e}") from None
     if len(test) == 0:
         raise ValueError(f"{test.source}: no test images for the kNN monitor")
     return test
@@ -144,7 +139,7 @@ def build_dataset(args, run_dir, main=True, index=None):
     """``(ObjectCropDataset, BoxIndex)`` from the flags (``index``: already read by
     :func:`check_inputs`). Rank 0 prints where the boxes come from."""
     if index is None:
-        index = load_index(args.data, labels=args.labels, boxes=args.boxes, coco=args.coco, index=args.index)
+        index = load_index(AnnotationSpec.from_args(args, args.data))
     mode, sampling = crop_plan(args, index)
     unboxed = int((index.num_boxes_per_image() == 0).sum())
     if main:

@@ -9,6 +9,7 @@ import torchvision.models as models
 from ..config import AMP_DTYPES, Config
 from ..formats import SUBSET_FILES
 from ..run import summary_writer
+from ..sources import add_annotation_args
 from ..transforms.geometry import GEOMETRIES
 from ..transforms.crop import MODES as CROP_MODES
 
@@ -110,11 +111,7 @@ def build_parser():
                         "<run>/bing.npz)")
     g.add_argument("--bing-topk", type=int, default=10, help="proposals used per image without boxes")
     g.add_argument("--image-size", type=int, default=224)
-    g.add_argument("--labels", default=None, help="labels dict (images_selected_new.npy)")
-    g.add_argument("--boxes", default=None, help="boxes dict (images_selected_with_all_features.npy)")
-    g.add_argument("--coco", default=None, help="COCO detection json instead of the dicts")
-    g.add_argument("--index", default=None,
-                   help="a saved BoxIndex (.npz, e.g. index.npz of the OpenImages builder) instead of the dicts")
+    add_annotation_args(g)
     g.add_argument("--bad-image", choices=["skip", "error"], default="skip",
                    help="an unreadable image (missing, truncated, empty, not an image, decompression bomb): skip it "
                         "(counted per epoch, named once in <run>/bad_images.txt) or stop with an error")
@@ -138,8 +135,7 @@ def build_parser():
                    help="also log loss, lr, acc1, images/s, kNN mAP and bad images to TensorBoard in DIR "
                         "(pip install 'ssl-crops[tb]')")
     g.add_argument("--knn-every", type=int, default=0, help="kNN evaluation every N epochs (0: never)")
-    g.add_argument("--test-labels", default=None, help="test labels dict for kNN (default: images_test.npy beside DIR)")
-    g.add_argument("--test-coco", default=None, help="test annotations for kNN: a COCO or LVIS json (LVIS: federated mAP)")
+    add_annotation_args(g, prefix="test-", kinds=("labels", "coco"), what="test annotations for kNN")
     g.add_argument("--test-images", default=None,
                    help="test image folder for kNN (default: DIR; for LVIS the COCO folder holding train2017/val2017)")
     g.add_argument("--demo", action="store_true",
