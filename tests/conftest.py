@@ -5,8 +5,11 @@ import multiprocessing
 
 import pytest
 import torch
+import torchvision
 
+from ssl_crops.checkpoint import to_moco_layout
 from ssl_crops.demo import make_demo
+from ssl_crops.moco import MoCo
 
 torch.set_num_threads(2)
 
@@ -95,3 +98,15 @@ def bad_images(tmp_path_factory):
     (root / "coco.json").write_text(json.dumps(coco))
     return SimpleNamespace(images=images, coco=root / "coco.json", unreadable=UNREADABLE,
                            valid=tuple(k for k in BAD_KINDS if k not in UNREADABLE))
+
+
+@pytest.fixture
+def moco_checkpoint_at():
+    """Writes a resnet18 MoCo checkpoint (original key layout) to a path: ``(model, state)``."""
+    def write(path, mlp=True, epoch=3):
+        torch.manual_seed(0)
+        model = MoCo(torchvision.models.resnet18, dim=16, K=32, mlp=mlp)
+        state = {"epoch": epoch, "arch": "resnet18", "state_dict": to_moco_layout(model.state_dict()), "step": 12}
+        torch.save(state, path)
+        return model, state
+    return write

@@ -1,11 +1,8 @@
-"""Checkpoints: original MoCo key layout, a kept predecessor, one-line write errors, resume rules, export."""
+"""Checkpoints: original MoCo key layout, a kept predecessor, one-line write errors, resume rules."""
 import errno
 import io
 import random
-import subprocess
-import sys
 from argparse import Namespace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,19 +15,9 @@ from ssl_crops.evaluate import load_backbone
 from ssl_crops.export import export_backbone
 from ssl_crops.moco import MoCo
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _moco_checkpoint(path, mlp=True, epoch=3):
-    torch.manual_seed(0)
-    model = MoCo(torchvision.models.resnet18, dim=16, K=32, mlp=mlp)
-    state = {"epoch": epoch, "arch": "resnet18", "state_dict": ck.to_moco_layout(model.state_dict()), "step": 12}
-    torch.save(state, path)
-    return model, state
-
-
-def test_state_dict_has_the_original_moco_layout(tmp_path):
-    model, state = _moco_checkpoint(tmp_path / "c.pth")
+def test_state_dict_has_the_original_moco_layout(moco_checkpoint_at, tmp_path):
+    model, state = moco_checkpoint_at(tmp_path / "c.pth")
     keys = state["state_dict"].keys()
     assert {"module.queue", "module.queue_ptr"} <= keys
     assert all(k.startswith(("module.encoder_q.", "module.encoder_k.", "module.queue")) for k in keys)
@@ -42,9 +29,9 @@ def test_state_dict_has_the_original_moco_layout(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))
 
 
-def test_official_main_lincls_loader_finds_every_key(tmp_path):
+def test_official_main_lincls_loader_finds_every_key(moco_checkpoint_at, tmp_path):
     """The loading code of facebookresearch/moco's main_lincls.py, verbatim in substance."""
-    _moco_checkpoint(tmp_path / "c.pth")
+    moco_checkpoint_at(tmp_path / "c.pth")
     checkpoint = torch.load(tmp_path / "c.pth", map_location="cpu", weights_only=True)
     state_dict = checkpoint["state_dict"]
     for k in list(state_dict.keys()):
@@ -59,44 +46,13 @@ def test_official_main_lincls_loader_finds_every_key(tmp_path):
     assert sum(k.startswith("module.encoder_q.") for k in fresh) == len(model.state_dict()) + 2  # + MLP head
 
 
-def test_evaluation_reads_the_new_layout(tmp_path):
-    model, _ = _moco_checkpoint(tmp_path / "c.pth")
+def test_evaluation_reads_the_new_layout(moco_checkpoint_at, tmp_path):
+    model, _ = moco_checkpoint_at(tmp_path / "c.pth")
     backbone = load_backbone(tmp_path / "c.pth")
     assert backbone.arch == "resnet18"
     ref = model.encoder_q.state_dict()
     for k, v in backbone.state_dict().items():
         assert torch.equal(v, ref[k]), k
-
-
-def test_export_writes_a_plain_torchvision_state_dict(tmp_path):
-    model, _ = _moco_checkpoint(tmp_path / "c.pth")
-    proc = subprocess.run([sys.executable, "-m", "ssl_crops.export", str(tmp_path / "c.pth"), "--out",
-                           str(tmp_path / "backbone.pth")], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "resnet18" in proc.stdout and "fc" in proc.stdout
-    sd = torch.load(tmp_path / "backbone.pth", weights_only=True)
-    net = torchvision.models.resnet18()
-    net.fc = torch.nn.Identity()  # the projection head is not exported
-    net.load_state_dict(sd, strict=True)
-    assert torch.equal(net.conv1.weight, model.encoder_q.conv1.weight)
-    # a file that is not a checkpoint: one line naming it, nothing written
-    from ssl_crops.export import main
-
-    (tmp_path / "junk.pth").write_bytes(b"not a zip")
-    with pytest.raises(SystemExit) as err:
-        main([str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pth")])
-    assert "junk.pth: not a checkpoint (not a torch file)" in str(err.value) and "\n" not in str(err.value)
-    assert not (tmp_path / "x.pth").exists()
-
-
-def test_export_reads_the_old_layout_and_checks_the_arch(tmp_path):
-    torch.manual_seed(0)
-    model = MoCo(torchvision.models.resnet18, dim=16, K=32)
-    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": model.state_dict()}, tmp_path / "old.pth")
-    sd, arch = export_backbone(tmp_path / "old.pth")
-    assert arch == "resnet18" and "conv1.weight" in sd and not any(k.startswith("fc.") for k in sd)
-    with pytest.raises(ValueError, match="resnet50"):
-        export_backbone(tmp_path / "old.pth", arch="resnet50")
 
 
 # --------------------------------------------------------------------------- one reader, one error type

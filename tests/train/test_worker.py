@@ -1,4 +1,4 @@
-"""The trainer: command line, queue checks, schedules, checkpoints, exact resume, original CLI."""
+"""Whole runs: resume, stop signals, bad images, user mistakes, kNN monitor, logs and checkpoints."""
 import json
 import os
 import re
@@ -7,115 +7,17 @@ import signal
 import socket
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torchvision.models import resnet18
 
 from ssl_crops import checkpoint, train
 from ssl_crops.data import CorruptImageError, load_index
-from ssl_crops.moco import MoCo
 from ssl_crops.train import loop, options, worker
-from ssl_crops.demo import make_demo
 
-REPO = Path(__file__).resolve().parents[1]
-ORIGINAL = ("python main_moco.py DATA -a resnet50 --lr 0.015 --batch-size 128 --dist-url tcp://localhost:10005 "
-            "--world-size 1 --rank 0 -j 8 --moco-t 0.2 --mlp --aug-plus --cos --save_name NAME "
-            "--multiprocessing-distributed --bing_crops")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """136 small training images: just above the original command's batch size of 128."""
-    return make_demo(tmp_path_factory.mktemp("demo"), num_train=136, num_test=8, min_size=40, max_size=64)
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        monkeypatch.delenv(v, raising=False)
-
-
-def test_original_command_line_parses():
-    args = train.build_parser().parse_args(shlex.split(ORIGINAL)[2:])
-    assert (args.data, args.arch, args.lr, args.batch_size, args.dist_url) == (
-        "DATA", "resnet50", 0.015, 128, "tcp://localhost:10005")
-    assert (args.world_size, args.rank, args.workers, args.moco_t, args.save_name) == (1, 0, 8, 0.2, "NAME")
-    assert args.mlp and args.aug_plus and args.cos and args.multiprocessing_distributed and args.bing_crops
-    assert (args.moco_k, args.moco_m, args.moco_dim, args.epochs, args.schedule) == (65536, 0.999, 128, 200, [120, 160])
-    args = train.build_parser().parse_args(["D", "-p", "5", "--wd", "0.5", "--rescale_parameter", "0.3",
-                                            "--resume", "auto", "--start-epoch", "3", "--gpu", "1", "--seed", "7"])
-    assert (args.log_freq, args.weight_decay, args.rescale_parameter, args.resume, args.start_epoch,
-            args.gpu, args.seed) == (5, 0.5, 0.3, "auto", 3, 1, 7)
-
-
-def test_demo_defaults_and_explicit_flags_win(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images_selected_new.npy").touch()  # pretend the demo data exists
-    args = train.parse_args(["--demo", str(tmp_path), "--epochs", "2"])
-    assert args.arch == "resnet18" and args.moco_k < 160 and args.epochs == 2
-    assert args.data == str(tmp_path / "images")
-    assert args.resume == "auto"  # the Quick start command can be run again
-    assert train.parse_args(["--demo", str(tmp_path), "--resume", ""]).resume == ""
-    with pytest.raises(SystemExit):
-        train.parse_args([])  # DIR is required without --demo
-
-
-def test_workers_default_to_the_cpus_of_the_process(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert train.build_parser().parse_args(["D"]).workers == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
-    assert train.build_parser().parse_args(["D"]).workers == 32
-    assert "in pixels of the input image" in " ".join(train.build_parser().format_help().split())  # --min-region
-
-
-def test_queue_size():
-    args = Namespace(moco_k=96)
-    with pytest.raises(ValueError, match="not divisible"):
-        train.queue_size(args, 1000, 64)
-    with pytest.raises(ValueError, match="fewer than"):
-        train.queue_size(args, 10, 64)
-    with pytest.warns(UserWarning, match="whole dataset"):
-        assert train.queue_size(Namespace(moco_k=65536), 160, 32) == 128
-    with pytest.warns(UserWarning):
-        assert train.queue_size(Namespace(moco_k=65536), 136, 128) == 128
-    assert train.queue_size(Namespace(moco_k=128), 1000, 64) == 128
-
-
-@pytest.mark.parametrize("world,resumed_world", [(2, 1), (2, 4), (3, 3), (1, 2)])
-def test_mid_epoch_resume_with_another_number_of_processes_visits_the_rest(world, resumed_world):
-    """A global batch of 12 over ``world`` ranks, stopped after 2 steps, resumed over
-    ``resumed_world`` ranks: every item of the epoch is visited once, and the ranks' first
-    steps are the uninterrupted epoch's steps (the same items, whatever the ranks)."""
-    data, batch, done = range(100), 12, 2
-    def steps(w, skip):
-        shares = []
-        for r in range(w):
-            s = train.EpochSampler(data, w, r, seed=5)
-            s.set_epoch(0, skip)
-            assert len(s) == len(list(s))
-            shares.append([i for _, i in s])
-        b = batch // w
-        return [sorted(i for sh in shares for i in sh[k * b:(k + 1) * b]) for k in range(len(shares[0]) // b)]
-    whole = steps(world, 0)
-    resumed = steps(resumed_world, done * batch)
-    assert resumed == whole[done:done + len(resumed)] and len(resumed) >= len(whole) - done - 1
-    seen = [i for step in whole[:done] + resumed for i in step]
-    assert len(seen) == len(set(seen))
-
-
-def test_learning_rate_schedules():
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    cos = Namespace(lr=0.4, cos=True, epochs=10, schedule=[])
-    assert train.adjust_learning_rate(opt, 0, cos) == pytest.approx(0.4)
-    assert train.adjust_learning_rate(opt, 5, cos) == pytest.approx(0.2)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.2)
-    step = Namespace(lr=1.0, cos=False, epochs=10, schedule=[3, 6])
-    assert [train.adjust_learning_rate(opt, e, step) for e in (2, 3, 6)] == pytest.approx([1.0, 0.1, 0.01])
+from . import ORIGINAL, REPO
 
 
 def _run(demo, out, *extra, seed=3):
@@ -213,41 +115,6 @@ def test_resume_equals_uninterrupted_run(demo, tmp_path, clean_env, monkeypatch,
     for key in ("loss", "bad_images", "scene_fallbacks"):  # the epoch losses too, to the last bit
         assert [r[key] for r in ra if r["type"] == "epoch"] == [r[key] for r in rb if r["type"] == "epoch"]
     assert [r["loss"] for r in ra if r["type"] == "step"] == [r["loss"] for r in steps]
-
-
-class _CountingCrop:
-    """A box-aware transform that falls back to a scene crop for every third call (per process)."""
-    uses_boxes = True
-
-    def __init__(self):
-        self.scene_fallbacks, self.calls = 0, 0
-
-    def __call__(self, img, boxes):
-        self.calls += 1
-        self.scene_fallbacks += self.calls % 3 == 0
-        return torch.zeros(1), torch.zeros(1)
-
-
-def test_event_counts_from_loader_workers_add_up(bad_images):
-    """Each item reports what it caused in the worker that loaded it; the sums over two workers
-    are the totals of one process loading everything."""
-    from torch.utils.data import DataLoader
-
-    from ssl_crops.boxes import BoxIndex
-    from ssl_crops.data import ObjectCropDataset
-
-    dataset = ObjectCropDataset(bad_images.images, BoxIndex.from_coco(bad_images.coco), _CountingCrop())
-    seeded = train.SeededDataset(dataset, seed=0)
-    keys = [(0, i) for i in range(len(dataset))]
-    with pytest.warns(RuntimeWarning):
-        alone = [seeded[k] for k in keys]
-    assert sum(item[2] for item in alone).tolist() == [4, 44 // 3]
-    fresh = ObjectCropDataset(bad_images.images, BoxIndex.from_coco(bad_images.coco), _CountingCrop())
-    loader = DataLoader(train.SeededDataset(fresh, seed=0), batch_size=4, sampler=keys, num_workers=2)
-    batches = list(loader)  # 11 batches: worker 0 loads 6 (24 items), worker 1 loads 5 (20 items)
-    assert sum(b[2].sum(0) for b in batches).tolist() == [4, 24 // 3 + 20 // 3]
-    skipped = "".join("".join(b[3]) for b in batches)
-    assert sorted(line.split("\t")[0] for line in skipped.splitlines()) == sorted(bad_images.unreadable)
 
 
 @pytest.mark.slow
@@ -423,43 +290,6 @@ def test_nothing_to_do_says_so_and_names_no_checkpoint(demo, tmp_path, clean_env
     assert not run_dir.exists()
 
 
-def test_bing_crops_fit_proposals_for_images_without_boxes(tmp_path, demo_root):
-    from ssl_crops.boxes import load_npy_dict
-    from ssl_crops.proposals import Bing
-    from ssl_crops.train import build_dataset, parse_args
-
-    labels = load_npy_dict(demo_root / "images_selected_new.npy")
-    boxes = load_npy_dict(demo_root / "images_selected_with_all_features.npy")
-    unboxed = sorted(labels)[::2]
-    for image_id in unboxed:
-        del boxes[image_id]
-    np.save(tmp_path / "labels.npy", labels, allow_pickle=True)
-    np.save(tmp_path / "boxes.npy", boxes, allow_pickle=True)
-    argv = [str(demo_root / "images"), "--bing_crops", "--labels", str(tmp_path / "labels.npy"),
-            "--boxes", str(tmp_path / "boxes.npy"), "--image-size", "32", "--seed", "0"]
-    # the original method (one item per box) never visits images without boxes: no BING model
-    dataset, index = build_dataset(parse_args(argv), tmp_path / "run")
-    assert dataset.sampling == "box" and dataset.proposals is None and not (tmp_path / "run").exists()
-    assert len(dataset) == index.num_boxes
-    args = parse_args(argv + ["--sampling", "image"])
-    dataset, index = build_dataset(args, tmp_path / "run")
-    assert isinstance(dataset.proposals, Bing) and (tmp_path / "run" / "bing.npz").is_file()
-    i = next(j for j in range(len(index)) if index.image_id(j) in unboxed)
-    assert index.boxes(i).shape[0] == 0
-    (q, k), _ = dataset[i]
-    assert q.shape == (3, 32, 32)
-    img = Image.open(demo_root / "images" / index.path(i))
-    props = dataset.proposals.proposals_for(index.image_id(i), img)
-    assert props.shape[1] == 4 and len(props) >= args.bing_topk and (props >= 0).all() and (props <= 1).all()
-    # a run without any boxes falls back to scene crops with a warning
-    args = args.replace(labels=None, boxes=None, data=str(tmp_path / "flat"))
-    (tmp_path / "flat").mkdir()
-    img.save(tmp_path / "flat" / "a.jpg")
-    with pytest.warns(UserWarning, match="no image .* has boxes"):
-        flat, _ = build_dataset(args, tmp_path / "run2")
-    assert flat.proposals is None
-
-
 def test_bn_splits_checkpoint_loads_into_torchvision(demo, tmp_path, clean_env):
     import torchvision
     torch.set_num_threads(1)
@@ -473,79 +303,6 @@ def test_bn_splits_checkpoint_loads_into_torchvision(demo, tmp_path, clean_env):
     missing, unexpected = torchvision.models.resnet18().load_state_dict(backbone, strict=False)
     assert unexpected == [] and sorted(missing) == ["fc.bias", "fc.weight"]
     assert not torch.equal(backbone["bn1.running_mean"], torch.zeros_like(backbone["bn1.running_mean"]))
-
-
-def test_bing_crops_alone_is_the_original_method(demo_root, tmp_path, capsys):
-    from ssl_crops.train import build_dataset, parse_args
-
-    dataset, index = build_dataset(parse_args([str(demo_root / "images"), "--bing_crops"]), tmp_path)
-    crop = dataset.transform
-    assert (crop.mode, crop.geometry, crop.dilation, crop.min_region, crop.anchor) == (
-        "object-object", "original", 0.2, 224, False)
-    assert (crop.scale, crop.object_scale, crop.size, crop.swap) == ((0.2, 1.0), (0.0, 1.0), (224, 224), True)
-    assert dataset.sampling == "box" and len(dataset) == index.num_boxes > len(index)
-    seen = np.concatenate([dataset._image_and_boxes(i)[1] for i in range(len(dataset))])  # one box per item
-    np.testing.assert_array_equal(seen, index.flat_boxes)
-    with pytest.warns(UserWarning, match="not used under --sampling box"):
-        build_dataset(parse_args([str(demo_root / "images"), "--bing_crops", "--proposals", "p.npz"]), tmp_path)
-    scene, _ = build_dataset(parse_args([str(demo_root / "images")]), tmp_path)
-    assert scene.transform.mode == "scene" and scene.sampling == "image" and len(scene) == len(index)
-
-
-def test_crop_flags_reach_the_transform(demo_root, tmp_path):
-    from ssl_crops.train import build_dataset, parse_args
-
-    args = parse_args([str(demo_root / "images"), "--bing_crops", "--crop-geometry", "relative", "--min-region", "96",
-                       "--min-scale", "0.3", "--rescale_parameter", "0.1", "--dilation", "0.5", "--anchor",
-                       "--sampling", "image", "--image-size", "48", "--crop-mode", "object-scene"])
-    dataset, index = build_dataset(args, tmp_path)
-    crop = dataset.transform
-    assert (crop.mode, crop.geometry, crop.min_region, crop.scale, crop.object_scale, crop.dilation, crop.anchor,
-            crop.size) == ("object-scene", "relative", 96, (0.3, 1.0), (0.1, 1.0), 0.5, True, (48, 48))
-    assert dataset.sampling == "image" and len(dataset) == len(index)
-    assert not parse_args(["D", "--anchor", "--no-anchor"]).anchor
-    with pytest.raises(SystemExit):
-        parse_args(["D", "--crop-geometry", "paper"])
-
-
-def test_demo_scales_the_minimum_region(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images_selected_new.npy").touch()
-    args = train.parse_args(["--demo", str(tmp_path)])
-    assert args.min_region == args.image_size == 64 and args.bing_crops and args.sampling is None
-    assert train.parse_args(["--demo", str(tmp_path), "--min-region", "100"]).min_region == 100
-
-
-def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_path, one_thread):
-    from ssl_crops.transforms import BatchAugment
-
-    assert train.parse_args(["D"]).augment_on is None  # resolved per device: cpu here, device with CUDA
-    args = train.parse_args([str(demo / "images"), "--bing_crops", "--aug-plus", "--image-size", "32",
-                             "--augment-on", "device", "--seed", "0"])
-    dataset, _ = train.build_dataset(args, tmp_path / "run")
-    (q, k), _ = dataset[0]
-    assert q.dtype == k.dtype == torch.uint8 and q.shape == (3, 32, 32)
-    args = args.replace(augment_on="cpu")
-    (q_cpu, _), _ = train.build_dataset(args, tmp_path / "run")[0][0]
-    assert q_cpu.dtype == torch.float32 and q_cpu.shape == (3, 32, 32)
-
-    batch = torch.stack([dataset[i][0][0] for i in range(8)]), torch.stack([dataset[i][0][1] for i in range(8)])
-    losses = []
-    for on_device in (True, False):
-        torch.manual_seed(0)
-        model = MoCo(resnet18, dim=16, K=32, m=0.99, T=0.2, mlp=True)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        torch.manual_seed(1)
-        if on_device:
-            loss, _ = train.train_step(model, *batch, opt, scaler, memory_format=torch.channels_last,
-                                       augment=BatchAugment())
-        else:  # the same augmentation done by hand before the step
-            aug = BatchAugment()
-            im_q, im_k = aug(batch[0]), aug(batch[1])
-            loss, _ = train.train_step(model, im_q, im_k, opt, scaler)
-        losses.append(loss.item())
-    assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 def test_training_runs_with_device_augmentation(demo, tmp_path, clean_env):
@@ -650,7 +407,6 @@ def test_resume_checks_the_model_settings_and_the_data(demo, tmp_path, clean_env
     assert ckpt["epoch"] == 2 and ckpt["dataset"]["images"] == 130  # the run goes on with the new data
 
 
-# --------------------------------------------------------------------------- user mistakes, box sources
 def _mistakes(tmp_path, demo):
     """``(name, argv)`` of the mistakes a newcomer makes with the data flags."""
     (tmp_path / "empty").mkdir()
@@ -716,39 +472,6 @@ def test_pixel_coordinates_in_the_dicts_stop_main_moco(demo_root, tmp_path, clea
     assert not (tmp_path / "out").exists()
 
 
-def test_every_run_says_where_its_boxes_come_from(demo_root, tmp_path, capsys):
-    """Dicts found beside DIR are named (item 7), and what was dropped or left out with them."""
-    train.build_dataset(train.parse_args([str(demo_root / "images"), "--bing_crops"]), tmp_path / "run")
-    out = capsys.readouterr().out
-    assert f"boxes: {demo_root / 'images_selected_new.npy'} + {demo_root / 'images_selected_with_all_features.npy'}: " \
-           f"24 images" in out
-
-
-def test_bing_proposals_recipe_for_images_without_boxes(demo_root, tmp_path, capsys):
-    """README's recipe: a BING model (fitted on any annotated images) and a folder without boxes;
-    the run caches the folder's proposals once in <run>/proposals.npz and says so."""
-    from ssl_crops.proposals import Bing, ProposalCache
-
-    index = load_index(demo_root / "images")
-    Bing.fit_index(index, demo_root / "images", range(8), seed=0).save(tmp_path / "bing.npz")
-    (tmp_path / "photos").mkdir()
-    for name in sorted(os.listdir(demo_root / "images"))[:6]:
-        Image.open(demo_root / "images" / name).save(tmp_path / "photos" / name)
-    argv = [str(tmp_path / "photos"), "--bing_crops", "--proposals", str(tmp_path / "bing.npz"), "--image-size", "32",
-            "--seed", "0", "-j", "1"]
-    dataset, _ = train.build_dataset(train.parse_args(argv), tmp_path / "run")
-    out = capsys.readouterr().out
-    assert isinstance(dataset.proposals, ProposalCache) and len(dataset.proposals) == 6
-    assert "(image folder, no boxes): 6 images, 0 boxes" in out
-    assert f"6 of 6 images have no boxes: object crops from their top 10 BING proposals from " \
-           f"{tmp_path / 'run' / 'proposals.npz'} (model {tmp_path / 'bing.npz'})" in out
-    (q, k), _ = dataset[0]
-    assert q.shape == (3, 32, 32) and dataset.transform.scene_fallbacks == 0
-    mtime = (tmp_path / "run" / "proposals.npz").stat().st_mtime_ns
-    train.build_dataset(train.parse_args(argv), tmp_path / "run")  # a resumed run reuses the cache
-    assert (tmp_path / "run" / "proposals.npz").stat().st_mtime_ns == mtime
-
-
 @pytest.mark.slow
 def test_bad_images_are_counted_per_image_without_warnings(bad_images, tmp_path, clean_env, capsys):
     """Unreadable images holding several boxes each, one item per box: the epoch counts images, not
@@ -784,28 +507,6 @@ def test_knn_monitor_reads_a_coco_test_json(demo, tmp_path, clean_env, capsys):
     assert 0.0 <= summary["knn20_map"] <= 1.0
 
 
-def test_knn_test_index_of_an_lvis_json_is_federated(demo_root, tmp_path):
-    """The LVIS form: ``coco_url`` paths under the COCO folder, federated targets, training classes."""
-    coco = json.loads((demo_root / "annotations_test.json").read_text())
-    for im in coco["images"]:
-        im["coco_url"] = f"http://images.cocodataset.org/images/{im.pop('file_name')}"
-        im["neg_category_ids"], im["not_exhaustive_category_ids"] = [coco["categories"][0]["id"]], []
-    for a in coco["annotations"]:
-        a.pop("iscrowd", None)
-    (tmp_path / "lvis.json").write_text(json.dumps(coco))
-    args = train.parse_args([str(demo_root / "images"), "--knn-every", "1", "--test-coco", str(tmp_path / "lvis.json"),
-                             "--test-images", str(demo_root)])
-    index = load_index(demo_root / "images")
-    test = train.knn_test_index(args, index)
-    assert test.federated and test.classes == index.classes and len(test) == 8
-    monitor = worker._knn_monitor(args, index, test)
-    assert monitor.test.root == demo_root and (demo_root / test.path(0)).is_file()
-    assert (monitor.test_targets == -1).any()
-    with pytest.raises(ValueError, match="only one of"):
-        train.knn_test_index(train.parse_args([*sys.argv[:0], str(demo_root / "images"), "--test-coco", "a.json",
-                                               "--test-labels", "b.npy"]), index)
-
-
 class _FakeWriter:
     """Stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is an optional extra)."""
     made = []
@@ -838,11 +539,3 @@ def test_tensorboard_and_keep_checkpoints(demo, tmp_path, clean_env, monkeypatch
     assert [(s, v) for tag, v, s in writer.scalars if tag == "epoch/loss"] == logged
     assert sorted(p.name for p in (tmp_path / "r").glob("checkpoint_*.pth")) == [
         "checkpoint_0002.pth", "checkpoint_last.pth", "checkpoint_prev.pth"]  # --save-freq 1, newest one kept
-
-
-def test_tensorboard_without_the_package_is_one_error_line(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
-    with pytest.raises(SystemExit) as e:
-        train.parse_args(["D", "--tensorboard", "tb"])
-    assert e.value.code == 2
-    assert "error: --tensorboard needs the tensorboard package: pip install 'ssl-crops[tb]'" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""The training step and the learning-rate schedules."""
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from ssl_crops import train
+from ssl_crops.moco import MoCo
+
+
+def test_learning_rate_schedules():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    cos = Namespace(lr=0.4, cos=True, epochs=10, schedule=[])
+    assert train.adjust_learning_rate(opt, 0, cos) == pytest.approx(0.4)
+    assert train.adjust_learning_rate(opt, 5, cos) == pytest.approx(0.2)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2)
+    step = Namespace(lr=1.0, cos=False, epochs=10, schedule=[3, 6])
+    assert [train.adjust_learning_rate(opt, e, step) for e in (2, 3, 6)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_path, one_thread):
+    from ssl_crops.transforms import BatchAugment
+
+    assert train.parse_args(["D"]).augment_on is None  # resolved per device: cpu here, device with CUDA
+    args = train.parse_args([str(demo / "images"), "--bing_crops", "--aug-plus", "--image-size", "32",
+                             "--augment-on", "device", "--seed", "0"])
+    dataset, _ = train.build_dataset(args, tmp_path / "run")
+    (q, k), _ = dataset[0]
+    assert q.dtype == k.dtype == torch.uint8 and q.shape == (3, 32, 32)
+    args = args.replace(augment_on="cpu")
+    (q_cpu, _), _ = train.build_dataset(args, tmp_path / "run")[0][0]
+    assert q_cpu.dtype == torch.float32 and q_cpu.shape == (3, 32, 32)
+
+    batch = torch.stack([dataset[i][0][0] for i in range(8)]), torch.stack([dataset[i][0][1] for i in range(8)])
+    losses = []
+    for on_device in (True, False):
+        torch.manual_seed(0)
+        model = MoCo(resnet18, dim=16, K=32, m=0.99, T=0.2, mlp=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        torch.manual_seed(1)
+        if on_device:
+            loss, _ = train.train_step(model, *batch, opt, scaler, memory_format=torch.channels_last,
+                                       augment=BatchAugment())
+        else:  # the same augmentation done by hand before the step
+            aug = BatchAugment()
+            im_q, im_k = aug(batch[0]), aug(batch[1])
+            loss, _ = train.train_step(model, im_q, im_k, opt, scaler)
+        losses.append(loss.item())
+    assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1], rel=1e-4)
