@@ -134,7 +134,7 @@ class RowBuilder:
 
         label_offsets, label_values = ragged(self.labels)
         federated = {}
-        if any(self.negatives) or any(self.not_exhaustive):
+        if any(len(n) for n in self.negatives) or any(len(n) for n in self.not_exhaustive):
             federated = dict(zip(("neg_offsets", "neg_values"), ragged(self.negatives, False)))
             federated.update(zip(("nex_offsets", "nex_values"), ragged(self.not_exhaustive, False)))
         return dict(
@@ -147,9 +147,10 @@ class RowBuilder:
 
 
 def box_changes(total: int, reasons: Mapping[str, int], clipped: int) -> str:
-    """``"3 of 929 boxes dropped (2 outside the image, 1 not a number); 5 clipped to the image"``."""
+    """``"3 of 929 boxes dropped (2 outside the image, 1 not a number); 5 of 929 boxes partly
+    outside the image, clipped to it"``; reasons with a zero count are left out."""
     parts = []
-    if reasons:
+    if sum(reasons.values()):
         parts.append(f"{sum(reasons.values())} of {total} boxes dropped ({format_counts(reasons)})")
     if clipped:
         parts.append(f"{clipped} of {total} boxes partly outside the image, clipped to it")

@@ -1,11 +1,12 @@
 """The house rules of the package, checked on its source: no import cycles (lazy imports
 inside functions included), no module imports another's ``_private`` names, no module past
-450 lines."""
+450 lines, and the tests mirror the package (``ssl_crops/a/b.py`` -> ``tests/a/test_b.py``)."""
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "ssl_crops"
 MAX_LINES = 450
+NO_CODE = {"formats.py"}  # constants only: tested where they are used
 
 
 def _modules():
@@ -71,3 +72,11 @@ def test_no_private_imports_across_modules():
 def test_no_module_past_the_limit():
     long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_tests_mirror_the_package():
+    tests = PKG.parent / "tests"
+    missing = [str(Path("tests", p.parent.relative_to(PKG), f"test_{p.name}")) for p in sorted(PKG.rglob("*.py"))
+               if p.stem not in ("__init__", "__main__") and str(p.relative_to(PKG)) not in NO_CODE
+               and not (tests / p.parent.relative_to(PKG) / f"test_{p.name}").is_file()]
+    assert not missing, f"modules without their test file: {missing}"

@@ -76,7 +76,10 @@ def load_splits(args, multilabel: bool | None = None) -> Splits:
     if single:
         trained = train.class_counts() > 0
         n_labels = test.num_labels_per_image()
-        keep = np.array([n == 1 and trained[test.labels(i)[0]] for i, n in enumerate(n_labels)], bool)
+        # one label before and after the switch to the training classes: an image of a trained and
+        # an unseen class is left out, not scored as the trained one
+        keep = np.array([raw == n == 1 and trained[test.labels(i)[0]]
+                         for i, (raw, n) in enumerate(zip(raw_labels, n_labels))], bool)
         if not keep.all():
             notes["test_images_left_out"] = int((~keep).sum())
             if (raw_labels != 1).any():
