@@ -131,6 +131,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compare-with", metavar="DIR", help="another checkout of ssl_crops (PYTHONPATH)")
     args = p.parse_args()
+    args.data, args.model = args.data.resolve(), args.model.resolve()   # the --dump child runs elsewhere
     import cv2
     cv2.setNumThreads(1)
     from ssl_crops.boxes import BoxIndex
