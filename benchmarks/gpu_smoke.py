@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import torchvision
 
 from moco_throughput import count_syncs, images_per_second
+from ssl_crops.checkpoint import read_checkpoint
 from ssl_crops.distributed import CUDA_COLLECTIVES_ENV
 from ssl_crops.demo import make_demo
 from ssl_crops.moco import MoCo, SplitBatchNorm, default_bn_splits
@@ -175,7 +176,7 @@ def check_two_ranks(device, tmp):
     ckpt_path = out / "r" / "checkpoint_last.pth"
     if "stopped after step" not in stdout or not ckpt_path.is_file():
         return [(name, "FAIL", (stdout + stderr)[-300:].replace("\n", " | "))]
-    stopped = torch.load(ckpt_path, weights_only=True)
+    stopped = read_checkpoint(ckpt_path, require="state_dict")
     resumed = subprocess.run(cmd + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=300)
     records = [json.loads(line) for line in (out / "r" / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["type"] == "step"]

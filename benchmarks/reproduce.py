@@ -419,7 +419,7 @@ def main(argv=None) -> dict:
     total = time.perf_counter() - start
     header = (f"preset {a.preset}, commit {_commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{platform.machine()} {torch.get_num_threads()} threads on {device.type}, "
-              f"total wall time {total / 60:.1f} min")
+              f"this process ran {total / 60:.1f} min (runs it loaded from --out not counted)")
     with atomic_write(out / "table.md", "w") as f:
         f.write(header + "\n\n" + table + "\n")
     print(header + "\n\n" + table, flush=True)
