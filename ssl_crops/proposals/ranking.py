@@ -22,8 +22,14 @@ def top_per_group(groups: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
 
 def best(score: np.ndarray, n: int) -> np.ndarray:
     """Indices of the ``n`` highest scores, best first (ties in index order)."""
+    if n <= 0:
+        return np.zeros(0, np.int64)
     if n < len(score):
         part = np.argpartition(-score, n - 1)[:n]
+        kth = score[part].min()                               # the n-th best score
+        if np.count_nonzero(score == kth) > np.count_nonzero(score[part] == kth):   # ties cut at n:
+            above = np.flatnonzero(score > kth)                                        # the first of them
+            part = np.concatenate([above, np.flatnonzero(score == kth)[:n - len(above)]])
         return part[np.lexsort((part, -score[part]))]
     return np.argsort(-score, kind="stable")
 
