@@ -17,5 +17,6 @@ from ssl_crops.evaluate import main
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # bad input files: one line
-        sys.exit(f"linear_eval.py: error: {e}")
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # bad input files: one line, exit 2
+        print(f"linear_eval.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

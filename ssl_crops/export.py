@@ -32,8 +32,9 @@ def main(argv=None):
     try:
         sd, arch = export_backbone(args.checkpoint, args.arch)
         write_checkpoint(sd, args.out)
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError) as e:  # user mistakes: one line, exit 2
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     print(f"{args.out}: {arch} backbone, {len(sd)} tensors (fc left out: load with model.fc = nn.Identity() "
           "or strict=False)")
 

@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -317,15 +318,19 @@ def main(argv=None) -> Path:
         _pyplot()
     except ImportError:
         sys.exit(INSTALL_HINT)
-    if a.command == "crops":
-        index = open_index(a.index)
-        crop = ObjectAwareCrop(mode=a.mode, geometry=a.geometry, dilation=a.dilation, size=a.size,
-                               min_region=a.min_region)
-        out = crops_figure(index, a.images, a.out, crop, n=a.n, seed=a.seed)
-    elif a.command == "log":
-        out = log_figure(a.log, a.out)
-    else:
-        out = _per_class_from_report(a.report, a.out)
+    try:
+        if a.command == "crops":
+            index = open_index(a.index)
+            crop = ObjectAwareCrop(mode=a.mode, geometry=a.geometry, dilation=a.dilation, size=a.size,
+                                   min_region=a.min_region)
+            out = crops_figure(index, a.images, a.out, crop, n=a.n, seed=a.seed)
+        elif a.command == "log":
+            out = log_figure(a.log, a.out)
+        else:
+            out = _per_class_from_report(a.report, a.out)
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # user mistakes: one line, exit 2
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     print(f"wrote {out}")
     return out
 

@@ -13,7 +13,7 @@ from ssl_crops.moco import MoCo
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_export_writes_a_plain_torchvision_state_dict(moco_checkpoint_at, tmp_path):
+def test_export_writes_a_plain_torchvision_state_dict(moco_checkpoint_at, tmp_path, capsys):
     model, _ = moco_checkpoint_at(tmp_path / "c.pth")
     proc = subprocess.run([sys.executable, "-m", "ssl_crops.export", str(tmp_path / "c.pth"), "--out",
                            str(tmp_path / "backbone.pth")], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -28,7 +28,8 @@ def test_export_writes_a_plain_torchvision_state_dict(moco_checkpoint_at, tmp_pa
     (tmp_path / "junk.pth").write_bytes(b"not a zip")
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pth")])
-    assert "junk.pth: not a checkpoint (not a torch file)" in str(err.value) and "\n" not in str(err.value)
+    stderr = capsys.readouterr().err
+    assert err.value.code == 2 and "junk.pth: not a checkpoint (not a torch file)" in stderr and stderr.count("\n") == 1
     assert not (tmp_path / "x.pth").exists()
 
 

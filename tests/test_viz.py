@@ -51,8 +51,9 @@ def test_crops_cli_takes_npz_coco_json_and_data_folder(demo_root, tmp_path, caps
                   "-n", "2", "--size", "32", "--min-region", "40", "--geometry", "relative"])
         assert_picture(out, (500, 300))
         assert f"wrote {out}" in capsys.readouterr().out
-    with pytest.raises(FileNotFoundError, match="nope.npz"):
+    with pytest.raises(SystemExit):
         viz.main(["crops", "--index", str(tmp_path / "nope.npz"), "--images", str(demo_root / "images")])
+    assert "nope.npz: index not found" in capsys.readouterr().err
 
 
 def _write_log(path, typed):
@@ -87,6 +88,23 @@ def test_log_without_records_names_the_file(tmp_path):
         viz.log_figure(log, tmp_path / "c.png")
 
 
+@pytest.mark.parametrize("command, name, content, message", [
+    ("log", "empty.jsonl", "\n", "empty.jsonl: no step or epoch records"),
+    ("per-class", "missing.json", None, "missing.json: report not found"),
+    ("crops", "missing.json", None, "missing.json: index not found"),
+])
+def test_cli_input_mistakes_end_in_one_line(tmp_path, capsys, command, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    argv = {"crops": ["crops", "--index", str(tmp_path / name), "--images", str(tmp_path)]}.get(
+        command, [command, str(tmp_path / name)])
+    with pytest.raises(SystemExit) as e:
+        viz.main([*argv, "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_per_class_ap_figure(tmp_path):
     rng = np.random.default_rng(0)
     counts = rng.integers(1, 5000, 30)
@@ -99,7 +117,7 @@ def test_per_class_ap_figure(tmp_path):
         viz.per_class_ap_figure([0.1, 0.2, 0.3], ["a", "b"], [1, 2, 3], tmp_path / "x.png")
 
 
-def test_per_class_cli_reads_the_report_linear_eval_writes(demo_root, tmp_path, one_thread):
+def test_per_class_cli_reads_the_report_linear_eval_writes(demo_root, tmp_path, one_thread, capsys):
     from ssl_crops.evaluate import main as linear_eval
     out_dir = tmp_path / "eval"
     linear_eval([str(demo_root / "images"), "-a", "resnet18", "--image-size", "32", "-j", "0", "-b", "16",
@@ -113,8 +131,9 @@ def test_per_class_cli_reads_the_report_linear_eval_writes(demo_root, tmp_path, 
     assert_picture(viz.main(["per-class", str(out_dir / "report.json"), "--out", str(tmp_path / "q.png")]),
                    (400, 300))
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="bad.json: not a linear_eval report"):
+    with pytest.raises(SystemExit):
         viz.main(["per-class", str(tmp_path / "bad.json"), "--out", str(tmp_path / "q.png")])
+    assert "bad.json: not a linear_eval report" in capsys.readouterr().err
 
 
 def test_cli_says_how_to_install_matplotlib(monkeypatch, tmp_path):

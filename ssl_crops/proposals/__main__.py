@@ -12,6 +12,7 @@ are found beside ``DIR`` when not given).
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -70,12 +71,21 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _fail(error) -> None:
+    """A user mistake (missing or unreadable file, no boxes): one line on stderr, exit 2."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def _index(args):
-    index = load_index(AnnotationSpec.from_args(args, args.images))
+    try:
+        index = load_index(AnnotationSpec.from_args(args, args.images))
+    except (ValueError, pickle.UnpicklingError) as e:  # the annotation files, named in the message
+        _fail(e)
     print(f"boxes: {index.describe()}", flush=True)  # names the dicts when found beside the folder
     rows = [i for i in range(len(index)) if len(index.boxes(i))]
     if not rows:
-        raise SystemExit(f"error: no boxes found for the images in {args.images} (give --labels/--boxes/--coco)")
+        _fail(f"no boxes found for the images in {args.images} (give --labels/--boxes/--coco)")
     return index, rows[:args.max_images]
 
 
@@ -154,7 +164,7 @@ def main(argv=None) -> None:
     try:
         {"fit": cmd_fit, "propose": cmd_propose, "evaluate": cmd_evaluate}[args.command](args)
     except (ModelFileError, ImageReadError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from e
+        _fail(e)
 
 
 if __name__ == "__main__":

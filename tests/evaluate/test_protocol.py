@@ -214,8 +214,9 @@ def test_bad_annotation_files_end_in_one_line(demo_root, tmp_path, monkeypatch, 
                                       "--no-cache", "--out-dir", str(tmp_path / "o")])
     with pytest.raises(SystemExit) as e:
         runpy.run_path(str(ROOT / "linear_eval.py"), run_name="__main__")
-    assert str(e.value).startswith("linear_eval.py: error: ") and message in str(e.value)
-    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("linear_eval.py: error: ") and message in err
+    assert str(bad) in err and err.count("\n") == 1
 
 
 def test_moco_protocol_reports_the_original_best_epoch_figure(demo_root, tmp_path, capsys):
@@ -256,7 +257,7 @@ def test_unreadable_images_are_left_out_and_named(bad_images, tmp_path, capsys):
     assert rep["num_test"] == 40 and "(4 unreadable train images left out)" in out
 
 
-def test_bad_image_error_is_one_line_naming_the_file(bad_images, tmp_path, monkeypatch):
+def test_bad_image_error_is_one_line_naming_the_file(bad_images, tmp_path, monkeypatch, capsys):
     """--bad-image error: the first unreadable image ends the run in one line, not inside the
     traceback of a DataLoader worker."""
     coco = _two_class_coco(bad_images, tmp_path / "coco.json")
@@ -265,8 +266,10 @@ def test_bad_image_error_is_one_line_naming_the_file(bad_images, tmp_path, monke
                                       "--out-dir", str(tmp_path / "o")])
     with pytest.raises(SystemExit) as e:
         runpy.run_path(str(ROOT / "linear_eval.py"), run_name="__main__")
-    msg = str(e.value)
-    assert msg.startswith("linear_eval.py: error: ") and "\n" not in msg and "DataLoader" not in msg
+    err = capsys.readouterr().err
+    msg = err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "Traceback" not in err
+    assert msg.startswith("linear_eval.py: error: ") and "DataLoader" not in msg
     assert any(f"{bad_images.images / name}: " in msg for name in bad_images.unreadable)
 
 

@@ -1,4 +1,5 @@
 """``python -m ssl_crops.proposals`` on demo data: fit, propose (parallel, resumable), evaluate."""
+import json
 import shutil
 import subprocess
 import sys
@@ -124,4 +125,19 @@ def test_bad_model_file_is_a_clear_error(demo, tmp_path):
     bad.write_bytes(b"garbage")
     r = subprocess.run([sys.executable, "-m", "ssl_crops.proposals", "--images", str(demo / "images"),
                         "--model", str(bad), "--out", str(tmp_path / "p.npz")], capture_output=True, text=True)
-    assert r.returncode != 0 and "model.npz" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "model.npz" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not a COCO detection json"),
+                                              (None, "no boxes found for the images in")])
+def test_bad_or_empty_annotations_end_in_one_line(demo, tmp_path, capsys, content, message):
+    coco = tmp_path / "ann.json"
+    if content is None:   # a valid COCO json whose images have no boxes
+        src = json.loads((demo / "annotations_test.json").read_text())
+        content = json.dumps({**src, "annotations": []})
+    coco.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--images", str(demo / "images"), "--coco", str(coco), "--out", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert not (tmp_path / "m.npz").exists()
