@@ -255,6 +255,25 @@ def barrier():
         dist.barrier()
 
 
+LONG_WAIT_S = 24 * 3600  # rank 0's one-off work the others wait for: caching a folder's proposals
+
+
+@contextmanager
+def rank0_first(timeout_s: float = LONG_WAIT_S):
+    """The block's work is rank 0's (it tests :func:`is_main_process`); the other ranks wait at
+    its end for up to ``timeout_s``, not ``--dist-timeout``: the wait runs in a gloo group of its
+    own (CPU-side, an NCCL job's GPU streams untouched), made by every rank before the block."""
+    if get_world_size() == 1:
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    try:
+        yield
+        dist.barrier(group=group)
+    finally:
+        dist.destroy_process_group(group)
+
+
 @torch.no_grad()
 def all_gather_cat(tensor):
     """Concatenate ``tensor`` (same shape on every rank) over ranks along dim 0, on its device;

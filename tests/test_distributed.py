@@ -133,6 +133,48 @@ def test_only_the_distributed_module_calls_collectives():
     assert not offenders, offenders
 
 
+SLOW_CACHE = textwrap.dedent("""
+    # the trainer, with rank 0's proposal caching made slower than --dist-timeout
+    import sys, time
+    import ssl_crops.proposals as proposals
+    from ssl_crops import train
+    propose_folder = proposals.propose_folder
+    def slow(*a, **k):
+        time.sleep(12)
+        return propose_folder(*a, **k)
+    proposals.propose_folder = slow
+    train.main(sys.argv[1:])
+""")
+
+
+def test_two_ranks_train_on_proposals_cached_by_rank0_beyond_the_dist_timeout(tmp_path, clean_env):
+    """No boxes, a BING model: rank 0 caches the folder's proposals (12 s here) while the other
+    rank waits past --dist-timeout (6 s); both then train on the cache."""
+    from ssl_crops.proposals import ProposalCache
+    from ssl_crops.proposals.__main__ import main as proposals_main
+    data = make_demo(tmp_path / "demo", num_train=24, num_test=4, min_size=48, max_size=72)
+    proposals_main(["fit", "--images", str(data / "images"), "--out", str(tmp_path / "bing.npz"),
+                    "--min-positives", "3", "--max-images", "8", "--rescore-top", "0"])
+    photos = tmp_path / "photos" / "images"   # the same images, no annotations anywhere near
+    photos.mkdir(parents=True)
+    for f in (data / "images").glob("*.jpg"):    # train and test images: 28
+        (photos / f.name).write_bytes(f.read_bytes())
+    script = tmp_path / "slow_cache.py"
+    script.write_text(SLOW_CACHE)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(script), str(photos), "-a", "resnet18", "--epochs", "1", "-b", "8",
+           "--moco-k", "16", "--image-size", "32", "-j", "0", "--bing_crops", "--sampling", "image", "--seed", "0",
+           "--proposals", str(tmp_path / "bing.npz"), "--bing-topk", "5", "--dist-timeout", "0.1",
+           "--output-dir", str(out), "--save_name", "bing"]
+    proc = subprocess.run(cmd, cwd=tmp_path / "photos", env={**os.environ, "OMP_NUM_THREADS": "1",
+                          "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("caching BING proposals of the 28 images") == 1
+    assert len(ProposalCache.load(out / "bing" / "proposals.npz")) == 28
+    assert torch.load(out / "bing" / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
+
+
 def test_device_ordinal_wraps_over_the_visible_gpus(clean_env, monkeypatch):
     """`srun --gpus-per-task=1`: each task sees one GPU whatever its SLURM_LOCALID."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

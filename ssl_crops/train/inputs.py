@@ -180,12 +180,13 @@ def opened_proposals(args, index, run_dir, main=True):
     if not isinstance(source, Bing) or index.num_boxes > 0:  # some boxes: BING on the fly for the others
         return source, args.proposals
     path, model = Path(run_dir) / "proposals.npz", str(Path(args.proposals).resolve())
-    cached = ProposalCache.load(path) if main and path.is_file() else None
-    if main and (cached is None or len(cached) < len(index) or cached.meta.get("model") != model):
-        print(f"caching BING proposals of the {len(index)} images of {args.data} in {path} ...", flush=True)
-        propose_folder(args.data, source, path, top_k=args.bing_topk, workers=min(args.workers, os.cpu_count() or 1),
-                       progress=sys.stderr.isatty(), model_name=model)
-    du.barrier()
+    with du.rank0_first():  # however long it takes, not bounded by --dist-timeout
+        cached = ProposalCache.load(path) if main and path.is_file() else None
+        if main and (cached is None or len(cached) < len(index) or cached.meta.get("model") != model):
+            print(f"caching BING proposals of the {len(index)} images of {args.data} in {path} ...", flush=True)
+            propose_folder(args.data, source, path, top_k=args.bing_topk,
+                           workers=min(args.workers, os.cpu_count() or 1), progress=sys.stderr.isatty(),
+                           model_name=model)
     return ProposalCache.load(path), f"{path} (model {args.proposals})"
 
 
@@ -203,13 +204,14 @@ def fitted_proposals(index, root, path, seed, main=True, max_images=BING_FIT_IMA
                           "(make proposals with `python -m ssl_crops.proposals`)")
         return None
     path = Path(path)
-    if main and not path.exists():
-        chosen = np.sort(np.random.default_rng(seed).choice(annotated, min(len(annotated), max_images), replace=False))
-        print(f"{int((counts == 0).sum())} images have no boxes: fitting BING proposals on {len(chosen)} "
-              f"annotated images -> {path}", flush=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Bing.fit_index(index, root, chosen, seed=seed).save(path)
-    du.barrier()
+    with du.rank0_first():
+        if main and not path.exists():
+            chosen = np.sort(np.random.default_rng(seed).choice(annotated, min(len(annotated), max_images),
+                                                                replace=False))
+            print(f"{int((counts == 0).sum())} images have no boxes: fitting BING proposals on {len(chosen)} "
+                  f"annotated images -> {path}", flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Bing.fit_index(index, root, chosen, seed=seed).save(path)
     return Bing.load(path)
 
 

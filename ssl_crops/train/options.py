@@ -66,7 +66,8 @@ def build_parser():
     g.add_argument("--dist-url", default="tcp://localhost:23456", help="rendezvous URL (legacy launch)")
     g.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"], help="default: nccl on GPU, gloo on CPU")
     g.add_argument("--dist-timeout", type=float, default=30.0,
-                   help="minutes a collective (or the rendezvous) may wait for the other processes")
+                   help="minutes a collective (or the rendezvous) may wait for the other processes (not the wait "
+                        "for rank 0 fitting BING or caching proposals)")
     g.add_argument("--seed", type=int, default=None, help="default: random, recorded in the checkpoint")
     g.add_argument("--gpu", type=int, default=None, help="GPU of a single-process run")
     g.add_argument("--multiprocessing-distributed", action="store_true",
