@@ -97,7 +97,9 @@ class _SplitNormChannelsLast(torch.autograd.Function):
         rstd = torch.rsqrt(var + eps)
         scale = rstd * weight.float()
         shift = bias.float() - mean * scale
-        out = torch.addcmul(_per_sample(shift, n).to(x.dtype), x, _per_sample(scale, n).to(x.dtype))  # x's layout
+        # computed in fp32 (x * scale and shift cancel where the mean is large against the std), stored
+        # in x's dtype and layout by the same kernel
+        out = torch.addcmul(_per_sample(shift, n), x, _per_sample(scale, n), out=torch.empty_like(x))
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.s = s
         stats = torch.stack([mean, var])
@@ -115,9 +117,9 @@ class _SplitNormChannelsLast(torch.autograd.Function):
         a = rstd * weight.float()
         b = -a * rstd * sum_gxhat / count
         d = -a * sum_g / count - b * mean
-        gx = torch.addcmul(torch.addcmul(_per_sample(d, n).to(x.dtype), x, _per_sample(b, n).to(x.dtype)),
-                           grad, _per_sample(a, n).to(x.dtype))
-        return gx, sum_gxhat.sum(0).to(weight.dtype), sum_g.sum(0).to(weight.dtype), None, None
+        gx = torch.addcmul(_per_sample(d, n), x, _per_sample(b, n), out=torch.empty_like(x))  # fp32 math
+        return (gx.addcmul_(grad, _per_sample(a, n)), sum_gxhat.sum(0).to(weight.dtype),         # as above
+                sum_g.sum(0).to(weight.dtype), None, None)
 
 
 def split_batch_norm(module, num_splits):

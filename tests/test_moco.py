@@ -145,6 +145,28 @@ def test_split_batchnorm_normalizes_each_sub_batch_like_its_own_batchnorm(fmt):
     torch.testing.assert_close(split(x), plain(x))
 
 
+@pytest.mark.parametrize("offset", [5.0, 20.0])
+def test_split_batchnorm_in_bf16_is_as_precise_in_both_layouts(offset):
+    """bf16 with a mean large against the std: the channels-last path (its own kernel) is as
+    close to the float64 result as the NCHW path (``F.batch_norm``), values and input gradients."""
+    torch.manual_seed(0)
+    x32, g32 = torch.randn(32, 16, 8, 8) * 2 + offset, torch.randn(32, 16, 8, 8).bfloat16()
+    bn = SplitBatchNorm(16, num_splits=4)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2), bn.bias.uniform_(-1, 1)
+    exact = x32.bfloat16().double().requires_grad_()
+    bn_ref = copy.deepcopy(bn).double()
+    out_ref = bn_ref(exact)
+    out_ref.backward(g32.double())
+    errors = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = x32.bfloat16().contiguous(memory_format=fmt).requires_grad_()
+        out = copy.deepcopy(bn)(x)
+        out.backward(g32.contiguous(memory_format=fmt))
+        errors[fmt] = [((a.double() - b).norm() / b.norm()).item() for a, b in ((out, out_ref), (x.grad, exact.grad))]
+    for cl, nchw in zip(errors[torch.channels_last], errors[torch.contiguous_format]):
+        assert cl < 1.25 * nchw, errors
+
 def test_bn_splits_step_in_channels_last_equals_nchw():
     """A ResNet with split BatchNorm (in-place ReLU after each) trains the same in both layouts."""
     torch.manual_seed(0)
