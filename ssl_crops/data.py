@@ -1,4 +1,5 @@
-"""Datasets: object-aware two-view pretraining data and labelled images for evaluation."""
+"""The torch ``Dataset``s: object-aware two-view pretraining items and labelled images for
+evaluation. (Preparing data on disk, the OpenImages subset and COCO crops, is ``ssl_crops.datasets``.)"""
 from __future__ import annotations
 
 import warnings

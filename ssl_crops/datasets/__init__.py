@@ -1,4 +1,5 @@
-"""Data preparation: the OpenImages subset (build, download) and COCO object crops.
+"""Data preparation on disk: the OpenImages subset (build, download) and COCO object crops.
+(The torch ``Dataset``s that read prepared data are in ``ssl_crops.data``.)
 
 Submodules load on first use, so ``python -m ssl_crops.datasets.openimages`` and
 ``python -m ssl_crops.datasets.crops`` do not import each other.
