@@ -10,13 +10,10 @@ torchvision state dicts. Examples (demo layout, dicts beside the image folder; C
         --test-images coco/val2017 --test-coco instances_val2017.json --pretrained CKPT
 """
 import pickle
-import sys
 
+from ssl_crops.cli import user_errors
 from ssl_crops.evaluate import main
 
 if __name__ == "__main__":
-    try:
+    with user_errors(FileNotFoundError, ValueError, pickle.UnpicklingError, prog="linear_eval.py"):
         main()
-    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # bad input files: one line, exit 2
-        print(f"linear_eval.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None

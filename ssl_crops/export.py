@@ -8,9 +8,9 @@ replaced (``model.fc = nn.Identity()``) or ``strict=False`` reports only ``fc.we
 checkpoints of ``main_moco.py`` (both key layouts) and of the original MoCo code.
 """
 import argparse
-import sys
 
 from .checkpoint import backbone_weights, read_checkpoint, write_checkpoint
+from .cli import user_errors
 
 __all__ = ["export_backbone"]
 
@@ -29,12 +29,9 @@ def main(argv=None):
     p.add_argument("-a", "--arch", default=None,
                    help="torchvision architecture (default: the checkpoint's, else inferred from the weights)")
     args = p.parse_args(argv)
-    try:
+    with user_errors(ValueError, OSError):
         sd, arch = export_backbone(args.checkpoint, args.arch)
         write_checkpoint(sd, args.out)
-    except (ValueError, OSError) as e:  # user mistakes: one line, exit 2
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
     print(f"{args.out}: {arch} backbone, {len(sd)} tensors (fc left out: load with model.fc = nn.Identity() "
           "or strict=False)")
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .boxes import BoxIndex
+from .cli import user_errors
 from .files import atomic_write
 from .images import load_image
 from .sources import AnnotationSpec, load_index
@@ -318,7 +319,7 @@ def main(argv=None) -> Path:
         _pyplot()
     except ImportError:
         sys.exit(INSTALL_HINT)
-    try:
+    with user_errors(FileNotFoundError, ValueError, pickle.UnpicklingError):
         if a.command == "crops":
             index = open_index(a.index)
             crop = ObjectAwareCrop(mode=a.mode, geometry=a.geometry, dilation=a.dilation, size=a.size,
@@ -328,9 +329,6 @@ def main(argv=None) -> Path:
             out = log_figure(a.log, a.out)
         else:
             out = _per_class_from_report(a.report, a.out)
-    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # user mistakes: one line, exit 2
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
     print(f"wrote {out}")
     return out
 

@@ -167,6 +167,7 @@ def test_split_batchnorm_in_bf16_is_as_precise_in_both_layouts(offset):
     for cl, nchw in zip(errors[torch.channels_last], errors[torch.contiguous_format]):
         assert cl < 1.25 * nchw, errors
 
+
 def test_bn_splits_step_in_channels_last_equals_nchw():
     """A ResNet with split BatchNorm (in-place ReLU after each) trains the same in both layouts."""
     torch.manual_seed(0)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import user_errors
 from ..sources import AnnotationSpec, add_annotation_args, load_index
 from .bing import Bing, ImageReadError, ModelFileError, as_rgb, evaluate_proposals, format_table
 from .cache import ProposalCache, propose_folder
@@ -71,21 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _fail(error) -> None:
-    """A user mistake (missing or unreadable file, no boxes): one line on stderr, exit 2."""
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
 def _index(args):
-    try:
+    with user_errors(ValueError, pickle.UnpicklingError):  # the annotation files, named in the message
         index = load_index(AnnotationSpec.from_args(args, args.images))
-    except (ValueError, pickle.UnpicklingError) as e:  # the annotation files, named in the message
-        _fail(e)
-    print(f"boxes: {index.describe()}", flush=True)  # names the dicts when found beside the folder
-    rows = [i for i in range(len(index)) if len(index.boxes(i))]
-    if not rows:
-        _fail(f"no boxes found for the images in {args.images} (give --labels/--boxes/--coco)")
+        print(f"boxes: {index.describe()}", flush=True)  # names the dicts when found beside the folder
+        rows = [i for i in range(len(index)) if len(index.boxes(i))]
+        if not rows:
+            raise ValueError(f"no boxes found for the images in {args.images} (give --labels/--boxes/--coco)")
     return index, rows[:args.max_images]
 
 
@@ -161,10 +154,8 @@ def main(argv=None) -> None:
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "propose")     # DESIGN.md form: python -m ssl_crops.proposals --images ...
     args = _parser().parse_args(argv)
-    try:
+    with user_errors(ModelFileError, ImageReadError, FileNotFoundError):
         {"fit": cmd_fit, "propose": cmd_propose, "evaluate": cmd_evaluate}[args.command](args)
-    except (ModelFileError, ImageReadError, FileNotFoundError) as e:
-        _fail(e)
 
 
 if __name__ == "__main__":

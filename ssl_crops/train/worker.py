@@ -6,7 +6,6 @@ import math
 import os
 import pickle
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed as du
 from ..checkpoint import (LAST, OutputError, ResumeMismatch, capture_rng, check_output, check_resume,
                           dataset_fingerprint, locate_resume, resume, run_checkpoints, save_checkpoint, to_moco_layout)
+from ..cli import user_errors
 from ..demo import make_demo
 from ..formats import SUBSET_FILES
 from ..moco import default_bn_splits
@@ -227,11 +227,8 @@ def _demo_result(info, args, run_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:  # user mistakes in the inputs: one line, exit 2, before the run folder is touched
-        inputs = {} if args.demo else check_inputs(args)
-    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:
-        print(f"main_moco.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    with user_errors(FileNotFoundError, ValueError, pickle.UnpicklingError, prog="main_moco.py"):
+        inputs = {} if args.demo else check_inputs(args)  # before the run folder is touched
     try:
         return du.launch(functools.partial(train_worker, **inputs), args)
     except (OutputError, FileExistsError, ResumeMismatch) as e:  # one line: which file, and why
