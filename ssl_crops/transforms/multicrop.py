@@ -9,7 +9,8 @@
 Each kind of view is placed by ``global_from`` / ``local_from``: ``"scene"`` (the whole image,
 DINO's multi-crop), ``"context"`` (a box's dilated region, the paper's context region) or
 ``"tight"`` (the box's tight region); both from :func:`~ssl_crops.transforms.geometry.object_regions`
-(``geometry``, ``dilation``, ``min_region``). ``boxes="one"`` draws one box per image for every
+(``geometry``, ``dilation``, ``min_region``: one for the global views' regions, one for the
+locals'). ``boxes="one"`` draws one box per image for every
 object-placed view (the paper's object-object crop is ``global_from="context", local_from="tight"``,
 object-scene is ``global_from="scene", local_from="tight"``); ``boxes="each"`` draws a box per view.
 """
@@ -54,7 +55,10 @@ class ObjectAwareMultiCrop(v2.Transform):
 
     Defaults: ``main_dino.py``'s (2 globals at scale 0.4-1, 8 locals of 96 px at 0.05-0.4) with
     the paper's object-object placement (globals in a box's context region, locals in its tight
-    region, one box per image). ``scale`` is the share of the *placement region's* area, as in
+    region, one box per image). ``min_region`` (px of the input image) is an int or ``(global,
+    local)``: the regions of global views grow to at least the first, those of local views to the
+    second (default 224 and 96, the view sizes: 224 suits ~1024 px photos, scale both with the
+    photos, e.g. ``(140, 60)`` on 640 px COCO photos). ``scale`` is the share of the *placement region's* area, as in
     :class:`~ssl_crops.transforms.ObjectAwareCrop`. ``augment``: ``None`` (:func:`dino_augment`),
     one callable for every view, or a list with one callable per view (globals first). Images
     without boxes get scene views, counted in ``scene_fallbacks`` (summed over DataLoader
@@ -69,7 +73,8 @@ class ObjectAwareMultiCrop(v2.Transform):
     def __init__(self, num_globals: int = 2, num_locals: int = 8, global_size: int | tuple[int, int] = 224,
                  local_size: int | tuple[int, int] = 96, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
                  global_from: str = "context", local_from: str = "tight", boxes: str = "one",
-                 geometry: str = "original", dilation: float = 0.2, min_region: int = 224, ratio=(3 / 4, 4 / 3),
+                 geometry: str = "original", dilation: float = 0.2, min_region: int | tuple[int, int] = (224, 96),
+                 ratio=(3 / 4, 4 / 3),
                  augment=None, interpolation: InterpolationMode = InterpolationMode.BILINEAR):
         super().__init__()
         if int(num_globals) < 1 or int(num_locals) < 0:
@@ -81,15 +86,17 @@ class ObjectAwareMultiCrop(v2.Transform):
             raise ValueError(f"boxes must be one of {BOX_CHOICES}, got {boxes!r}")
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
-        if dilation < 0 or int(min_region) < 1:
-            raise ValueError(f"need dilation >= 0 and min_region >= 1, got {dilation}, {min_region}")
+        min_region = (min_region, min_region) if isinstance(min_region, int) else tuple(int(m) for m in min_region)
+        if dilation < 0 or len(min_region) != 2 or min(min_region) < 1:
+            raise ValueError(f"need dilation >= 0 and min_region >= 1 (an int or (global, local)), got {dilation}, "
+                             f"{min_region}")
         if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
             raise ValueError(f"ratio must be (min, max) with 0 < min <= max, got {ratio}")
         self.num_globals, self.num_locals = int(num_globals), int(num_locals)
         self.global_size, self.local_size = pair_size(global_size), pair_size(local_size)
         self.global_scale, self.local_scale = _scale("global_scale", global_scale), _scale("local_scale", local_scale)
         self.global_from, self.local_from, self.boxes = global_from, local_from, boxes
-        self.geometry, self.dilation, self.min_region = geometry, float(dilation), int(min_region)
+        self.geometry, self.dilation, self.min_region = geometry, float(dilation), min_region
         self.ratio, self.interpolation = tuple(ratio), interpolation
         n = self.num_globals + self.num_locals
         if augment is None:
@@ -136,17 +143,18 @@ class ObjectAwareMultiCrop(v2.Transform):
             self._fallbacks.add()
             placements = ["scene"] * len(placements)
         one = draw_int(0, len(boxes) - 1, g) if len(boxes) and self.boxes == "one" else None
-        regions = {}  # box index -> (tight, context)
+        regions = {}  # (box index, min_region) -> (tight, context)
         out = []
         for i, place in enumerate(placements):
-            scale = self.global_scale if i < self.num_globals else self.local_scale
+            scale, least = (self.global_scale, self.min_region[0]) if i < self.num_globals else \
+                (self.local_scale, self.min_region[1])
             if place == "scene":
                 region = image
             else:
                 b = one if one is not None else draw_int(0, len(boxes) - 1, g)
-                if b not in regions:
-                    regions[b] = object_regions(width, height, boxes[b], self.geometry, self.dilation, self.min_region)
-                region = regions[b][0 if place == "tight" else 1]
+                if (b, least) not in regions:
+                    regions[b, least] = object_regions(width, height, boxes[b], self.geometry, self.dilation, least)
+                region = regions[b, least][0 if place == "tight" else 1]
             out.append(random_resized_crop(region, scale, self.ratio, g))
         return out
 

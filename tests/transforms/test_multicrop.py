@@ -167,3 +167,17 @@ def test_augment_choices_and_constructor_checks():
         with pytest.raises(ValueError):
             ObjectAwareMultiCrop(**bad)
     assert "global_from='context'" in repr(crop) and crop.num_views == 4
+
+
+def test_min_region_per_view_kind():
+    crop = ObjectAwareMultiCrop(num_locals=4, min_region=(200, 20), global_from="tight", local_from="tight")
+    box = [[0.45, 0.45, 0.5, 0.5]]  # 16 x 12 px in 320 x 240
+    big = object_regions(320, 240, box[0], "original", 0.2, 200)[0]
+    small = object_regions(320, 240, box[0], "original", 0.2, 20)[0]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        regions = crop.sample_regions(320, 240, box, g)
+        assert all(_inside(r, big) for r in regions[:2]) and all(_inside(r, small) for r in regions[2:])
+    assert ObjectAwareMultiCrop().min_region == (224, 96) and ObjectAwareMultiCrop(min_region=50).min_region == (50, 50)
+    with pytest.raises(ValueError, match="min_region"):
+        ObjectAwareMultiCrop(min_region=(10, 0))
