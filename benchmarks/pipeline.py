@@ -7,11 +7,19 @@
   (d) (c) with device augmentation: the workers return uint8 crops; the batched augmentation
       (BatchAugment) is timed separately, here on the CPU, per image (two views).
 
-Ratios are to (a) from the same run. The photos are COCO128's, re-encoded at 1024 px on the
+Multi-crop (2 global 224 px views at scale 0.4-1, 8 local 96 px views at 0.05-0.4, DINO's
+per-view augmentation, bicubic resizing as DINO's), samples/s of one worker:
+
+  (e) torchvision's DINO multi-crop (``DataAugmentationDINO`` of the DINO code) on the full image;
+  (f) ours, scene placement (``ObjectAwareMultiCrop(global_from="scene", local_from="scene")``);
+  (g) ours, object-object placement (the default, min_region (224, 96)).
+
+Ratios are to (a), and to (e) for the multi-crop rows, from the same run. The photos are COCO128's, re-encoded at 1024 px on the
 long side (OpenImages size) into a temporary folder, or your own folder with ``--images``:
 
     PYTHONPATH=. python benchmarks/pipeline.py                       # ../shared/data/coco128-train
     PYTHONPATH=. python benchmarks/pipeline.py --images DIR --coco instances.json
+    PYTHONPATH=. python benchmarks/pipeline.py --part multicrop --samples 64 --rounds 3
 """
 import argparse
 import datetime
@@ -26,12 +34,14 @@ import cv2
 import torch
 from PIL import Image
 from torchvision import transforms as T
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from ssl_crops.boxes import BoxIndex
 from ssl_crops.data import ObjectCropDataset, open_image
-from ssl_crops.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, ObjectAwareCrop, TwoViews
+from ssl_crops.transforms import (IMAGENET_MEAN, IMAGENET_STD, BatchAugment, ObjectAwareCrop, ObjectAwareMultiCrop,
+                                  TwoViews)
 from ssl_crops.transforms.augment import GaussianBlur
+from ssl_crops.transforms.inputs import resized_crop
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-train"
 
@@ -47,6 +57,27 @@ def original_moco_v2(size):
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ]))
+
+
+class DinoMultiCrop:
+    """DINO's ``DataAugmentationDINO`` (torchvision v1 API, as in the DINO code)."""
+
+    def __init__(self, num_locals=8, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4)):
+        flip_jitter = [T.RandomHorizontalFlip(p=0.5), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                       T.RandomGrayscale(p=0.2)]
+        norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        blur = lambda p: T.RandomApply([GaussianBlur((0.1, 2.0))], p=p)  # noqa: E731  (PIL blur, as DINO's)
+        bicubic = T.InterpolationMode.BICUBIC
+        self.global1 = T.Compose([T.RandomResizedCrop(224, global_scale, interpolation=bicubic), *flip_jitter,
+                                  blur(1.0), *norm])
+        self.global2 = T.Compose([T.RandomResizedCrop(224, global_scale, interpolation=bicubic), *flip_jitter,
+                                  blur(0.1), T.RandomSolarize(128, p=0.2), *norm])
+        self.local = T.Compose([T.RandomResizedCrop(96, local_scale, interpolation=bicubic), *flip_jitter,
+                                blur(0.5), *norm])
+        self.num_locals = num_locals
+
+    def __call__(self, img):
+        return [self.global1(img), self.global2(img), *(self.local(img) for _ in range(self.num_locals))]
 
 
 def reencode(src_images, coco_json, out_dir, long_side):
@@ -111,7 +142,7 @@ def stage_times(root, index, crop, n):
         t1 = time.perf_counter()
         img, boxes = enc.decode_regions(regions, crop.size[::-1])
         t2 = time.perf_counter()
-        views = [crop._resized_crop(img, b) for b in boxes]
+        views = [resized_crop(img, b, crop.size, crop.interpolation) for b in boxes]
         t3 = time.perf_counter()
         [crop.augment(v) for v in views]
         t4 = time.perf_counter()
@@ -130,6 +161,8 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=384, help="two-view samples per measurement")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="workers for 'all cores'")
+    p.add_argument("--part", choices=("all", "two-view", "multicrop"), default="all",
+                   help="the two-view rows (a)-(d), the multi-crop rows (e)-(g), or both")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -158,8 +191,12 @@ def main(argv=None):
         widths = {Image.open(root / index.path(i)).size for i in range(min(len(index), 20))}
         print(f"{datetime.date.today()}  {platform.processor() or platform.machine()}, "
               f"{len(os.sched_getaffinity(0))} cores (shared machine: compare the ratios, not the rates)")
-        print(f"{len(index)} photos ({sorted(widths)[:3]}...), {index.num_boxes} boxes, {size} px views, "
-              f"{args.samples} samples x {args.rounds} rounds, median")
+        print(f"{len(index)} photos ({sorted(widths)[:3]}...), {index.num_boxes} boxes")
+        if args.part != "two-view":
+            multicrop(root, index, args)
+        if args.part == "multicrop":
+            return
+        print(f"two-view, {size} px views, {args.samples} samples x {args.rounds} rounds, median")
         one = {k: [] for k in pipelines}
         many = {k: [] for k in pipelines}
         batched = []
@@ -187,6 +224,29 @@ def main(argv=None):
         crop = pipelines[c].transform
         print("(c) per sample, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                  stage_times(root, index, crop, args.samples).items()))
+
+
+def multicrop(root, index, args):
+    """The multi-crop rows (e)-(g): samples/s of one worker, ratios to (e) from the same run."""
+    ours = dict(interpolation=InterpolationMode.BICUBIC)
+    pipelines = {
+        "(e) DINO multi-crop, torchvision": ObjectCropDataset(root, index, DinoMultiCrop()),
+        "(f) ours, scene multi-crop": ObjectCropDataset(root, index, ObjectAwareMultiCrop(
+            global_from="scene", local_from="scene", **ours)),
+        "(g) ours, object-object multi-crop": ObjectCropDataset(root, index, ObjectAwareMultiCrop(**ours)),
+    }
+    rates = {k: [] for k in pipelines}
+    for _ in range(args.rounds):
+        for name, ds in pipelines.items():
+            rates[name].append(one_worker(ds, args.samples))
+    rates = {k: statistics.median(v) for k, v in rates.items()}
+    base = next(iter(rates.values()))
+    print(f"\nmulti-crop, 2 x 224 px + 8 x 96 px views, {args.samples} samples x {args.rounds} rounds, median, "
+          f"1 worker (1 thread)")
+    for name, rate in rates.items():
+        print(f"{name:40s} {rate:8.1f}/s {rate / base:6.2f}x")
+    print(f"target per core: ours >= 1.5x DINO's torchvision multi-crop: (f) {list(rates.values())[1] / base:.2f}x, "
+          f"(g) {list(rates.values())[2] / base:.2f}x")
 
 
 if __name__ == "__main__":

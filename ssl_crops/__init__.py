@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _EXPORTS = {  # public name -> the module that defines it
     "BoxIndex": "ssl_crops.boxes",
     "ObjectAwareCrop": "ssl_crops.transforms",
+    "ObjectAwareMultiCrop": "ssl_crops.transforms",
     "open_image": "ssl_crops.images",
     "MoCo": "ssl_crops.moco",
 }

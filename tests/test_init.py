@@ -25,7 +25,10 @@ def test_top_level_names_are_the_modules_objects():
 
     assert (BoxIndex, MoCo, ObjectAwareCrop, open_image) == (boxes_BoxIndex, moco_MoCo, crop_ObjectAwareCrop,
                                                               images_open_image)
-    assert set(ssl_crops.__all__) == {"BoxIndex", "MoCo", "ObjectAwareCrop", "open_image"}
+    assert set(ssl_crops.__all__) == {"BoxIndex", "MoCo", "ObjectAwareCrop", "ObjectAwareMultiCrop", "open_image"}
+    from ssl_crops import ObjectAwareMultiCrop
+    from ssl_crops.transforms.multicrop import ObjectAwareMultiCrop as multicrop_ObjectAwareMultiCrop
+    assert ObjectAwareMultiCrop is multicrop_ObjectAwareMultiCrop
     assert set(ssl_crops.__all__) <= set(dir(ssl_crops))
     with pytest.raises(AttributeError, match="no attribute 'Bogus'"):
         ssl_crops.Bogus

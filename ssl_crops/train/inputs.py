@@ -65,7 +65,8 @@ class SeededDataset(Dataset):
 
     def _counts(self):
         transform = getattr(self.dataset, "transform", None)
-        return getattr(self.dataset, "bad_images", 0), getattr(transform, "scene_fallbacks", 0)
+        fallbacks = getattr(transform, "local_scene_fallbacks", getattr(transform, "scene_fallbacks", 0))
+        return getattr(self.dataset, "bad_images", 0), fallbacks  # this process's counts: the item's own events
 
     def __getitem__(self, key):
         epoch, i = key

@@ -1,5 +1,6 @@
-"""Views out: object regions (``geometry``), the two-view crop (``crop``) and the MoCo
-augmentations (``augment``), as ``torchvision.transforms.v2`` transforms.
+"""Views out: object regions (``geometry``), the two-view crop (``crop``), the multi-crop
+(``multicrop``), what they take and give (``inputs``) and the augmentations (``augment``), as
+``torchvision.transforms.v2`` transforms.
 
 Only the public names are exported here; helpers live in their submodules
 (``ssl_crops.transforms.geometry.object_regions``, ``ssl_crops.transforms.crop.MODES``, ...).
@@ -10,9 +11,10 @@ import warnings
 from .augment import (IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, BatchAugment, MoCoAugment, MoCoV1Augment,
                       MoCoV2Augment, TwoViews, eval_transform, linear_train_transform)
 from .crop import ObjectAwareCrop
+from .multicrop import ObjectAwareMultiCrop
 
 __all__ = [
-    "ObjectAwareCrop", "MoCoAugment", "BatchAugment", "AugmentSpec", "MoCoV2Augment", "MoCoV1Augment",
+    "ObjectAwareCrop", "ObjectAwareMultiCrop", "MoCoAugment", "BatchAugment", "AugmentSpec", "MoCoV2Augment", "MoCoV1Augment",
     "TwoViews", "eval_transform", "linear_train_transform", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 

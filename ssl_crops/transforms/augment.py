@@ -126,7 +126,8 @@ class AugmentSpec:
     ``ColorJitter(brightness, contrast, saturation, hue)`` with probability ``jitter_p`` (its
     four operations in a random order), grayscale with probability ``grayscale_p`` (before the
     jitter with ``grayscale_first``, as MoCo-v1 does), Gaussian blur with sigma uniform in
-    ``blur_sigma`` with probability ``blur_p``, horizontal flip with probability ``flip_p``.
+    ``blur_sigma`` with probability ``blur_p``, solarization (pixels >= 128 inverted, after the
+    blur) with probability ``solarize_p``, horizontal flip with probability ``flip_p``.
     """
 
     brightness: float = 0.4
@@ -139,22 +140,33 @@ class AugmentSpec:
     blur_p: float = 0.5
     flip_p: float = 0.5
     grayscale_first: bool = False
+    solarize_p: float = 0.0
 
     @classmethod
     def moco(cls, aug_plus: bool = True) -> "AugmentSpec":
         """MoCo-v2 (``aug_plus``) or MoCo-v1 (grayscale, then jitter 0.4/0.4/0.4/0.4 always, no blur)."""
         return cls() if aug_plus else cls(hue=0.4, jitter_p=1.0, blur_p=0.0, grayscale_first=True)
 
+    @classmethod
+    def dino(cls, view: int) -> "AugmentSpec":
+        """DINO's ``DataAugmentationDINO``: jitter 0.4/0.4/0.2/0.1 (p=0.8), grayscale 0.2, flip, and
+        blur p=1 on global view 0, blur p=0.1 + solarize p=0.2 on global view 1, blur p=0.5 on
+        local views (``view`` 2)."""
+        blur_p, solarize_p = ((1.0, 0.0), (0.1, 0.2), (0.5, 0.0))[view]
+        return cls(saturation=0.2, blur_p=blur_p, solarize_p=solarize_p)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Parameters of ``n`` independent draws as CPU tensors: ``jitter``, ``gray``, ``blur``,
-        ``flip`` (bool ``(n,)``), ``order`` (``(n, 4)`` permutations of brightness, contrast,
+        ``flip``, ``solarize`` (bool ``(n,)``), ``order`` (``(n, 4)`` permutations of brightness, contrast,
         saturation, hue), ``factors`` (``(n, 4)``, in that order) and ``sigma`` (``(n,)``)."""
         u = torch.rand(n, 8, generator=generator, dtype=torch.float64)
         lo = torch.tensor([max(0.0, 1 - self.brightness), max(0.0, 1 - self.contrast),
                            max(0.0, 1 - self.saturation), -self.hue], dtype=torch.float64)
         hi = torch.tensor([1 + self.brightness, 1 + self.contrast, 1 + self.saturation, self.hue], dtype=torch.float64)
         s0, s1 = self.blur_sigma
-        return {"jitter": u[:, 0] < self.jitter_p, "factors": lo + (hi - lo) * u[:, 1:5],
+        solarize = (torch.rand(n, generator=generator) < self.solarize_p) if self.solarize_p > 0 else \
+            torch.zeros(n, dtype=torch.bool)  # drawn only when asked: the MoCo draws stay as they were
+        return {"solarize": solarize, "jitter": u[:, 0] < self.jitter_p, "factors": lo + (hi - lo) * u[:, 1:5],
                 "gray": u[:, 5] < self.grayscale_p, "blur": u[:, 6] < self.blur_p,
                 "sigma": s0 + (s1 - s0) * torch.rand(n, generator=generator, dtype=torch.float64),
                 "flip": u[:, 7] < self.flip_p,
@@ -192,6 +204,7 @@ def _hue_u8(img, f):
 
 
 _JITTER_U8 = (_brightness_u8, _contrast_u8, _saturation_u8, _hue_u8)
+_SOLARIZE = _lut(np.where(_RAMP >= 128, 255 - _RAMP, _RAMP))  # PIL's ImageOps.solarize(threshold=128)
 
 
 def _as_hwc_uint8(img: Any) -> np.ndarray:
@@ -237,6 +250,8 @@ class MoCoAugment(v2.Transform):
             img = cv2.cvtColor(_gray(img), cv2.COLOR_GRAY2RGB)
         if params["blur"]:
             img = cv2.GaussianBlur(img, (0, 0), params["sigma"], borderType=cv2.BORDER_REFLECT_101)
+        if params.get("solarize"):
+            img = cv2.LUT(img, _SOLARIZE)
         if params["flip"]:
             img = cv2.flip(img, 1)
         return img
@@ -326,6 +341,7 @@ class BatchAugment(torch.nn.Module):
         if not self.spec.grayscale_first:
             plan(p["gray"], gray)
         plan(p["blur"], self._blur, p["sigma"])
+        plan(p["solarize"], lambda y: torch.where(y >= 127.5 / 255, 1 - y, y))
         plan(p["flip"], lambda y: y.flip(-1))
         device = images.device
         x = images.float().div_(255)

@@ -8,7 +8,10 @@ any ``Dataset``::
     view_q, view_k = crop(pil_image, boxes)                   # boxes: normalized xyxy, or BoundingBoxes
 
 A ``torchvision.transforms.v2`` dict sample works too: ``crop({"image": img, "boxes":
-BoundingBoxes(...), ...})`` gives back the dict with ``"image"`` replaced by ``(view_q, view_k)``.
+BoundingBoxes(...), ...})`` gives back the dict with ``"image"`` replaced by ``(view_q, view_k)``
+and the whole image's boxes dropped (they do not describe the views). Tensor views are
+:class:`~ssl_crops.transforms.inputs.View`: a v2 transform with random parameters placed after
+the crop raises, pointing to ``augment=`` (each view gets its own draw there).
 
 The applying half also takes an *encoded* image (:func:`ssl_crops.data.open_image`): any object
 with ``size`` (width, height) and ``decode_regions(regions, size) -> (image, regions)``, which
@@ -21,20 +24,17 @@ import warnings
 from typing import Any, Mapping
 
 import torch
-from PIL import Image
-from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.functional import pil_modes_mapping
-from torchvision.transforms.v2 import functional as F
 
 from .augment import MoCoAugment
 from .geometry import (GEOMETRIES, Region, draw_int, draw_uniform, object_regions, random_resized_crop,
                        to_normalized_boxes)
+from .inputs import (SharedCounter, as_views, check_canvas, image_size, is_encoded, pair_size, resized_crop,
+                     sample_parts, without_boxes)
 
 __all__ = ["ObjectAwareCrop", "MODES", "GEOMETRIES"]
 
 MODES = ("scene", "object-object", "object-scene")
-_ACCEPTS = "a PIL image or an image tensor (C, H, W) / (..., C, H, W) with 1 or 3 channels"
 
 
 class ObjectAwareCrop(v2.Transform):
@@ -61,7 +61,8 @@ class ObjectAwareCrop(v2.Transform):
     query/key order is random (p=0.5).
 
     An object mode without boxes falls back to scene crops and counts it in
-    ``scene_fallbacks`` (per process). Sampling uses ``generator`` when given, else torch's
+    ``scene_fallbacks``, summed over the DataLoader workers that share this transform
+    (``local_scene_fallbacks``: this process's share). Sampling uses ``generator`` when given, else torch's
     global RNG; ``augment`` always uses the global RNG. ``tv_tensors.BoundingBoxes`` hold
     pixels: when all their coordinates lie in ``[0, 1]`` of a larger image, a warning (once per
     transform) says that normalized boxes were likely wrapped in them.
@@ -94,13 +95,23 @@ class ObjectAwareCrop(v2.Transform):
         if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
             raise ValueError(f"ratio must be (min, max) with 0 < min <= max, got {ratio}")
         self.mode, self.geometry, self.dilation = mode, geometry, float(dilation)
-        self.size = _pair(size)
+        self.size = pair_size(size)
         self.scale, self.object_scale = (float(min_scale), 1.0), (float(object_min_scale), 1.0)
         self.min_region, self.anchor = int(min_region), bool(anchor)
         self.swap, self.ratio, self.interpolation = bool(swap), tuple(ratio), interpolation
         self.augment = MoCoAugment() if augment is None else augment
-        self.scene_fallbacks = 0
+        self._fallbacks = SharedCounter()
         self._warned_normalized = False
+
+    @property
+    def scene_fallbacks(self) -> int:
+        """Images without boxes given scene crops, in this process and its DataLoader workers."""
+        return self._fallbacks.value
+
+    @property
+    def local_scene_fallbacks(self) -> int:
+        """This process's share of :attr:`scene_fallbacks`."""
+        return self._fallbacks.local
 
     @property
     def min_box_pixels(self) -> int:
@@ -127,7 +138,7 @@ class ObjectAwareCrop(v2.Transform):
         image = (0, 0, width, height)
         boxes = to_normalized_boxes(boxes)
         if self.mode != "scene" and len(boxes) == 0:
-            self.scene_fallbacks += 1
+            self._fallbacks.add()
         if self.mode == "scene" or len(boxes) == 0:
             regions = (random_resized_crop(image, self.scale, self.ratio, g),
                        random_resized_crop(image, self.scale, self.ratio, g))
@@ -146,24 +157,9 @@ class ObjectAwareCrop(v2.Transform):
         return regions
 
     def _params(self, img: Any, boxes: Any, generator: torch.Generator | None) -> dict[str, Any]:
-        height, width = _image_size(img)
-        if isinstance(boxes, tv_tensors.BoundingBoxes):
-            if tuple(boxes.canvas_size) != (height, width):
-                raise ValueError(f"BoundingBoxes canvas_size {tuple(boxes.canvas_size)} differs from the image size "
-                                 f"{(height, width)} (H, W)")
-            self._check_pixels(boxes)
+        height, width = image_size(img)
+        self._warned_normalized = check_canvas(boxes, height, width, self._warned_normalized)
         return {"regions": self.sample_regions(width, height, boxes, generator)}
-
-    def _check_pixels(self, boxes: tv_tensors.BoundingBoxes) -> None:
-        """Warn (once) when pixel boxes all lie in [0, 1] of an image larger than a few pixels."""
-        if self._warned_normalized or boxes.numel() == 0 or max(boxes.canvas_size) < _FEW_PIXELS:
-            return
-        if bool(((boxes >= 0) & (boxes <= 1)).all()):
-            self._warned_normalized = True
-            h, w = boxes.canvas_size
-            warnings.warn(f"BoundingBoxes hold pixel coordinates, but all of these lie in [0, 1] on a {w}x{h} image: "
-                          "normalized coordinates wrapped in BoundingBoxes? Pass normalized boxes as a plain "
-                          "array or tensor, or multiply them by the image width and height", stacklevel=4)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         return self._params(flat_inputs[0], flat_inputs[1] if len(flat_inputs) > 1 else None, None)
@@ -171,84 +167,22 @@ class ObjectAwareCrop(v2.Transform):
     # ------------------------------------------------------------------ applying half
     def transform(self, inpt: Any, params: dict[str, Any]) -> tuple[Any, Any]:
         regions = params["regions"]
-        if _is_encoded(inpt):
+        if is_encoded(inpt):
             inpt, regions = inpt.decode_regions(regions, self.size[::-1])
-        return tuple(self.augment(self._resized_crop(inpt, region)) for region in regions)
-
-    def _resized_crop(self, img: Any, region) -> Any:
-        """``region`` (pixel box, possibly fractional) of ``img`` resized to ``size``."""
-        if isinstance(img, Image.Image):  # PIL's resize reads fractional boxes: no rounding of the region
-            return img.resize(self.size[::-1], pil_modes_mapping[self.interpolation], box=tuple(region))
-        x0, y0, x1, y1 = (int(round(v)) for v in region)
-        return F.resized_crop(img, y0, x0, y1 - y0, x1 - x0, list(self.size),
-                              interpolation=self.interpolation, antialias=True)
+        return tuple(as_views(self.augment(resized_crop(inpt, r, self.size, self.interpolation)) for r in regions))
 
     def forward(self, img: Any, boxes: Any = None, generator: torch.Generator | None = None) -> Any:
         """``(view_q, view_k)`` of a PIL image, image tensor or encoded image and its boxes
         (normalized ``x0, y0, x1, y1`` or ``tv_tensors.BoundingBoxes``); for a dict sample
         (``{"image": ..., "boxes": ...}``; the boxes may sit under any key as ``BoundingBoxes``)
-        the same dict with ``"image"`` replaced by ``(view_q, view_k)``, other entries unchanged."""
+        the same dict with ``"image"`` replaced by ``(view_q, view_k)`` and the boxes dropped,
+        other entries unchanged."""
         if isinstance(img, Mapping) and boxes is None:
-            key, boxes = _sample_parts(img)
-            return {**img, key: self.transform(img[key], self._params(img[key], boxes, generator))}
+            key, box_key, boxes = sample_parts(img)
+            return without_boxes(img, key, self.transform(img[key], self._params(img[key], boxes, generator)), box_key)
         return self.transform(img, self._params(img, boxes, generator))
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, geometry={self.geometry!r}, dilation={self.dilation}, "
                 f"min_scale={self.scale[0]}, object_min_scale={self.object_scale[0]}, size={self.size}, "
                 f"min_region={self.min_region}, anchor={self.anchor}, swap={self.swap}")
-
-
-_FEW_PIXELS = 16  # images at least this large get the warning about normalized BoundingBoxes
-
-
-def _sample_parts(sample: Mapping) -> tuple[Any, Any]:
-    """``(image key, boxes)`` of a v2 dict sample: the ``"image"`` entry (else the one image
-    entry) and the ``BoundingBoxes`` entry (else ``"boxes"``, else none)."""
-    if "image" in sample:
-        key = "image"
-    else:
-        keys = [k for k, v in sample.items() if isinstance(v, (Image.Image, tv_tensors.Image)) or _is_encoded(v)]
-        if len(keys) != 1:
-            raise TypeError(f"ObjectAwareCrop takes a dict sample with an 'image' entry; got keys {list(sample)}")
-        key = keys[0]
-    boxes = [v for v in sample.values() if isinstance(v, tv_tensors.BoundingBoxes)]
-    if len(boxes) > 1:
-        raise TypeError("ObjectAwareCrop takes a dict sample with one BoundingBoxes entry; got " f"{len(boxes)}")
-    return key, boxes[0] if boxes else sample.get("boxes")
-
-
-def _pair(size) -> tuple[int, int]:
-    if isinstance(size, int) or (isinstance(size, (tuple, list)) and len(size) == 1):
-        h = w = int(size if isinstance(size, int) else size[0])
-    elif isinstance(size, (tuple, list)) and len(size) == 2:
-        h, w = int(size[0]), int(size[1])
-    else:
-        raise TypeError(f"size must be an int or (h, w), got {size!r}")
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
-    return h, w
-
-
-def _image_size(img: Any) -> tuple[int, int]:
-    """``(height, width)`` of an image the crop can read; ``TypeError`` otherwise."""
-    if _is_encoded(img):
-        return img.size[1], img.size[0]
-    if isinstance(img, Image.Image):
-        return img.height, img.width
-    if isinstance(img, torch.Tensor) and not isinstance(img, (tv_tensors.BoundingBoxes, tv_tensors.Mask)):
-        shape = tuple(img.shape)
-        if len(shape) >= 3 and shape[-3] in (1, 3):
-            return shape[-2], shape[-1]
-        hint = " (it looks channels-last: permute it to (C, H, W))" if len(shape) >= 3 and shape[-1] in (1, 3) else ""
-        raise TypeError(f"ObjectAwareCrop takes {_ACCEPTS}; got a tensor of shape {shape}{hint}")
-    what = type(img).__name__
-    if hasattr(img, "shape"):
-        what += f" of shape {tuple(img.shape)}"
-        if len(img.shape) == 3 and img.shape[-1] in (1, 3):
-            what += " (an H, W, C array: use PIL.Image.fromarray(a) or torch.from_numpy(a).permute(2, 0, 1))"
-    raise TypeError(f"ObjectAwareCrop takes {_ACCEPTS}; got {what}")
-
-
-def _is_encoded(img: Any) -> bool:
-    return hasattr(img, "decode_regions") and not isinstance(img, (Image.Image, torch.Tensor))

@@ -196,3 +196,21 @@ def test_reference_blur_handles_views_smaller_than_its_kernel(side):
     assert out.shape == x.shape and torch.isfinite(out).all()
     if side > 1:
         assert not torch.equal(out, x)  # it still blurs
+
+
+def test_solarize_matches_pil_on_both_paths_and_dino_specs():
+    img = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    off = dict(jitter=False, gray=False, blur=False, flip=False, order=[0, 1, 2, 3], factors=[1] * 4, sigma=1.0)
+    out = MoCoAugment().augment_uint8(img, {**off, "solarize": True})
+    assert np.array_equal(out, np.array(F.solarize(Image.fromarray(img), 128)))
+    assert np.array_equal(MoCoAugment().augment_uint8(img, {**off, "solarize": False}), img)
+    spec = AugmentSpec(jitter_p=0, grayscale_p=0, blur_p=0, flip_p=0, solarize_p=1.0)
+    batch = BatchAugment(spec=spec, mean=(0, 0, 0), std=(1, 1, 1))(torch.from_numpy(img).permute(2, 0, 1)[None])
+    assert torch.allclose(batch[0] * 255, torch.from_numpy(out).permute(2, 0, 1).float(), atol=1e-3)
+    g1, g2, loc = (AugmentSpec.dino(v) for v in range(3))
+    assert (g1.blur_p, g1.solarize_p, g2.blur_p, g2.solarize_p, loc.blur_p, loc.solarize_p) == (1, 0, 0.1, 0.2, 0.5, 0)
+    assert (g1.brightness, g1.contrast, g1.saturation, g1.hue, g1.jitter_p, g1.grayscale_p) == (0.4, 0.4, 0.2, 0.1, 0.8, 0.2)
+    draws = g2.sample(4000, torch.Generator().manual_seed(0))["solarize"].float().mean()
+    assert abs(draws - 0.2) < 0.03
+    moco = AugmentSpec().sample(3, torch.Generator().manual_seed(1))
+    assert not moco["solarize"].any()

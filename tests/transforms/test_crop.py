@@ -259,14 +259,14 @@ def test_v2_dict_sample_gives_back_a_dict():
     crop = ObjectAwareCrop(size=16, min_region=16)
     torch.manual_seed(0)
     out = crop({"image": img, "boxes": bb, "labels": torch.tensor([3])})
-    assert set(out) == {"image", "boxes", "labels"} and out["boxes"] is bb and out["labels"].tolist() == [3]
+    assert set(out) == {"image", "labels"} and out["labels"].tolist() == [3]  # the image's boxes do not travel on
     q, k = out["image"]
     torch.manual_seed(0)
     q2, k2 = crop(img, bb)
     assert torch.equal(q, q2) and torch.equal(k, k2) and q.shape == (3, 16, 16)
     torch.manual_seed(0)
     composed = v2.Compose([crop])({"picture": img, "objects": bb})  # any keys: the image and the BoundingBoxes
-    assert torch.equal(composed["picture"][0], q) and composed["objects"] is bb
+    assert torch.equal(composed["picture"][0], q) and "objects" not in composed
     with pytest.raises(TypeError, match="'image' entry"):
         crop({"a": img, "b": img})
 
@@ -350,3 +350,43 @@ def test_whole_transform_fuzz(geometry, mode, w, h, boxes, d, min_scale, object_
     for v in (q, k):
         assert v.shape == (3, *hw) and v.dtype == torch.float32 and torch.isfinite(v).all()
     assert crop.scene_fallbacks == int(mode != "scene" and boxes is None)
+
+
+def test_v2_transforms_after_the_crop_act_on_every_view_or_point_to_augment():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8))
+    bb = tv_tensors.BoundingBoxes([[60, 20, 150, 80]], format="XYXY", canvas_size=(100, 200))
+    crop = ObjectAwareCrop(size=16, min_region=16, augment=v2.PILToTensor())
+    for after in (v2.RandomGrayscale(p=1), v2.RandomHorizontalFlip(p=1), v2.RandomResizedCrop(8)):
+        for sample in ((img, bb), ({"image": img, "boxes": bb},)):
+            with pytest.raises(TypeError, match="augment="):  # never one view only, nor one draw for both
+                v2.Compose([crop, after])(*sample)
+    torch.manual_seed(0)
+    out = v2.Compose([crop, v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])(
+        {"image": img, "boxes": bb})
+    torch.manual_seed(0)
+    q, k = crop(img, bb)
+    for view, raw in zip(out["image"], (q, k)):  # deterministic transforms: every view alike
+        assert torch.allclose(view, (raw.float() / 255 - 0.5) / 0.25, atol=1e-6)
+    grey = ObjectAwareCrop(size=16, min_region=16, augment=v2.Compose([v2.PILToTensor(), v2.RandomGrayscale(p=1)]))
+    for view in grey(img, bb):  # per-view transforms go in augment=
+        assert torch.equal(view[0], view[1]) and torch.equal(view[1], view[2])
+    assert isinstance(torch.stack([q, k]) + 1, torch.Tensor)
+
+
+class _Fallbacks(torch.utils.data.Dataset):
+    def __init__(self, crop):
+        self.crop = crop
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return self.crop(Image.new("RGB", (32, 32)), None)[0]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_scene_fallbacks_add_up_over_dataloader_workers(context):
+    crop = ObjectAwareCrop(size=8, augment=v2.PILToTensor())
+    loader = torch.utils.data.DataLoader(_Fallbacks(crop), batch_size=2, num_workers=2, multiprocessing_context=context)
+    assert sum(len(b) for b in loader) == 6
+    assert crop.scene_fallbacks == 6 and crop.local_scene_fallbacks == 0
