@@ -4,7 +4,7 @@
 
     crop = ObjectAwareMultiCrop()               # 2 global 224 px + 8 local 96 px views, DINO's augmentation
     views = crop(pil_image, boxes)              # list: globals first, then locals
-    views = crop(open_image(path), boxes)       # reduced JPEG decode, chosen for the global views
+    views = crop(open_image(path), boxes)       # reduced JPEG decode where no view loses pixels
 
 Each kind of view is placed by ``global_from`` / ``local_from``: ``"scene"`` (the whole image,
 DINO's multi-crop), ``"context"`` (a box's dilated region, the paper's context region) or
@@ -168,14 +168,14 @@ class ObjectAwareMultiCrop(v2.Transform):
 
     # ------------------------------------------------------------------ applying half
     def _decode(self, img: Any, regions: list[Region]) -> tuple[Any, list]:
-        """Decode an encoded image at the smallest scale that keeps every *global* view at its
-        full size (local views, at most ``local_size`` px, are cut from the same pixels).
+        """Decode an encoded image at the coarsest JPEG scale at which every view's region, global
+        and local, keeps at least the view's output size along each axis (as ``ObjectAwareCrop``).
 
-        ``decode_regions`` sizes every region against one output size and maps coordinates by
-        ``v / scale``; each region is handed over scaled by a per-view factor (globals: 1; locals:
-        so large that they never limit the scale) and mapped back by the same factor."""
-        gh, gw = self.global_size
-        factors = [(1.0, 1.0)] * self.num_globals + [(float(gw * 16), float(gh * 16))] * self.num_locals
+        ``decode_regions`` sizes every region against one output size (the globals'), so each
+        local region is handed over scaled by ``global_size / local_size`` and mapped back by the
+        same factor: a local region then limits the scale exactly as if sized against ``local_size``."""
+        (gh, gw), (lh, lw) = self.global_size, self.local_size
+        factors = [(1.0, 1.0)] * self.num_globals + [(gw / lw, gh / lh)] * self.num_locals
         proxies = [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for (x0, y0, x1, y1), (fx, fy) in zip(regions, factors)]
         decoded, mapped = img.decode_regions(proxies, (gw, gh))
         return decoded, [(x0 / fx, y0 / fy, x1 / fx, y1 / fy) for (x0, y0, x1, y1), (fx, fy) in zip(mapped, factors)]

@@ -113,7 +113,7 @@ def test_every_input_kind(tmp_path):
         crop(np.array(img), BOXES)
 
 
-def test_encoded_images_decode_at_the_global_views_scale(tmp_path):
+def test_encoded_images_decode_where_every_view_keeps_its_pixels(tmp_path):
     img = _photo(1024, 768)
     path = tmp_path / "big.jpg"
     path.write_bytes(_jpeg(img))
@@ -123,8 +123,10 @@ def test_encoded_images_decode_at_the_global_views_scale(tmp_path):
     regions = crop.sample_regions(1024, 768, None, torch.Generator().manual_seed(0))
     enc = EncodedImage(path)
     decoded, mapped = crop._decode(enc, regions)
-    k = enc.scale_for(regions[:2], (64, 64))
+    k = min(enc.scale_for(regions[:2], (64, 64)), enc.scale_for(regions[2:], (32, 32)))
     assert k > 1 and decoded.size == (1024 // k, 768 // k)
+    for (x0, y0, x1, y1), (h, w) in zip(mapped, crop.sizes):  # no view upscaled by the reduced decode
+        assert x1 - x0 >= w and y1 - y0 >= h
     assert np.allclose(np.array(mapped) * k, np.array(regions))
     views = crop(EncodedImage(path), None, generator=g)
     full = crop(img, None, generator=torch.Generator().manual_seed(0))
