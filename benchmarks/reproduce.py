@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from ssl_crops.boxes import BoxIndex
+from ssl_crops.boxes import BoxIndex, random_boxes_like
 from ssl_crops.data import ObjectCropDataset, load_image
 from ssl_crops.distributed import DistInfo
 from ssl_crops.files import atomic_write
@@ -58,7 +58,7 @@ from reproduce_probes import (PROBES, MaxPooled, Preloaded, centred_square, eval
                               prepare, preload_objects, preload_scenes)
 from reproduce_scenes import (CLASS_NAMES, CLASSES, SPLITS, TAIL_EXPONENT, clutter, instance_mask,  # noqa: E402,F401
                               instance_texture, make_scene, make_scenes)
-from view_pairs import matched_scene_scale, random_boxes_like  # noqa: E402
+from view_pairs import matched_scene_scale  # noqa: E402
 
 # --------------------------------------------------------------------------- presets
 PRESETS = {
@@ -154,7 +154,7 @@ def box_sources(data: dict, topk: int, seed: int) -> dict:
         h, w = img.shape[:2]
         boxes, scores = bing.propose(img, topk, return_scores=True)
         scale = np.array([w, h, w, h], np.float32)
-        rand = random_boxes_like(np.clip(boxes / scale, 0, 1), w, h, rng) * scale
+        rand = random_boxes_like(np.clip(boxes / scale, 0, 1), rng) * scale
         found.append((train.image_id(i), boxes, scores, (w, h)))
         placed.append((train.image_id(i), rand.astype(np.float32), scores, (w, h)))
         gt = train.boxes(i) * scale
