@@ -52,7 +52,8 @@ def test_windowed_scene_keeps_both_views_in_one_window(vp):
     crop = vp.WindowedScene(0.1)
     g = torch.Generator().manual_seed(0)
     pairs = np.array([crop.sample_regions(200, 100, None, g) for _ in range(400)], float)
-    span = np.concatenate([np.minimum(pairs[:, 0, :2], pairs[:, 1, :2]), np.maximum(pairs[:, 0, 2:], pairs[:, 1, 2:])], 1)
+    span = np.concatenate([np.minimum(pairs[:, 0, :2], pairs[:, 1, :2]),
+                           np.maximum(pairs[:, 0, 2:], pairs[:, 1, 2:])], 1)
     assert ((span[:, 2] - span[:, 0]) * (span[:, 3] - span[:, 1]) <= 0.1 * 200 * 100 * 1.1).all()
     areas = (pairs[..., 2] - pairs[..., 0]) * (pairs[..., 3] - pairs[..., 1]) / (200 * 100)
     assert np.median(areas) == pytest.approx(0.06, rel=0.15)
