@@ -176,7 +176,7 @@ def build_dataset(args, run_dir, main=True, index=None):
     dataset = ObjectCropDataset(args.data, index, crop, proposals=proposals, sampling=sampling,
                                 proposal_topk=args.bing_topk, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"),
                                 warn=False,  # the run names skipped images in its log and bad_images.txt
-                                random_boxes=args.random_boxes, random_boxes_seed=args.seed)
+                                random_boxes=args.random_boxes, random_boxes_seed=args.seed or 0)  # None: not via the run
     return dataset, index
 
 
