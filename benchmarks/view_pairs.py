@@ -24,8 +24,8 @@ pair, as ``ObjectCropDataset`` does); the annotation boxes are the ground truth.
 
 Policies: ``scene`` (MoCo-v2 RandomResizedCrop, scale 0.2-1), ``scene_object_scale`` (the
 scale control: a random window of ``c`` of the image area, both views RandomResizedCrops of
-scale 0.2-1 inside it, ``c`` set so the median view area matches ``object_original``'s; the
-views stay together as object crops' do), ``object_original`` and ``object_relative``
+scale 0.2-1 inside it, ``c`` calibrated by sampling so the median view area matches
+``object_original``'s; the views stay together as object crops' do), ``object_original`` and ``object_relative``
 (object-object crops of the annotation boxes, the two geometries), ``bing`` (object-object,
 original geometry, on BING's top ``--topk`` proposals), ``random_boxes`` (the same, on boxes
 of the sizes of BING's top proposals placed uniformly at random in the image),
@@ -105,13 +105,29 @@ def object_scale_range(median_area: float) -> tuple[float, float]:
     return (SCENE_SCALE[0] * c, c)
 
 
-def matched_scene_scale(crop: ObjectAwareCrop, sizes: np.ndarray, boxes: list, pairs: int = 20,
-                        seed: int = 0) -> tuple[float, float]:
-    """The scene-crop scale range of ``scene_object_scale``: its median view area (over the
-    image area) is that of ``crop``'s views on these images (:func:`object_scale_range`)."""
+def median_area(crop, sizes: np.ndarray, boxes: list, pairs: int = 20, seed: int = 0) -> float:
+    """Median view area (over the image area) of ``crop``'s views on these images."""
     regions = sample_pairs(crop, sizes, boxes, pairs, seed)
     areas = [(r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1]) / (w * h) for r, (w, h) in zip(regions, sizes)]
-    return object_scale_range(float(np.median(np.concatenate(areas).ravel())))
+    return float(np.median(np.concatenate(areas).ravel()))
+
+
+def matched_scene_scale(crop: ObjectAwareCrop, sizes: np.ndarray, boxes: list, pairs: int = 20,
+                        seed: int = 0) -> tuple[float, float]:
+    """The scale range of issue 20's (a') (independent scene views, ``reproduce.py``): its
+    median view area is that of ``crop``'s views on these images (:func:`object_scale_range`)."""
+    return object_scale_range(median_area(crop, sizes, boxes, pairs, seed))
+
+
+def matched_window(target: float, sizes: np.ndarray, pairs: int = 20, seed: int = 0, steps: int = 3) -> float:
+    """The window scale of :class:`WindowedScene` whose median view area (sampled on these
+    images) is ``target``: ``target / 0.6`` corrected by sampling (views that do not fit the
+    window's aspect fall back to smaller centre crops, so the median sits below 0.6 x the window)."""
+    window = min(1.0, target / 0.6)
+    for _ in range(steps):
+        got = median_area(WindowedScene(window), sizes, [np.zeros((0, 4))] * len(sizes), pairs, seed)
+        window = min(1.0, window * target / got)
+    return window
 
 
 class WindowedScene:
@@ -184,7 +200,7 @@ def run_policies(sizes, gt, gt_labels, bing_boxes, random_boxes, min_region: int
     for name, (crop, boxes) in crops.items():
         out[name] = measure(sample_pairs(crop, sizes, boxes, pairs, seed), sizes, gt, gt_labels, size)
         out[name]["scene_fallbacks"] = crop.scene_fallbacks
-    window = object_scale_range(out["object_original"]["median_view_area"])[1]
+    window = matched_window(out["object_original"]["median_view_area"], sizes, pairs, seed)
     crop = WindowedScene(window)
     out["scene_object_scale"] = {**measure(sample_pairs(crop, sizes, ann, pairs, seed), sizes, gt, gt_labels, size),
                                  "window_scale": window, "scene_fallbacks": 0}

@@ -64,6 +64,14 @@ def test_windowed_scene_keeps_both_views_in_one_window(vp):
     assert (vp.shared_pixels(loose[:, 0], loose[:, 1]) == 0).mean() > 0.4
 
 
+def test_matched_window_hits_the_median_view_area(vp):
+    sizes = np.array([[640, 480], [480, 640], [500, 500]] * 10)
+    for target in (0.05, 0.14):
+        window = vp.matched_window(target, sizes)
+        got = vp.median_area(vp.WindowedScene(window), sizes, [np.zeros((0, 4))] * len(sizes))
+        assert got == pytest.approx(target, rel=0.05) and window > target / 0.6  # above the uncorrected guess
+
+
 def test_shared_pixels(vp):
     a = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
     b = np.array([[5, 5, 20, 20], [10, 0, 20, 10], [9, 9, 11, 11]])
