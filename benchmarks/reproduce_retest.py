@@ -208,6 +208,7 @@ def spread(values, digits: int) -> str:
 
 # --------------------------------------------------------------------------- one seed
 def make_crop(setting: str, cfg: dict) -> ObjectAwareCrop:
+    """The arm's crop: scene crops for (a), else object-object with ``min_region`` below the objects."""
     augment = MoCoV2Augment(jitter=cfg["jitter"], blur_sigma=cfg["blur_sigma"])
     if setting == "a_scene":
         return ObjectAwareCrop(mode="scene", size=cfg["view_size"], augment=augment)
@@ -216,6 +217,7 @@ def make_crop(setting: str, cfg: dict) -> ObjectAwareCrop:
 
 
 def prepare_seed(out: Path, cfg: dict, seed: int, splits, log) -> dict:
+    """The seed's scenes (made once under ``<out>/data``), indices and decoded probe inputs."""
     t = time.perf_counter()
     data = make_scenes(out / "data" / f"seed{seed}", cfg, seed)
     for split in ("train", "val", "test"):
@@ -231,6 +233,7 @@ def prepare_seed(out: Path, cfg: dict, seed: int, splits, log) -> dict:
 
 
 def run_arm(setting: str, seed: int, cfg: dict, data: dict, device, splits, log) -> dict:
+    """Pretrain one arm (or take the untrained network for (e)) and evaluate it on ``splits``."""
     if setting == "e_random_init":
         encoder, rec = random_encoder(seed, cfg).to(device), {}
     else:
