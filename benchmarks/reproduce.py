@@ -27,6 +27,7 @@ the rule per seed, and the rule's verdict.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from ssl_crops.boxes import BoxIndex
+from ssl_crops.boxes import BoxIndex, random_boxes_like
 from ssl_crops.data import ObjectCropDataset, load_image
 from ssl_crops.distributed import DistInfo
 from ssl_crops.files import atomic_write
@@ -55,10 +56,10 @@ from ssl_crops.transforms import MoCoV2Augment, ObjectAwareCrop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce_probes import (PROBES, MaxPooled, Preloaded, centred_square, evaluate, knn_vote,  # noqa: E402,F401
-                              prepare, preload_objects, preload_scenes)
+                              neighbour_shares, prepare, preload_objects, preload_scenes)
 from reproduce_scenes import (CLASS_NAMES, CLASSES, SPLITS, TAIL_EXPONENT, clutter, instance_mask,  # noqa: E402,F401
                               instance_texture, make_scene, make_scenes)
-from view_pairs import matched_scene_scale, random_boxes_like  # noqa: E402
+from view_pairs import matched_scene_scale  # noqa: E402
 
 # --------------------------------------------------------------------------- presets
 PRESETS = {
@@ -154,7 +155,7 @@ def box_sources(data: dict, topk: int, seed: int) -> dict:
         h, w = img.shape[:2]
         boxes, scores = bing.propose(img, topk, return_scores=True)
         scale = np.array([w, h, w, h], np.float32)
-        rand = random_boxes_like(np.clip(boxes / scale, 0, 1), w, h, rng) * scale
+        rand = random_boxes_like(np.clip(boxes / scale, 0, 1), rng) * scale
         found.append((train.image_id(i), boxes, scores, (w, h)))
         placed.append((train.image_id(i), rand.astype(np.float32), scores, (w, h)))
         gt = train.boxes(i) * scale
@@ -212,12 +213,18 @@ def make_crop(setting: str, cfg: dict, scale=None) -> ObjectAwareCrop:
 def pretrain(setting: str, seed: int, cfg: dict, data: dict, device, log=print) -> tuple[nn.Module, dict]:
     """MoCo-v2 on the train scenes with the crops of ``setting``; returns the query encoder
     (``fc`` replaced by identity) and ``{"loss": [per-epoch mean], "train_s"}``."""
-    torch.manual_seed(seed), np.random.seed(seed)
     boxes = SETTINGS[setting][2]
     proposals = {"bing": data.get("bing"), "random": data.get("random")}.get(boxes)
     index = data["train_index"] if proposals is None else without_boxes(data["train_index"])
     crop = make_crop(setting, cfg, data["scale"] if setting == "a2_scene_objscale" else None)
     dataset = ObjectCropDataset(data["images"], index, crop, proposals=proposals, proposal_topk=cfg["bing_topk"])
+    return train_moco(dataset, setting, seed, cfg, device, log)
+
+
+def train_moco(dataset, name: str, seed: int, cfg: dict, device, log=print) -> tuple[nn.Module, dict]:
+    """MoCo-v2 on ``dataset`` (its items seeded per ``(seed, epoch, item)``); returns the query
+    encoder (``fc`` replaced by identity) and ``{"loss": [per-epoch mean], "train_s"}``."""
+    torch.manual_seed(seed), np.random.seed(seed)
     args = Namespace(seed=seed, lr=cfg["lr"], cos=True, epochs=cfg["epochs"], schedule=[])
     loader = build_loader(dataset, args, DistInfo(device=device), cfg["batch_size"], cfg["workers"])
     model = MoCo(encoder_factory(cfg), cfg["moco_dim"], cfg["moco_k"], cfg["moco_m"], cfg["moco_t"], cfg["mlp"],
@@ -237,8 +244,8 @@ def pretrain(setting: str, seed: int, cfg: dict, data: dict, device, log=print) 
             total += loss
         losses.append(total.item() / len(loader))
         if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"{setting} seed {seed}: loss {losses[-1]} in epoch {epoch}")
-        log(f"  {setting} seed {seed} epoch {epoch + 1}/{cfg['epochs']} loss {losses[-1]:.3f} "
+            raise FloatingPointError(f"{name} seed {seed}: loss {losses[-1]} in epoch {epoch}")
+        log(f"  {name} seed {seed} epoch {epoch + 1}/{cfg['epochs']} loss {losses[-1]:.3f} "
             f"({time.perf_counter() - t:.0f} s)")
     encoder = model.encoder_q
     encoder.fc = nn.Identity()
@@ -284,7 +291,7 @@ def decide(results: dict, seeds) -> list[str]:
                 verdicts.append(f"{SHORT[x]} - {SHORT[y]}: {len(used)} paired seeds, the rule needs 3")
                 continue
             word = "beats" if beats(d) else "does not beat"
-            verdicts.append(f"{SHORT[x]} - {SHORT[y]} = {_pm(d, '{:+.1f}')}: {word}")
+            verdicts.append(f"{SHORT[x]} - {SHORT[y]} = {pm(d, '{:+.1f}')}: {word}")
         passed = all(beats(paired(results, x, y, PRIMARY, seeds)[1]) for y in ("a2_scene_objscale", "f_random_boxes"))
         helps.append(passed)
         lines.append(f"- {SHORT[x]}: " + "; ".join(verdicts) + f" -> {'passes' if passed else 'does not pass'}")
@@ -307,9 +314,9 @@ def summarize(results: dict, settings, seeds) -> str:
         runs = [results[f"{s}/{seed}"] for seed in seeds if f"{s}/{seed}" in results]
         if not runs:
             continue
-        cells = [_pm([100 * r[m] for r in runs if r.get(m) is not None]) for m, _ in METRICS]
-        loss = _pm([r["loss"][-1] for r in runs], "{:.2f}") if "loss" in runs[0] else "-"
-        wall = _pm([(r.get("train_s", 0) + r["eval_s"]) / 60 for r in runs], "{:.1f}") + " min"
+        cells = [pm([100 * r[m] for r in runs if r.get(m) is not None]) for m, _ in METRICS]
+        loss = pm([r["loss"][-1] for r in runs], "{:.2f}") if "loss" in runs[0] else "-"
+        wall = pm([(r.get("train_s", 0) + r["eval_s"]) / 60 for r in runs], "{:.1f}") + " min"
         lines.append(f"| {LABELS[s]} | " + " | ".join(cells) + f" | {loss} | {wall} |")
     diffs = []
     for a, b in RULE + CONTEXT:
@@ -319,7 +326,7 @@ def summarize(results: dict, settings, seeds) -> str:
             used, d = paired(results, a, b, m, seeds)
             if used:
                 per_seed = ", ".join(f"{v:+.1f}" for v in d)
-                diffs.append(f"| {SHORT[a]} - {SHORT[b]} | {m} | {per_seed} | {_pm(d, '{:+.1f}')} |")
+                diffs.append(f"| {SHORT[a]} - {SHORT[b]} | {m} | {per_seed} | {pm(d, '{:+.1f}')} |")
     if diffs:
         lines += ["", "| paired difference | probe | per seed | mean +- std |", "|---|---|---|---|", *diffs]
     if all(s in settings for s in ("a2_scene_objscale", "b_obj_orig", "d_bing", "f_random_boxes")):
@@ -327,7 +334,7 @@ def summarize(results: dict, settings, seeds) -> str:
     return "\n".join(lines)
 
 
-def _pm(values, fmt="{:.1f}") -> str:
+def pm(values, fmt="{:.1f}") -> str:
     if not values:
         return "-"
     v = np.asarray(values, np.float64)
@@ -336,7 +343,7 @@ def _pm(values, fmt="{:.1f}") -> str:
 
 
 # --------------------------------------------------------------------------- main
-def _commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True).stdout.strip()
@@ -351,10 +358,13 @@ def load_runs(path, cfg: dict) -> dict:
 
 
 def save_run(path, cfg: dict, key: str, rec: dict) -> None:
-    """Add one run to ``path`` (re-read first, so processes sharing ``--out`` keep each other's runs)."""
-    runs = {**load_runs(path, cfg), key: rec}
-    with atomic_write(path, "w") as f:
-        json.dump({"config": cfg, "runs": runs}, f, indent=1)
+    """Add one run to ``path``: re-read and rewritten under an exclusive lock (``<path>.lock``),
+    so processes sharing ``--out`` keep each other's runs."""
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = {**load_runs(path, cfg), key: rec}
+        with atomic_write(path, "w") as f:
+            json.dump({"config": cfg, "runs": runs}, f, indent=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,7 +427,7 @@ def main(argv=None) -> dict:
     results = {**load_runs(results_path, cfg), **results}  # with runs of processes sharing --out
     table = summarize(results, a.settings, seeds)
     total = time.perf_counter() - start
-    header = (f"preset {a.preset}, commit {_commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+    header = (f"preset {a.preset}, commit {git_commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{platform.machine()} {torch.get_num_threads()} threads on {device.type}, "
               f"this process ran {total / 60:.1f} min (runs it loaded from --out not counted)")
     with atomic_write(out / "table.md", "w") as f:

@@ -7,6 +7,7 @@
 * a whole-image multi-label linear probe on max-pooled features (lr/wd on 20% of train).
 
 The kNN runs in torch (no faiss): the weighted vote of :func:`ssl_crops.evaluate.knn_scores`.
+With it, the colour-shortcut diagnostic of the primary probe (:func:`neighbour_shares`).
 """
 from __future__ import annotations
 
@@ -115,6 +116,34 @@ def knn_vote(train_feats, train_targets, test_feats, k: int = 20, temperature: f
     return torch.cat(out).numpy() if out else np.zeros((0, targets.shape[1]), np.float32)
 
 
+def neighbour_shares(train_feats, train_targets, train_colours, test_feats, test_targets, test_colours,
+                     k: int = 20, chunk: int = 1024) -> tuple[float, float]:
+    """The colour-shortcut diagnostic: over the ``k`` nearest training crops (cosine) of every
+    test crop, ``(share of the same class, share nearer in colour than the median)``; "nearer
+    in colour": the neighbour's mean RGB is closer to the test crop's than the median training
+    crop's is (0.5 for features blind to colour, towards 1 for features that match colour)."""
+    train = F.normalize(torch.as_tensor(np.asarray(train_feats), dtype=torch.float32), dim=1)
+    test = F.normalize(torch.as_tensor(np.asarray(test_feats), dtype=torch.float32), dim=1)
+    ytr = torch.as_tensor(np.asarray(train_targets)).argmax(1)
+    yte = torch.as_tensor(np.asarray(test_targets)).argmax(1)
+    ctr, cte = (torch.as_tensor(np.asarray(c), dtype=torch.float32) for c in (train_colours, test_colours))
+    k = min(int(k), len(train))
+    same, near = [], []
+    for lo in range(0, len(test), chunk):
+        idx = (test[lo:lo + chunk] @ train.T).topk(k, dim=1).indices
+        same.append((ytr[idx] == yte[lo:lo + chunk, None]).float())
+        dist = torch.cdist(cte[lo:lo + chunk], ctr)
+        near.append((dist.gather(1, idx) < dist.median(1, keepdim=True).values).float())
+    if not same:
+        return float("nan"), float("nan")
+    return float(torch.cat(same).mean()), float(torch.cat(near).mean())
+
+
+def mean_colours(ds: "Preloaded") -> np.ndarray:
+    """Mean RGB ``(N, 3)`` of preloaded uint8 crops."""
+    return ds.images.float().mean((2, 3)).numpy()
+
+
 class MaxPooled(nn.Module):
     """An encoder's last feature map, max-pooled over space (SmallResNet or torchvision ResNet)."""
 
@@ -143,9 +172,11 @@ def prepare(images, indices: dict, cfg: dict, limit: int) -> dict:
     return out
 
 
-def evaluate(encoder: nn.Module, seed: int, cfg: dict, inputs: dict, counts: np.ndarray, device) -> dict:
-    """The three probes on val and test (``val_`` keys for val); mAP as fractions, also over
-    the head / medium / tail third of the classes by training frequency (``counts``)."""
+def evaluate(encoder: nn.Module, seed: int, cfg: dict, inputs: dict, counts: np.ndarray, device,
+             splits=("val", "test")) -> dict:
+    """The three probes on ``splits`` (``val_`` keys for val); mAP as fractions, also over the
+    head / medium / tail third of the classes by training frequency (``counts``); the primary
+    probe's colour-shortcut diagnostic (``nn_same_class``, ``nn_colour_near``)."""
     t = time.perf_counter()
     encoder.eval()
 
@@ -161,16 +192,24 @@ def evaluate(encoder: nn.Module, seed: int, cfg: dict, inputs: dict, counts: np.
         res = map_details(scores, targets)
         out.update({name: res.map, **{f"{name}_{g}": v["map"] for g, v in group_map(res.ap, thirds).items()}})
 
+    prefixes = {"val": "val_", "test": ""}
     for key, probe in (("knn_object_map", "objects"), ("knn_object05_map", "objects05")):
         xtr, ytr = feats(encoder, inputs[f"train_{probe}"])
-        for split, prefix in (("val", "val_"), ("test", "")):
+        for split in splits:
             xte, yte = feats(encoder, inputs[f"{split}_{probe}"])
-            scored(prefix + key, knn_vote(xtr, ytr, xte, cfg["knn_k"]), yte)
+            scored(prefixes[split] + key, knn_vote(xtr, ytr, xte, cfg["knn_k"]), yte)
+            if probe == "objects":
+                shares = neighbour_shares(xtr, ytr, mean_colours(inputs["train_objects"]), xte, yte,
+                                          mean_colours(inputs[f"{split}_objects"]), cfg["knn_k"])
+                out.update(zip((prefixes[split] + "nn_same_class", prefixes[split] + "nn_colour_near"), shares))
     pooled = MaxPooled(encoder)
-    (xtr, ytr), (xva, yva), (xte, yte) = (feats(pooled, inputs[f"{s}_scenes"]) for s in ("train", "val", "test"))
-    probe = linear_probe(xtr, ytr, np.concatenate([xva, xte]), multilabel=True, seed=seed, device=device,
+    xtr, ytr = feats(pooled, inputs["train_scenes"])
+    held = [feats(pooled, inputs[f"{s}_scenes"]) for s in splits]
+    probe = linear_probe(xtr, ytr, np.concatenate([x for x, _ in held]), multilabel=True, seed=seed, device=device,
                          log=lambda *a: None)
-    scored("val_linear_scene_max_map", probe["test_scores"][:len(xva)], yva)
-    scored("linear_scene_max_map", probe["test_scores"][len(xva):], yte)
+    lo = 0
+    for split, (x, y) in zip(splits, held):
+        scored(prefixes[split] + "linear_scene_max_map", probe["test_scores"][lo:lo + len(x)], y)
+        lo += len(x)
     out["eval_s"] = time.perf_counter() - t
     return out

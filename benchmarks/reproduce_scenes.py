@@ -149,19 +149,20 @@ def overlap(a, b) -> float:
     return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
-def make_scene(rng, size: int, weights: np.ndarray):
-    """One scene: ``(PIL RGB image, [(class, x0, y0, x1, y1), ...])`` with 3-6 objects of
-    different classes, 14-26% of the side each, overlapping little."""
+def make_scene(rng, size: int, weights: np.ndarray, objects=(3, 6), side=(0.14, 0.26)):
+    """One scene: ``(PIL RGB image, [(class, x0, y0, x1, y1), ...])`` with ``objects`` (min, max)
+    objects of different classes, ``side`` (min, max) of the image side each, overlapping
+    little (an object that finds no free place in 30 tries is left out)."""
     img = Image.fromarray(clutter(rng, size))
-    n = int(rng.integers(3, 7))
+    n = int(rng.integers(objects[0], objects[1] + 1))
     classes = rng.choice(len(CLASSES), size=n, replace=False, p=weights)
     objects = []
     for c in classes:
         shape, texture = CLASSES[c]
         for _ in range(30):
-            side = size * rng.uniform(0.14, 0.26)
-            w = max(6, int(side * rng.uniform(0.8, 1.25)))
-            h = max(6, int(side * rng.uniform(0.8, 1.25)))
+            s = size * rng.uniform(*side)
+            w = min(size - 1, max(6, int(s * rng.uniform(0.8, 1.25))))
+            h = min(size - 1, max(6, int(s * rng.uniform(0.8, 1.25))))
             x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
             if all(overlap((x0, y0, x0 + w, y0 + h), o[1:]) < 0.15 for o in objects):
                 break
@@ -177,7 +178,9 @@ def make_scene(rng, size: int, weights: np.ndarray):
 def make_scenes(root, cfg: dict, seed: int) -> dict:
     """Write the train / val / test / BING-fit scenes of one seed (JPEG) and their COCO jsons
     under ``root``; returns the paths. Deterministic from ``seed``; reused when ``root``
-    exists (written into a temporary folder and renamed, so processes sharing it are safe)."""
+    exists (written into a temporary folder and renamed, so processes sharing it are safe).
+    ``cfg["objects_per_scene"]`` and ``cfg["object_side"]`` (default: issue 20's 3-6 objects
+    of 14-26% of the side) go to :func:`make_scene`."""
     root = Path(root)
     paths = {"images": root / "images", **{split: root / f"coco_{split}.json" for split in SPLITS}}
     if root.is_dir():
@@ -191,7 +194,8 @@ def make_scenes(root, cfg: dict, seed: int) -> dict:
         coco = {"images": [], "annotations": [], "categories": [{"id": c + 1, "name": name}
                                                                  for c, name in enumerate(CLASS_NAMES)]}
         for k in range(cfg[f"num_{split}"]):
-            img, objects = make_scene(rng, size, weights)
+            img, objects = make_scene(rng, size, weights, cfg.get("objects_per_scene", (3, 6)),
+                                      cfg.get("object_side", (0.14, 0.26)))
             name = f"{split}_{k:05d}.jpg"
             img.save(tmp / "images" / name, quality=92)
             coco["images"].append({"id": k + 1, "file_name": name, "width": size, "height": size})

@@ -17,18 +17,23 @@ pair, as ``ObjectCropDataset`` does); the annotation boxes are the ground truth.
   of the view. Pairs, in disjoint shares: ``same_instance`` (both views' dominant object is
   the same box), ``same_class`` (same class, another instance), ``different_class``; the rest
   have a view without a dominant object;
+* ``disjoint``: share of pairs whose two views share no pixel;
 * ``median_view_side`` (px of the photo, the view's shorter side), ``median_upscale``
   (``--size`` over that side: how much training magnifies the view), ``median_view_area``
   (view area over image area).
 
 Policies: ``scene`` (MoCo-v2 RandomResizedCrop, scale 0.2-1), ``scene_object_scale`` (the
-same, its scale range ``(0.2 c, c)`` with ``c`` set so its median view area matches
-``object_original``'s), ``object_original`` and ``object_relative`` (object-object crops of the
-annotation boxes, the two geometries), ``bing`` (object-object, original geometry, on BING's
-top ``--topk`` proposals), ``random_boxes`` (the same, on boxes of the sizes of BING's top
-proposals placed uniformly at random in the image, drawn once per image) and ``object_scene``
-(tight view of an annotation box, scene view). Also ``bing_precision_at_10``: the share of
-the top-10 proposals with IoU >= 0.5 to some annotation box.
+scale control: a random window of ``c`` of the image area, both views RandomResizedCrops of
+scale 0.2-1 inside it, ``c`` calibrated by sampling so the median view area matches
+``object_original``'s; the views stay together as object crops' do), ``object_original`` and ``object_relative``
+(object-object crops of the annotation boxes, the two geometries), ``bing`` (object-object,
+original geometry, on BING's top ``--topk`` proposals), ``random_boxes`` (the same, on boxes
+of the sizes of BING's top proposals placed uniformly at random in the image),
+``random_same_sizes`` (as ``object_original``, on boxes of each image's own annotation box
+sizes placed uniformly: ``main_moco.py --random-boxes``) and ``object_scene`` (tight view of
+an annotation box, scene view). Random boxes are drawn once per image. Also
+``bing_precision_at_10``: the share of the top-10 proposals with IoU >= 0.5 to some
+annotation box.
 
 The object policies run twice: with ``--min-region`` (the original's 224 px, meant for
 ~1024 px OpenImages photos) and with ``--scaled-min-region`` (default: 224 x the median long
@@ -45,12 +50,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssl_crops.boxes import BoxIndex
+from ssl_crops.boxes import BoxIndex, random_boxes_like
 from ssl_crops.proposals import Bing, box_iou
 from ssl_crops.transforms import ObjectAwareCrop
+from ssl_crops.transforms.geometry import random_resized_crop
 
 POLICIES = ("scene", "scene_object_scale", "object_original", "object_relative", "bing", "random_boxes",
-            "object_scene")
+            "random_same_sizes", "object_scene")
 PAIR_KINDS = ("same_instance", "same_class", "different_class")
 SCENE_SCALE = (0.2, 1.0)  # MoCo-v2's RandomResizedCrop
 
@@ -99,21 +105,47 @@ def object_scale_range(median_area: float) -> tuple[float, float]:
     return (SCENE_SCALE[0] * c, c)
 
 
-def matched_scene_scale(crop: ObjectAwareCrop, sizes: np.ndarray, boxes: list, pairs: int = 20,
-                        seed: int = 0) -> tuple[float, float]:
-    """The scene-crop scale range of ``scene_object_scale``: its median view area (over the
-    image area) is that of ``crop``'s views on these images (:func:`object_scale_range`)."""
+def median_area(crop, sizes: np.ndarray, boxes: list, pairs: int = 20, seed: int = 0) -> float:
+    """Median view area (over the image area) of ``crop``'s views on these images."""
     regions = sample_pairs(crop, sizes, boxes, pairs, seed)
     areas = [(r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1]) / (w * h) for r, (w, h) in zip(regions, sizes)]
-    return object_scale_range(float(np.median(np.concatenate(areas).ravel())))
+    return float(np.median(np.concatenate(areas).ravel()))
 
 
-def random_boxes_like(boxes: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """Normalized boxes of the sizes of ``boxes`` (normalized) at uniform random positions."""
-    wh = np.asarray(boxes, np.float64).reshape(-1, 4)
-    w, h = wh[:, 2] - wh[:, 0], wh[:, 3] - wh[:, 1]
-    x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
-    return np.stack([x0, y0, x0 + w, y0 + h], 1)
+def matched_scene_scale(crop: ObjectAwareCrop, sizes: np.ndarray, boxes: list, pairs: int = 20,
+                        seed: int = 0) -> tuple[float, float]:
+    """The scale range of issue 20's (a') (independent scene views, ``reproduce.py``): its
+    median view area is that of ``crop``'s views on these images (:func:`object_scale_range`)."""
+    return object_scale_range(median_area(crop, sizes, boxes, pairs, seed))
+
+
+def matched_window(target: float, sizes: np.ndarray, pairs: int = 20, seed: int = 0, steps: int = 3) -> float:
+    """The window scale of :class:`WindowedScene` whose median view area (sampled on these
+    images) is ``target``: ``target / 0.6`` corrected by sampling (views that do not fit the
+    window's aspect fall back to smaller centre crops, so the median sits below 0.6 x the window)."""
+    window = min(1.0, target / 0.6)
+    for _ in range(steps):
+        got = median_area(WindowedScene(window), sizes, [np.zeros((0, 4))] * len(sizes), pairs, seed)
+        window = min(1.0, window * target / got)
+    return window
+
+
+class WindowedScene:
+    """The scale control that keeps a pair together: a RandomResizedCrop window of
+    ``window_scale`` of the image area (MoCo-v2's aspect range), and both views
+    RandomResizedCrops of ``SCENE_SCALE`` inside it (as object crops' views share a box's
+    region). Median view area: 0.6 x ``window_scale``. Takes ``sample_regions`` like
+    ``ObjectAwareCrop`` (boxes ignored)."""
+
+    scene_fallbacks = 0
+
+    def __init__(self, window_scale: float):
+        self.window = (float(window_scale), float(window_scale))
+
+    def sample_regions(self, width: int, height: int, boxes=None, generator: torch.Generator | None = None):
+        window = random_resized_crop((0, 0, int(width), int(height)), self.window, generator=generator)
+        return (random_resized_crop(window, SCENE_SCALE, generator=generator),
+                random_resized_crop(window, SCENE_SCALE, generator=generator))
 
 
 def sample_pairs(crop: ObjectAwareCrop, sizes: np.ndarray, boxes: list, pairs: int, seed: int) -> list[np.ndarray]:
@@ -135,31 +167,43 @@ def measure(regions: list, sizes: np.ndarray, gt: list, gt_labels: list, size: i
         vw, vh = views[:, 2] - views[:, 0], views[:, 3] - views[:, 1]
         sides.append(np.minimum(vw, vh)), areas.append(vw * vh / (w * h))
     sides = np.concatenate(sides)
-    out = {"object_view": float(np.concatenate(obj).mean()), "no_object": float(np.concatenate(none).mean())}
+    disjoint = [shared_pixels(r[:, 0], r[:, 1]) == 0 for r in regions]
+    out = {"object_view": float(np.concatenate(obj).mean()), "no_object": float(np.concatenate(none).mean()),
+           "disjoint": float(np.concatenate(disjoint).mean())}
     out.update({k: float(np.concatenate(v).mean()) for k, v in kinds.items()})
     out.update(median_view_side=float(np.median(sides)), median_upscale=float(np.median(size / np.maximum(sides, 1))),
                median_view_area=float(np.median(np.concatenate(areas))))
     return out
 
 
+def shared_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pixels two sets of integer regions ``(N, 4)`` (exclusive ends) have in common, per row."""
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    return np.clip(iw, 0, None) * np.clip(ih, 0, None)
+
+
 def run_policies(sizes, gt, gt_labels, bing_boxes, random_boxes, min_region: int, pairs: int, seed: int,
                  size: int) -> dict:
     """Every policy's figures at one ``min_region`` (shared sampling seed)."""
     ann = [b / np.array([w, h, w, h]) for b, (w, h) in zip(gt, sizes)]
+    rng = np.random.default_rng(seed)
+    same_sizes = [random_boxes_like(b, rng) for b in ann]
     crops = {"scene": (object_crop("scene"), ann),
              "object_original": (object_crop("object-object", "original", min_region), ann),
              "object_relative": (object_crop("object-object", "relative", min_region), ann),
              "bing": (object_crop("object-object", "original", min_region), bing_boxes),
              "random_boxes": (object_crop("object-object", "original", min_region), random_boxes),
+             "random_same_sizes": (object_crop("object-object", "original", min_region), same_sizes),
              "object_scene": (object_crop("object-scene", "original", min_region), ann)}
     out = {}
     for name, (crop, boxes) in crops.items():
         out[name] = measure(sample_pairs(crop, sizes, boxes, pairs, seed), sizes, gt, gt_labels, size)
         out[name]["scene_fallbacks"] = crop.scene_fallbacks
-    scale = object_scale_range(out["object_original"]["median_view_area"])
-    crop = object_crop("scene", scale=scale)
+    window = matched_window(out["object_original"]["median_view_area"], sizes, pairs, seed)
+    crop = WindowedScene(window)
     out["scene_object_scale"] = {**measure(sample_pairs(crop, sizes, ann, pairs, seed), sizes, gt, gt_labels, size),
-                                 "scale": list(scale), "scene_fallbacks": 0}
+                                 "window_scale": window, "scene_fallbacks": 0}
     return {name: out[name] for name in POLICIES}
 
 
@@ -196,11 +240,12 @@ def precision_at(props: list, gt: list, k: int = 10) -> float:
 
 def table(policies: dict, min_region: int) -> str:
     lines = [f"| policy (min_region {min_region} px) | object view | no object | same instance | same class, "
-             "other instance | different class | median view side (px) | median upscale | median view area |",
-             "|---" * 9 + "|"]
+             "other instance | different class | disjoint pairs | median view side (px) | median upscale | "
+             "median view area |", "|---" * 10 + "|"]
     for name, r in policies.items():
         lines.append(f"| {name} | {r['object_view']:.1%} | {r['no_object']:.1%} | {r['same_instance']:.1%} | "
-                     f"{r['same_class']:.1%} | {r['different_class']:.1%} | {r['median_view_side']:.0f} | "
+                     f"{r['same_class']:.1%} | {r['different_class']:.1%} | {r['disjoint']:.1%} | "
+                     f"{r['median_view_side']:.0f} | "
                      f"{r['median_upscale']:.2f}x | {r['median_view_area']:.3f} |")
     return "\n".join(lines)
 
@@ -250,7 +295,7 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(a.seed)
     bing_boxes = [pr[:a.topk] / np.array([w, h, w, h], np.float32) for pr, (w, h) in zip(props, sizes)]
     bing_boxes = [np.clip(b.astype(np.float64), 0, 1) for b in bing_boxes]
-    random_boxes = [random_boxes_like(b, w, h, rng) for b, (w, h) in zip(bing_boxes, sizes)]
+    random_boxes = [random_boxes_like(b, rng) for b in bing_boxes]
     scaled = a.scaled_min_region or max(1, round(a.min_region * float(np.median(sizes.max(1))) / 1024))
     rows = {m: run_policies(sizes, gt, gt_labels, bing_boxes, random_boxes, m, a.pairs, a.seed, a.size)
             for m in (a.min_region, scaled)}
@@ -262,8 +307,9 @@ def main(argv=None) -> dict:
            "median_image_size": np.median(sizes, 0).tolist(), "bing_s": bing_s, "wall_s": time.perf_counter() - t0}
     print(f"{len(scored)} scored images ({scored.num_boxes} boxes, {out['images_without_boxes']} images without "
           f"boxes), BING fitted on {len(fit)}; {a.pairs} pairs per image, seed {a.seed}; BING precision@10 "
-          f"{out['bing_precision_at_10']:.1%}; scene_object_scale scale "
-          f"{rows[a.min_region]['scene_object_scale']['scale']} / {rows[scaled]['scene_object_scale']['scale']}\n")
+          f"{out['bing_precision_at_10']:.1%}; scene_object_scale window "
+          f"{rows[a.min_region]['scene_object_scale']['window_scale']:.3f} / "
+          f"{rows[scaled]['scene_object_scale']['window_scale']:.3f} of the image area\n")
     for m in (a.min_region, scaled):
         print(table(rows[m], m) + "\n")
     print(f"wall time {out['wall_s']:.1f} s (BING fit and proposals {bing_s:.1f} s)")

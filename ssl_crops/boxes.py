@@ -22,7 +22,8 @@ import numpy as np
 from .box_rows import RowBuilder, box_changes, format_counts, parse_rows, to_float
 from .files import UnsafePickleError, atomic_write, load_npy_dict
 
-__all__ = ["BoxIndex", "load_npy_dict", "image_files", "coco_file_name", "UnsafePickleError", "IMAGE_EXTENSIONS"]
+__all__ = ["BoxIndex", "load_npy_dict", "image_files", "coco_file_name", "random_boxes_like", "UnsafePickleError",
+           "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _FORMAT_VERSION = 1
@@ -393,6 +394,16 @@ def _compact_files(ids: np.ndarray, files: np.ndarray) -> np.ndarray:
     if suffix is not None and np.array_equal(np.char.add(ids, suffix), files):
         return np.array(suffix, dtype=str)
     return files
+
+
+def random_boxes_like(boxes, rng: np.random.Generator) -> np.ndarray:
+    """Normalized boxes ``(N, 4)`` of the sizes of ``boxes`` (normalized ``x0, y0, x1, y1``;
+    sizes clipped to ``[0, 1]``) at uniformly random positions inside the image: the control
+    that keeps a box source's sizes and drops its positions (``main_moco.py --random-boxes``)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    w, h = np.clip(b[:, 2] - b[:, 0], 0, 1), np.clip(b[:, 3] - b[:, 1], 0, 1)
+    x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+    return np.clip(np.stack([x0, y0, x0 + w, y0 + h], 1), 0, 1)  # x0 + w may round past 1
 
 
 def _take_ragged(offsets: np.ndarray, values: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

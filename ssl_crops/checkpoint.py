@@ -363,7 +363,8 @@ class ResumeMismatch(CheckpointError):
 
 # what shapes the model and its input: a change makes another run (--bn-splits: checked when given)
 MUST_MATCH = {"arch": "-a", "moco_dim": "--moco-dim", "moco_k": "--moco-k", "mlp": "--mlp",
-              "image_size": "--image-size", "bn_splits": "--bn-splits"}
+              "image_size": "--image-size", "bn_splits": "--bn-splits",
+              "random_boxes": "--random-boxes"}  # half a control run, half the method, is neither
 NOT_COMPARED = ("resume", "start_epoch", "allow_new_data", "gpu", "rank", "dist_url")  # launch details
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import BoxIndex
+from .boxes import BoxIndex, random_boxes_like
 from .demo import make_demo
 from .images import EncodedImage, ImageReadError, load_image, open_image
 from .sources import find_annotation, load_index
@@ -50,12 +50,17 @@ class ObjectCropDataset(torch.utils.data.Dataset):
     ``bad_images`` counts the skips of this process and ``last_skipped`` lists
     ``(file name, reason)`` of the last item's skips. ``"raise"`` raises :class:`CorruptImageError`. Valid images of any mode or size
     (a PNG named ``.jpg``, CMYK, 1x1 px) are decoded as RGB and served.
+    ``random_boxes=True`` (the random-box control, ``main_moco.py --random-boxes``) replaces an
+    image's boxes (annotations or proposals) by boxes of the same sizes at uniformly random
+    positions, drawn from ``(random_boxes_seed, epoch, image)``: the same in an epoch for every
+    item of the image, new each epoch (:meth:`set_epoch`; ``SeededDataset`` calls it per item).
     """
 
     max_consecutive_failures = 32
 
     def __init__(self, root, index: BoxIndex, transform, proposals: ProposalSource | None = None,
-                 sampling: str = "image", proposal_topk: int = 10, on_corrupt: str = "skip", warn: bool = True):
+                 sampling: str = "image", proposal_topk: int = 10, on_corrupt: str = "skip", warn: bool = True,
+                 random_boxes: bool = False, random_boxes_seed: int = 0):
         if sampling not in ("image", "box"):
             raise ValueError(f"sampling must be 'image' or 'box', got {sampling!r}")
         if on_corrupt not in ("skip", "raise"):
@@ -68,6 +73,16 @@ class ObjectCropDataset(torch.utils.data.Dataset):
         self.uses_boxes = getattr(transform, "uses_boxes", False)
         self.accepts_encoded = getattr(transform, "accepts_encoded", False)  # decodes only what it crops
         self.bad_images, self.last_skipped, self.warn, self._warned = 0, [], warn, set()
+        self.random_boxes, self.random_boxes_seed, self.epoch = bool(random_boxes), int(random_boxes_seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the random boxes of ``random_boxes=True`` are drawn for."""
+        self.epoch = int(epoch)
+
+    def placed_boxes(self, image: int, boxes) -> np.ndarray:
+        """``boxes`` of ``image`` at the random positions of this epoch (``random_boxes=True``)."""
+        rng = np.random.default_rng([self.random_boxes_seed, self.epoch, image])
+        return random_boxes_like(boxes, rng)
 
     def __len__(self) -> int:
         return self.index.num_boxes if self.sampling == "box" else len(self.index)
@@ -78,10 +93,15 @@ class ObjectCropDataset(torch.utils.data.Dataset):
     def _image_and_boxes(self, i: int):
         image = self._image_of(i)
         boxes = self.index.flat_boxes[i:i + 1] if self.sampling == "box" else self.index.boxes(i)
+        if self.random_boxes and len(boxes):  # all of the image's boxes drawn at once: item i takes its row
+            row = i - int(self.index.box_image.searchsorted(image)) if self.sampling == "box" else slice(None)
+            boxes = self.placed_boxes(image, self.index.boxes(image))[row].reshape(-1, 4)
         img = open_image(self.root / self.index.path(image))
         if len(boxes) == 0 and self.proposals is not None:  # proposals computed from pixels need the full image
             pixels = img.decode() if getattr(self.proposals, "needs_image", True) else None
             boxes = self.proposals.proposals_for(self.index.image_id(image), pixels, self.proposal_topk)
+            if self.random_boxes and len(boxes):
+                boxes = self.placed_boxes(image, boxes)
         return (img if self.accepts_encoded else img.decode()), boxes
 
     def _next_image_item(self, i: int) -> int:

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from ssl_crops.boxes import BoxIndex, UnsafePickleError, load_npy_dict
+from ssl_crops.boxes import BoxIndex, UnsafePickleError, load_npy_dict, random_boxes_like
 
 CLASSES = ["/m/cat", "/m/dog", "/m/car"]
 
@@ -339,3 +339,13 @@ def test_folder_counts_the_files_it_leaves_out(tmp_path):
     assert len(index) == 1 and index.skipped == {"files that are not images": 3}
     assert index.describe() == (f"{tmp_path / 'txt'} (image folder, no boxes): 1 images, 0 boxes, 0 classes; "
                                 "left out: 3 files that are not images")
+
+
+def test_random_boxes_like_keep_sizes_inside_the_image():
+    boxes = np.array([[0.1, 0.2, 0.5, 0.4], [0, 0, 1, 1], [0.3, 0.3, 0.35, 0.9], [-0.1, 0.5, 0.2, 1.2]])
+    out = random_boxes_like(boxes, np.random.default_rng(0))
+    sizes = np.clip(boxes[:, 2:] - boxes[:, :2], 0, 1)
+    np.testing.assert_allclose(out[:, 2:] - out[:, :2], sizes, atol=1e-12)
+    assert (out >= 0).all() and (out <= 1).all() and not np.allclose(out[0], boxes[0])
+    np.testing.assert_array_equal(out, random_boxes_like(boxes, np.random.default_rng(0)))
+    assert random_boxes_like(np.zeros((0, 4)), np.random.default_rng(0)).shape == (0, 4)

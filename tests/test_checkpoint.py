@@ -314,6 +314,15 @@ def test_mismatched_resume_is_one_line_naming_both_values(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_random_boxes_must_match_on_resume(capsys):
+    """Half a random-box control run and half the method is neither: refused both ways."""
+    for saved, now in ((True, False), (False, True)):
+        with pytest.raises(ck.ResumeMismatch, match=f"--random-boxes {'on' if saved else 'off'} in the checkpoint"):
+            ck.check_resume("c.pth", _ckpt(random_boxes=saved), Namespace(**{**RUN_ARGS, "random_boxes": now}), DATA)
+    ck.check_resume("c.pth", _ckpt(), Namespace(**{**RUN_ARGS, "random_boxes": True}), DATA)  # older: not recorded
+    assert "random_boxes" not in capsys.readouterr().out
+
+
 def test_resume_prints_what_changed(capsys):
     args = Namespace(**{**RUN_ARGS, "lr": 0.06, "epochs": 4, "workers": 8, "resume": "c.pth", "allow_new_data": True})
     ck.check_resume("c.pth", _ckpt(), args, DATA, world_size=2, main=False)  # other ranks print nothing

@@ -69,6 +69,48 @@ def test_images_without_boxes_use_top_k_proposals(demo_root):
     assert rec.seen[-1].shape[0] == 0
 
 
+def _sizes(b):
+    return np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
+
+
+@pytest.mark.parametrize("sampling", ["image", "box"])
+def test_random_boxes_keep_sizes_and_move_per_seed_and_epoch(demo_root, sampling):
+    """--random-boxes: each image's boxes at random positions inside the image, their sizes kept;
+    the same for a seed and epoch (and for every item of an image), new for another epoch or seed."""
+    index = load_index(demo_root / "images")
+
+    def boxes(seed, epoch):
+        rec = RecordingCrop()
+        ds = ObjectCropDataset(demo_root / "images", index, rec, sampling=sampling, random_boxes=True,
+                               random_boxes_seed=seed)
+        ds.set_epoch(epoch)
+        for j in range(len(ds)):
+            ds[j]
+        return np.concatenate(rec.seen)
+
+    first, flat = boxes(0, 0), index.flat_boxes
+    assert first.shape == flat.shape
+    np.testing.assert_allclose(_sizes(first), _sizes(flat), atol=1e-6)
+    assert (first >= 0).all() and (first <= 1).all()
+    assert np.abs(first - flat).max(1).min() > 1e-4  # every box moved
+    np.testing.assert_array_equal(boxes(0, 0), first)
+    assert not np.allclose(boxes(0, 1), first) and not np.allclose(boxes(1, 0), first)
+    # one layout per image and epoch: a box's item sees the row of its image's drawing
+    ds = ObjectCropDataset(demo_root / "images", index, RecordingCrop(), random_boxes=True)
+    np.testing.assert_array_equal(first[:len(index.boxes(0))], ds.placed_boxes(0, index.boxes(0)))
+
+
+def test_random_boxes_move_proposals_too(demo_root):
+    no_boxes = BoxIndex.from_openimages(demo_root / "images_selected_new.npy")  # labels only
+    rec = RecordingCrop()
+    ds = ObjectCropDataset(demo_root / "images", no_boxes, rec, proposals=FixedProposals(), proposal_topk=5,
+                           random_boxes=True, random_boxes_seed=2)
+    ds[0]
+    fixed = np.tile([[0.1, 0.1, 0.6, 0.6]], (5, 1))
+    assert rec.seen[0].shape == (5, 4) and not np.allclose(rec.seen[0], fixed)
+    np.testing.assert_allclose(_sizes(rec.seen[0]), _sizes(fixed), atol=1e-6)
+
+
 def test_plain_two_view_transforms_get_only_the_image(demo_root):
     index = load_index(demo_root / "images")
     ds = ObjectCropDataset(demo_root / "images", index, TwoViews(eval_transform(16)))

@@ -55,7 +55,8 @@ class SeededDataset(Dataset):
     ``(seed, epoch, i)`` (the global RNG states are restored afterwards), as
     ``(views, i, events, skipped)``: ``events`` counts what this item caused in the process that
     loaded it (``run.EVENTS``: skipped bad images, scene-crop fallbacks of the transform) and
-    ``skipped`` holds the skipped images as ``name\treason`` lines."""
+    ``skipped`` holds the skipped images as ``name\treason`` lines. A dataset with ``set_epoch``
+    (``ObjectCropDataset``: its random boxes) is told the item's epoch first."""
 
     def __init__(self, dataset, seed):
         self.dataset, self.seed = dataset, seed
@@ -74,6 +75,8 @@ class SeededDataset(Dataset):
         state = random.getstate(), np.random.get_state(), torch.get_rng_state()
         random.seed(s), np.random.seed(s), torch.default_generator.manual_seed(s)
         before = self._counts()
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
         try:
             views, index = self.dataset[i]
         finally:
@@ -114,7 +117,10 @@ def check_inputs(args):
             warnings.simplefilter("ignore")
         index = load_index(AnnotationSpec.from_args(args, args.data))
         test_index = knn_test_index(args, index) if args.knn_every > 0 else None
-    sampling = crop_plan(args, index)[1]
+    mode, sampling = crop_plan(args, index)
+    if args.random_boxes and mode == "scene":
+        raise ValueError("--random-boxes moves the boxes of object crops: scene crops use no boxes (add --bing_crops "
+                         "or --crop-mode object-object / object-scene)")
     samples = index.num_boxes if sampling == "box" else len(index)
     if samples < args.batch_size:
         raise ValueError(f"{index.source}: {samples} {'boxes' if sampling == 'box' else 'images'} to train on "
@@ -160,6 +166,9 @@ def build_dataset(args, run_dir, main=True, index=None):
     if main and proposals is not None:
         print(f"{unboxed} of {len(index)} images have no boxes: object crops from their top {args.bing_topk} "
               f"BING proposals from {source}", flush=True)
+    if main and args.random_boxes:
+        print("--random-boxes: every image's boxes (and proposals) replaced by boxes of the same sizes at uniformly "
+              "random positions, drawn per epoch from the seed (the random-box control)", flush=True)
     on_device = getattr(args, "augment_on", None) == "device"  # workers then return uint8 crops
     crop = ObjectAwareCrop(mode=mode, geometry=args.crop_geometry, dilation=args.dilation,
                            min_scale=args.min_scale, object_min_scale=args.rescale_parameter, size=args.image_size,
@@ -167,7 +176,8 @@ def build_dataset(args, run_dir, main=True, index=None):
                            augment=v2.PILToTensor() if on_device else moco_augment(args.aug_plus))
     dataset = ObjectCropDataset(args.data, index, crop, proposals=proposals, sampling=sampling,
                                 proposal_topk=args.bing_topk, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"),
-                                warn=False)  # the run names skipped images in its log and bad_images.txt
+                                warn=False,  # the run names skipped images in its log and bad_images.txt
+                                random_boxes=args.random_boxes, random_boxes_seed=args.seed or 0)  # None: not via the run
     return dataset, index
 
 

@@ -111,6 +111,9 @@ def build_parser():
                         "under --sampling image (default: fit BING on the annotated images, saved as "
                         "<run>/bing.npz)")
     g.add_argument("--bing-topk", type=int, default=10, help="proposals used per image without boxes")
+    g.add_argument("--random-boxes", action="store_true",
+                   help="the random-box control: each image's boxes (annotations and proposals alike) replaced by boxes "
+                        "of the same sizes at uniformly random positions in the image, drawn per epoch from --seed")
     g.add_argument("--image-size", type=int, default=224)
     add_annotation_args(g)
     g.add_argument("--bad-image", choices=["skip", "error"], default="skip",

@@ -143,7 +143,8 @@ def _train(info, args, index, test_index):
         resumed = step if resume_path is not None else None
         tb = TensorBoardLog(args.tensorboard, None if resumed is None else resumed + 1) if args.tensorboard else None
         log = RunLog(run_dir, resumed_step=resumed, tensorboard=tb)
-        print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops), "
+        print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops"
+              f"{', random boxes (--random-boxes)' if args.random_boxes else ''}), "
               f"{info.world_size} process(es) on {info.device.type}, batch {args.batch_size}", flush=True)
 
     def checkpoint(epoch, keep=False, epoch_state=None):
@@ -186,13 +187,13 @@ def _train(info, args, index, test_index):
                 done = epoch + 1
                 ips = args.batch_size * (tally.batches - first) / (time.perf_counter() - start)
                 summary = {"type": "epoch", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "images_per_s": ips,
-                           **events}
+                           **events, **({"random_boxes": True} if args.random_boxes else {})}
                 if knn is not None and (done % args.knn_every == 0 or done == args.epochs):
                     summary.update(knn(model.encoder_q))
                 if main:
                     log.write(summary)
                     print(f"epoch {done}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in summary.items()
-                                                                    if k not in ("type", "epoch")), flush=True)
+                                                                    if k not in ("type", "epoch", "random_boxes")), flush=True)
                     if events["bad_images"]:
                         print(f"  {events['bad_images']} unreadable images skipped this epoch "
                               f"(named in {log.bad_path})", flush=True)

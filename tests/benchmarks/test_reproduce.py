@@ -220,3 +220,115 @@ def test_presets_fit_moco(rp, preset):
     assert cfg["moco_k"] % cfg["batch_size"] == 0 and cfg["moco_k"] < cfg["num_train"]
     assert all(cfg[f"num_{split}"] > 0 for split in rp.SPLITS)
     assert len(cfg["seeds"]) >= (2 if preset == "smoke" else 3)  # the rule needs 3 paired seeds
+
+
+# --------------------------------------------------------------------------- issue 28's retest
+@pytest.fixture(scope="module")
+def rt():
+    spec = importlib.util.spec_from_file_location("reproduce_retest", REPO / "benchmarks" / "reproduce_retest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_t_distribution_matches_the_table(rt):
+    """One-sided critical values of Student's t (any statistics table) and closed forms."""
+    for t, df, p in ((2.132, 4, 0.05), (2.015, 5, 0.05), (3.747, 4, 0.01), (12.706, 1, 0.025), (1.833, 9, 0.05),
+                     (2.764, 10, 0.01), (1.645, 1e6, 0.05)):
+        assert rt.t_sf(t, df) == pytest.approx(p, abs=2e-4), (t, df)
+    assert rt.t_sf(0.0, 7) == pytest.approx(0.5) and rt.t_sf(-2.132, 4) == pytest.approx(0.95, abs=2e-4)
+    for x in (0.1, 0.5, 0.9):
+        assert rt.betainc(1, 1, x) == pytest.approx(x) and rt.betainc(3, 1, x) == pytest.approx(x ** 3)
+    t, p = rt.paired_t([4.0, 2.0, 5.0, 3.0, 1.0])  # mean 3, sd 1.58: t = 4.24 with 4 df
+    assert t == pytest.approx(4.243, abs=1e-3) and p == pytest.approx(0.00662, abs=2e-4)
+    assert rt.paired_t([3.0] * 5) == (float("inf"), 0.0) and rt.paired_t([-1.0] * 5)[1] == 1.0
+    # power over 5 seeds at sd 2 (RESULTS.md): the t-test alone 86% for a true 3 mAP, the rule (mean >= 3 too) 50%
+    draws = np.random.default_rng(0).normal(3.0, 2.0, (4000, 5))
+    p = np.array([rt.paired_t(d)[1] for d in draws])
+    assert 0.84 < (p < 0.05).mean() < 0.88 and 0.47 < ((p < 0.05) & (draws.mean(1) >= 3)).mean() < 0.53
+
+
+def _arm(test, val=None, loss=None):
+    rec = {"knn_object_map": test, "val_knn_object_map": test if val is None else val, "eval_s": 6}
+    return rec if loss is None else {**rec, "loss": [5.6, loss], "train_s": 60}
+
+
+def test_precondition_and_rule(rt):
+    """(b*) - (g) over >= 5 seeds, mean >= 3 and paired t p < 0.05; uninformative unless (g) beats
+    (e) by 10 on validation and (b*), (g) end 1 below ln(K+1) (ln 257 = 5.55 for K=256)."""
+    def results(b, g=(0.40,) * 5, e_val=0.25, loss=4.2):
+        out = {}
+        for s in range(len(b)):
+            out.update({f"b_obj_ann/{s}": _arm(b[s], loss=loss), f"g_random_same/{s}": _arm(g[s], loss=loss),
+                        f"e_random_init/{s}": _arm(0.25, val=e_val)})
+        return out
+
+    seeds = range(5)
+    lines = rt.decide(results((0.44, 0.45, 0.43, 0.46, 0.44)), seeds, 256)
+    assert lines[0].startswith("- precondition met: val (g) - (e) = +15.0 mAP over 5 seeds")
+    assert "paired t = " in lines[1] and lines[1].endswith("passes (mean >= 3 and p < 0.05)")
+    assert lines[-1].startswith("- verdict: annotation-box object crops beat random boxes")
+    # a mean of 4 with one seed far off: the t-test fails (p > 0.05)
+    lines = rt.decide(results((0.40, 0.40, 0.40, 0.40, 0.60)), seeds, 256)
+    assert "does not pass" in lines[1] and lines[-1].startswith("- verdict: not shown")
+    # consistent but below 3 mAP: not shown
+    assert "not shown" in rt.decide(results((0.42, 0.42, 0.425, 0.42, 0.42)), seeds, 256)[-1]
+    # at the floor, or the loss at chance: uninformative whatever (b*) - (g) says
+    for bad in (dict(e_val=0.35), dict(loss=5.0)):
+        lines = rt.decide(results((0.44, 0.45, 0.43, 0.46, 0.44), **bad), seeds, 256)
+        assert lines[0].startswith("- precondition not met") and lines[-1].startswith("- verdict: uninformative")
+    # four seeds: no verdict
+    lines = rt.decide(results((0.5,) * 4, g=(0.4,) * 4), range(4), 256)
+    assert lines[-1] == "- verdict: none: 4 paired seeds of (b*) and (g), the rule needs 5"
+
+
+def test_colour_shortcut_diagnostic(rp):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    targets = np.eye(4, dtype=np.float32)[labels]
+    colours = rng.uniform(0, 255, (300, 3))
+    by_colour = rp.neighbour_shares(colours[:200], targets[:200], colours[:200], colours[200:], targets[200:],
+                                    colours[200:], k=5)
+    assert by_colour[1] > 0.9 and by_colour[0] < 0.5           # features that are the colour
+    by_class = np.eye(4)[labels] + 0.01 * rng.normal(size=(300, 4))
+    shares = rp.neighbour_shares(by_class[:200], targets[:200], colours[:200], by_class[200:], targets[200:],
+                                 colours[200:], k=5)
+    assert shares[0] == 1.0 and 0.3 < shares[1] < 0.7           # class features, blind to colour
+
+
+def test_retest_scenes_have_fewer_larger_objects(rp):
+    rng = np.random.default_rng(1)
+    weights = np.full(12, 1 / 12)
+    counts = []
+    for _ in range(60):
+        img, objects = rp.make_scene(rng, 96, weights, objects=(1, 3), side=(0.25, 0.42))
+        counts.append(len(objects))
+        assert all(min(x1 - x0, y1 - y0) >= 0.25 * 96 * 0.8 * 0.6 for _, x0, y0, x1, y1 in objects)
+    assert min(counts) >= 1 and max(counts) <= 3 and np.mean(counts) < 3
+
+
+@pytest.mark.slow
+def test_retest_smoke_end_to_end(rt, tmp_path, one_thread):
+    res = rt.main(["--preset", "smoke", "--out", str(tmp_path), "--seeds", "0", "--threads", "1", "--processes", "2"])
+    assert set(res["runs"]) == {f"{s}/0" for s in rt.SETTINGS}  # each in a process of its own, none lost
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(f"{s}-0.log" for s in rt.SETTINGS)
+    for key, r in res["runs"].items():
+        assert 0 < r["knn_object_map"] <= 1 and 0 <= r["nn_colour_near"] <= 1 and 0 <= r["val_nn_same_class"] <= 1
+        assert ("loss" in r) == (not key.startswith("e_")), key
+    table = (tmp_path / "table.md").read_text()
+    assert "| (b*) | 0 |" in table and "| (g) - (e) | val_knn_object_map |" in table
+    assert "- verdict: none: 1 paired seeds of (b*) and (g), the rule needs 5" in table
+    pilot = rt.main(["--preset", "smoke", "--out", str(tmp_path), "--seeds", "0", "--threads", "1", "--pilot",
+                     "--settings", "g_random_same"])
+    assert "knn_object_map" not in pilot["runs"]["g_random_same/0"]  # validation only
+    assert (tmp_path / "pilot.md").read_text().startswith("PILOT (validation only, not the result)")
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu"])
+def test_retest_presets(rt, preset):
+    """The queue divides by the batch and holds fewer samples than the train set; >= 5 seeds but in smoke;
+    min_region below the smallest object side the scenes draw."""
+    cfg = rt.config(preset)
+    assert cfg["moco_k"] % cfg["batch_size"] == 0 and cfg["moco_k"] < cfg["num_train"]
+    assert len(cfg["seeds"]) >= (1 if preset == "smoke" else 5) and cfg["moco_t"] == 0.1
+    assert rt.make_crop("b_obj_ann", cfg).min_region < cfg["object_side"][0] * cfg["image_size"] * 0.8

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TIMES = ("bing_s", "wall_s")
@@ -46,12 +47,35 @@ def test_pair_kinds_are_disjoint(vp):
     assert not any(v.any() for v in vp.pair_kinds(np.array([-1]), np.array([-1]), np.zeros(0, int)).values())
 
 
-def test_random_boxes_keep_sizes(vp):
-    boxes = np.array([[0.1, 0.2, 0.5, 0.4], [0, 0, 1, 1], [0.3, 0.3, 0.35, 0.9]])
-    out = vp.random_boxes_like(boxes, 100, 80, np.random.default_rng(0))
-    np.testing.assert_allclose(out[:, 2:] - out[:, :2], boxes[:, 2:] - boxes[:, :2])
-    assert (out >= 0).all() and (out <= 1 + 1e-12).all()
-    assert not np.allclose(out[0], boxes[0])
+def test_windowed_scene_keeps_both_views_in_one_window(vp):
+    """The scale control: both views inside one window of the image area asked, median view area 0.6 x it."""
+    crop = vp.WindowedScene(0.1)
+    g = torch.Generator().manual_seed(0)
+    pairs = np.array([crop.sample_regions(200, 100, None, g) for _ in range(400)], float)
+    span = np.concatenate([np.minimum(pairs[:, 0, :2], pairs[:, 1, :2]),
+                           np.maximum(pairs[:, 0, 2:], pairs[:, 1, 2:])], 1)
+    assert ((span[:, 2] - span[:, 0]) * (span[:, 3] - span[:, 1]) <= 0.1 * 200 * 100 * 1.1).all()
+    areas = (pairs[..., 2] - pairs[..., 0]) * (pairs[..., 3] - pairs[..., 1]) / (200 * 100)
+    assert np.median(areas) == pytest.approx(0.06, rel=0.15)
+    assert (vp.shared_pixels(pairs[:, 0], pairs[:, 1]) == 0).mean() < 0.1
+    # the old control (two independent scene crops at that scale) breaks many pairs
+    old = vp.object_crop("scene", scale=(0.02, 0.1))
+    loose = np.array([old.sample_regions(200, 100, None, g) for _ in range(400)], float)
+    assert (vp.shared_pixels(loose[:, 0], loose[:, 1]) == 0).mean() > 0.4
+
+
+def test_matched_window_hits_the_median_view_area(vp):
+    sizes = np.array([[640, 480], [480, 640], [500, 500]] * 10)
+    for target in (0.05, 0.14):
+        window = vp.matched_window(target, sizes)
+        got = vp.median_area(vp.WindowedScene(window), sizes, [np.zeros((0, 4))] * len(sizes))
+        assert got == pytest.approx(target, rel=0.05) and window > target / 0.6  # above the uncorrected guess
+
+
+def test_shared_pixels(vp):
+    a = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
+    b = np.array([[5, 5, 20, 20], [10, 0, 20, 10], [9, 9, 11, 11]])
+    assert vp.shared_pixels(a, b).tolist() == [25, 0, 1]  # touching edges share no pixel (exclusive ends)
 
 
 def test_object_scale_range(vp):
@@ -78,11 +102,16 @@ def test_cli_on_generated_data(vp, demo_root, tmp_path):
             shares = [r[k] for k in ("object_view", "no_object", *vp.PAIR_KINDS)]
             assert all(0 <= s <= 1 for s in shares), name
             assert sum(r[k] for k in vp.PAIR_KINDS) <= 1 + 1e-9, name
+            assert 0 <= r["disjoint"] <= 1, name
             assert r["median_view_side"] > 0 and r["median_upscale"] == pytest.approx(64 / r["median_view_side"], 0.2)
         # the scene control at object scale matches object_original's median view area
         assert rows["scene_object_scale"]["median_view_area"] == pytest.approx(
             rows["object_original"]["median_view_area"], rel=0.35)
         assert rows["scene"]["median_view_area"] > rows["object_original"]["median_view_area"]
+        # random boxes of the images' own annotation sizes: object_original's view sizes, other contents
+        assert rows["random_same_sizes"]["median_view_side"] == pytest.approx(
+            rows["object_original"]["median_view_side"], rel=0.3)
+        assert rows["random_same_sizes"]["same_instance"] != rows["object_original"]["same_instance"]
     # a smaller min_region gives smaller object views
     assert res["policies_scaled_min_region"]["object_original"]["median_view_side"] < \
         res["policies"]["object_original"]["median_view_side"]
@@ -96,7 +125,8 @@ def test_split_cli(demo_root):
                         "--pairs", "2"], capture_output=True, text=True,
                        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
-    assert "12 scored images" in r.stdout and "BING fitted on 12" in r.stdout and "| random_boxes |" in r.stdout
+    assert "12 scored images" in r.stdout and "BING fitted on 12" in r.stdout and "| random_boxes |" in r.stdout \
+        and "| random_same_sizes |" in r.stdout and "disjoint pairs" in r.stdout
 
 
 @pytest.mark.parametrize("extra, message", [([], "error: give --fit-coco (BING's training images) or --split"),

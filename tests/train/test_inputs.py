@@ -148,7 +148,10 @@ def test_crop_flags_reach_the_transform(demo_root, tmp_path):
     crop = dataset.transform
     assert (crop.mode, crop.geometry, crop.min_region, crop.scale, crop.object_scale, crop.dilation, crop.anchor,
             crop.size) == ("object-scene", "relative", 96, (0.3, 1.0), (0.1, 1.0), 0.5, True, (48, 48))
-    assert dataset.sampling == "image" and len(dataset) == len(index)
+    assert dataset.sampling == "image" and len(dataset) == len(index) and not dataset.random_boxes
+    moved, _ = build_dataset(parse_args([str(demo_root / "images"), "--bing_crops", "--random-boxes", "--seed", "5"]),
+                             tmp_path)
+    assert moved.random_boxes and moved.random_boxes_seed == 5
     assert not parse_args(["D", "--anchor", "--no-anchor"]).anchor
     with pytest.raises(SystemExit):
         parse_args(["D", "--crop-geometry", "paper"])

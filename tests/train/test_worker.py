@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ssl_crops import checkpoint, train
+from ssl_crops import data as data_module
 from ssl_crops.data import CorruptImageError, load_index
 from ssl_crops.train import loop, options, worker
 
@@ -314,6 +315,30 @@ def test_training_runs_with_device_augmentation(demo, tmp_path, clean_env):
     assert all(np.isfinite(r["loss"]) for r in records)
 
 
+def test_random_boxes_reach_the_dataset_header_log_and_checkpoint(demo, tmp_path, clean_env, capsys, monkeypatch):
+    """--random-boxes in a real run: the crops get the moved boxes (sizes kept), drawn for each
+    epoch; the header line, every epoch record and the checkpoint's args say it is on."""
+    torch.set_num_threads(1)
+    drawn = []
+    placed = data_module.ObjectCropDataset.placed_boxes
+
+    def recording(self, image, boxes):
+        out = placed(self, image, boxes)
+        drawn.append((self.epoch, image, np.asarray(boxes).copy(), out))
+        return out
+
+    monkeypatch.setattr(data_module.ObjectCropDataset, "placed_boxes", recording)
+    run_dir = _run(demo, tmp_path, "--random-boxes", "--image-size", "16")
+    assert "crops, random boxes (--random-boxes))" in capsys.readouterr().out
+    assert {e for e, *_ in drawn} == {0, 1} and len(drawn) == 2 * 4 * 32  # 2 epochs of 4 batches of 32 images
+    for _, _, boxes, out in drawn:
+        np.testing.assert_allclose(out[:, 2:] - out[:, :2], boxes[:, 2:] - boxes[:, :2], atol=1e-6)
+        assert not np.allclose(out, boxes)
+    epochs = [r for r in _records(run_dir) if r["type"] == "epoch"]
+    assert len(epochs) == 2 and all(r["random_boxes"] is True for r in epochs)
+    assert torch.load(run_dir / "checkpoint_last.pth", weights_only=True)["args"]["random_boxes"] is True
+
+
 def test_scene_fallbacks_of_the_crop_are_logged_per_epoch(demo, tmp_path, clean_env, capsys):
     """Object crops on images without boxes (and no proposals) fall back to scene crops: the real
     ObjectAwareCrop counts each one, and the epoch record and line report the count."""
@@ -423,7 +448,8 @@ def _mistakes(tmp_path, demo):
             ("{} json", [images, "--coco", str(tmp_path / "braces.json")], "braces.json: not a COCO detection json"),
             ("batch > dataset", [images, "-b", "1024"], "fewer than the batch size 1024 (-b)"),
             ("json as --labels", [images, "--labels", str(tmp_path / "braces.json")], "pass a COCO or LVIS json as --coco"),
-            ("missing proposals", [images, "--proposals", str(tmp_path / "bing.npz")], "--proposals")]
+            ("missing proposals", [images, "--proposals", str(tmp_path / "bing.npz")], "--proposals"),
+            ("random boxes of scene crops", [images, "--random-boxes"], "scene crops use no boxes")]
 
 
 def test_user_mistakes_are_one_error_line_exit_2_and_leave_no_run_folder(demo, tmp_path, clean_env, capsys):
