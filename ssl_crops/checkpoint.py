@@ -391,16 +391,18 @@ def check_resume(path, ckpt, args, fingerprint=None, world_size=1, main=True):
     checkpoints, the original MoCo's) is not checked."""
     old = {"arch": ckpt.get("arch"), **(ckpt.get("args") or {})}
     new = json.loads(json.dumps(vars(args), default=str))
-    bad = [f"{flag} {_show(old[k])} in the checkpoint, {_show(new[k])} now" for k, flag in MUST_MATCH.items()
-           if old.get(k) is not None and new.get(k) is not None and old[k] != new[k]]
+    differ = [(k, flag) for k, flag in MUST_MATCH.items()
+              if old.get(k) is not None and new.get(k) is not None and old[k] != new[k]]
+    bad = [f"{flag} {_show(old[k])} in the checkpoint, {_show(new[k])} now" for k, flag in differ]
+    flags = " ".join(f"{flag} {old[k]}" for k, flag in differ if not isinstance(old[k], bool))
     data = ckpt.get("dataset")
     other_data = data is not None and fingerprint is not None and data != fingerprint
     if other_data and not new.get("allow_new_data"):
         bad.append(f"dataset of {_show_data(data)} in the checkpoint, {_show_data(fingerprint)} now "
                    "(--allow-new-data continues on it)")
     if bad:
-        raise ResumeMismatch(f"cannot resume {path}: {'; '.join(bad)}; resume with the checkpoint's settings, "
-                             "or start a new run with another --save_name")
+        raise ResumeMismatch(f"cannot resume {path}: {'; '.join(bad)}; resume with the checkpoint's settings"
+                             f"{f' ({flags})' if flags else ''}, or start a new run with another --save_name")
     if not main:
         return
     changed = [f"{k} {_show(old[k])} -> {_show(v)}" for k, v in new.items()

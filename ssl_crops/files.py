@@ -2,6 +2,8 @@
 real name) and pickled annotation dicts read without executing code from the pickle."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import threading
@@ -11,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write", "load_npy_dict", "UnsafePickleError"]
+__all__ = ["atomic_write", "json_text", "load_npy_dict", "UnsafePickleError"]
 
 
 @contextmanager
@@ -35,6 +37,20 @@ def atomic_write(path, mode: str = "wb", backup=None):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def json_text(obj, **kwargs) -> str:
+    """``json.dumps(obj)`` as strict JSON: NaN and infinities (not JSON) become ``null``;
+    ``allow_nan=False`` catches any that slip through (numpy scalars become numbers)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
 class UnsafePickleError(pickle.UnpicklingError):
