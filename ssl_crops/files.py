@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write", "json_text", "load_npy_dict", "UnsafePickleError"]
+__all__ = ["atomic_write", "atomic_link", "json_text", "load_npy_dict", "UnsafePickleError"]
 
 
 @contextmanager
@@ -35,6 +36,24 @@ def atomic_write(path, mode: str = "wb", backup=None):
         if backup is not None and path.is_file():
             os.replace(path, backup)
         os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_link(src, path) -> bool:
+    """Put a file with ``src``'s content at ``path`` atomically: a hard link (no second copy on
+    disk; True), or a copy where the file system has none (False)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.link")
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(src, "rb") as f, atomic_write(path) as out:
+            shutil.copyfileobj(f, out)
+        return False
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -8,12 +8,13 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = ["ImageReadError", "EncodedImage", "open_image", "load_image", "image_size", "JPEG_SCALES"]
 
 JPEG_SCALES = (8, 4, 2)  # the DCT scale divisors libjpeg decodes at, besides 1 (the full image)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 
 class ImageReadError(ValueError):
@@ -26,7 +27,8 @@ class EncodedImage:
     """An image file read but not decoded: ``size`` and ``format`` come from the header; pixels
     are decoded on demand, a JPEG at a reduced DCT scale (1/2, 1/4, 1/8) when allowed.
 
-    A missing, truncated or undecodable file raises :class:`ImageReadError` naming it.
+    A missing, empty, truncated or undecodable file raises :class:`ImageReadError` naming it;
+    a JPEG that lacks only its end marker is decoded, with ``truncated`` set (the caller counts it).
     """
 
     def __init__(self, path):
@@ -37,6 +39,11 @@ class EncodedImage:
             raise ImageReadError(f"{path}: image file not found") from None
         except OSError as e:
             raise ImageReadError(f"{path}: cannot read image ({e})") from e
+        if not self._data:
+            raise ImageReadError(f"{path}: empty file (0 bytes)")
+        self.truncated = self._data[:2] == _JPEG_START and not self._data.rstrip(b"\0").endswith(_JPEG_END)
+        if self.truncated:  # libjpeg decodes what is there; PIL refuses a stream without its end marker
+            self._data += _JPEG_END
         with self._open() as f:
             self.size, self.format = f.size, f.format
         self._decoded: Image.Image | None = None
@@ -85,6 +92,8 @@ class EncodedImage:
     def _open(self) -> Image.Image:
         try:
             return Image.open(io.BytesIO(self._data))
+        except UnidentifiedImageError:
+            raise ImageReadError(f"{self.path}: not an image file (no format PIL reads)") from None
         except _DECODE_ERRORS as e:
             raise ImageReadError(f"{self.path}: cannot decode image ({e})") from e
 
@@ -115,5 +124,8 @@ def image_size(path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
+    except UnidentifiedImageError:
+        empty = Path(path).stat().st_size == 0
+        raise ImageReadError(f"{path}: {'empty file (0 bytes)' if empty else 'not an image file'}") from None
     except _DECODE_ERRORS as e:
         raise ImageReadError(f"{path}: cannot read image ({e})") from e

@@ -23,7 +23,7 @@ from .files import atomic_write, json_text
 __all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "stop_workers", "LoaderDied", "loader_died", "EpochTally",
            "RunLog", "TensorBoardLog", "finite_or_none", "on_rank0"]
 
-EVENTS = ("bad_images", "scene_fallbacks")  # per-item event counts, summed over workers and ranks
+EVENTS = ("bad_images", "scene_fallbacks", "truncated_images")  # per-item counts, summed over workers and ranks
 
 
 STOP_LAG = 2  # steps from a signal's arrival to the agreed stop when distributed (see StopSignal)
@@ -180,8 +180,8 @@ class EpochTally:
             sums = state["loss_sums"].to(info.device)
             # the epoch loss is the mean over ranks of each rank's sum: same ranks, same sums
             self.loss_sum += sums[info.rank] if len(sums) == info.world_size else sums.sum() / len(sums)
-            if info.rank == 0:
-                self.events += state["events"]
+            if info.rank == 0:  # a checkpoint from before an event was counted has fewer
+                self.events[:len(state["events"])] += state["events"]
             self.batches = int(state["batches"])
 
     def add(self, loss, events, skipped):

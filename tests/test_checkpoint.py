@@ -250,33 +250,6 @@ def test_resume_never_starts_afresh_over_a_run(tmp_path):
         ck.locate_resume(fresh, tmp_path)
 
 
-def test_step_seed_depends_on_seed_and_step_only():
-    assert ck.step_seed(0, 5) == ck.step_seed(0, 5)
-    assert len({ck.step_seed(s, t) for s in range(3) for t in range(100)}) == 300
-    assert 0 <= ck.step_seed(2**31, 10**9) < 2**63
-
-
-def test_seed_step_makes_a_step_independent_of_earlier_draws():
-    ck.seed_step(0, 7)
-    a = torch.randperm(16)
-    torch.rand(1000)  # e.g. a DataLoader iterator drawing its base seed
-    ck.seed_step(0, 7)
-    assert torch.equal(torch.randperm(16), a)
-    ck.seed_step(0, 8)
-    assert not torch.equal(torch.randperm(16), a)
-
-
-def test_step_seeds_differ_per_rank():
-    """Rank 0 keeps the single-process seed (of runs saved before seeds had a rank); other
-    ranks draw other device augmentation and shuffle-BN permutations at the same step."""
-    assert ck.step_seed(3, 7, rank=0) == ck.step_seed(3, 7)
-    assert len({ck.step_seed(3, t, r) for t in range(50) for r in range(8)}) == 400
-    ck.seed_step(3, 7, rank=1)
-    a = torch.rand(4)
-    ck.seed_step(3, 7, rank=0)
-    assert not torch.equal(torch.rand(4), a)
-
-
 class Hostile:
     def __reduce__(self):
         return (print, ("this ran",))

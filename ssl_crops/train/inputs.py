@@ -56,7 +56,8 @@ class SeededDataset(Dataset):
     """Item ``(epoch, i)`` is ``dataset[i]`` drawn with torch/numpy/random seeded by
     ``(seed, epoch, i)`` (the global RNG states are restored afterwards), as
     ``(views, i, events, skipped)``: ``events`` counts what this item caused in the process that
-    loaded it (``run.EVENTS``: skipped bad images, scene-crop fallbacks of the transform) and
+    loaded it (``run.EVENTS``: skipped bad images, scene-crop fallbacks of the transform, truncated
+    JPEGs decoded) and
     ``skipped`` holds the skipped images as ``name\treason`` lines."""
 
     def __init__(self, dataset, seed):
@@ -67,7 +68,8 @@ class SeededDataset(Dataset):
 
     def _counts(self):
         transform = getattr(self.dataset, "transform", None)
-        return getattr(self.dataset, "bad_images", 0), getattr(transform, "scene_fallbacks", 0)
+        return (getattr(self.dataset, "bad_images", 0), getattr(transform, "scene_fallbacks", 0),
+                getattr(self.dataset, "truncated_images", 0))
 
     def __getitem__(self, key):
         epoch, i = key
