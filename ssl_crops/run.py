@@ -21,7 +21,7 @@ from . import distributed as du
 from .files import atomic_write, json_text
 
 __all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "stop_workers", "LoaderDied", "loader_died", "EpochTally",
-           "RunLog", "TensorBoardLog", "finite_or_none", "on_rank0"]
+           "RunLog", "TensorBoardLog", "die_with_parent", "finite_or_none", "on_rank0"]
 
 EVENTS = ("bad_images", "scene_fallbacks", "truncated_images")  # per-item counts, summed over workers and ranks
 
@@ -117,9 +117,33 @@ def _signals():
 def ignore_stop_signals(worker_id=None):
     """``worker_init_fn`` of DataLoaders: the worker ignores the stop signals (the main process
     handles them). Torch's own worker handler would let SIGTERM from anyone but the parent kill
-    the worker mid-batch; ``kill -TERM -- -PGID``, SLURM and ``timeout`` send it to every process."""
+    the worker mid-batch; ``kill -TERM -- -PGID``, SLURM and ``timeout`` send it to every process.
+    The worker ends with its parent (:func:`die_with_parent`): a SIGKILLed run leaves none behind."""
     for sig in _signals():
         signal.signal(sig, signal.SIG_IGN)
+    die_with_parent()
+
+
+def die_with_parent(poll=0.2):
+    """End this process when its parent dies: on Linux the kernel SIGKILLs it (``prctl``
+    ``PR_SET_PDEATHSIG``); elsewhere a daemon thread checks the parent every ``poll`` seconds.
+    (Torch's own worker check waits for a 5 s queue timeout first.)"""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # it died before the call
+                os._exit(1)
+            return
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
 def stop_workers(loader_or_iterator):

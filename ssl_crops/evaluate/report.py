@@ -110,10 +110,11 @@ def _range(r: dict) -> str:
     return "" if lo is None else f" [{lo}-{hi} imgs]"
 
 
-def format_table(report: dict) -> str:
+def format_table(report: dict, notes: bool = True) -> str:
     """Plain-text summary (percent): overall mAP, the paper-comparable batch-mean mAP, mAP per
     frequency group and tertile, top-1/5, the probe setting, the image size, kNN, unseen test
-    classes."""
+    classes. ``notes=False`` leaves out the lines a run printed as it went (image size, sweep
+    notes, unseen test classes), so that each is printed once."""
     t = report["thresholds"]
     rows = [f"{'subset':<44}{'classes':>8}{'mAP %':>8}",
             f"{'all (whole test set)':<44}{report['classes_evaluated']:>8}{_pct(report['map']):>8}"]
@@ -141,13 +142,13 @@ def format_table(report: dict) -> str:
         best = report["best"]
         val = ", ".join(f"{k} {100 * v:.2f}" for k, v in best.items() if k.startswith("val_"))
         rows.append(f"probe: lr {best['lr']:g}, wd {best['wd']:g} chosen from {len(report['sweep'])} ({val})")
-        for note in report.get("sweep_notes", []):
+        for note in report.get("sweep_notes", []) if notes else ():
             rows.append(f"probe: {note}")
-    if "image_size" in report:
+    if "image_size" in report and notes:
         source = report.get("image_size_source")
         rows.append(f"image size: {report['image_size']} px" + (f" ({source})" if source else ""))
     for key, v in report.get("knn", {}).items():
         rows.append(f"{key:<44}{'':>8}{_pct(v):>8}")
-    for note in report.get("notes", []):
+    for note in report.get("notes", []) if notes else ():
         rows.append(f"note: {note}")
     return "\n".join(rows)
