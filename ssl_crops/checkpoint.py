@@ -26,10 +26,11 @@ import torch
 from . import distributed as du
 from .files import atomic_link, atomic_write
 
-__all__ = ["CheckpointError", "OutputError", "capture_rng", "restore_rng", "to_moco_layout", "load_model_state", "encoder_state_dict", "ARCH_CANDIDATES", "backbone_state_dict",
-           "infer_arch", "backbone_weights", "read_checkpoint", "load_checkpoint", "checkpoint_arch",
-           "write_checkpoint", "check_output", "save_checkpoint", "run_checkpoints", "find_resume_checkpoint",
-           "locate_resume", "resume", "ResumeMismatch", "dataset_fingerprint", "check_resume"]
+__all__ = ["CheckpointError", "OutputError", "capture_rng", "restore_rng", "to_moco_layout", "load_model_state",
+           "encoder_state_dict", "ARCH_CANDIDATES", "backbone_state_dict", "infer_arch", "backbone_weights",
+           "read_checkpoint", "load_checkpoint", "checkpoint_arch", "write_checkpoint", "check_output",
+           "save_checkpoint", "run_checkpoints", "find_resume_checkpoint", "locate_resume", "resume",
+           "ResumeMismatch", "dataset_fingerprint", "check_resume"]
 
 LAST, PREV = "checkpoint_last.pth", "checkpoint_prev.pth"
 ARCH_CANDIDATES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",

@@ -41,8 +41,8 @@ class EncodedImage:
             raise ImageReadError(f"{path}: cannot read image ({e})") from e
         if not self._data:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
-        self.truncated = self._data[:2] == _JPEG_START and not self._data.rstrip(b"\0").endswith(_JPEG_END)
-        if self.truncated:  # libjpeg decodes what is there; PIL refuses a stream without its end marker
+        self.truncated = _lacks_only_its_end(self._data)
+        if self.truncated:  # PIL refuses a stream without its end marker; libjpeg decodes it whole
             self._data += _JPEG_END
         with self._open() as f:
             self.size, self.format = f.size, f.format
@@ -93,7 +93,8 @@ class EncodedImage:
         try:
             return Image.open(io.BytesIO(self._data))
         except UnidentifiedImageError:
-            raise ImageReadError(f"{self.path}: not an image file (no format PIL reads)") from None
+            raise ImageReadError(f"{self.path}: cannot decode image: not an image file (no format PIL "
+                                 "reads)") from None
         except _DECODE_ERRORS as e:
             raise ImageReadError(f"{self.path}: cannot decode image ({e})") from e
 
@@ -106,6 +107,24 @@ class EncodedImage:
                 return f.convert(mode)
         except _DECODE_ERRORS as e:
             raise ImageReadError(f"{self.path}: cannot decode image ({e})") from e
+
+
+def _lacks_only_its_end(data: bytes) -> bool:
+    """A JPEG without its end marker whose pixels decode down to its last two rows of 16-px
+    blocks (which the decoder holds back); a JPEG cut shorter is not."""
+    if data[:2] != _JPEG_START or data.rfind(_JPEG_END) > data.rfind(b"\xff\xda"):  # an end after the last scan
+        return False
+    try:
+        f = Image.open(io.BytesIO(data))
+    except _DECODE_ERRORS:
+        return False
+    try:
+        f.load()
+        return True  # decodes as it is (a small one, read in one go)
+    except _DECODE_ERRORS:
+        pass
+    box = f.im.getbbox() if f.im is not None else None  # the rows decoded (the rest stays black)
+    return box is not None and box[3] >= f.size[1] - 32
 
 
 def open_image(path) -> EncodedImage:
@@ -126,6 +145,7 @@ def image_size(path) -> tuple[int, int]:
             return im.size
     except UnidentifiedImageError:
         empty = Path(path).stat().st_size == 0
-        raise ImageReadError(f"{path}: {'empty file (0 bytes)' if empty else 'not an image file'}") from None
+        what = "empty file (0 bytes)" if empty else "cannot read image: not an image file"
+        raise ImageReadError(f"{path}: {what}") from None
     except _DECODE_ERRORS as e:
         raise ImageReadError(f"{path}: cannot read image ({e})") from e

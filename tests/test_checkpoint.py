@@ -162,7 +162,9 @@ def test_resume_auto_skips_truncated_checkpoint(tmp_path):
     ck.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
     ck.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
     newest = tmp_path / "checkpoint_last.pth"
-    newest.write_bytes(newest.read_bytes()[:100])  # a truncated file, now the newest one
+    data = newest.read_bytes()
+    newest.unlink()  # checkpoint_0002.pth is a hard link to it: replaced, not written into
+    newest.write_bytes(data[:100])  # a truncated file (a copy cut short), now the newest one
     with pytest.warns(UserWarning, match="checkpoint_last.pth"):
         path, ckpt = ck.find_resume_checkpoint(tmp_path)
     assert path.name == "checkpoint_0002.pth" and ckpt["epoch"] == 2

@@ -57,14 +57,16 @@ def test_bad_images_are_named_once_across_resumes(tmp_path):
 def test_epoch_tally_sums_and_continues_from_its_state():
     info = DistInfo()
     tally = EpochTally(info)
-    tally.add(torch.tensor(2.0), torch.tensor([[1, 0], [0, 2]]), ["x.jpg\tmissing\n", ""])
-    tally.add(torch.tensor(4.0), torch.tensor([[1, 1]]), ["y.jpg\tempty\nx.jpg\tmissing\n"])
+    tally.add(torch.tensor(2.0), torch.tensor([[1, 0, 0], [0, 2, 1]]), ["x.jpg\tmissing\n", ""])
+    tally.add(torch.tensor(4.0), torch.tensor([[1, 1, 0]]), ["y.jpg\tempty\nx.jpg\tmissing\n"])
     assert tally.take_skipped() == {"x.jpg": "missing", "y.jpg": "empty"} and tally.take_skipped() == {}
     state = tally.state()
-    assert state["batches"] == 2 and state["events"].tolist() == [2, 3]
+    assert state["batches"] == 2 and state["events"].tolist() == [2, 3, 1]
     resumed = EpochTally(info, state)
-    resumed.add(torch.tensor(6.0), torch.tensor([[1, 0]]), [""])
-    assert resumed.summary(3) == (4.0, {"bad_images": 3, "scene_fallbacks": 3})
+    resumed.add(torch.tensor(6.0), torch.tensor([[1, 0, 0]]), [""])
+    assert resumed.summary(3) == (4.0, {"bad_images": 3, "scene_fallbacks": 3, "truncated_images": 1})
+    older = EpochTally(info, {**state, "events": torch.tensor([2, 3])})  # saved before truncated JPEGs were counted
+    assert older.events.tolist() == [2, 3, 0]
     # written by 2 ranks, continued by 1: the per-rank mean of the sums carries over
     two = {**state, "loss_sums": torch.tensor([6.0, 10.0])}
     assert EpochTally(info, two).loss_sum.item() == 8.0
