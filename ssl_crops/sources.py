@@ -134,7 +134,7 @@ def folder_match(index: BoxIndex, root) -> tuple[np.ndarray, list[str]]:
         if folder not in listing:
             try:
                 with os.scandir(root / folder) as it:
-                    listing[folder] = {e.name for e in it if not e.name.startswith(".") and e.is_file()}
+                    listing[folder] = {e.name for e in it if e.is_file()}
             except (FileNotFoundError, NotADirectoryError):
                 listing[folder] = set()
         return listing[folder]

@@ -339,3 +339,12 @@ def test_folder_counts_the_files_it_leaves_out(tmp_path):
     assert len(index) == 1 and index.skipped == {"files that are not images": 3}
     assert index.describe() == (f"{tmp_path / 'txt'} (image folder, no boxes): 1 images, 0 boxes, 0 classes; "
                                 "left out: 3 files that are not images")
+
+
+def test_with_images_appends_images_without_boxes(tmp_path):
+    index = BoxIndex.from_openimages({"a": ["c1"], "b": ["c2"]}, {"a": [[0, 0, "c1", 0, 0.1, 0.5, 0.2, 0.6]]})
+    more = index.with_images(["sub/x.jpg", "y.png"])
+    assert len(more) == 4 and more.num_boxes == index.num_boxes and more.classes == index.classes
+    assert [more.path(i) for i in range(4)] == ["a.jpg", "b.jpg", "sub/x.jpg", "y.png"]
+    assert [more.image_id(i) for i in (2, 3)] == ["sub/x", "y"] and more.num_boxes_per_image().tolist() == [1, 0, 0, 0]
+    assert np.array_equal(more.boxes(0), index.boxes(0)) and more.labels(3).tolist() == []
