@@ -339,3 +339,30 @@ def test_dataset_fingerprint_counts_and_hashes_the_ids(tmp_path):
     assert (fp["images"], fp["boxes"]) == (3, 3) and fp == ck.dataset_fingerprint(index([1, 2, 3]))
     assert ck.dataset_fingerprint(index([1, 2, 4]))["ids"] != fp["ids"]
     assert ck.dataset_fingerprint(index([1, 2, 3], boxes=2))["boxes"] == 6
+
+
+def test_a_numbered_checkpoint_is_the_last_one_not_a_copy(tmp_path):
+    """Identical weights are stored once: the numbered file is a hard link to the last one it was
+    written with (and becomes the predecessor's storage when the next epoch is saved)."""
+    ck.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, tmp_path, keep=True)
+    last, numbered = tmp_path / "checkpoint_last.pth", tmp_path / "checkpoint_0001.pth"
+    assert last.stat().st_ino == numbered.stat().st_ino and last.stat().st_nlink == 2
+    ck.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(2)}}, tmp_path, keep=False)
+    assert (tmp_path / "checkpoint_prev.pth").stat().st_ino == numbered.stat().st_ino
+    assert torch.load(numbered, weights_only=True)["epoch"] == 1 and torch.load(last, weights_only=True)["epoch"] == 2
+
+
+def test_a_resume_mismatch_names_the_flags_that_work():
+    ckpt = {"arch": "resnet18", "args": {"moco_k": 896, "mlp": True}}
+    with pytest.raises(ck.ResumeMismatch, match=r"--moco-k 896 in the checkpoint, 864 now; .*; resume with the "
+                                                r"checkpoint's settings \(-a resnet18 --moco-k 896\)"):
+        ck.check_resume("c.pth", ckpt, Namespace(arch="resnet34", moco_k=864, mlp=False))
+
+
+def test_the_docs_give_the_detectron2_conversion_command():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "pretraining.md").read_text()
+    assert "python moco/detection/convert-pretrain-to-detectron2.py RUN/checkpoint_last.pth" in docs
+    # what that converter reads: state_dict entries module.encoder_q.* (loadable with weights_only)
+    assert ck.to_moco_layout({"encoder_q.conv1.weight": 1}) == {"module.encoder_q.conv1.weight": 1}

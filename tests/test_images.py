@@ -69,3 +69,13 @@ def test_a_jpeg_without_only_its_end_marker_is_decoded_and_flagged(tmp_path):
     (tmp_path / "half.jpg").write_bytes(data[:len(data) // 2])
     with pytest.raises(ImageReadError, match="half.jpg: cannot decode image"):
         EncodedImage(tmp_path / "half.jpg").decode()
+
+
+def test_only_the_image_module_opens_images():
+    """One image reader: ``Image.open`` only in ssl_crops/images.py (and the download check,
+    which verifies downloaded files)."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "ssl_crops"
+    callers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "Image.open(" in p.read_text())
+    assert callers == ["datasets/openimages/download.py", "images.py"]
