@@ -97,9 +97,15 @@ class StopSignal:
 
 
 def _say(line):
-    """One line on stderr from rank 0, safe in a signal handler (no buffered stream)."""
-    if du.is_main_process():
+    """One line on stderr from rank 0, fit for a signal handler: written to the file descriptor
+    (the buffered stream may be in the middle of a write), or the stream where it has none."""
+    if not du.is_main_process():
+        return
+    try:
         os.write(sys.stderr.fileno(), f"{line}\n".encode())
+    except (AttributeError, OSError, ValueError):  # e.g. a captured stream
+        with contextlib.suppress(RuntimeError):  # a reentrant write: the line is lost, not the run
+            print(line, file=sys.stderr, flush=True)
 
 
 def finite_or_none(record, where):
