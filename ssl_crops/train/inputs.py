@@ -154,7 +154,8 @@ def match_folder(args, index, test_index=None, test=False):
                          f"missing: {_names(missing)}: give the image folder these annotations describe")
     if missing:
         warnings.warn(f"{len(missing)} of the {len(index)} {what} are not in {root} (e.g. {_names(missing)}): "
-                      f"using the other {int(present.sum())}" + ("" if test else f"; all named in <run>/{MISSING_IMAGES}"))
+                      f"using the other {int(present.sum())}"
+                      + ("" if test else f"; all named in <run>/{MISSING_IMAGES}"))
         index = index.subset(present)
     if test:
         return index, missing
@@ -168,15 +169,15 @@ def match_folder(args, index, test_index=None, test=False):
         unlisted = [p for p in unlisted if p not in test_names]
     if unlisted:
         mode = crop_plan(args, index)[0]
-        if mode != "scene" and (args.proposals or args.sampling == "image"):
-            print(f"{len(unlisted)} images of {root} are in no annotation file (e.g. {_names(unlisted)}): training on "
-                  "them too, object crops from proposals", flush=True)
+        used = mode != "scene" and (args.proposals or args.sampling == "image")
+        why = ("training on them too, object crops from proposals" if used else
+               "not used (scene crops of the annotated images)" if mode == "scene" else
+               "not used (--sampling box visits boxes only; --sampling image or --proposals crops them from proposals)")
+        if int(os.environ.get("RANK", 0)) == 0:  # torchrun: rank 0 says it
+            print(f"{len(unlisted)} images of {root} are in no annotation file (e.g. {_names(unlisted)}): {why}",
+                  flush=True)
+        if used:
             index = index.with_images(unlisted)
-        else:
-            why = ("scene crops of the annotated images" if mode == "scene" else
-                   "--sampling box visits boxes only; --sampling image or --proposals crops them from proposals")
-            print(f"{len(unlisted)} images of {root} are in no annotation file (e.g. {_names(unlisted)}): not used "
-                  f"({why})", flush=True)
     return index, missing
 
 

@@ -573,8 +573,8 @@ def test_a_queue_cut_to_the_data_resumes_on_fewer_images(demo, tmp_path, clean_e
     --allow-new-data resumes with the checkpoint's K and queue (a cut to 96 would be refused)."""
     torch.set_num_threads(1)
     shutil.copytree(demo, tmp_path / "d")  # images and annotations: its folder loses images below
-    argv = [str(tmp_path / "d" / "images"), "-a", "resnet18", "-b", "32", "--image-size", "32", "-j", "0", "--bing_crops",
-            "--sampling", "image", "--seed", "0", "--output-dir", str(tmp_path / "out"), "--save_name", "r"]
+    argv = [str(tmp_path / "d" / "images"), "-a", "resnet18", "-b", "32", "--image-size", "32", "-j", "0",
+            "--bing_crops", "--sampling", "image", "--seed", "0", "--output-dir", str(tmp_path / "out"), "--save_name", "r"]
     with pytest.warns(UserWarning, match="queue size --moco-k 65536 >= 136 samples: using K=128"):
         train.main([*argv, "--epochs", "1"])
     index = load_index(tmp_path / "d" / "images", labels=demo / "images_selected_new.npy")
