@@ -280,3 +280,18 @@ def test_object_crops_without_boxes_or_proposals_are_an_error_unless_scene(demo_
 def test_test_annotations_without_the_monitor_say_it_is_off(demo_root, tmp_path):
     with pytest.warns(UserWarning, match="--test-coco is read by the kNN monitor only, which is off"):
         _inputs(demo_root, tmp_path, "--test-coco", str(demo_root / "annotations_test.json"))
+
+
+def test_missing_test_images_of_the_monitor_are_counted_and_named(demo_root, tmp_path):
+    test = json.loads((demo_root / "annotations_test.json").read_text())
+    test["images"][0]["file_name"] = "gone_" + test["images"][0]["file_name"]
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    with pytest.warns(UserWarning, match=r"1 of the 8 test images \(kNN monitor\) named by .*test.json are not in "
+                                         r".*images \(e.g. gone_.*\.jpg\): using the other 7"):
+        inputs = _inputs(demo_root, tmp_path, "--knn-every", "1", "--test-coco", str(tmp_path / "test.json"))
+    assert len(inputs["test_index"]) == 7
+    for im in test["images"]:
+        im["file_name"] = "gone_" + im["file_name"]
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    with pytest.raises(ValueError, match=r"none of the 8 test images \(kNN monitor\) named by"):
+        _inputs(demo_root, tmp_path, "--knn-every", "1", "--test-coco", str(tmp_path / "test.json"))
