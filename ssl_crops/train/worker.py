@@ -261,6 +261,6 @@ def main(argv=None):
     except OutputError as e:  # one line: which file, and why
         raise SystemExit(f"main_moco.py: error: {e}") from None
     except KeyboardInterrupt:
-        print(f"main_moco.py: interrupted by a second Ctrl-C: stopped without saving this step; the last checkpoint "
+        print("main_moco.py: interrupted by a second Ctrl-C: stopped without saving this step; the last checkpoint "
               "stays (continue with --resume auto)", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
