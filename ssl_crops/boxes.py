@@ -323,6 +323,20 @@ class BoxIndex:
                         classes=self._classes, label_offsets=lo, label_values=lv, box_offsets=bo,
                         boxes=self._boxes[keep], box_labels=self._box_labels[keep], **self._counts(), **fed)
 
+    def with_images(self, files: Sequence[str]) -> "BoxIndex":
+        """The same index with the images ``files`` (relative paths, ids their stems) appended,
+        without labels or boxes (e.g. folder images no annotation lists, cropped from proposals)."""
+        n, files = len(files), [str(f) for f in files]
+        pad = lambda offsets: np.concatenate([offsets, np.full(n, offsets[-1])])  # noqa: E731
+        fed = {k: pad(getattr(self, "_" + k)) if k.endswith("offsets") else getattr(self, "_" + k)
+               for k in self._FEDERATED} if self.federated else {}
+        own = np.char.add(self._ids, self._files) if self._files.ndim == 0 else self._files
+        return BoxIndex(ids=np.concatenate([self._ids, [Path(f).with_suffix("").as_posix() for f in files]]),
+                        files=np.concatenate([own, files]), classes=self._classes,
+                        label_offsets=pad(self._label_offsets), label_values=self._label_values,
+                        box_offsets=pad(self._box_offsets), boxes=self._boxes, box_labels=self._box_labels,
+                        **self._counts(), **fed)
+
     def with_classes(self, classes: Sequence[str]) -> "BoxIndex":
         """The same images with class indices of the vocabulary ``classes``, in its order (e.g.
         the training classes for a test split); labels and boxes of other classes are left out

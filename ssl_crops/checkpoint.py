@@ -4,7 +4,9 @@ predecessor, the newest readable file of a run, resume, RNG states.
 
 A run folder holds ``checkpoint_last.pth`` (every epoch end, and at the step where a
 SIGTERM/SIGUSR1 stopped the run), ``checkpoint_prev.pth`` (the one it replaced) and
-``checkpoint_<epoch:04d>.pth`` every ``--save-freq`` epochs (the newest ``--keep-checkpoints``).
+``checkpoint_<epoch:04d>.pth`` every ``--save-freq`` epochs (the newest ``--keep-checkpoints``), a
+hard link to the ``checkpoint_last.pth`` written with it (so ``prev`` and a numbered file share
+storage too: identical weights are stored once).
 ``state_dict`` keys follow the original MoCo layout (``module.encoder_q.*``, ``module.encoder_k.*``,
 ``module.queue``, ``module.queue_ptr``) so the official ``main_lincls.py`` and detectron2's
 conversion read them; :func:`load_model_state` takes both layouts.
@@ -15,7 +17,6 @@ import json
 import os
 import pickle
 import random
-import shutil
 import warnings
 from pathlib import Path
 
@@ -23,13 +24,13 @@ import numpy as np
 import torch
 
 from . import distributed as du
-from .files import atomic_write
+from .files import atomic_link, atomic_write
 
-__all__ = ["CheckpointError", "OutputError", "capture_rng", "restore_rng", "step_seed", "seed_step",
-           "to_moco_layout", "load_model_state", "encoder_state_dict", "ARCH_CANDIDATES", "backbone_state_dict",
-           "infer_arch", "backbone_weights", "read_checkpoint", "load_checkpoint", "checkpoint_arch",
-           "write_checkpoint", "check_output", "save_checkpoint", "run_checkpoints", "find_resume_checkpoint",
-           "locate_resume", "resume", "ResumeMismatch", "dataset_fingerprint", "check_resume"]
+__all__ = ["CheckpointError", "OutputError", "capture_rng", "restore_rng", "to_moco_layout", "load_model_state",
+           "encoder_state_dict", "ARCH_CANDIDATES", "backbone_state_dict", "infer_arch", "backbone_weights",
+           "read_checkpoint", "load_checkpoint", "checkpoint_arch", "write_checkpoint", "check_output",
+           "save_checkpoint", "run_checkpoints", "find_resume_checkpoint", "locate_resume", "resume",
+           "ResumeMismatch", "dataset_fingerprint", "check_resume"]
 
 LAST, PREV = "checkpoint_last.pth", "checkpoint_prev.pth"
 ARCH_CANDIDATES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -63,24 +64,6 @@ def restore_rng(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def step_seed(seed, step, rank=0):
-    """The seed of training step ``step`` on rank ``rank`` (see :func:`seed_step`); rank 0's is
-    that of a single process (and of runs saved before seeds had a rank)."""
-    key = [int(seed), int(step)] + ([int(rank)] if rank else [])
-    return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def seed_step(seed, step, rank=0):
-    """Reseed torch's CPU and CUDA generators from ``(seed, step, rank)`` before a training step,
-    so shuffle-BN and on-device augmentation depend on nothing else (not on resuming, nor on what
-    drew from the generators before) and differ between ranks. ``torch.manual_seed`` without its
-    lazy-CUDA bookkeeping (about 1 ms a call on a CPU machine); no host-device sync."""
-    s = step_seed(seed, step, rank)
-    torch.default_generator.manual_seed(s)
-    if torch.cuda.is_initialized():
-        torch.cuda.manual_seed_all(s)
 
 
 # --------------------------------------------------------------------------- key layout
@@ -260,7 +243,8 @@ def check_output(run_dir):
 
 def save_checkpoint(state, run_dir, keep, max_numbered=-1):
     """Write ``checkpoint_last.pth`` atomically, keeping the one it replaces as
-    ``checkpoint_prev.pth``; with ``keep`` also ``checkpoint_<epoch:04d>.pth``, then delete all
+    ``checkpoint_prev.pth``; with ``keep`` also ``checkpoint_<epoch:04d>.pth`` (a hard link to
+    it: identical checkpoints take the disk space of one; a copy where links fail), then delete all
     but the newest ``max_numbered`` numbered checkpoints (-1: keep all; 0: write none). A failed
     write (disk full, permission, a directory in the way) raises :class:`OutputError` naming the
     path and the cause, and leaves the previous checkpoints as they were."""
@@ -269,8 +253,7 @@ def save_checkpoint(state, run_dir, keep, max_numbered=-1):
     if keep and max_numbered != 0:
         numbered = last.with_name(f"checkpoint_{state['epoch']:04d}.pth")
         try:
-            with open(last, "rb") as src, atomic_write(numbered) as f:
-                shutil.copyfileobj(src, f)
+            atomic_link(last, numbered)  # the same file, not a second copy
         except OSError as e:
             raise _output_error(numbered, e) from None
         if max_numbered > 0:
@@ -392,16 +375,18 @@ def check_resume(path, ckpt, args, fingerprint=None, world_size=1, main=True):
     checkpoints, the original MoCo's) is not checked."""
     old = {"arch": ckpt.get("arch"), **(ckpt.get("args") or {})}
     new = json.loads(json.dumps(vars(args), default=str))
-    bad = [f"{flag} {_show(old[k])} in the checkpoint, {_show(new[k])} now" for k, flag in MUST_MATCH.items()
-           if old.get(k) is not None and new.get(k) is not None and old[k] != new[k]]
+    differ = [(k, flag) for k, flag in MUST_MATCH.items()
+              if old.get(k) is not None and new.get(k) is not None and old[k] != new[k]]
+    bad = [f"{flag} {_show(old[k])} in the checkpoint, {_show(new[k])} now" for k, flag in differ]
+    flags = " ".join(f"{flag} {old[k]}" for k, flag in differ if not isinstance(old[k], bool))
     data = ckpt.get("dataset")
     other_data = data is not None and fingerprint is not None and data != fingerprint
     if other_data and not new.get("allow_new_data"):
         bad.append(f"dataset of {_show_data(data)} in the checkpoint, {_show_data(fingerprint)} now "
                    "(--allow-new-data continues on it)")
     if bad:
-        raise ResumeMismatch(f"cannot resume {path}: {'; '.join(bad)}; resume with the checkpoint's settings, "
-                             "or start a new run with another --save_name")
+        raise ResumeMismatch(f"cannot resume {path}: {'; '.join(bad)}; resume with the checkpoint's settings"
+                             f"{f' ({flags})' if flags else ''}, or start a new run with another --save_name")
     if not main:
         return
     changed = [f"{k} {_show(old[k])} -> {_show(v)}" for k, v in new.items()

@@ -1,8 +1,19 @@
-"""How our command lines end on a user mistake: one ``error:`` line on stderr, exit status 2."""
+"""How our command lines end on a user mistake (one ``error:`` line on stderr, exit status 2)
+and print warnings (one ``warning:`` line)."""
 from __future__ import annotations
 
 import sys
+import warnings
 from contextlib import contextmanager
+
+
+def _one_line(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+def plain_warnings():
+    """Warnings print as ``warning: message`` on stderr, without the source line that raised them."""
+    warnings.formatwarning = _one_line
 
 
 @contextmanager

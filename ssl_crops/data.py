@@ -49,7 +49,8 @@ class ObjectCropDataset(torch.utils.data.Dataset):
     and process; ``warn=False``: none, for callers that report skips themselves);
     ``bad_images`` counts the skips of this process and ``last_skipped`` lists
     ``(file name, reason)`` of the last item's skips. ``"raise"`` raises :class:`CorruptImageError`. Valid images of any mode or size
-    (a PNG named ``.jpg``, CMYK, 1x1 px) are decoded as RGB and served.
+    (a PNG named ``.jpg``, CMYK, 1x1 px) are decoded as RGB and served; so are JPEGs that lack only
+    their end marker, counted in ``truncated_images``.
     ``random_boxes=True`` (the random-box control, ``main_moco.py --random-boxes``) replaces an
     image's boxes (annotations or proposals) by boxes of the same sizes at uniformly random
     positions, drawn from ``(random_boxes_seed, epoch, image)``: the same in an epoch for every
@@ -73,6 +74,7 @@ class ObjectCropDataset(torch.utils.data.Dataset):
         self.uses_boxes = getattr(transform, "uses_boxes", False)
         self.accepts_encoded = getattr(transform, "accepts_encoded", False)  # decodes only what it crops
         self.bad_images, self.last_skipped, self.warn, self._warned = 0, [], warn, set()
+        self.truncated_images = 0  # JPEGs without their end marker, decoded and used
         self.random_boxes, self.random_boxes_seed, self.epoch = bool(random_boxes), int(random_boxes_seed), 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,6 +99,7 @@ class ObjectCropDataset(torch.utils.data.Dataset):
             row = i - int(self.index.box_image.searchsorted(image)) if self.sampling == "box" else slice(None)
             boxes = self.placed_boxes(image, self.index.boxes(image))[row].reshape(-1, 4)
         img = open_image(self.root / self.index.path(image))
+        self.truncated_images += img.truncated
         if len(boxes) == 0 and self.proposals is not None:  # proposals computed from pixels need the full image
             pixels = img.decode() if getattr(self.proposals, "needs_image", True) else None
             boxes = self.proposals.proposals_for(self.index.image_id(image), pixels, self.proposal_topk)

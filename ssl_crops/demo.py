@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import cv2
@@ -15,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .boxes import BoxIndex
-from .files import atomic_write
+from .files import atomic_write, json_text
 from .formats import SUBSET_FILES
 
 __all__ = ["make_demo", "synthetic_scenes", "random_index", "DEMO_FILES", "DEMO_CLASSES"]
@@ -172,7 +171,7 @@ def make_demo(root, num_train: int = 160, num_test: int = 64, seed: int = 0,
         np.save(root / DEMO_FILES[labels_key], labels, allow_pickle=True)
         np.save(root / DEMO_FILES[boxes_key], boxes, allow_pickle=True)
         with open(root / DEMO_FILES[f"coco_{split}"], "w") as f:
-            json.dump(_coco(splits[split], names), f)
+            f.write(json_text(_coco(splits[split], names)))
     return root
 
 

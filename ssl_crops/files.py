@@ -2,8 +2,11 @@
 real name) and pickled annotation dicts read without executing code from the pickle."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
+import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write", "load_npy_dict", "UnsafePickleError"]
+__all__ = ["atomic_write", "atomic_link", "json_text", "load_npy_dict", "UnsafePickleError"]
 
 
 @contextmanager
@@ -35,6 +38,38 @@ def atomic_write(path, mode: str = "wb", backup=None):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_link(src, path) -> bool:
+    """Put a file with ``src``'s content at ``path`` atomically: a hard link (no second copy on
+    disk; True), or a copy where the file system has none (False)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.link")
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(src, "rb") as f, atomic_write(path) as out:
+            shutil.copyfileobj(f, out)
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def json_text(obj, **kwargs) -> str:
+    """``json.dumps(obj)`` as strict JSON: NaN and infinities (not JSON) become ``null``;
+    ``allow_nan=False`` catches any that slip through (numpy scalars become numbers)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
 class UnsafePickleError(pickle.UnpicklingError):

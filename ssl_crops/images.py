@@ -8,12 +8,13 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = ["ImageReadError", "EncodedImage", "open_image", "load_image", "image_size", "JPEG_SCALES"]
 
 JPEG_SCALES = (8, 4, 2)  # the DCT scale divisors libjpeg decodes at, besides 1 (the full image)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 
 class ImageReadError(ValueError):
@@ -26,7 +27,8 @@ class EncodedImage:
     """An image file read but not decoded: ``size`` and ``format`` come from the header; pixels
     are decoded on demand, a JPEG at a reduced DCT scale (1/2, 1/4, 1/8) when allowed.
 
-    A missing, truncated or undecodable file raises :class:`ImageReadError` naming it.
+    A missing, empty, truncated or undecodable file raises :class:`ImageReadError` naming it;
+    a JPEG that lacks only its end marker is decoded, with ``truncated`` set (the caller counts it).
     """
 
     def __init__(self, path):
@@ -37,6 +39,11 @@ class EncodedImage:
             raise ImageReadError(f"{path}: image file not found") from None
         except OSError as e:
             raise ImageReadError(f"{path}: cannot read image ({e})") from e
+        if not self._data:
+            raise ImageReadError(f"{path}: empty file (0 bytes)")
+        self.truncated = _lacks_only_its_end(self._data)
+        if self.truncated:  # PIL refuses a stream without its end marker; libjpeg decodes it whole
+            self._data += _JPEG_END
         with self._open() as f:
             self.size, self.format = f.size, f.format
         self._decoded: Image.Image | None = None
@@ -85,6 +92,9 @@ class EncodedImage:
     def _open(self) -> Image.Image:
         try:
             return Image.open(io.BytesIO(self._data))
+        except UnidentifiedImageError:
+            raise ImageReadError(f"{self.path}: cannot decode image: not an image file (no format PIL "
+                                 "reads)") from None
         except _DECODE_ERRORS as e:
             raise ImageReadError(f"{self.path}: cannot decode image ({e})") from e
 
@@ -97,6 +107,24 @@ class EncodedImage:
                 return f.convert(mode)
         except _DECODE_ERRORS as e:
             raise ImageReadError(f"{self.path}: cannot decode image ({e})") from e
+
+
+def _lacks_only_its_end(data: bytes) -> bool:
+    """A JPEG without its end marker whose pixels decode down to its last two rows of 16-px
+    blocks (which the decoder holds back); a JPEG cut shorter is not."""
+    if data[:2] != _JPEG_START or data.rfind(_JPEG_END) > data.rfind(b"\xff\xda"):  # an end after the last scan
+        return False
+    try:
+        f = Image.open(io.BytesIO(data))
+    except _DECODE_ERRORS:
+        return False
+    try:
+        f.load()
+        return True  # decodes as it is (a small one, read in one go)
+    except _DECODE_ERRORS:
+        pass
+    box = f.im.getbbox() if f.im is not None else None  # the rows decoded (the rest stays black)
+    return box is not None and box[3] >= f.size[1] - 32
 
 
 def open_image(path) -> EncodedImage:
@@ -115,5 +143,9 @@ def image_size(path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
+    except UnidentifiedImageError:
+        empty = Path(path).stat().st_size == 0
+        what = "empty file (0 bytes)" if empty else "cannot read image: not an image file"
+        raise ImageReadError(f"{path}: {what}") from None
     except _DECODE_ERRORS as e:
         raise ImageReadError(f"{path}: cannot read image ({e})") from e

@@ -2,11 +2,14 @@
 the run's log files, and actions done by rank 0 that every rank must hear about."""
 import atexit
 import itertools
+import contextlib
 import json
+import math
 import multiprocessing
 import multiprocessing.util  # registers its exit handler first, so ours (below) runs before it
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -15,12 +18,12 @@ from pathlib import Path
 import torch
 
 from . import distributed as du
-from .files import atomic_write
+from .files import atomic_write, json_text
 
 __all__ = ["EVENTS", "STOP_LAG", "StopSignal", "ignore_stop_signals", "stop_workers", "LoaderDied", "loader_died", "EpochTally",
-           "RunLog", "TensorBoardLog", "on_rank0"]
+           "RunLog", "TensorBoardLog", "die_with_parent", "finite_or_none", "on_rank0"]
 
-EVENTS = ("bad_images", "scene_fallbacks")  # per-item event counts, summed over workers and ranks
+EVENTS = ("bad_images", "scene_fallbacks", "truncated_images")  # per-item counts, summed over workers and ranks
 
 
 STOP_LAG = 2  # steps from a signal's arrival to the agreed stop when distributed (see StopSignal)
@@ -37,12 +40,15 @@ class StopSignal:
     after the signal reached a rank (a signal to the whole job reaches all at once).
     ``settle()`` (at an epoch end) agrees on everything still pending. Handlers are installed in
     the main thread only and restored on exit; DataLoader workers ignore these signals
-    (:func:`ignore_stop_signals`), so a signal to the whole process group does not kill them."""
+    (:func:`ignore_stop_signals`), so a signal to the whole process group does not kill them.
+    The first signal says so at once (rank 0, on stderr); a second Ctrl-C during a checkpoint
+    write (:meth:`finishing_save`) lets the atomic write finish, and the run then stops."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self, lag=STOP_LAG):
         self.received, self.lag, self._previous, self._pending, self._interrupts = None, lag, {}, [], 0
+        self._saving = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -55,11 +61,27 @@ class StopSignal:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
         if signum == signal.SIGINT:
             self._interrupts += 1
+            if self._interrupts > 1 and self._saving:
+                _say(f"{name} again during the checkpoint write: letting the atomic write finish, then stopping")
+                return
             if self._interrupts > 1:
                 raise KeyboardInterrupt  # a second Ctrl-C: no waiting for the step
-        self.received = self.received or signal.Signals(signum).name  # the first: what stopped the run
+        if self.received is None:  # the first: what stopped the run
+            self.received = name
+            _say(f"{name}: stopping after this step and saving; Ctrl-C again stops at once without this save "
+                 "(the last checkpoint stays)")
+
+    @contextlib.contextmanager
+    def finishing_save(self):
+        """A block writing a checkpoint: a second Ctrl-C in it does not interrupt the write."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
 
     def requested(self):
         if du.get_world_size() == 1:
@@ -74,6 +96,26 @@ class StopSignal:
         return any([p.result() for p in pending]) | now.result()
 
 
+def _say(line):
+    """One line on stderr from rank 0, fit for a signal handler: written to the file descriptor
+    (the buffered stream may be in the middle of a write), or the stream where it has none."""
+    if not du.is_main_process():
+        return
+    try:
+        os.write(sys.stderr.fileno(), f"{line}\n".encode())
+    except (AttributeError, OSError, ValueError):  # e.g. a captured stream
+        with contextlib.suppress(RuntimeError):  # a reentrant write: the line is lost, not the run
+            print(line, file=sys.stderr, flush=True)
+
+
+def finite_or_none(record, where):
+    """``record`` with its NaN and infinite numbers as ``None`` (``null`` in the log), each named in a warning."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        warnings.warn(f"{where}: {', '.join(f'{k} is {record[k]}' for k in bad)} (logged as null)")
+    return {k: None if k in bad else v for k, v in record.items()}
+
+
 def _signals():
     return [getattr(signal, name) for name in StopSignal.SIGNALS if hasattr(signal, name)]
 
@@ -81,9 +123,33 @@ def _signals():
 def ignore_stop_signals(worker_id=None):
     """``worker_init_fn`` of DataLoaders: the worker ignores the stop signals (the main process
     handles them). Torch's own worker handler would let SIGTERM from anyone but the parent kill
-    the worker mid-batch; ``kill -TERM -- -PGID``, SLURM and ``timeout`` send it to every process."""
+    the worker mid-batch; ``kill -TERM -- -PGID``, SLURM and ``timeout`` send it to every process.
+    The worker ends with its parent (:func:`die_with_parent`): a SIGKILLed run leaves none behind."""
     for sig in _signals():
         signal.signal(sig, signal.SIG_IGN)
+    die_with_parent()
+
+
+def die_with_parent(poll=0.2):
+    """End this process when its parent dies: on Linux the kernel SIGKILLs it (``prctl``
+    ``PR_SET_PDEATHSIG``); elsewhere a daemon thread checks the parent every ``poll`` seconds.
+    (Torch's own worker check waits for a 5 s queue timeout first.)"""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # it died before the call
+                os._exit(1)
+            return
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
 def stop_workers(loader_or_iterator):
@@ -144,8 +210,8 @@ class EpochTally:
             sums = state["loss_sums"].to(info.device)
             # the epoch loss is the mean over ranks of each rank's sum: same ranks, same sums
             self.loss_sum += sums[info.rank] if len(sums) == info.world_size else sums.sum() / len(sums)
-            if info.rank == 0:
-                self.events += state["events"]
+            if info.rank == 0:  # a checkpoint from before an event was counted has fewer
+                self.events[:len(state["events"])] += state["events"]
             self.batches = int(state["batches"])
 
     def add(self, loss, events, skipped):
@@ -213,7 +279,7 @@ class RunLog:
                 f.writelines(line + "\n" for line in keep)
 
     def write(self, rec):
-        self.file.write(json.dumps({**rec, "time": time.time()}) + "\n")
+        self.file.write(json_text({**rec, "time": time.time()}) + "\n")
         self.file.flush()
         if self.tensorboard is not None:
             self.tensorboard.write(rec)

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 from .checkpoint import OutputError
+from .files import json_text
 
 __all__ = ["RunLock", "RunLocked"]
 
@@ -144,7 +145,7 @@ class RunLock:
 
     def _create(self):
         """Make the lock file with this process's record; False when another one exists."""
-        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+        record = json_text({"host": socket.gethostname(), "pid": os.getpid(),
                              "started": (_started(os.getpid()) or (None,))[0], "space": _process_space(),
                              "since": time.time(), "job": _job()})
         tmp = self.path.with_name(f".{self.NAME}.{socket.gethostname()}.{os.getpid()}.tmp")

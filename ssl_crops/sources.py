@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from .boxes import BoxIndex
+import numpy as np
+
+from .boxes import IMAGE_EXTENSIONS, BoxIndex
 from .formats import SUBSET_FILES
 
-__all__ = ["AnnotationSpec", "load_index", "find_annotation", "add_annotation_args", "ANNOTATION_KINDS"]
+__all__ = ["AnnotationSpec", "load_index", "find_annotation", "add_annotation_args", "folder_match",
+           "ANNOTATION_KINDS"]
 
 ANNOTATION_KINDS = ("labels", "boxes", "coco", "index")
 _HELP = {
@@ -119,6 +122,28 @@ def load_index(spec: AnnotationSpec | str | os.PathLike, labels=None, boxes=None
     else:
         boxes_path = None if test else find_annotation(SUBSET_FILES["boxes"], boxes_dir)
     return BoxIndex.from_openimages(labels_path, boxes_path, classes=spec.classes)
+
+
+def folder_match(index: BoxIndex, root) -> tuple[np.ndarray, list[str]]:
+    """``(present, unlisted)``: which images of ``index`` are files under ``root`` (a boolean
+    mask), and the image files (``IMAGE_EXTENSIONS``, relative paths, sorted) in the folders the
+    index names that it does not list. Each folder is listed once (no stat per image)."""
+    root, listing = Path(root), {}
+
+    def names(folder: str) -> set:
+        if folder not in listing:
+            try:
+                with os.scandir(root / folder) as it:
+                    listing[folder] = {e.name for e in it if e.is_file()}
+            except (FileNotFoundError, NotADirectoryError):
+                listing[folder] = set()
+        return listing[folder]
+    paths = [PurePosixPath(index.path(i)) for i in range(len(index))]
+    present = np.array([p.name in names(str(p.parent)) for p in paths], bool)
+    listed = {str(p) for p in paths}
+    unlisted = (str(PurePosixPath(folder) / name) for folder, found in listing.items() for name in found)
+    return present, sorted(p for p in unlisted if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS
+                           and p not in listed)
 
 
 def add_annotation_args(parser, prefix: str = "", kinds: Sequence[str] = ANNOTATION_KINDS, what: str = "") -> None:

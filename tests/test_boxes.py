@@ -349,3 +349,12 @@ def test_random_boxes_like_keep_sizes_inside_the_image():
     assert (out >= 0).all() and (out <= 1).all() and not np.allclose(out[0], boxes[0])
     np.testing.assert_array_equal(out, random_boxes_like(boxes, np.random.default_rng(0)))
     assert random_boxes_like(np.zeros((0, 4)), np.random.default_rng(0)).shape == (0, 4)
+
+
+def test_with_images_appends_images_without_boxes(tmp_path):
+    index = BoxIndex.from_openimages({"a": ["c1"], "b": ["c2"]}, {"a": [[0, 0, "c1", 0, 0.1, 0.5, 0.2, 0.6]]})
+    more = index.with_images(["sub/x.jpg", "y.png"])
+    assert len(more) == 4 and more.num_boxes == index.num_boxes and more.classes == index.classes
+    assert [more.path(i) for i in range(4)] == ["a.jpg", "b.jpg", "sub/x.jpg", "y.png"]
+    assert [more.image_id(i) for i in (2, 3)] == ["sub/x", "y"] and more.num_boxes_per_image().tolist() == [1, 0, 0, 0]
+    assert np.array_equal(more.boxes(0), index.boxes(0)) and more.labels(3).tolist() == []

@@ -162,7 +162,9 @@ def test_resume_auto_skips_truncated_checkpoint(tmp_path):
     ck.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
     ck.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(3)}}, tmp_path, keep=True)
     newest = tmp_path / "checkpoint_last.pth"
-    newest.write_bytes(newest.read_bytes()[:100])  # a truncated file, now the newest one
+    data = newest.read_bytes()
+    newest.unlink()  # checkpoint_0002.pth is a hard link to it: replaced, not written into
+    newest.write_bytes(data[:100])  # a truncated file (a copy cut short), now the newest one
     with pytest.warns(UserWarning, match="checkpoint_last.pth"):
         path, ckpt = ck.find_resume_checkpoint(tmp_path)
     assert path.name == "checkpoint_0002.pth" and ckpt["epoch"] == 2
@@ -248,33 +250,6 @@ def test_resume_never_starts_afresh_over_a_run(tmp_path):
         ck.locate_resume(auto, tmp_path)
     with pytest.raises(FileExistsError, match="holds a run"):
         ck.locate_resume(fresh, tmp_path)
-
-
-def test_step_seed_depends_on_seed_and_step_only():
-    assert ck.step_seed(0, 5) == ck.step_seed(0, 5)
-    assert len({ck.step_seed(s, t) for s in range(3) for t in range(100)}) == 300
-    assert 0 <= ck.step_seed(2**31, 10**9) < 2**63
-
-
-def test_seed_step_makes_a_step_independent_of_earlier_draws():
-    ck.seed_step(0, 7)
-    a = torch.randperm(16)
-    torch.rand(1000)  # e.g. a DataLoader iterator drawing its base seed
-    ck.seed_step(0, 7)
-    assert torch.equal(torch.randperm(16), a)
-    ck.seed_step(0, 8)
-    assert not torch.equal(torch.randperm(16), a)
-
-
-def test_step_seeds_differ_per_rank():
-    """Rank 0 keeps the single-process seed (of runs saved before seeds had a rank); other
-    ranks draw other device augmentation and shuffle-BN permutations at the same step."""
-    assert ck.step_seed(3, 7, rank=0) == ck.step_seed(3, 7)
-    assert len({ck.step_seed(3, t, r) for t in range(50) for r in range(8)}) == 400
-    ck.seed_step(3, 7, rank=1)
-    a = torch.rand(4)
-    ck.seed_step(3, 7, rank=0)
-    assert not torch.equal(torch.rand(4), a)
 
 
 class Hostile:
@@ -373,3 +348,30 @@ def test_dataset_fingerprint_counts_and_hashes_the_ids(tmp_path):
     assert (fp["images"], fp["boxes"]) == (3, 3) and fp == ck.dataset_fingerprint(index([1, 2, 3]))
     assert ck.dataset_fingerprint(index([1, 2, 4]))["ids"] != fp["ids"]
     assert ck.dataset_fingerprint(index([1, 2, 3], boxes=2))["boxes"] == 6
+
+
+def test_a_numbered_checkpoint_is_the_last_one_not_a_copy(tmp_path):
+    """Identical weights are stored once: the numbered file is a hard link to the last one it was
+    written with (and becomes the predecessor's storage when the next epoch is saved)."""
+    ck.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, tmp_path, keep=True)
+    last, numbered = tmp_path / "checkpoint_last.pth", tmp_path / "checkpoint_0001.pth"
+    assert last.stat().st_ino == numbered.stat().st_ino and last.stat().st_nlink == 2
+    ck.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.ones(2)}}, tmp_path, keep=False)
+    assert (tmp_path / "checkpoint_prev.pth").stat().st_ino == numbered.stat().st_ino
+    assert torch.load(numbered, weights_only=True)["epoch"] == 1 and torch.load(last, weights_only=True)["epoch"] == 2
+
+
+def test_a_resume_mismatch_names_the_flags_that_work():
+    ckpt = {"arch": "resnet18", "args": {"moco_k": 896, "mlp": True}}
+    with pytest.raises(ck.ResumeMismatch, match=r"--moco-k 896 in the checkpoint, 864 now; .*; resume with the "
+                                                r"checkpoint's settings \(-a resnet18 --moco-k 896\)"):
+        ck.check_resume("c.pth", ckpt, Namespace(arch="resnet34", moco_k=864, mlp=False))
+
+
+def test_the_docs_give_the_detectron2_conversion_command():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "pretraining.md").read_text()
+    assert "python moco/detection/convert-pretrain-to-detectron2.py RUN/checkpoint_last.pth" in docs
+    # what that converter reads: state_dict entries module.encoder_q.* (loadable with weights_only)
+    assert ck.to_moco_layout({"encoder_q.conv1.weight": 1}) == {"module.encoder_q.conv1.weight": 1}

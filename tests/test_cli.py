@@ -23,3 +23,17 @@ def test_other_exceptions_are_bugs_and_pass_through(capsys):
     with user_errors(ValueError):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_plain_warnings_are_one_line_without_the_source_echo():
+    import warnings
+
+    from ssl_crops.cli import plain_warnings
+
+    before = warnings.formatwarning
+    try:
+        plain_warnings()
+        line = warnings.formatwarning("12 of 40 images are not in DIR", UserWarning, "inputs.py", 80, "warn(...)")
+    finally:
+        warnings.formatwarning = before
+    assert line == "warning: 12 of 40 images are not in DIR\n"  # no file, line number nor source line

@@ -284,10 +284,23 @@ def test_seven_kinds_of_bad_image(bad_images):
         reasons.update(ds.last_skipped)
     assert ds.bad_images == 4 and sorted(reasons) == sorted(unreadable)
     assert "not found" in reasons["missing.jpg"] and "truncated" in reasons["truncated.jpg"]
-    assert "cannot" in reasons["empty.jpg"] and "pixels" in reasons["huge.jpg"]
+    assert reasons["empty.jpg"] == "empty file (0 bytes)" and "pixels" in reasons["huge.jpg"]
     for name in bad_images.valid:
         assert load_image(images / name).mode == "RGB"
     strict = ObjectCropDataset(images, index, ObjectAwareCrop(size=16), on_corrupt="raise")
     bad = next(i for i in range(len(index)) if index.path(i) == "truncated.jpg")
     with pytest.raises(CorruptImageError, match="truncated.jpg"):
         strict[bad]
+
+
+def test_a_jpeg_without_its_end_marker_is_served_and_counted(tmp_path, demo_root):
+    root = tmp_path / "images"
+    shutil.copytree(demo_root / "images", root)
+    index = load_index(root, labels=demo_root / "images_selected_new.npy")
+    cut = root / index.path(1)
+    cut.write_bytes(cut.read_bytes()[:-2])  # only the end marker missing
+    ds = ObjectCropDataset(root, index, ObjectAwareCrop(size=16), on_corrupt="raise")
+    (q, _), i = ds[1]
+    assert i == 1 and q.shape == (3, 16, 16) and ds.truncated_images == 1 and ds.bad_images == 0
+    ds[0]
+    assert ds.truncated_images == 1

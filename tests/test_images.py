@@ -41,3 +41,41 @@ def test_encoded_image_decodes_regions_at_reduced_scale(tmp_path):
     reduced, regions = img.decode_regions([(0, 0, 640, 800)], 64)
     assert reduced.size == (80, 100) and regions == [(0.0, 0.0, 80.0, 100.0)]
     assert img.decode().size == (640, 800)
+
+
+def _jpeg(path, size=(640, 480)):
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path.read_bytes()
+
+
+def test_an_empty_file_says_so(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    for read in (EncodedImage, image_size):
+        with pytest.raises(ImageReadError, match=r"empty.jpg: empty file \(0 bytes\)$"):
+            read(empty)
+
+
+def test_a_jpeg_without_only_its_end_marker_is_decoded_and_flagged(tmp_path):
+    """A JPEG missing its last 2 bytes (the end marker) decodes whole, ``truncated`` set; a JPEG
+    cut in half is still an error; a complete one is not flagged."""
+    data = _jpeg(tmp_path / "whole.jpg")
+    assert not EncodedImage(tmp_path / "whole.jpg").truncated
+    (tmp_path / "no_end.jpg").write_bytes(data[:-2])
+    img = EncodedImage(tmp_path / "no_end.jpg")
+    with Image.open(tmp_path / "whole.jpg") as whole:
+        expected = np.asarray(whole.convert("RGB"))
+    assert img.truncated and np.array_equal(np.asarray(img.decode()), expected)
+    (tmp_path / "half.jpg").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ImageReadError, match="half.jpg: cannot decode image"):
+        EncodedImage(tmp_path / "half.jpg").decode()
+
+
+def test_only_the_image_module_opens_images():
+    """One image reader: ``Image.open`` only in ssl_crops/images.py (and the download check,
+    which verifies downloaded files)."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "ssl_crops"
+    callers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "Image.open(" in p.read_text())
+    assert callers == ["datasets/openimages/download.py", "images.py"]

@@ -57,14 +57,16 @@ def test_bad_images_are_named_once_across_resumes(tmp_path):
 def test_epoch_tally_sums_and_continues_from_its_state():
     info = DistInfo()
     tally = EpochTally(info)
-    tally.add(torch.tensor(2.0), torch.tensor([[1, 0], [0, 2]]), ["x.jpg\tmissing\n", ""])
-    tally.add(torch.tensor(4.0), torch.tensor([[1, 1]]), ["y.jpg\tempty\nx.jpg\tmissing\n"])
+    tally.add(torch.tensor(2.0), torch.tensor([[1, 0, 0], [0, 2, 1]]), ["x.jpg\tmissing\n", ""])
+    tally.add(torch.tensor(4.0), torch.tensor([[1, 1, 0]]), ["y.jpg\tempty\nx.jpg\tmissing\n"])
     assert tally.take_skipped() == {"x.jpg": "missing", "y.jpg": "empty"} and tally.take_skipped() == {}
     state = tally.state()
-    assert state["batches"] == 2 and state["events"].tolist() == [2, 3]
+    assert state["batches"] == 2 and state["events"].tolist() == [2, 3, 1]
     resumed = EpochTally(info, state)
-    resumed.add(torch.tensor(6.0), torch.tensor([[1, 0]]), [""])
-    assert resumed.summary(3) == (4.0, {"bad_images": 3, "scene_fallbacks": 3})
+    resumed.add(torch.tensor(6.0), torch.tensor([[1, 0, 0]]), [""])
+    assert resumed.summary(3) == (4.0, {"bad_images": 3, "scene_fallbacks": 3, "truncated_images": 1})
+    older = EpochTally(info, {**state, "events": torch.tensor([2, 3])})  # saved before truncated JPEGs were counted
+    assert older.events.tolist() == [2, 3, 0]
     # written by 2 ranks, continued by 1: the per-rank mean of the sums carries over
     two = {**state, "loss_sums": torch.tensor([6.0, 10.0])}
     assert EpochTally(info, two).loss_sum.item() == 8.0
@@ -79,12 +81,67 @@ def test_stop_signal_is_caught_and_the_old_handler_restored():
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
-def test_ctrl_c_stops_at_a_step_and_a_second_one_interrupts():
+def test_ctrl_c_stops_at_a_step_and_a_second_one_interrupts(capfd):
     with StopSignal() as stop:
         os.kill(os.getpid(), signal.SIGINT)  # without the handler: KeyboardInterrupt here
         assert stop.requested() and stop.received == "SIGINT"
+        assert capfd.readouterr().err == ("SIGINT: stopping after this step and saving; Ctrl-C again stops at once "
+                                          "without this save (the last checkpoint stays)\n")  # said at once
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_ctrl_c_during_the_checkpoint_write_lets_it_finish(capfd):
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with stop.finishing_save():
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: says nothing more, SIGTERM stopped the run
+            os.kill(os.getpid(), signal.SIGINT)  # not a KeyboardInterrupt inside the write
+            written = True
+        assert written and stop.received == "SIGTERM"
+        err = capfd.readouterr().err
+        assert err.startswith("SIGTERM: stopping after this step and saving") and err.count("\n") == 2
+        assert "SIGINT again during the checkpoint write: letting the atomic write finish, then stopping" in err
+        with pytest.raises(KeyboardInterrupt):  # outside the write: at once
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_non_finite_numbers_are_named_and_logged_as_null(tmp_path):
+    from ssl_crops.run import finite_or_none
+
+    with pytest.warns(UserWarning, match="epoch 3: knn20_map_pct is nan"):
+        rec = finite_or_none({"type": "epoch", "loss": 1.5, "knn20_map_pct": float("nan")}, "epoch 3")
+    log = RunLog(tmp_path)
+    log.write({**rec, "step": 1, "lr": float("inf")})
+    log.close()
+    line = (tmp_path / "log.jsonl").read_text()
+    assert "NaN" not in line and "Infinity" not in line
+    assert json.loads(line)["knn20_map_pct"] is None and json.loads(line)["lr"] is None
+
+
+def test_loader_workers_end_within_a_second_of_the_main_process(tmp_path):
+    """The main process SIGKILLed (OOM killer, scancel -s KILL): its DataLoader workers, which
+    ignore the stop signals, go too, at once (torch's own check waits 5 s for a queue timeout)."""
+    import time
+
+    code = ("import os, sys, time, torch; from torch.utils.data import DataLoader; "
+            "from ssl_crops.run import ignore_stop_signals\n"
+            "class Items(torch.utils.data.Dataset):\n"
+            "    def __len__(self): return 1000\n"
+            "    def __getitem__(self, i): return i\n"
+            "it = iter(DataLoader(Items(), num_workers=2, worker_init_fn=ignore_stop_signals))\n"
+            "next(it); time.sleep(0.5)\n"  # the workers idle, waiting for indices
+            "print(' '.join(str(w.pid) for w in it._workers), flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    time.sleep(1.0)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and
+             "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()]  # a zombie has ended
+    assert alive == []
 
 
 def test_the_first_signal_names_the_stop():

@@ -48,3 +48,21 @@ def test_proposals_cli_is_torch_free():
     code = "import sys, ssl_crops.proposals, ssl_crops.proposals.__main__; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_folder_match_lists_each_folder_once(tmp_path):
+    from PIL import Image
+
+    from ssl_crops.boxes import BoxIndex
+    from ssl_crops.sources import folder_match
+
+    for rel in ("a/1.jpg", "a/2.jpg", "b/3.png", "a/notes.txt"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        if rel.endswith(".txt"):
+            (tmp_path / rel).write_text("x")
+        else:
+            Image.new("RGB", (4, 4)).save(tmp_path / rel, format="PNG")
+    index = BoxIndex.from_folder(tmp_path).subset([0]).with_images(["a/9.jpg", "c/4.jpg"])
+    present, unlisted = folder_match(index, tmp_path)
+    assert [index.path(i) for i in range(len(index))] == ["a/1.jpg", "a/9.jpg", "c/4.jpg"]
+    assert present.tolist() == [True, False, False] and unlisted == ["a/2.jpg"]  # b/ is named by no image

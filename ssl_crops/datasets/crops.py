@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..boxes import coco_file_name
+from ..images import load_image
 
 __all__ = ["crop_box", "glt_crop_box", "square_padding", "class_folders", "export_crops", "main", "INDEX_FILE",
            "INDEX_COLUMNS", "STYLES"]
@@ -87,34 +88,31 @@ def class_folders(categories) -> dict[int, str]:
 
 def _crop_image(job):
     """Crop all objects of one image; returns index rows and per-reason skip counts."""
-    from PIL import Image
-
     src, stem, anns, out, style, dilation, min_size, quality = job
     rows, skipped = [], defaultdict(int)
     try:
-        with Image.open(src) as im:
-            im = im.convert("RGB")
-            for a in anns:
-                x, y, w, h = a["bbox"]
-                if w < min_size or h < min_size:
-                    skipped["smaller than min-size"] += 1
-                    continue
-                box = glt_crop_box(a["bbox"], im.width, im.height) if style == "glt" else \
-                    crop_box(a["bbox"], im.width, im.height, dilation)
-                if box[2] <= box[0] or box[3] <= box[1]:
-                    skipped["outside the image"] += 1
-                    continue
-                rel = f"{a['folder']}/{stem}_{a['id']}.jpg"
-                (out / a["folder"]).mkdir(parents=True, exist_ok=True)  # only classes with crops
-                crop = im.crop(box)
-                if style == "glt":
-                    crop = crop.crop(square_padding(*crop.size))
-                crop.save(out / rel, quality=quality)
-                rows.append([rel, a["folder"], a["category_id"], a["id"], a["image_id"], src.name,
-                             *box, x, y, w, h])
+        im = load_image(src)
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            if w < min_size or h < min_size:
+                skipped["smaller than min-size"] += 1
+                continue
+            box = glt_crop_box(a["bbox"], im.width, im.height) if style == "glt" else \
+                crop_box(a["bbox"], im.width, im.height, dilation)
+            if box[2] <= box[0] or box[3] <= box[1]:
+                skipped["outside the image"] += 1
+                continue
+            rel = f"{a['folder']}/{stem}_{a['id']}.jpg"
+            (out / a["folder"]).mkdir(parents=True, exist_ok=True)  # only classes with crops
+            crop = im.crop(box)
+            if style == "glt":
+                crop = crop.crop(square_padding(*crop.size))
+            crop.save(out / rel, quality=quality)
+            rows.append([rel, a["folder"], a["category_id"], a["id"], a["image_id"], src.name,
+                         *box, x, y, w, h])
     except (OSError, ValueError) as e:
         skipped[f"unreadable image ({type(e).__name__})"] += len(anns)
-        print(f"warning: {src}: {e}", file=sys.stderr)
+        print(f"warning: {e if str(src) in str(e) else f'{src}: {e}'}", file=sys.stderr)
     return rows, dict(skipped)
 
 

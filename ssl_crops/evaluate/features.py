@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..config import AMP_DTYPES
 from ..distributed import all_gather_cat, rank_and_world
-from ..files import atomic_write
+from ..files import atomic_write, json_text
 from ..run import ignore_stop_signals, stop_workers
 
 
@@ -161,7 +161,7 @@ class FeatureCache:
         p.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(p) as f:
             np.savez(f, features=features, targets=targets)
-        p.with_suffix(".json").write_text(json.dumps(key, indent=1, sort_keys=True))
+        p.with_suffix(".json").write_text(json_text(key, indent=1, sort_keys=True))
         return p
 
 

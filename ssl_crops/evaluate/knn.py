@@ -76,7 +76,8 @@ class KNNMonitor:
     copied to every rank first) and rank 0 runs the kNN. The encoder's train/eval mode and ``fc``
     are restored afterwards. Test images are read from ``test_root`` (default ``root``); a
     federated (LVIS) test index is scored with its federated targets. ``on_corrupt="skip"``
-    leaves unreadable images out (as ``--bad-image skip``).
+    leaves unreadable images out (as ``--bad-image skip``), counted and named in a warning.
+    Metrics are percent, keyed ``knn{k}_map_pct`` (``_top1_pct``); NaN when nothing can be scored.
     """
 
     def __init__(self, root, train_index, test_index, image_size: int = 224, batch_size: int = 256,
@@ -105,7 +106,17 @@ class KNNMonitor:
             return {}
         from ..data import unreadable_rows
         keep, keep_test = ~unreadable_rows(tr[1]), ~unreadable_rows(te[1])  # on_corrupt="skip": left out
+        for name, ds, ok in (("training", self.train, keep), ("test", self.test, keep_test)):
+            bad = [ds.index.path(i) for i in np.flatnonzero(~ok)]
+            if bad:
+                warnings.warn(f"kNN monitor: {len(bad)} of {len(ok)} {name} images unreadable or missing in "
+                              f"{ds.root}, left out: {', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}")
+        if not keep_test.any() or not keep.any():
+            nan = float("nan")  # logged as null, with a warning
+            return {f"knn{k}_{'map' if self.multilabel else 'top1'}_pct": nan
+                    for k in ((self.k,) if isinstance(self.k, int) else self.k)}
         test_y = te[1] if self.test_targets is None else self.test_targets
-        return knn_classify(tr[0][keep], tr[1][keep], te[0][keep_test], test_y[keep_test], k=self.k,
-                            temperature=self.temperature, multilabel=self.multilabel)
+        res = knn_classify(tr[0][keep], tr[1][keep], te[0][keep_test], test_y[keep_test], k=self.k,
+                           temperature=self.temperature, multilabel=self.multilabel)
+        return {f"{key}_pct": 100 * v for key, v in res.items()}  # percent, as linear_eval.py prints mAP
 

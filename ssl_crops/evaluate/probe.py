@@ -158,6 +158,7 @@ def linear_probe(train_x, train_y, test_x, multilabel: bool, lrs=(1e-3, 1e-2), w
             edge = f"best lr {best['lr']:g}, wd {best['wd']:g} on the edge of the grid (lr {lrs}, wd {wds})"
             if round_ == widen:
                 notes.append(f"{edge} after widening {widen} times: a wider sweep may do better")
+                log(f"sweep: {notes[-1]}")
                 break
             notes.append(f"{edge}: widened with lr {new_lrs or '-'}, wd {new_wds or '-'}")
             log(f"sweep: {notes[-1]}")

@@ -18,6 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from ..checkpoint import write_checkpoint
+from ..cli import plain_warnings
 from ..config import Config
 from ..distributed import broadcast_object, print0
 from ..metrics import batch_mean_average_precision, topk_accuracy
@@ -262,7 +263,7 @@ def _finish(args, splits: Splits, test_y, scores, multilabel, ident, **extra) ->
                           federated=bool(splits.test.federated), **splits.notes, **extra)
     report["notes"] = unseen_notes(splits.notes)
     files = write_report(report, _out_dir(args))
-    print(format_table(report))
+    print(format_table(report, notes=False))  # its notes were printed as they came
     print("\n".join(f"{name}: {path}" for name, path in files.items()), flush=True)
     return report
 
@@ -419,6 +420,7 @@ def _worker(info, args):
 def main(argv=None) -> dict | None:
     """CLI entry: parse, launch (single process, torchrun, or legacy multiprocessing) and
     return the report of rank 0 (``None`` in spawned workers)."""
+    plain_warnings()
     args = build_parser().parse_args(argv)
     args = Config.of(args, no_progress=args.no_progress or not sys.stderr.isatty())  # no \r redraws in piped logs
     from ..data import CorruptImageError

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..files import json_text
 from ..metrics import (GROUPS, TERTILES, batch_mean_average_precision, frequency_groups, group_map, map_details,
                        tertile_groups, topk_accuracy)
 from ..viz import per_class_ap_figure
@@ -86,7 +86,7 @@ def write_report(report: dict, out_dir) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"report": out_dir / "report.json", "per-class AP": out_dir / "per_class_ap.csv"}
-    files["report"].write_text(json.dumps({k: v for k, v in report.items() if k != "per_class"}, indent=2))
+    files["report"].write_text(json_text({k: v for k, v in report.items() if k != "per_class"}, indent=2))
     with open(files["per-class AP"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(report["per_class"][0]))
         w.writeheader()
@@ -110,12 +110,13 @@ def _range(r: dict) -> str:
     return "" if lo is None else f" [{lo}-{hi} imgs]"
 
 
-def format_table(report: dict) -> str:
+def format_table(report: dict, notes: bool = True) -> str:
     """Plain-text summary (percent): overall mAP, the paper-comparable batch-mean mAP, mAP per
     frequency group and tertile, top-1/5, the probe setting, the image size, kNN, unseen test
-    classes."""
+    classes. ``notes=False`` leaves out the lines a run printed as it went (image size, sweep
+    notes, unseen test classes), so that each is printed once."""
     t = report["thresholds"]
-    rows = [f"{'subset':<44}{'classes':>8}{'mAP':>8}",
+    rows = [f"{'subset':<44}{'classes':>8}{'mAP %':>8}",
             f"{'all (whole test set)':<44}{report['classes_evaluated']:>8}{_pct(report['map']):>8}"]
     labels = {"head": f"head (>{t['head_min']} train imgs)", "medium": f"medium ({t['tail_max']}-{t['head_min']})",
               "tail": f"tail (<{t['tail_max']})"}
@@ -141,13 +142,13 @@ def format_table(report: dict) -> str:
         best = report["best"]
         val = ", ".join(f"{k} {100 * v:.2f}" for k, v in best.items() if k.startswith("val_"))
         rows.append(f"probe: lr {best['lr']:g}, wd {best['wd']:g} chosen from {len(report['sweep'])} ({val})")
-        for note in report.get("sweep_notes", []):
+        for note in report.get("sweep_notes", []) if notes else ():
             rows.append(f"probe: {note}")
-    if "image_size" in report:
+    if "image_size" in report and notes:
         source = report.get("image_size_source")
         rows.append(f"image size: {report['image_size']} px" + (f" ({source})" if source else ""))
     for key, v in report.get("knn", {}).items():
         rows.append(f"{key:<44}{'':>8}{_pct(v):>8}")
-    for note in report.get("notes", []):
+    for note in report.get("notes", []) if notes else ():
         rows.append(f"note: {note}")
     return "\n".join(rows)

@@ -15,14 +15,16 @@ from .. import distributed as du
 from ..checkpoint import CheckpointError, checkpoint_arch
 from ..data import ObjectCropDataset
 from ..run import ignore_stop_signals
-from ..sources import AnnotationSpec, load_index
+from ..sources import AnnotationSpec, folder_match, load_index
 from ..transforms import ObjectAwareCrop
 from ..transforms.augment import moco_augment
 
-__all__ = ["BING_FIT_IMAGES", "EpochSampler", "SeededDataset", "build_dataset", "build_loader", "check_inputs",
-           "crop_plan", "fitted_proposals", "knn_test_index", "opened_proposals", "queue_size"]
+__all__ = ["BING_FIT_IMAGES", "MISSING_IMAGES", "EpochSampler", "SeededDataset", "build_dataset", "build_loader",
+           "check_inputs", "crop_plan", "fitted_proposals", "knn_test_index", "match_folder", "opened_proposals",
+           "queue_size"]
 
 BING_FIT_IMAGES = 500  # annotated images a default BING model is fitted on
+MISSING_IMAGES = "missing_images.txt"  # run folder: the images the annotations name that the folder lacks
 
 
 class EpochSampler(Sampler):
@@ -54,9 +56,9 @@ class SeededDataset(Dataset):
     """Item ``(epoch, i)`` is ``dataset[i]`` drawn with torch/numpy/random seeded by
     ``(seed, epoch, i)`` (the global RNG states are restored afterwards), as
     ``(views, i, events, skipped)``: ``events`` counts what this item caused in the process that
-    loaded it (``run.EVENTS``: skipped bad images, scene-crop fallbacks of the transform) and
-    ``skipped`` holds the skipped images as ``name\treason`` lines. A dataset with ``set_epoch``
-    (``ObjectCropDataset``: its random boxes) is told the item's epoch first."""
+    loaded it (``run.EVENTS``: skipped bad images, scene-crop fallbacks of the transform, truncated
+    JPEGs decoded) and ``skipped`` holds the skipped images as ``name\treason`` lines. A dataset
+    with ``set_epoch`` (``ObjectCropDataset``: its random boxes) is told the item's epoch first."""
 
     def __init__(self, dataset, seed):
         self.dataset, self.seed = dataset, seed
@@ -67,7 +69,8 @@ class SeededDataset(Dataset):
     def _counts(self):
         transform = getattr(self.dataset, "transform", None)
         fallbacks = getattr(transform, "local_scene_fallbacks", getattr(transform, "scene_fallbacks", 0))
-        return getattr(self.dataset, "bad_images", 0), fallbacks  # this process's counts: the item's own events
+        return (getattr(self.dataset, "bad_images", 0), fallbacks,  # this process's counts: the item's own events
+                getattr(self.dataset, "truncated_images", 0))
 
     def __getitem__(self, key):
         epoch, i = key
@@ -117,7 +120,17 @@ def check_inputs(args):
             warnings.simplefilter("ignore")
         index = load_index(AnnotationSpec.from_args(args, args.data))
         test_index = knn_test_index(args, index) if args.knn_every > 0 else None
+        index, missing = match_folder(args, index, test_index)
+        if test_index is not None:
+            test_index = match_folder(args, test_index, test=True)[0]
+    if (args.test_coco or args.test_labels) and args.knn_every <= 0:
+        warnings.warn(f"--test-{'coco' if args.test_coco else 'labels'} is read by the kNN monitor only, which is off "
+                      "(--knn-every 0): add --knn-every N to score the test images every N epochs")
     mode, sampling = crop_plan(args, index)
+    if mode != "scene" and index.num_boxes == 0 and not args.proposals:
+        raise ValueError(f"{index.source}: no boxes and no --proposals, so {mode} crops would be scene crops; "
+                         "make proposals first (python -m ssl_crops.proposals fit --images DIR_WITH_BOXES --coco "
+                         "ANN.json --out bing.npz) and pass --proposals bing.npz, or ask for --crop-mode scene")
     if args.random_boxes and mode == "scene":
         raise ValueError("--random-boxes moves the boxes of object crops: scene crops use no boxes (add --bing_crops "
                          "or --crop-mode object-object / object-scene)")
@@ -125,7 +138,53 @@ def check_inputs(args):
     if samples < args.batch_size:
         raise ValueError(f"{index.source}: {samples} {'boxes' if sampling == 'box' else 'images'} to train on "
                          f"(--sampling {sampling}), fewer than the batch size {args.batch_size} (-b)")
-    return {"index": index, "test_index": test_index}
+    return {"index": index, "test_index": test_index, "missing": missing}
+
+
+def _names(paths, first=3):
+    return ", ".join(paths[:first]) + (", ..." if len(paths) > first else "")
+
+
+def match_folder(args, index, test_index=None, test=False):
+    """``(index, missing)``: the images of ``index`` that are in the image folder (``--data``, or
+    ``--test-images`` with ``test``), and the names of those it lacks. None there: ``ValueError``
+    with the counts and the first missing names; some: a warning with the count. Training folder
+    images that no annotation lists (nor the test annotations) are counted and said; with
+    ``--proposals`` or ``--sampling image`` (object crops) they join the index without boxes."""
+    root = Path(args.test_images or args.data) if test else Path(args.data)
+    present, unlisted = folder_match(index, root)
+    missing = [index.path(i) for i in np.flatnonzero(~present)]
+    what = f"{'test images (kNN monitor)' if test else 'images'} named by {index.source}"
+    if len(index) and not present.any():
+        raise ValueError(f"none of the {len(index)} {what} is in {root} ({len(unlisted)} images there); first "
+                         f"missing: {_names(missing)}: give the image folder these annotations describe")
+    if missing:
+        warnings.warn(f"{len(missing)} of the {len(index)} {what} are not in {root} (e.g. {_names(missing)}): "
+                      f"using the other {int(present.sum())}"
+                      + ("" if test else f"; all named in <run>/{MISSING_IMAGES}"))
+        index = index.subset(present)
+    if test:
+        return index, missing
+    if unlisted and test_index is None:  # the test split may share the folder (OpenImages subset layout)
+        try:
+            test_index = load_index(AnnotationSpec.from_args(args, args.data, prefix="test-"))
+        except (FileNotFoundError, ValueError):
+            test_index = None
+    if unlisted and test_index is not None and not args.test_images:
+        test_names = {test_index.path(i) for i in range(len(test_index))}
+        unlisted = [p for p in unlisted if p not in test_names]
+    if unlisted:
+        mode = crop_plan(args, index)[0]
+        used = mode != "scene" and (args.proposals or args.sampling == "image")
+        why = ("training on them too, object crops from proposals" if used else
+               "not used (scene crops of the annotated images)" if mode == "scene" else
+               "not used (--sampling box visits boxes only; --sampling image or --proposals crops them from proposals)")
+        if int(os.environ.get("RANK", 0)) == 0:  # torchrun: rank 0 says it
+            print(f"{len(unlisted)} images of {root} are in no annotation file (e.g. {_names(unlisted)}): {why}",
+                  flush=True)
+        if used:
+            index = index.with_images(unlisted)
+    return index, missing
 
 
 def knn_test_index(args, index):
@@ -236,11 +295,17 @@ def build_loader(dataset, args, info, batch_size, workers):
                       generator=torch.Generator().manual_seed(args.seed), worker_init_fn=ignore_stop_signals)
 
 
-def queue_size(args, num_samples, global_batch, main=True):
+def queue_size(args, num_samples, global_batch, main=True, saved=None):
     """``--moco-k`` checked against the global batch; smaller (with a warning) when the queue
-    would hold every sample of the dataset (the positive would sit among the negatives)."""
+    would hold every sample of the dataset (the positive would sit among the negatives).
+    ``saved``: a resumed checkpoint's ``(K, K asked for)``; when ``--moco-k`` is either, the
+    checkpoint's K (and queue) is kept, also on a dataset of another size."""
     if num_samples < global_batch:
         raise ValueError(f"the dataset has {num_samples} samples, fewer than the global batch size {global_batch}")
+    if saved is not None and args.moco_k in saved and saved[0] % global_batch == 0:
+        if saved[0] >= num_samples and main:
+            warnings.warn(f"resumed queue K={saved[0]} >= {num_samples} samples: kept (the checkpoint's queue)")
+        return saved[0]
     k = args.moco_k
     if k >= num_samples:
         k = max(global_batch, (num_samples - 1) // global_batch * global_batch)

@@ -48,8 +48,8 @@ def build_parser():
     g.add_argument("-a", "--arch", default="resnet50", choices=ARCHS, metavar="ARCH",
                    help="torchvision ResNet: " + ", ".join(ARCHS))
     g.add_argument("-j", "--workers", type=int, default=default_workers(),
-                   help="data-loading workers per node, shared by its processes (default: the CPUs this process "
-                        "may use, at most 32)")
+                   help="data-loading workers per node, shared by its processes (default %(default)s here: the CPUs "
+                        "this process may use, at most 32)")
     g.add_argument("--epochs", type=int, default=200)
     g.add_argument("--start-epoch", type=int, default=0, help="first epoch (overridden by --resume)")
     g.add_argument("-b", "--batch-size", type=int, default=256, help="total batch size over all processes")

@@ -6,6 +6,7 @@ import math
 import os
 import pickle
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -16,14 +17,15 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed as du
 from ..checkpoint import (LAST, OutputError, ResumeMismatch, capture_rng, check_output, check_resume,
                           dataset_fingerprint, locate_resume, resume, run_checkpoints, save_checkpoint, to_moco_layout)
-from ..cli import user_errors
+from ..cli import plain_warnings, user_errors
 from ..demo import make_demo
 from ..formats import SUBSET_FILES
 from ..moco import default_bn_splits
-from ..run import EpochTally, RunLog, StopSignal, TensorBoardLog, loader_died, on_rank0, stop_workers
+from ..files import atomic_write
+from ..run import EpochTally, RunLog, StopSignal, TensorBoardLog, finite_or_none, loader_died, on_rank0, stop_workers
 from ..runlock import RunLock
 from ..transforms import BatchAugment
-from .inputs import build_dataset, build_loader, check_inputs, knn_test_index, queue_size
+from .inputs import MISSING_IMAGES, build_dataset, build_loader, check_inputs, knn_test_index, queue_size
 from .loop import NO_BUFFER_BROADCAST, adjust_learning_rate, build_model, train_one_epoch
 from .options import parse_args
 
@@ -53,20 +55,27 @@ def _nothing_to_do(args, resume_path, ckpt):
             f"{args.epochs}); raise --epochs to train further")
 
 
-def train_worker(info, args, index=None, test_index=None):
+def _saved_queue(ckpt):
+    """``(K, K asked for)`` of a checkpoint (``None`` if it records no K): K may have been cut to the data."""
+    k = (ckpt.get("args") or {}).get("moco_k") if ckpt is not None else None
+    return None if k is None else (k, ckpt.get("moco_k_asked", k))
+
+
+def train_worker(info, args, index=None, test_index=None, missing=()):
     """Pretrain in this process (rank ``info.rank``); returns the run folder. ``index`` and
-    ``test_index``: the annotations read by :func:`check_inputs` (read here when ``None``). Rank 0
+    ``test_index``: the annotations read by :func:`check_inputs` (read here when ``None``);
+    ``missing``: the images they name that the folder lacks (``missing_images.txt``). Rank 0
     holds the folder's lock (``runlock.RunLock``) from before anything touches the folder to the
     end: a second run naming the folder stops at once."""
     lock = RunLock(Path(args.output_dir) / args.save_name)
     on_rank0(lock.acquire)
     try:
-        return _train(info, args, index, test_index)
+        return _train(info, args, index, test_index, missing)
     finally:
         lock.release()
 
 
-def _train(info, args, index, test_index):
+def _train(info, args, index, test_index, missing):
     """The run of :func:`train_worker`, its folder held."""
     main = info.rank == 0
     if info.device.type == "cuda":
@@ -82,7 +91,12 @@ def _train(info, args, index, test_index):
         args = args.replace(resume="auto")  # also over an explicit --resume PATH once this run has checkpoints
         du.print0(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)")
     resume_path, resume_ckpt = locate_resume(args.resume, run_dir)
+    saved_queue, asked_k = _saved_queue(resume_ckpt), args.moco_k
     if (resume_ckpt["epoch"] if resume_ckpt is not None else args.start_epoch) >= args.epochs:
+        if resume_ckpt is not None:  # a finished run is checked as one to continue
+            kept = saved_queue[0] if saved_queue and asked_k in saved_queue else asked_k
+            check_resume(resume_path, resume_ckpt, args.replace(moco_k=kept),
+                         None if index is None else dataset_fingerprint(index), info.world_size, main=False)
         du.print0(_nothing_to_do(args, resume_path, resume_ckpt))
         return run_dir
     seed = args.seed
@@ -91,6 +105,8 @@ def _train(info, args, index, test_index):
     args = args.replace(seed=_shared_seed(seed, info.device))
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     on_rank0(lambda: check_output(run_dir))  # before any work: an unwritable folder fails now
+    if missing:
+        on_rank0(lambda: _write_lines(run_dir / MISSING_IMAGES, missing))
     demo_root = Path(args.data).parent
     if args.demo and main and not (demo_root / SUBSET_FILES["labels"]).exists():
         print(f"making demo data in {demo_root} ...", flush=True)
@@ -98,7 +114,7 @@ def _train(info, args, index, test_index):
     du.barrier()
 
     dataset, index = build_dataset(args, run_dir, main, index)
-    args = args.replace(moco_k=queue_size(args, len(dataset), args.batch_size, main))
+    args = args.replace(moco_k=queue_size(args, len(dataset), args.batch_size, main, saved_queue))
     fingerprint = dataset_fingerprint(index)
     if resume_ckpt is not None:  # before anything is loaded; --bn-splits only when given (not yet defaulted)
         check_resume(resume_path, resume_ckpt, args, fingerprint, info.world_size, main)
@@ -151,8 +167,10 @@ def _train(info, args, index, test_index):
         state = {"epoch": epoch, "arch": args.arch, "state_dict": to_moco_layout(model.state_dict()),
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "args": json.loads(json.dumps(vars(args), default=str)), "rng": capture_rng(), "step": step,
-                 "epoch_state": epoch_state, "dataset": fingerprint, "world_size": info.world_size}
-        on_rank0(lambda: save_checkpoint(state, run_dir, keep, args.keep_checkpoints))
+                 "epoch_state": epoch_state, "dataset": fingerprint, "world_size": info.world_size,
+                 "moco_k_asked": asked_k}
+        with stop.finishing_save():  # a second Ctrl-C now waits for the atomic write
+            on_rank0(lambda: save_checkpoint(state, run_dir, keep, args.keep_checkpoints))
 
     try:
         with StopSignal() as stop:
@@ -191,8 +209,10 @@ def _train(info, args, index, test_index):
                 if knn is not None and (done % args.knn_every == 0 or done == args.epochs):
                     summary.update(knn(model.encoder_q))
                 if main:
+                    summary = finite_or_none(summary, f"epoch {done}")
                     log.write(summary)
-                    print(f"epoch {done}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in summary.items()
+                    print(f"epoch {done}/{args.epochs} " + " ".join(f"{k} {'n/a' if v is None else f'{v:.4g}'}"
+                                                                    for k, v in summary.items()
                                                                     if k not in ("type", "epoch", "random_boxes")), flush=True)
                     if events["bad_images"]:
                         print(f"  {events['bad_images']} unreadable images skipped this epoch "
@@ -226,11 +246,22 @@ def _demo_result(info, args, run_dir):
           f"{args.arch} ({100 * (maps[0] - maps[1]):+.2f}); reports in {out}", flush=True)
 
 
+def _write_lines(path, lines):
+    with atomic_write(path, "w") as f:
+        f.writelines(f"{line}\n" for line in lines)
+
+
 def main(argv=None):
+    plain_warnings()
     args = parse_args(argv)
     with user_errors(FileNotFoundError, ValueError, pickle.UnpicklingError, prog="main_moco.py"):
         inputs = {} if args.demo else check_inputs(args)  # before the run folder is touched
     try:
-        return du.launch(functools.partial(train_worker, **inputs), args)
-    except (OutputError, FileExistsError, ResumeMismatch) as e:  # one line: which file, and why
+        with user_errors(FileExistsError, ResumeMismatch, prog="main_moco.py"):  # a held or finished run folder
+            return du.launch(functools.partial(train_worker, **inputs), args)
+    except OutputError as e:  # one line: which file, and why
         raise SystemExit(f"main_moco.py: error: {e}") from None
+    except KeyboardInterrupt:
+        print("main_moco.py: interrupted by a second Ctrl-C: stopped without saving this step; the last checkpoint "
+              "stays (continue with --resume auto)", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None

@@ -61,7 +61,7 @@ def test_knn_monitor_on_demo(demo_root):
     mlp = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 16))
     enc.fc = mlp
     res = _demo_monitor(demo_root)(enc.train())
-    assert set(res) == {"knn5_map", "knn20_map"} and all(0 < v <= 1 for v in res.values())
+    assert set(res) == {"knn5_map_pct", "knn20_map_pct"} and all(0 < v <= 100 for v in res.values())  # percent
     assert enc.fc is mlp and enc.training
 
 
@@ -99,7 +99,23 @@ def test_knn_monitor_leaves_unreadable_images_out(bad_images, monkeypatch):
     monkeypatch.setattr(knn, "knn_classify", lambda *a, **k: sizes.append((len(a[0]), len(a[2]))) or knn_classify(*a, **k))
     monitor = KNNMonitor(bad_images.images, index, index, image_size=32, batch_size=8, workers=0, k=(5,),
                          on_corrupt="skip")
-    res = monitor(_demo_encoder())
-    assert sizes == [(40, 40)] and 0 <= res["knn5_map"] <= 1  # 44 images, 4 unreadable
+    with pytest.warns(UserWarning, match=r"kNN monitor: 4 of 44 training images unreadable or missing in .*, left "
+                                         r"out: .*(empty|missing|truncated|huge)\.jpg") as caught:
+        res = monitor(_demo_encoder())
+    assert sizes == [(40, 40)] and 0 <= res["knn5_map_pct"] <= 100  # 44 images, 4 unreadable
+    assert any("4 of 44 test images" in str(w.message) for w in caught)
     with pytest.raises(CorruptImageError, match="missing.jpg|truncated.jpg|empty.jpg|huge.jpg"):
         KNNMonitor(bad_images.images, index, index, image_size=32, batch_size=8, workers=0, k=(5,))(_demo_encoder())
+
+
+def test_knn_monitor_without_a_readable_test_image_gives_nan(bad_images):
+    """Nothing to score: NaN (the run warns and logs null), not a crash nor a silent number."""
+    from ssl_crops.boxes import BoxIndex
+
+    index = BoxIndex.from_coco(bad_images.coco)
+    bad = index.subset([i for i in range(len(index)) if index.path(i) in ("missing.jpg", "empty.jpg")])
+    monitor = KNNMonitor(bad_images.images, index, bad, image_size=32, batch_size=8, workers=0, k=(5,),
+                         on_corrupt="skip")
+    with pytest.warns(UserWarning, match="2 of 2 test images unreadable or missing"):
+        res = monitor(_demo_encoder())
+    assert list(res) == ["knn5_map_pct"] and res["knn5_map_pct"] != res["knn5_map_pct"]

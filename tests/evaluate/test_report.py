@@ -92,3 +92,21 @@ def test_report_groups_and_files(tmp_path):
     assert (tmp_path / "per_class_ap.csv").read_text().splitlines()[0] == \
         "class_index,class,train_images,test_positives,group,tertile,ap"
     assert "tail (<20)" in format_table(rep)
+
+
+def test_table_in_percent_and_without_the_lines_a_run_printed_as_it_went(tmp_path):
+    rep, _, _ = _report(image_size=224, image_size_source="the checkpoint's")
+    rep.update(sweep=[{"lr": 1.0, "wd": 0.0}], best={"lr": 1.0, "wd": 0.0, "val_map": 0.5},
+               sweep_notes=["best lr on the edge: widened with lr 10"], notes=["2 test classes unseen"])
+    full, once = format_table(rep), format_table(rep, notes=False)
+    assert "mAP %" in full.splitlines()[0] and f"{100 * rep['map']:6.2f}" in full
+    for line in ("image size: 224 px", "probe: best lr on the edge", "note: 2 test classes unseen"):
+        assert line in full and line not in once
+    assert "probe: lr 1, wd 0 chosen" in once  # the choice itself was not printed before
+
+
+def test_report_json_is_strict(tmp_path):
+    rep, _, _ = _report()
+    rep["knn"] = {"knn20_map": float("nan")}
+    text = write_report(rep, tmp_path)["report"].read_text()
+    assert "NaN" not in text and json.loads(text)["knn"] == {"knn20_map": None}

@@ -86,3 +86,9 @@ def test_best_candidates_keep_their_order_and_count_with_ties():
     best = c.best(3)
     assert best.score.tolist() == [3, 2, 5] and best.ys.tolist() == [0, 2, 6]   # first of the tied 2s
     assert c.best(7) is c and c.best(1).score.tolist() == [5]
+
+
+def test_the_old_features_alias_is_gone():
+    import importlib.util
+
+    assert importlib.util.find_spec("ssl_crops.proposals.features") is None  # gradients.py is the one name

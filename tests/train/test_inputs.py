@@ -75,11 +75,11 @@ def test_event_counts_from_loader_workers_add_up(bad_images):
     keys = [(0, i) for i in range(len(dataset))]
     with pytest.warns(RuntimeWarning):
         alone = [seeded[k] for k in keys]
-    assert sum(item[2] for item in alone).tolist() == [4, 44 // 3]
+    assert sum(item[2] for item in alone).tolist() == [4, 44 // 3, 0]
     fresh = ObjectCropDataset(bad_images.images, BoxIndex.from_coco(bad_images.coco), _CountingCrop())
     loader = DataLoader(train.SeededDataset(fresh, seed=0), batch_size=4, sampler=keys, num_workers=2)
     batches = list(loader)  # 11 batches: worker 0 loads 6 (24 items), worker 1 loads 5 (20 items)
-    assert sum(b[2].sum(0) for b in batches).tolist() == [4, 24 // 3 + 20 // 3]
+    assert sum(b[2].sum(0) for b in batches).tolist() == [4, 24 // 3 + 20 // 3, 0]
     skipped = "".join("".join(b[3]) for b in batches)
     assert sorted(line.split("\t")[0] for line in skipped.splitlines()) == sorted(bad_images.unreadable)
 
@@ -210,3 +210,91 @@ def test_bing_proposals_recipe_for_images_without_boxes(demo_root, tmp_path, cap
     mtime = (tmp_path / "run" / "proposals.npz").stat().st_mtime_ns
     train.build_dataset(train.parse_args(argv), tmp_path / "run")  # a resumed run reuses the cache
     assert (tmp_path / "run" / "proposals.npz").stat().st_mtime_ns == mtime
+
+
+def test_queue_kept_from_the_checkpoint_when_it_was_cut_or_asked():
+    """The K a resumed run asked for (65536, cut to 128 by the data) or the cut K itself keeps the
+    checkpoint's K on data of another size; another K is cut as for a new run."""
+    assert train.queue_size(Namespace(moco_k=65536), 120, 32, saved=(128, 65536)) == 128
+    assert train.queue_size(Namespace(moco_k=128), 120, 32, saved=(128, 65536)) == 128
+    with pytest.warns(UserWarning, match="whole dataset"):
+        assert train.queue_size(Namespace(moco_k=65536), 120, 32, saved=(128, 128)) == 96
+
+
+def _coco_subset(demo_root, path, rename=0, drop=0):
+    """The demo's train COCO json with its first ``rename`` file names changed (not in the folder)
+    and its last ``drop`` images left out (in the folder, in no annotation file)."""
+    coco = json.loads((demo_root / "annotations_train.json").read_text())
+    coco["images"] = coco["images"][:len(coco["images"]) - drop]
+    for im in coco["images"][:rename]:
+        im["file_name"] = "gone_" + im["file_name"]
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _inputs(demo_root, tmp_path, *flags):
+    return train.check_inputs(train.parse_args([str(demo_root / "images"), "-b", "4", "--output-dir",
+                                                str(tmp_path / "out"), *flags]))
+
+
+def test_annotations_that_name_none_of_the_folder_stop_with_counts_and_names(demo_root, tmp_path):
+    other = _coco_subset(demo_root, tmp_path / "other.json", rename=24)
+    with pytest.raises(ValueError, match=r"none of the 24 images named by .*other.json is in .*images \(32 images "
+                                         r"there\); first missing: gone_.*\.jpg, gone_.*\.jpg, gone_.*\.jpg, \.\.\."):
+        _inputs(demo_root, tmp_path, "--coco", str(other))
+
+
+def test_some_missing_images_are_counted_left_out_and_listed(demo_root, tmp_path, capsys):
+    some = _coco_subset(demo_root, tmp_path / "some.json", rename=5)
+    with pytest.warns(UserWarning, match=r"5 of the 24 images named by .*some.json are not in .*: using the other 19"):
+        inputs = _inputs(demo_root, tmp_path, "--coco", str(some))
+    assert len(inputs["index"]) == 19 and len(inputs["missing"]) == 5
+    assert all(name.startswith("gone_") for name in inputs["missing"])
+    # the 5 real files those names stand for are in no annotation file: said, and why they are unused
+    assert "5 images of" in capsys.readouterr().out
+
+
+def test_folder_images_without_annotations_are_said_and_used_on_request(demo_root, tmp_path, capsys):
+    """The 8 test images share the folder with the train images: not counted as unlisted; 3 train
+    images left out of the json are, unused under --sampling box, cropped from proposals under
+    --sampling image."""
+    fewer = _coco_subset(demo_root, tmp_path / "fewer.json", drop=3)
+    inputs = _inputs(demo_root, tmp_path, "--coco", str(fewer), "--bing_crops")
+    out = capsys.readouterr().out
+    assert "3 images of" in out and "are in no annotation file" in out and "not used (--sampling box" in out
+    assert len(inputs["index"]) == 21 and inputs["missing"] == []
+    inputs = _inputs(demo_root, tmp_path, "--coco", str(fewer), "--bing_crops", "--sampling", "image")
+    assert "training on them too, object crops from proposals" in capsys.readouterr().out
+    index = inputs["index"]
+    assert len(index) == 24 and index.num_boxes_per_image()[-3:].tolist() == [0, 0, 0]
+
+
+def test_object_crops_without_boxes_or_proposals_are_an_error_unless_scene(demo_root, tmp_path):
+    (tmp_path / "photos").mkdir()
+    for k in range(6):
+        Image.new("RGB", (40, 30), (k * 40, 90, 20)).save(tmp_path / "photos" / f"{k}.jpg")
+    with pytest.raises(ValueError, match=r"no boxes and no --proposals.*python -m ssl_crops.proposals fit.*"
+                                         r"--crop-mode scene"):
+        train.check_inputs(train.parse_args([str(tmp_path / "photos"), "--bing_crops", "-b", "4"]))
+    assert len(train.check_inputs(train.parse_args([str(tmp_path / "photos"), "--bing_crops", "--crop-mode",
+                                                    "scene", "-b", "4"]))["index"]) == 6
+
+
+def test_test_annotations_without_the_monitor_say_it_is_off(demo_root, tmp_path):
+    with pytest.warns(UserWarning, match="--test-coco is read by the kNN monitor only, which is off"):
+        _inputs(demo_root, tmp_path, "--test-coco", str(demo_root / "annotations_test.json"))
+
+
+def test_missing_test_images_of_the_monitor_are_counted_and_named(demo_root, tmp_path):
+    test = json.loads((demo_root / "annotations_test.json").read_text())
+    test["images"][0]["file_name"] = "gone_" + test["images"][0]["file_name"]
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    with pytest.warns(UserWarning, match=r"1 of the 8 test images \(kNN monitor\) named by .*test.json are not in "
+                                         r".*images \(e.g. gone_.*\.jpg\): using the other 7"):
+        inputs = _inputs(demo_root, tmp_path, "--knn-every", "1", "--test-coco", str(tmp_path / "test.json"))
+    assert len(inputs["test_index"]) == 7
+    for im in test["images"]:
+        im["file_name"] = "gone_" + im["file_name"]
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    with pytest.raises(ValueError, match=r"none of the 8 test images \(kNN monitor\) named by"):
+        _inputs(demo_root, tmp_path, "--knn-every", "1", "--test-coco", str(tmp_path / "test.json"))

@@ -8,6 +8,7 @@ from torchvision.models import resnet18
 
 from ssl_crops import train
 from ssl_crops.moco import MoCo
+from ssl_crops.train import loop
 
 
 def test_learning_rate_schedules():
@@ -50,3 +51,35 @@ def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_
             loss, _ = train.train_step(model, im_q, im_k, opt, scaler)
         losses.append(loss.item())
     assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_step_seeding_lives_with_the_training_step():
+    from ssl_crops import checkpoint
+    assert not hasattr(checkpoint, "seed_step") and not hasattr(checkpoint, "step_seed")  # moved here (issue 29)
+
+
+def test_step_seed_depends_on_seed_and_step_only():
+    assert loop.step_seed(0, 5) == loop.step_seed(0, 5)
+    assert len({loop.step_seed(s, t) for s in range(3) for t in range(100)}) == 300
+    assert 0 <= loop.step_seed(2**31, 10**9) < 2**63
+
+
+def test_seed_step_makes_a_step_independent_of_earlier_draws():
+    loop.seed_step(0, 7)
+    a = torch.randperm(16)
+    torch.rand(1000)  # e.g. a DataLoader iterator drawing its base seed
+    loop.seed_step(0, 7)
+    assert torch.equal(torch.randperm(16), a)
+    loop.seed_step(0, 8)
+    assert not torch.equal(torch.randperm(16), a)
+
+
+def test_step_seeds_differ_per_rank():
+    """Rank 0 keeps the single-process seed (of runs saved before seeds had a rank); other
+    ranks draw other device augmentation and shuffle-BN permutations at the same step."""
+    assert loop.step_seed(3, 7, rank=0) == loop.step_seed(3, 7)
+    assert len({loop.step_seed(3, t, r) for t in range(50) for r in range(8)}) == 400
+    loop.seed_step(3, 7, rank=1)
+    a = torch.rand(4)
+    loop.seed_step(3, 7, rank=0)
+    assert not torch.equal(torch.rand(4), a)

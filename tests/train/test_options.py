@@ -57,3 +57,12 @@ def test_tensorboard_without_the_package_is_one_error_line(monkeypatch, capsys):
         train.parse_args(["D", "--tensorboard", "tb"])
     assert e.value.code == 2
     assert "error: --tensorboard needs the tensorboard package: pip install 'ssl-crops[tb]'" in capsys.readouterr().err
+
+
+def test_workers_help_shows_one_default():
+    from ssl_crops.train import options
+
+    text = " ".join(options.build_parser().format_help().split())
+    start = text.index("-j WORKERS, --workers WORKERS")
+    j = text[start:text.index("--epochs EPOCHS", start)]
+    assert j.count("default") == 1 and f"default {options.default_workers()} here" in j

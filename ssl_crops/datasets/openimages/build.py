@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import gc
 import gzip
-import json
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ...files import atomic_write
+from ...files import atomic_write, json_text
 from ...formats import SUBSET_FILES
 
 COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
@@ -360,5 +359,5 @@ def build(boxes, out, *, classes=None, test_boxes=(), min_class_images=900, min_
             _save_npy(out / TEST_BOXES_FILE, features)
             BoxIndex.from_openimages(labels, features, classes=kept).save(out / "index_test.npz")
             (out / "images_test.txt").write_text("".join(f"{s}/{i}\n" for i, s in test.splits.items()))
-        (out / "build_report.json").write_text(json.dumps(report, indent=1))
+        (out / "build_report.json").write_text(json_text(report, indent=1))
     return report

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import http.client
 import io
-import json
 import os
 import random
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ...files import atomic_write
+from ...files import atomic_write, json_text
 
 DEFAULT_BASE_URL = "https://open-images-dataset.s3.amazonaws.com"
 
@@ -176,7 +175,7 @@ def download(ids, out, *, base_url=DEFAULT_BASE_URL, split="train", workers=16, 
     result = {"requested": len(items), "downloaded": counts["downloaded"], "skipped": counts["skipped"],
               "failed": len(failures), "failures": failures}
     report = Path(report) if report else default_report(ids, out)
-    report.write_text(json.dumps(result, indent=1))
+    report.write_text(json_text(result, indent=1))
     print(f"download: {len(items):,} requested, {counts['downloaded']:,} downloaded, "
           f"{counts['skipped']:,} already present, {len(failures):,} failed (report: {report})")
     for f in failures[:20]:
