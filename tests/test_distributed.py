@@ -49,13 +49,6 @@ def test_single_slurm_task_is_a_single_process(clean_env):
     assert du.init_distributed().distributed is False
 
 
-@pytest.mark.parametrize("nodelist,addr", [("gpu[03-05,07],cpu1", "gpu03"), ("node7", "node7"),
-                                           ("a-1,b-2", "a-1"), ("n[12]", "n12")])
-def test_slurm_master_address(clean_env, nodelist, addr):
-    clean_env.setenv("SLURM_JOB_NODELIST", nodelist)
-    assert du._slurm_master_addr() == addr
-
-
 def test_launch_runs_plain_single_process(clean_env):
     args = Namespace(multiprocessing_distributed=False, world_size=-1, rank=-1, dist_url="unused", gpu=None)
     assert du.launch(lambda info, a: (info.world_size, info.distributed), args) == (1, False)

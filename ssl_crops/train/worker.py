@@ -25,7 +25,7 @@ from ..runlock import RunLock
 from ..transforms import BatchAugment
 from .inputs import build_dataset, build_loader, check_inputs, knn_test_index, queue_size
 from .loop import NO_BUFFER_BROADCAST, adjust_learning_rate, build_model, train_one_epoch
-from .options import parse_args
+from .options import default_workers, parse_args, process_cpus
 
 __all__ = ["main", "train_worker"]
 
@@ -74,6 +74,8 @@ def _train(info, args, index, test_index):
     cuda = info.device.type == "cuda"  # resolved per device: the defaults of these flags
     args = args.replace(channels_last=cuda if args.channels_last is None else args.channels_last,
                         augment_on=args.augment_on or ("device" if cuda else "cpu"))
+    if info.per_node_flags:  # the original flags: --batch-size per node, as the official code
+        args = args.replace(batch_size=args.batch_size * info.nodes)
     if args.batch_size % info.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
     run_dir = Path(args.output_dir) / args.save_name
@@ -102,9 +104,10 @@ def _train(info, args, index, test_index):
     fingerprint = dataset_fingerprint(index)
     if resume_ckpt is not None:  # before anything is loaded; --bn-splits only when given (not yet defaulted)
         check_resume(resume_path, resume_ckpt, args, fingerprint, info.world_size, main)
-    workers = math.ceil(args.workers / info.local_world_size)
+    workers = (default_workers(info.launcher, info.local_world_size) if args.workers is None
+               else math.ceil(args.workers / info.local_world_size))
     if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # processes of a node share its cores
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // info.local_world_size))
+        torch.set_num_threads(process_cpus(info.launcher, info.local_world_size))
     rank_batch = args.batch_size // info.world_size
     loader = build_loader(dataset, args, info, rank_batch, workers)
     steps_per_epoch = len(loader)
@@ -144,7 +147,10 @@ def _train(info, args, index, test_index):
         tb = TensorBoardLog(args.tensorboard, None if resumed is None else resumed + 1) if args.tensorboard else None
         log = RunLog(run_dir, resumed_step=resumed, tensorboard=tb)
         print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops), "
-              f"{info.world_size} process(es) on {info.device.type}, batch {args.batch_size}", flush=True)
+              f"{info.world_size} process(es) on {info.device.type} ({info.local_world_size} per node, {info.nodes} "
+              f"node(s)), batch {args.batch_size} in total, {rank_batch} per process"
+              + (" (--batch-size per node: the original flags)" if info.per_node_flags else "")
+              + f", {workers} loader workers per process", flush=True)
 
     def checkpoint(epoch, keep=False, epoch_state=None):
         state = {"epoch": epoch, "arch": args.arch, "state_dict": to_moco_layout(model.state_dict()),
@@ -230,6 +236,7 @@ def main(argv=None):
     with user_errors(FileNotFoundError, ValueError, pickle.UnpicklingError, prog="main_moco.py"):
         inputs = {} if args.demo else check_inputs(args)  # before the run folder is touched
     try:
-        return du.launch(functools.partial(train_worker, **inputs), args)
+        with user_errors(du.LaunchError, prog="main_moco.py"):  # flags and environment that make no launch
+            return du.launch(functools.partial(train_worker, **inputs), args)
     except (OutputError, FileExistsError, ResumeMismatch) as e:  # one line: which file, and why
         raise SystemExit(f"main_moco.py: error: {e}") from None
