@@ -50,3 +50,13 @@ def test_augment_on_device_gives_uint8_crops_and_augments_in_the_step(demo, tmp_
             loss, _ = train.train_step(model, im_q, im_k, opt, scaler)
         losses.append(loss.item())
     assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_a_slow_loader_is_named_with_its_figures_and_flag(capsys):
+    from ssl_crops.train.loop import warn_slow_loader
+    warn_slow_loader([(0.3, 0.1), (0.5, 0.1)], 2)
+    assert ("the loader is the bottleneck: 0.400 s/step waiting for data, 0.100 s/step computing, with 2 loader "
+            "workers per process; raise -j") in capsys.readouterr().out
+    warn_slow_loader([(0.01, 0.1)], 2)
+    warn_slow_loader([], 2)
+    assert capsys.readouterr().out == ""
