@@ -27,13 +27,38 @@ from .inputs import build_dataset, build_loader, check_inputs, knn_test_index, q
 from .loop import NO_BUFFER_BROADCAST, adjust_learning_rate, build_model, train_one_epoch
 from .options import default_workers, parse_args, process_cpus
 
-__all__ = ["main", "train_worker"]
+__all__ = ["agreed_resume", "main", "train_worker"]
 
 def _shared_seed(seed, device):
     """``seed``, or a random seed drawn on rank 0 and shared with every rank."""
     if seed is not None:
         return seed
     return int(du.all_gather_cat(torch.tensor([int.from_bytes(os.urandom(4), "big") >> 1], device=device))[0])
+
+
+def agreed_resume(resume_arg, run_dir):
+    """:func:`locate_resume` with ``--resume auto`` decided by rank 0 (a node's file system cache
+    may show another newest checkpoint after a restart): the other ranks read the file it chose
+    and refuse (``ResumeMismatch``) when theirs holds another step."""
+    if resume_arg != "auto" or du.get_world_size() == 1:
+        return locate_resume(resume_arg, run_dir)
+    found = path = ckpt = None
+    if du.is_main_process():
+        try:
+            path, ckpt = locate_resume("auto", run_dir)
+            found = (None if path is None else str(path), None if ckpt is None else ckpt.get("step"))
+        except FileExistsError as e:  # the same one-line refusal on every rank
+            found = str(e)
+    found = du.broadcast_object(found)
+    if isinstance(found, str):
+        raise FileExistsError(found)
+    if du.is_main_process() or found[0] is None:
+        return path, ckpt
+    path, ckpt = locate_resume(found[0], run_dir)
+    if ckpt.get("step") != found[1]:
+        raise ResumeMismatch(f"--resume auto: rank {du.get_rank()} reads step {ckpt.get('step')} in {path}, rank 0 "
+                             f"step {found[1]}: the nodes see different files (a stale network file system cache?)")
+    return path, ckpt
 
 
 def _knn_monitor(args, index, test_index=None):
@@ -83,7 +108,7 @@ def _train(info, args, index, test_index):
     if restart > 0 and args.resume != "auto" and (not args.resume or run_checkpoints(run_dir)):
         args = args.replace(resume="auto")  # also over an explicit --resume PATH once this run has checkpoints
         du.print0(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)")
-    resume_path, resume_ckpt = locate_resume(args.resume, run_dir)
+    resume_path, resume_ckpt = agreed_resume(args.resume, run_dir)
     if (resume_ckpt["epoch"] if resume_ckpt is not None else args.start_epoch) >= args.epochs:
         du.print0(_nothing_to_do(args, resume_path, resume_ckpt))
         return run_dir

@@ -539,3 +539,26 @@ def test_tensorboard_and_keep_checkpoints(demo, tmp_path, clean_env, monkeypatch
     assert [(s, v) for tag, v, s in writer.scalars if tag == "epoch/loss"] == logged
     assert sorted(p.name for p in (tmp_path / "r").glob("checkpoint_*.pth")) == [
         "checkpoint_0002.pth", "checkpoint_last.pth", "checkpoint_prev.pth"]  # --save-freq 1, newest one kept
+
+
+def test_resume_auto_is_rank_0s_choice_on_every_rank(tmp_path, monkeypatch):
+    """Rank 1 of 2, whose file system shows checkpoint_last at step 6 while rank 0 chose
+    checkpoint_prev (step 3): it loads rank 0's file; a file of another step there is refused."""
+    from ssl_crops import distributed as du
+    from ssl_crops.checkpoint import ResumeMismatch, write_checkpoint
+    from ssl_crops.train.worker import agreed_resume
+    for name, step in (("checkpoint_last.pth", 6), ("checkpoint_prev.pth", 3)):
+        write_checkpoint({"state_dict": {}, "epoch": step // 3, "step": step}, tmp_path / name)
+    monkeypatch.setattr(du, "get_world_size", lambda: 2)
+    monkeypatch.setattr(du, "get_rank", lambda: 1)
+    monkeypatch.setattr(du, "is_main_process", lambda: False)
+    chosen = str(tmp_path / "checkpoint_prev.pth")
+    monkeypatch.setattr(du, "broadcast_object", lambda obj: (chosen, 3))
+    path, ckpt = agreed_resume("auto", tmp_path)
+    assert path == chosen and ckpt["step"] == 3
+    monkeypatch.setattr(du, "broadcast_object", lambda obj: (chosen, 4))  # rank 0 read step 4 in that file
+    with pytest.raises(ResumeMismatch, match="rank 1 reads step 3 .* rank 0 step 4"):
+        agreed_resume("auto", tmp_path)
+    monkeypatch.setattr(du, "broadcast_object", lambda obj: "--resume auto: no readable checkpoint")
+    with pytest.raises(FileExistsError, match="no readable checkpoint"):
+        agreed_resume("auto", tmp_path)
