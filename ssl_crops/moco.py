@@ -112,7 +112,8 @@ class _SplitNormChannelsLast(torch.autograd.Function):
         n, c, h, w = x.shape
         s, count = ctx.s, x.numel() // (ctx.s * x.shape[1])
         grad = grad.contiguous(memory_format=torch.channels_last)
-        sum_g, sum_gx = _split_sums(grad, s), _split_sums(grad * x, s)
+        prod = grad * x if grad.dtype == torch.float32 else grad.float().mul_(x)  # fp16: no overflow, no rounding
+        sum_g, sum_gx = _split_sums(grad, s), _split_sums(prod, s)
         sum_gxhat = (sum_gx - mean * sum_g) * rstd  # sum of grad * (x - mean) * rstd
         a = rstd * weight.float()
         b = -a * rstd * sum_gxhat / count
