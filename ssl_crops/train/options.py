@@ -142,6 +142,9 @@ def build_parser():
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on with CUDA)")
     g.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic CUDA kernels, no cuDNN autotuning: a resume repeats an uninterrupted run "
+                        "bit for bit on the same GPUs and software (slower; the CPU is always so)")
     g.add_argument("--augment-on", choices=["cpu", "device"], default=None,
                    help="MoCo augmentation in the loader workers (cpu) or batched on the training device "
                         "(device: workers return uint8 crops); default: device with CUDA, else cpu")

@@ -27,13 +27,23 @@ from .inputs import build_dataset, build_loader, check_inputs, knn_test_index, q
 from .loop import NO_BUFFER_BROADCAST, adjust_learning_rate, build_model, train_one_epoch
 from .options import default_workers, parse_args, process_cpus
 
-__all__ = ["agreed_resume", "main", "train_worker"]
+__all__ = ["agreed_resume", "cuda_determinism", "main", "train_worker"]
 
 def _shared_seed(seed, device):
     """``seed``, or a random seed drawn on rank 0 and shared with every rank."""
     if seed is not None:
         return seed
     return int(du.all_gather_cat(torch.tensor([int.from_bytes(os.urandom(4), "big") >> 1], device=device))[0])
+
+
+def cuda_determinism(deterministic):
+    """``--deterministic``: deterministic kernels and cuDNN algorithms, no autotuning (which may
+    choose other algorithms after a restart); otherwise cuDNN's autotuning, the fastest."""
+    if deterministic:  # before the first cuBLAS call of this process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def agreed_resume(resume_arg, run_dir):
@@ -95,7 +105,7 @@ def _train(info, args, index, test_index):
     """The run of :func:`train_worker`, its folder held."""
     main = info.rank == 0
     if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        cuda_determinism(bool(getattr(args, "deterministic", False)))
     cuda = info.device.type == "cuda"  # resolved per device: the defaults of these flags
     args = args.replace(channels_last=cuda if args.channels_last is None else args.channels_last,
                         augment_on=args.augment_on or ("device" if cuda else "cpu"))

@@ -562,3 +562,17 @@ def test_resume_auto_is_rank_0s_choice_on_every_rank(tmp_path, monkeypatch):
     monkeypatch.setattr(du, "broadcast_object", lambda obj: "--resume auto: no readable checkpoint")
     with pytest.raises(FileExistsError, match="no readable checkpoint"):
         agreed_resume("auto", tmp_path)
+
+
+def test_deterministic_flag_sets_the_cuda_kernels(monkeypatch):
+    import torch
+    from ssl_crops.train.worker import cuda_determinism
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert train.build_parser().parse_args(["D", "--deterministic"]).deterministic
+    try:
+        cuda_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        cuda_determinism(False)
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
