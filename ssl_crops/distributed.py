@@ -28,7 +28,6 @@ group on a ``PrefixStore`` named after ``TORCHELASTIC_RESTART_COUNT``.
 """
 import os
 import pickle
-import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -206,23 +205,6 @@ def _spawn_worker(local_rank, worker_fn, args, how, nprocs, world_size, node, ur
     return _run(worker_fn, info, args)
 
 
-@contextmanager
-def _parent_outlives_stop_signals():
-    """While ``mp.spawn``'s parent waits, a stop signal to the whole job (SLURM, ``timeout``) is
-    the ranks' to handle: the parent notes it instead of dying, which would SIGINT the ranks
-    (their death signal) while they save."""
-    def note(signum, frame):
-        print(f"{signal.Signals(signum).name}: waiting for the processes to save and stop", flush=True)
-
-    names = ("SIGTERM", "SIGUSR1", "SIGINT")
-    previous = {sig: signal.signal(sig, note) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def launch(worker_fn, args):
     """Run ``worker_fn(info, args)`` in every process of the job (see the module docstring).
 
@@ -254,7 +236,7 @@ def launch(worker_fn, args):
             nprocs = 1
         if nprocs == 1:
             return _spawn_worker(0, worker_fn, args, how, 1, nodes, node, url)
-        with _parent_outlives_stop_signals():
+        with rendezvous.parent_outlives_stop_signals():
             mp.spawn(_spawn_worker, nprocs=nprocs, args=(worker_fn, args, how, nprocs, nodes * nprocs, node, url))
         return None
     if step is not None and step.ntasks > 1:
@@ -351,6 +333,19 @@ def all_gather_cat(tensor):
     t = _on_backend(tensor.contiguous())
     out = t.new_empty((world * t.shape[0], *t.shape[1:]))
     (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, t)  # newer torch renames it
+    return out.to(tensor.device)
+
+
+@torch.no_grad()
+def all_to_all_rows(tensor, send_counts, recv_counts):
+    """Rows of ``tensor`` sent in consecutive blocks, ``send_counts[r]`` rows to rank ``r``;
+    returns the rows received, ``recv_counts[r]`` from rank ``r`` in rank order, on the caller's
+    device. The counts are host ints (no sync)."""
+    if get_world_size() == 1:
+        return tensor
+    t = _on_backend(tensor.contiguous())
+    out = t.new_empty((sum(recv_counts), *t.shape[1:]))
+    dist.all_to_all_single(out, t, list(recv_counts), list(send_counts))
     return out.to(tensor.device)
 
 

@@ -1,15 +1,19 @@
-"""The process group's store as a channel between ranks: one rank's failure ends the others
-(:class:`FailureWatch`); rendezvous ports (free, or derived from a SLURM job id). No collectives."""
+"""What ``distributed.launch`` needs around the process group, no collectives: the group's store
+as a channel between ranks (one rank's failure ends the others: :class:`FailureWatch`),
+rendezvous ports (free, or derived from a SLURM job id), and ``mp.spawn``'s parent under a stop signal."""
 import os
+import signal
 import socket
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import torch.distributed as dist
 
-__all__ = ["FAILURE_POLL_S", "FailureWatch", "free_port", "job_port", "url_port"]
+__all__ = ["FAILURE_POLL_S", "FailureWatch", "free_port", "job_port", "parent_outlives_stop_signals",
+           "url_port"]
 
 FAILURE_POLL_S = 1.0  # how often each rank looks for another rank's failure in the store
 _FAILED_KEY = "failed"
@@ -71,3 +75,20 @@ def url_port(url):
         return urlparse(url).port if url and "://" in url else None
     except ValueError:
         return None
+
+
+@contextmanager
+def parent_outlives_stop_signals():
+    """While ``mp.spawn``'s parent waits, a stop signal to the whole job (SLURM, ``timeout``) is
+    the ranks' to handle: the parent notes it instead of dying, which would SIGINT the ranks
+    (their death signal) while they save."""
+    def note(signum, frame):
+        print(f"{signal.Signals(signum).name}: waiting for the processes to save and stop", flush=True)
+
+    names = ("SIGTERM", "SIGUSR1", "SIGINT")
+    previous = {sig: signal.signal(sig, note) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -233,6 +233,15 @@ WORKER = textwrap.dedent("""
         q, k = F.normalize(model.encoder_q(x), dim=1), F.normalize(model.encoder_k(xk), dim=1)
     assert torch.allclose(logits[:, 0], (q * k).sum(1) / 0.2, atol=1e-5), "keys paired with the wrong queries"
     assert torch.allclose(model.queue[:, ptr:ptr + 6], du.all_gather_cat(k).T, atol=1e-6)
+    # shuffle-BN by all_to_all: rank r takes rows perm[r*n:(r+1)*n] of the global batch (the
+    # permutation drawn on the host, the same on both ranks), and the keys come back in order
+    model.shuffle_seed = 5
+    xs = torch.randn(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    mine, plan = model._batch_shuffle_ddp(xs)
+    takes = torch.randperm(8, generator=torch.Generator().manual_seed(5)).view(2, 4)
+    assert torch.equal(mine, du.all_gather_cat(xs)[takes[info.rank]]), "shuffle"
+    assert mine.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(model._batch_unshuffle_ddp(mine.flatten(1), plan), xs.flatten(1)), "unshuffle"
     print("rank", info.rank, "queues identical", flush=True)
 
     # the funnel: results on the caller's device, objects of different sizes

@@ -80,6 +80,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, 
     for (im_q, im_k), _, events, skipped in loader:
         data_time += time.perf_counter() - end
         seed_step(args.seed, step, info.rank)
+        getattr(model, "module", model).shuffle_seed = hash((args.seed, step))  # shuffle-BN's, the same on every rank
         loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt, augment)
         tally.add(loss, events, skipped)
         step, since_log = step + 1, since_log + 1
