@@ -5,19 +5,20 @@
 - :func:`training_run`: the real epoch loop (``train.train_one_epoch``) under DDP in a process
   group of one process (NCCL on CUDA, gloo on the CPU), compiled or not: steady-state images/s
   over at least 4x the loader's prefetch depth (and 20 steps) after the prefetched batches, data wait against compute time, peak
-  device memory, host-device syncs per step over the whole loop, and graphs compiled after the
-  first steps (recompiles).
+  device memory, host-device syncs per step over the loop's steady steps, and graphs compiled
+  after the first steps (recompiles).
 """
 import math
 import os
 import time
+import warnings
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from moco_throughput import count_syncs
 from ssl_crops import distributed as du
+from ssl_crops.moco import default_bn_splits
 from ssl_crops.run import EpochTally
 from ssl_crops.train import (NO_BUFFER_BROADCAST, build_dataset, build_loader, build_model, parse_args,
                              train_one_epoch)
@@ -119,6 +120,7 @@ def training_run(args, device, compiled, backend=None):
     steps = warm + max(4 * depth, 20)  # measured over at least 4x the prefetch depth, 20+ steps
     loader = TimedLoader(make_loader(dataset, args, args.batch_size, args.workers, steps * args.batch_size))
     torch.manual_seed(0)
+    args = args.replace(bn_splits=default_bn_splits(args.batch_size, 1))  # the trainer's default for one process
     model = build_model(args).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -131,20 +133,26 @@ def training_run(args, device, compiled, backend=None):
     ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **NO_BUFFER_BROADCAST)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    graphs = []
+    graphs, cuda = [], device.type == "cuda"
     step_fn = train_one_epoch.__globals__["train_step"]
 
-    def counted_step(*a, **k):  # graphs compiled so far, after each step
+    def counted_step(*a, **k):  # graphs compiled so far after each step; syncs counted past the warm-up
         out = step_fn(*a, **k)
         graphs.append(_graphs() if compiled else 0)
+        if cuda and len(graphs) == warm:
+            torch.cuda.set_sync_debug_mode("warn")
         return out
     train_one_epoch.__globals__["train_step"] = counted_step
     start = time.perf_counter()
     try:
-        (_, _), syncs = count_syncs(lambda: train_one_epoch(ddp, loader, opt, scaler, 0, 0, EpochTally(info), args,
-                                                            info, None, _NoStop(), augment))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_one_epoch(ddp, loader, opt, scaler, 0, 0, EpochTally(info), args, info, None, _NoStop(), augment)
     finally:
         train_one_epoch.__globals__["train_step"] = step_fn
+        if cuda:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     total = time.perf_counter() - start
@@ -156,7 +164,7 @@ def training_run(args, device, compiled, backend=None):
             "data_s_per_step": data / max(1, len(loader.waits[warm:] or loader.waits)),
             "compute_s_per_step": (total - sum(loader.waits)) / max(1, steps),
             "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
-            "syncs_per_step": syncs / max(1, steps) if device.type == "cuda" else None,
+            "syncs_per_step": syncs / max(1, steps - warm) if cuda else None,
             "recompiles_after_step_2": (graphs[-1] - graphs[1]) if compiled and len(graphs) > 2 else None,
             "graphs": graphs[-1] if compiled and graphs else None}
 
