@@ -76,7 +76,8 @@ def _knn_monitor(args, index, test_index=None):
 
     test_index = knn_test_index(args, index) if test_index is None else test_index
     return KNNMonitor(args.data, index, test_index, image_size=args.image_size,
-                      batch_size=args.batch_size // du.get_world_size(), workers=min(args.workers, 4), amp=args.amp,
+                      batch_size=args.batch_size // du.get_world_size(),
+                      workers=min(default_workers() if args.workers is None else args.workers, 4), amp=args.amp,
                       test_root=args.test_images, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"))
 
 
