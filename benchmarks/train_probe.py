@@ -4,9 +4,9 @@
   augmentation on the CPU or not), no GPU involved;
 - :func:`training_run`: the real epoch loop (``train.train_one_epoch``) under DDP in a process
   group of one process (NCCL on CUDA, gloo on the CPU), compiled or not: steady-state images/s
-  over at least 4x the loader's prefetch depth (and 20 steps) after the prefetched batches, data wait against compute time, peak
-  device memory, host-device syncs per step over the loop's steady steps, and graphs compiled
-  after the first steps (recompiles).
+  over at least 4x the loader's prefetch depth (and 20 steps) after the prefetched batches, data
+  wait against compute time, peak device memory, host-device syncs per step over the loop's
+  steady steps, and graphs compiled after the first steps (recompiles).
 """
 import math
 import os
@@ -116,7 +116,7 @@ def training_run(args, device, compiled, backend=None):
     info = du.DistInfo(device=device, distributed=True, launcher="torchrun")
     dataset, _ = build_dataset(args, os.devnull, main=False)
     depth = PREFETCH * max(1, args.workers)  # batches the loader holds ready
-    warm = depth + (10 if device.type == "cuda" else 2)  # before the steady state: prefetched batches, cuDNN search, compiling
+    warm = depth + (10 if device.type == "cuda" else 2)  # prefetched batches, cuDNN's search, compiling
     steps = warm + max(4 * depth, 20)  # measured over at least 4x the prefetch depth, 20+ steps
     loader = TimedLoader(make_loader(dataset, args, args.batch_size, args.workers, steps * args.batch_size))
     torch.manual_seed(0)

@@ -139,9 +139,10 @@ class LaunchSettings:
         ``--world-size``/``--rank`` below 1/0: not given)."""
         minutes = getattr(args, "dist_timeout", None)
         world, rank = getattr(args, "world_size", -1), getattr(args, "rank", -1)
+        world = world if world is not None and world >= 1 else None
+        rank = rank if rank is not None and rank >= 0 else None
         return cls(bool(getattr(args, "multiprocessing_distributed", False)), getattr(args, "dist_url", None),
-                   world if world is not None and world >= 1 else None, rank if rank is not None and rank >= 0 else None,
-                   getattr(args, "gpu", None), getattr(args, "dist_backend", None),
+                   world, rank, getattr(args, "gpu", None), getattr(args, "dist_backend", None),
                    None if minutes is None else minutes * 60)
 
     @property
@@ -186,7 +187,7 @@ def _run(worker_fn, info, args):
     try:
         result = worker_fn(info, args)
     except BaseException as e:
-        if _watch is not None:  # the others end within seconds, naming this rank and its error
+        if _watch is not None and info.world_size > 1:  # the others end within seconds, naming this rank and its error
             print(f"rank {info.rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             _watch.report(e)
         if dist.is_initialized() and dist.get_backend() != "nccl":  # NCCL's may wait for the others: exit
