@@ -50,7 +50,7 @@ class FailureWatch:
             self.store.set(_FAILED_KEY, f"rank {self.rank} failed: {type(exc).__name__}: {exc}"[:2000])
         except Exception:  # noqa: BLE001 (the store is gone too: the others find out by themselves)
             return
-        time.sleep(2 * FAILURE_POLL_S)  # this process may hold the store: let the others read it
+        time.sleep(3 * FAILURE_POLL_S)  # this process may hold the store: the others see it (poll + grace) first
 
     def stop(self):
         self.done.set()

@@ -550,3 +550,42 @@ def test_two_slurm_nodes_with_the_original_flags_get_ranks_0_and_1(tmp_path):
     assert "2 process(es) on cpu (1 per node, 2 node(s)), batch 8 in total, 4 per process" in outs[0][0]
     ckpt = torch.load(tmp_path / "runs" / "nodes" / "checkpoint_last.pth", weights_only=True)
     assert (ckpt["world_size"], ckpt["args"]["batch_size"], ckpt["step"]) == (2, 8, 3)
+
+
+RAISING = textwrap.dedent("""
+    # the trainer; rank 1 raises at its 5th step (epoch 2)
+    import os, sys
+    from ssl_crops import train
+    from ssl_crops.train import loop
+    if os.environ["SLURM_PROCID"] == "1":
+        step, calls = loop.train_step, []
+        def train_step(*a, **k):
+            calls.append(1)
+            if len(calls) == 5:
+                raise RuntimeError("CUDA out of memory (injected)")
+            return step(*a, **k)
+        loop.train_step = train_step
+    train.main(sys.argv[1:])
+""")
+
+
+@pytest.mark.slow
+def test_a_rank_failing_mid_run_ends_the_srun_job_and_keeps_the_last_checkpoint(tmp_path):
+    """Two srun tasks train (plain python, no agent); rank 1 raises in epoch 2: both exit non-zero
+    within seconds, the output names rank 1 and its error, and epoch 1's checkpoint is intact."""
+    from ssl_crops.checkpoint import read_checkpoint
+    data = make_demo(tmp_path / "demo", num_train=24, num_test=4, min_size=48, max_size=72)
+    script = tmp_path / "raising.py"
+    script.write_text(RAISING)
+    cmd = [sys.executable, str(script), *_main_moco(data, tmp_path / "runs", "-b", "8", "--save_name", "f",
+                                                    "--epochs", "2", "--dist-timeout", "10")[2:]]
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env = {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    procs = [subprocess.Popen(cmd, env={**env, **_srun_env(r, 2)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode != 0 for p in procs), outs
+    assert "rank 1 failed: RuntimeError: CUDA out of memory (injected)" in outs[1][1]
+    assert "rank 0: ending the job: rank 1 failed: RuntimeError: CUDA out of memory (injected)" in outs[0][1]
+    assert read_checkpoint(tmp_path / "runs" / "f" / "checkpoint_last.pth", require="state_dict")["epoch"] == 1
