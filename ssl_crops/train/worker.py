@@ -162,8 +162,10 @@ def _train(info, args, index, test_index):
         start_epoch, step, epoch_state = resume(resume_path, resume_ckpt, model, optimizer, scaler)
         saved_batch = (resume_ckpt.get("args") or {}).get("batch_size", args.batch_size)
         if epoch_state and saved_batch != args.batch_size:  # its done items are batches x its batch size
-            raise ValueError(f"--resume {resume_path}: stopped mid-epoch with --batch-size {saved_batch}; resume it "
-                             f"with that batch size (any number of processes), or from an epoch end")
+            raise ValueError(f"--resume {resume_path}: stopped mid-epoch with a batch of {saved_batch} in total, this "
+                             f"run's is {args.batch_size}"
+                             + (" (--batch-size per node x the nodes: the original flags)" if info.per_node_flags else "")
+                             + "; resume it with that total batch (any number of processes), or from an epoch end")
         for group in optimizer.param_groups:  # the saved state carries the saving machine's choice
             group["fused"] = fused
         del resume_ckpt

@@ -123,7 +123,8 @@ def test_mid_epoch_resume_with_another_batch_size_is_refused(demo, tmp_path, cle
     with monkeypatch.context() as m:
         _signal_at(m, 1)
         _run(demo, tmp_path, "--epochs", "1")  # stops after step 1 of 4
-    with pytest.raises(ValueError, match="stopped mid-epoch with --batch-size 32; resume it with that batch size"):
+    with pytest.raises(ValueError, match="stopped mid-epoch with a batch of 32 in total, this run.s is 16; "
+                                         "resume it with that total batch"):
         _run(demo, tmp_path, "--epochs", "1", "-b", "16", "--resume", "auto")
 
 
