@@ -1,22 +1,25 @@
-"""Smoke test of the CUDA paths of pretraining on one GPU, in at most about 8 minutes.
+"""Smoke test of the CUDA paths of pretraining on one GPU, and what limits its throughput, in at
+most 9 minutes (a hard deadline; each part's budget is printed before it runs).
 
-    python benchmarks/gpu_smoke.py                          # one CUDA GPU
-    python benchmarks/gpu_smoke.py --device cpu --quick     # what runs on the CPU (the test suite's mode)
+    python benchmarks/gpu_smoke.py --json smoke.json         # one CUDA GPU
+    python benchmarks/gpu_smoke.py --device cpu --quick --json F   # what runs on the CPU (the test suite's mode)
 
-Parts (each a row of the table it prints; exit 1 if any row fails):
+Parts (each a row of the table it ends with; exit 1 if any row fails):
 1. ``BatchAugment`` on CUDA equals the CPU for the same generator, fp32 out, 0 host-device syncs;
-2. one ``train_step`` each under fp32, bf16 and fp16 (device augmentation, fused SGD, the
-   default ``bn_splits``): finite loss, fp32 unit-norm queue, pointer advanced, fp16 scaler set,
-   0 syncs;
-3. ``compile`` keeps the state-dict keys (and a compiled step with split BatchNorm in
-   channels_last runs, on CUDA);
-4. ``SplitBatchNorm`` keeps channels_last with per-split values; ResNet-50 step time with
-   ``bn_splits`` 1 vs 8 under channels_last;
-5. two ranks on one GPU over gloo, every collective asserting CUDA tensors (NCCL's rule,
-   ``SSL_CROPS_CUDA_COLLECTIVES=1``): SIGUSR1 to the process group mid-epoch, then
-   ``--resume auto`` to the end with each step logged once;
-6. ResNet-50 at 224 px, images/s of ``main_moco.py`` with ``--augment-on cpu`` and ``device``.
-Without CUDA the parts that need it print "skipped: no CUDA". Needs no faiss.
+2. one ``train_step`` each under fp32, bf16 and fp16: finite loss, unit-norm queue, 0 syncs;
+3. ``compile`` keeps the state-dict keys (and a compiled step with split BatchNorm runs, on CUDA);
+4. ``SplitBatchNorm`` keeps channels_last; ResNet-50 step time with ``bn_splits`` 1 vs 8;
+5. two gloo ranks (on CUDA every collective asserting CUDA tensors, NCCL's rule): a stop signal
+   to the process group mid-epoch, then ``--resume auto`` to the end;
+6. loader: samples/s of one ``main_moco.py`` loader worker on generated ~1024 px JPEGs with
+   object boxes (the original method's crops), no GPU;
+7. training: the real epoch loop under DDP in a one-process group (NCCL on CUDA), ResNet-50 at
+   224 px MoCo-v2 bf16, uncompiled and compiled: steady-state images/s over the steps after 4x
+   the loader's prefetch depth, data wait vs compute per step, peak memory, host-device syncs per
+   step over the loop, graphs compiled after step 2 (recompiles), and the loader workers needed;
+8. NCCL in one process under torchrun: a stop signal mid-epoch, ``--resume auto`` to the end.
+Without CUDA the figures that need it say "skipped: no CUDA". ``--json FILE`` writes the rows and
+the figures (the same keys on every device). Needs no faiss.
 """
 import argparse
 import json
@@ -24,7 +27,6 @@ import math
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+import train_probe
 from moco_throughput import count_syncs, images_per_second
+from ssl_crops import distributed as du
 from ssl_crops.checkpoint import read_checkpoint
 from ssl_crops.distributed import CUDA_COLLECTIVES_ENV
 from ssl_crops.demo import make_demo
@@ -46,6 +50,15 @@ from ssl_crops.transforms import BatchAugment
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = "skipped: no CUDA"
+DEADLINE_S = 540  # 9 minutes, everything included
+# seconds per part on CUDA (the CPU's quick mode: a fraction); a part past its budget fails
+BUDGETS = {"augment": 20, "steps": 50, "compile": 60, "split_bn": 40, "two_ranks": 80, "loader": 45, "training": 170,
+           "nccl": 60}
+FIGURES = {}  # what --json writes beside the rows
+
+
+class PartTimeout(Exception):
+    pass
 
 
 def _verdict(good):
@@ -144,40 +157,53 @@ def check_split_bn(device, quick):
                     f"{ms[0]:.0f} vs {ms[1]:.0f} ms/step (batch 256, 224 px), {syncs1:g} / {syncs8:g} syncs/step")]
 
 
+# torchrun passes SIGUSR1 on only with torch >= 2.9 (--signals-to-handle); older ones: SIGTERM
+_NEW_TORCHRUN = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 9)
+_SIGNAL_FLAGS = ["--signals-to-handle", "SIGTERM,SIGINT,SIGUSR1"] if _NEW_TORCHRUN else []
+STOP_SIGNAL = signal.SIGUSR1 if _NEW_TORCHRUN else signal.SIGTERM
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def check_two_ranks(device, tmp):
-    """Two gloo ranks on this device under torchrun; SIGUSR1 to the process group mid-epoch."""
-    data = make_demo(tmp / "demo2", num_train=64, num_test=4, min_size=48, max_size=72)  # 8 steps of 8
-    out = tmp / "ranks"
+def check_stop_resume(device, tmp, timeout, nprocs=2, backend="gloo"):
+    """``nprocs`` ranks on this device under torchrun; a stop signal to the process group
+    mid-epoch, then ``--resume auto`` to the end."""
+    data = make_demo(tmp / f"demo_{backend}", num_train=64, num_test=4, min_size=48, max_size=72)  # 8 steps of 8
+    out = tmp / f"ranks_{backend}"
     cuda = device.type == "cuda"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-           "--signals-to-handle", "SIGTERM,SIGINT,SIGUSR1", str(REPO / "main_moco.py"), str(data / "images"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nprocs), "--master-port",
+           str(_free_port()),
+           *_SIGNAL_FLAGS, str(REPO / "main_moco.py"), str(data / "images"),
            "-a", "resnet18", "--epochs", "1", "-b", "8", "--moco-k", "16", "--image-size", "32", "-j", "2",
-           "--seed", "0", "--log-freq", "1", "--dist-backend", "gloo", "--augment-on", "device",
+           "--seed", "0", "--log-freq", "1", "--dist-backend", backend, "--augment-on", "device",
            "--output-dir", str(out), "--save_name", "r", "--amp", "bf16", "--channels-last"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", CUDA_COLLECTIVES_ENV: "1" if cuda else "0",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", CUDA_COLLECTIVES_ENV: "1" if cuda and backend == "gloo" else "0",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    name = "2 gloo ranks" + (", CUDA tensors only" if cuda else " on the CPU") + ": SIGUSR1 to the group, resume"
+    name = (f"{nprocs} {backend} rank(s)" + (", CUDA tensors only" if cuda and backend == "gloo" else "")
+            + ("" if cuda else " on the CPU") + f": {STOP_SIGNAL.name} to the group, resume")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if " step 1 " in line:
-            os.killpg(proc.pid, signal.SIGUSR1)
+            os.killpg(proc.pid, STOP_SIGNAL)
             break
-    stdout, stderr = proc.communicate(timeout=300)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout / 2)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return [(name, "FAIL", f"not stopped within {timeout / 2:.0f} s")]
     stdout = "".join(lines) + stdout
     ckpt_path = out / "r" / "checkpoint_last.pth"
     if "stopped after step" not in stdout or not ckpt_path.is_file():
         return [(name, "FAIL", (stdout + stderr)[-300:].replace("\n", " | "))]
     stopped = read_checkpoint(ckpt_path, require="state_dict")
-    resumed = subprocess.run(cmd + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(cmd + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=timeout / 2)
     records = [json.loads(line) for line in (out / "r" / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["type"] == "step"]
     good = (stopped["epoch_state"] is not None and resumed.returncode == 0 and steps == list(range(1, 9)))
@@ -188,60 +214,151 @@ def check_two_ranks(device, tmp):
     return [(name, _verdict(good), detail)]
 
 
-def check_pipeline(device, tmp, images, batch, workers):
+def check_loader(device, tmp, quick, seconds):
+    """Samples/s of one loader worker on ~1024 px JPEGs (quick: small ones) with object boxes."""
+    size, n = ((256, 320), 16) if quick else ((896, 1024), 64)  # ~4.6 boxes each, items repeat
+    data = make_demo(tmp / "photos", num_train=n, num_test=2, min_size=size[0], max_size=size[1])
+    FIGURES["loader_data"] = data
+    rows = []
+    for mode in ("device", "cpu"):  # workers only decode and crop / also augment (--augment-on)
+        args = train_probe.trainer_args(data / "images", "resnet18", 224, 32, 1, "off", mode, 64 if quick else 224)
+        rate = train_probe.loader_rate(args, 3 if quick else seconds / 3)
+        FIGURES[f"loader_samples_per_s_per_worker_augment_{mode}"] = rate
+        rows.append((f"loader: one worker, {size[1]} px JPEGs, --augment-on {mode}", _verdict(rate > 0),
+                     f"{rate:.0f} samples/s"))
+    return rows
+
+
+def check_training(device, quick, workers):
+    """The real loop under DDP in a one-process group: rate, data vs compute, memory, syncs, recompiles."""
+    cuda = device.type == "cuda"
+    arch, size, batch, amp = ("resnet18", 32, 8, "off") if quick else ("resnet50", 224, 128, "bf16")
+    args = train_probe.trainer_args(FIGURES["loader_data"] / "images", arch, size, batch, workers, amp,
+                                    "device" if cuda else "cpu", 64 if quick else 224, channels_last=cuda)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    rows = []
+    try:
+        info = du.init_distributed()  # NCCL on CUDA
+        for compiled in (False, True):
+            key = "compiled" if compiled else "eager"
+            fig = train_probe.training_run(args, info.device, compiled, backend=None if cuda else "eager")
+            FIGURES[f"training_{key}"] = fig
+            per_worker = FIGURES.get(f"loader_samples_per_s_per_worker_augment_{args.augment_on}", float("nan"))
+            need = train_probe.workers_needed(fig["images_per_s"], per_worker)
+            FIGURES[f"workers_needed_{key}"] = need
+            syncs = SKIP if fig["syncs_per_step"] is None else f"{fig['syncs_per_step']:.2f} syncs/step"
+            mem = SKIP if fig["peak_memory_gb"] is None else f"peak {fig['peak_memory_gb']:.1f} GB"
+            good = fig["steps"] > 0 and (fig["syncs_per_step"] in (None, 0) or fig["syncs_per_step"] < 0.05) and \
+                (not compiled or fig["recompiles_after_step_2"] == 0)
+            rows.append((f"training loop, DDP 1 process ({dist_backend()}), {arch} {size} px, {key}", _verdict(good),
+                         f"{fig['images_per_s']:.0f} img/s over {fig['steady_steps']} steady steps; data "
+                         f"{fig['data_s_per_step']:.3f} vs compute {fig['compute_s_per_step']:.3f} s/step; {mem}; "
+                         f"{syncs}; recompiles {fig['recompiles_after_step_2']}; workers needed {need} "
+                         f"(of {per_worker:.0f} samples/s each)"))
+    finally:
+        du.cleanup()
+        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(k, None)
+    for k in ("peak_memory_gb", "syncs_per_step"):
+        FIGURES[k] = FIGURES["training_eager"][k] if cuda else SKIP
+    FIGURES["recompiles"] = FIGURES["training_compiled"]["recompiles_after_step_2"]
+    FIGURES["workers_needed"] = FIGURES["workers_needed_compiled"]
+    return rows
+
+
+def dist_backend():
+    import torch.distributed as dist
+    return dist.get_backend() if dist.is_initialized() else "none"
+
+
+def check_nccl(device, tmp, timeout):
     if device.type != "cuda":
-        return [("R50 224 px img/s, --augment-on cpu vs device", SKIP, "")]
-    data = make_demo(tmp / "demo_pipeline", num_train=images, num_test=4, min_size=256, max_size=400)
-    rates = {}
-    for mode in ("cpu", "device"):
-        cmd = [sys.executable, str(REPO / "main_moco.py"), str(data / "images"), "-a", "resnet50", "-b", str(batch),
-               "--image-size", "224", "-j", str(workers), "--epochs", "1", "--bing_crops", "--min-region", "64", "--mlp", "--aug-plus", "--amp", "bf16", "--augment-on", mode, "--seed", "0",
-               "--log-freq", "1", "--output-dir", str(tmp / "pipeline"), "--save_name", mode]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
-        if proc.returncode:
-            return [("R50 224 px img/s, --augment-on " + mode, "FAIL", proc.stderr[-300:].replace("\n", " | "))]
-        log = tmp / "pipeline" / mode / "log.jsonl"
-        rec = [json.loads(line) for line in log.read_text().splitlines()]
-        ips = [r["images_per_s"] for r in rec if r["type"] == "step"][2:]  # after cudnn's autotuning
-        rates[mode] = statistics.median(ips)
-    return [("R50 224 px img/s, --augment-on cpu vs device", "ok",
-             f"{rates['cpu']:.0f} vs {rates['device']:.0f} (batch {batch}, {workers} workers, bf16)")]
+        return [("NCCL, 1 process under torchrun: stop signal, resume", SKIP, "")]
+    return check_stop_resume(device, tmp, timeout, nprocs=1, backend="nccl")
+
+
+def _alarm(signum, frame):
+    raise PartTimeout()
+
+
+def run_parts(parts, deadline, scale):
+    """Run ``(key, fn(budget))`` parts, each within its budget (``BUDGETS`` x ``scale``, cut to
+    what is left of ``deadline``); returns the rows with seconds and budgets."""
+    start, rows = time.perf_counter(), []
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        for key, fn in parts:
+            left = deadline - (time.perf_counter() - start)
+            budget = min(BUDGETS[key] * scale, left)
+            print(f"[{key}: budget {budget:.0f} s, {left:.0f} s left of {deadline} s]", flush=True)
+            if budget < 3:
+                rows.append((key, "FAIL", "skipped: deadline", 0.0, budget))
+                continue
+            t = time.perf_counter()
+            signal.setitimer(signal.ITIMER_REAL, budget + 5)  # subprocesses stop at the budget; this is the backstop
+            try:
+                part_rows = fn(budget)
+            except PartTimeout:
+                part_rows = [(key, "FAIL", f"over its budget of {budget:.0f} s")]
+            except Exception as e:  # noqa: BLE001 (a part that breaks is a failed row, the others still run)
+                part_rows = [(key, "FAIL", f"{type(e).__name__}: {e}"[:200])]
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            for name, verdict, detail in part_rows:
+                rows.append((name, verdict, detail, time.perf_counter() - t, budget))
+                print(f"{name:<64} {verdict:<18} {detail}  [{time.perf_counter() - t:.0f} s]", flush=True)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return rows
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small models and images (the test suite's mode)")
-    p.add_argument("--pipeline-images", type=int, default=256, help="~4.6 boxes each: one item per box")
-    p.add_argument("--pipeline-batch", type=int, default=128)
+    p.add_argument("--workers", type=int, default=None, help="loader workers of the training part "
+                                                              "(default: main_moco.py's default)")
+    p.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds for everything")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the rows and figures here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             p.error("--device cuda: no CUDA device")
         torch.backends.cudnn.benchmark = True
-        print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
+        name = torch.cuda.get_device_name(device)
     else:
-        print(f"device: cpu, torch {torch.__version__}", flush=True)
+        name = "cpu"
+    print(f"device: {name}, torch {torch.__version__}", flush=True)
     quick = args.quick or device.type != "cuda"
     arch, size, batch = ("resnet18", 32, 8) if quick else ("resnet50", 224, 64)
-    start, rows = time.perf_counter(), []
+    from ssl_crops.train import default_workers
+    workers = args.workers if args.workers is not None else (1 if quick else default_workers("torchrun", 1))
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for part in (lambda: check_augment(device, 32 if quick else 224),
-                     lambda: check_steps(device, arch, size, batch),
-                     lambda: check_compile(device, 32 if quick else 64, batch),
-                     lambda: check_split_bn(device, quick),
-                     lambda: check_two_ranks(device, tmp),
-                     lambda: check_pipeline(device, tmp, args.pipeline_images, args.pipeline_batch,
-                                            min(16, len(os.sched_getaffinity(0))))):
-            t = time.perf_counter()
-            for row in part():
-                rows.append(row)
-                print(f"{row[0]:<58} {row[1]:<18} {row[2]}  [{time.perf_counter() - t:.0f} s]", flush=True)
+        parts = [("augment", lambda b: check_augment(device, 32 if quick else 224)),
+                 ("steps", lambda b: check_steps(device, arch, size, batch)),
+                 ("compile", lambda b: check_compile(device, 32 if quick else 64, batch)),
+                 ("split_bn", lambda b: check_split_bn(device, quick)),
+                 ("two_ranks", lambda b: check_stop_resume(device, tmp, b)),
+                 ("loader", lambda b: check_loader(device, tmp, quick, b)),
+                 ("training", lambda b: check_training(device, quick, workers)),
+                 ("nccl", lambda b: check_nccl(device, tmp, b))]
+        rows = run_parts(parts, args.deadline, 1.0 if device.type == "cuda" else 2.0)
     failed = [r for r in rows if r[1] == "FAIL"]
-    print(f"{len(rows) - len(failed)} of {len(rows)} parts ok or skipped, {len(failed)} failed, "
-          f"{time.perf_counter() - start:.0f} s")
+    total = time.perf_counter() - start
+    print(f"\n{'part':<64} {'result':<18} {'s':>4}/{'budget':<6} detail")
+    for name_, verdict, detail, secs, budget in rows:
+        print(f"{name_:<64} {verdict:<18} {secs:>4.0f}/{budget:<6.0f} {detail}")
+    print(f"{len(rows) - len(failed)} of {len(rows)} parts ok or skipped, {len(failed)} failed, {total:.0f} s "
+          f"(deadline {args.deadline:.0f} s)")
+    if args.json:
+        FIGURES.pop("loader_data", None)
+        out = {"device": name, "torch": torch.__version__, "seconds": total, "deadline_s": args.deadline,
+               "rows": [dict(zip(("part", "result", "detail", "seconds", "budget_s"), r)) for r in rows],
+               "figures": FIGURES}
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     return 1 if failed else 0
 
 

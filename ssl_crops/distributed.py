@@ -2,36 +2,45 @@
 
 Launch modes, in order of precedence (see ``launch``):
 1. ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment, ``env://``);
-2. SLURM with several tasks (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``; the master is
-   the first node of ``SLURM_JOB_NODELIST`` unless ``MASTER_ADDR`` is set);
-3. the original MoCo flags ``--multiprocessing-distributed --dist-url --world-size --rank``
-   (``world_size`` nodes, one process per GPU via ``mp.spawn``; one process per node with gloo
-   on machines without CUDA), or ``--world-size N --rank R`` for one process per node;
-4. a plain single process on one GPU (``--gpu``) or the CPU.
+2. the original MoCo flags ``--multiprocessing-distributed`` and/or ``--world-size N`` (nodes),
+   ``--rank R`` (this node; under ``srun`` ``SLURM_NODEID`` when not given), ``--dist-url``
+   (default: a free port on one node, ``tcp://<first node of the step>:<port from the job id>``
+   under ``srun``): one process per GPU via ``mp.spawn`` (one process per node with gloo on
+   machines without CUDA), or one process per node without ``--multiprocessing-distributed``.
+   ``--batch-size`` and ``-j`` are then per node, as in the official code;
+3. an ``srun`` step of several tasks, one process per task (``SLURM_PROCID`` ...; the master is
+   the first node of the step's ``SLURM_STEP_NODELIST`` unless ``MASTER_ADDR`` is set, the port
+   ``MASTER_PORT``, ``--dist-url``'s or one derived from the job id);
+4. a plain single process on one GPU (``--gpu``) or the CPU; SLURM's batch step (an sbatch
+   script without ``srun``, where ``SLURM_NTASKS`` counts tasks that never start) is one too,
+   with a printed line naming ``srun`` (``ssl_crops.slurm``).
 NCCL is used with CUDA, gloo otherwise.
 
-Elastic restarts (``torchrun --max-restarts N``): the restarted workers keep talking to the
-agent's rendezvous TCP store, which torchrun shares between attempts (unless the agent runs
-with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``). The keys of the failed attempt (gloo's peer
-addresses among them) are still in it under the same names, so a new worker can read a dead
-peer's address (reported as a hang in gloo's ``connectFullMesh``). Each attempt therefore builds
-its process group on a ``PrefixStore`` named after ``TORCHELASTIC_RESTART_COUNT``: fresh keys per
-attempt, whatever the agent's setting.
+One failing rank ends the job within seconds, however it was launched: the rank's exception is
+written to the process group's store before it exits, and every other rank watches the store (a
+thread polling every ``FAILURE_POLL_S``), prints which rank failed and why, and exits 1, even
+when blocked in an NCCL collective that would otherwise wait for ``--dist-timeout``.
+
+Elastic restarts (``torchrun --max-restarts N``): the agent's rendezvous store is shared between
+attempts and still holds the failed attempt's keys (gloo's peer addresses among them: a new
+worker reading a dead peer's hangs in ``connectFullMesh``), so each attempt builds its process
+group on a ``PrefixStore`` named after ``TORCHELASTIC_RESTART_COUNT``.
 """
 import os
 import pickle
-import re
-import signal
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.constants import default_pg_timeout
+
+from . import rendezvous, slurm
+from .rendezvous import FailureWatch
 
 
 @dataclass
@@ -42,48 +51,53 @@ class DistInfo:
     device: torch.device = torch.device("cpu")
     distributed: bool = False
     local_world_size: int = 1
+    launcher: str = "single"  # "single", "torchrun", "srun", "spawn" or "node" (the last two: the original flags)
+
+    @property
+    def per_node_flags(self) -> bool:
+        """The original MoCo flags launched this process: ``--batch-size`` and ``-j`` are per node."""
+        return self.launcher in ("spawn", "node")
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
 
 
-def _slurm_master_addr():
-    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or "127.0.0.1"
-    m = re.match(r"([^,\[]+)(?:\[(\d+))?", nodes)  # "gpu[03-05,07],cpu1" -> "gpu03"
-    return m.group(1) + (m.group(2) or "")
+_watch = None  # the FailureWatch of this process's group
 
 
-def _url_port(url):
-    try:
-        return urlparse(url).port if url and "://" in url else None
-    except ValueError:
-        return None
+class LaunchError(ValueError):
+    """The flags and the environment describe no launch that can work (one ``error:`` line)."""
 
 
 def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, local_rank=None,
-                     local_world_size=None, timeout=None):
+                     local_world_size=None, timeout=None, launcher=None):
     """Set up the process group of this process (if any) and its device; returns ``DistInfo``.
 
     Explicit ``rank`` and ``world_size`` (legacy flags, ``mp.spawn`` workers) win over the
-    environment; then torchrun's variables, then SLURM's; otherwise a single process without a
-    process group. ``local_rank`` picks the GPU (``cuda:local_rank % device_count``). ``timeout`` (seconds,
-    default torch's) bounds collectives and the rendezvous.
+    environment; then torchrun's variables, then those of an ``srun`` step of several tasks;
+    otherwise a single process without a process group. ``local_rank`` picks the GPU
+    (``cuda:local_rank % device_count``). ``timeout`` (seconds, default torch's) bounds
+    collectives and the rendezvous.
     """
+    global _watch
     env = os.environ
     init_method = None
+    step = slurm.slurm_step(env)
     if rank is not None and world_size is not None:
-        init_method = dist_url or "env://"
+        init_method, launcher = dist_url or "env://", launcher or "node"
     elif "RANK" in env and "WORLD_SIZE" in env:
         rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
         local_rank = int(env.get("LOCAL_RANK", 0))
         local_world_size = int(env.get("LOCAL_WORLD_SIZE", 1))
-        init_method = "env://"
-    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
-        rank, world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        local_rank = int(env.get("SLURM_LOCALID", 0))
-        local_world_size = world_size // int(env.get("SLURM_NNODES", 1))
-        env.setdefault("MASTER_ADDR", _slurm_master_addr())
-        env.setdefault("MASTER_PORT", str(_url_port(dist_url) or 29500))
-        init_method = "env://"
+        init_method, launcher = "env://", "torchrun"
+    elif step is not None and step.ntasks > 1:
+        rank, world_size, local_rank, local_world_size = step.rank, step.ntasks, step.local_rank, step.local_tasks
+        env.setdefault("MASTER_ADDR", step.master)
+        env.setdefault("MASTER_PORT", str(rendezvous.url_port(dist_url) or rendezvous.job_port(step.job_id)))
+        init_method, launcher = "env://", "srun"
     else:
-        rank, world_size = 0, 1
+        rank, world_size, launcher = 0, 1, "single"
     local_rank = local_rank or 0
     cuda = torch.cuda.is_available()
     if cuda:  # modulo: under `srun --gpus-per-task=1` each task sees one GPU, whatever SLURM_LOCALID
@@ -96,19 +110,16 @@ def init_distributed(backend=None, dist_url=None, rank=None, world_size=None, lo
             warnings.warn("NCCL needs CUDA: using gloo on this CPU machine")
             backend = None
         backend = backend or ("nccl" if cuda else "gloo")
-        kwargs = dict(world_size=world_size, rank=rank, device_id=device if backend == "nccl" else None)
-        if timeout is not None:
-            kwargs["timeout"] = timedelta(seconds=timeout)
+        wait = default_pg_timeout if timeout is None else timedelta(seconds=timeout)
+        store, _, _ = next(dist.rendezvous(init_method, rank, world_size, timeout=wait))
+        store.set_timeout(wait)
         if init_method == "env://" and "TORCHELASTIC_RESTART_COUNT" in env:  # fresh store keys per attempt
-            store, _, _ = next(dist.rendezvous(init_method, rank, world_size,
-                                               timeout=kwargs.get("timeout", default_pg_timeout)))
-            store.set_timeout(kwargs.get("timeout", default_pg_timeout))
-            kwargs["store"] = dist.PrefixStore(f"ssl_crops/attempt_{env['TORCHELASTIC_RESTART_COUNT']}/", store)
-        else:
-            kwargs["init_method"] = init_method
-        dist.init_process_group(backend, **kwargs)
+            store = dist.PrefixStore(f"ssl_crops/attempt_{env['TORCHELASTIC_RESTART_COUNT']}/", store)
+        dist.init_process_group(backend, store=store, world_size=world_size, rank=rank, timeout=wait,
+                                device_id=device if backend == "nccl" else None)
+        _watch = FailureWatch(store, rank)
     return DistInfo(rank, world_size, local_rank, device, dist.is_available() and dist.is_initialized(),
-                    local_world_size or min(world_size, max(1, torch.cuda.device_count())))
+                    local_world_size or min(world_size, max(1, torch.cuda.device_count())), launcher)
 
 
 @dataclass(frozen=True)
@@ -116,49 +127,83 @@ class LaunchSettings:
     """How :func:`launch` starts the job: the original MoCo flags and ``--dist-timeout``."""
     multiprocessing_distributed: bool = False
     dist_url: str | None = None
-    world_size: int = 1  # nodes (legacy launch)
-    rank: int = 0  # node rank (legacy launch)
+    world_size: int | None = None  # nodes (legacy launch); None: not given
+    rank: int | None = None  # node rank (legacy launch); None: not given
     gpu: int | None = None
     backend: str | None = None
     timeout_s: float | None = None
 
     @classmethod
     def of(cls, args) -> "LaunchSettings":
-        """The settings of a parsed command line (attributes missing from ``args``: defaults)."""
+        """The settings of a parsed command line (attributes missing from ``args``: defaults;
+        ``--world-size``/``--rank`` below 1/0: not given)."""
         minutes = getattr(args, "dist_timeout", None)
+        world, rank = getattr(args, "world_size", -1), getattr(args, "rank", -1)
+        world = world if world is not None and world >= 1 else None
+        rank = rank if rank is not None and rank >= 0 else None
         return cls(bool(getattr(args, "multiprocessing_distributed", False)), getattr(args, "dist_url", None),
-                   max(1, getattr(args, "world_size", 1)), max(0, getattr(args, "rank", 0)), getattr(args, "gpu", None),
-                   getattr(args, "dist_backend", None), None if minutes is None else minutes * 60)
+                   world, rank, getattr(args, "gpu", None), getattr(args, "dist_backend", None),
+                   None if minutes is None else minutes * 60)
+
+    @property
+    def legacy(self) -> bool:
+        return self.multiprocessing_distributed or (self.world_size or 1) > 1
+
+
+def legacy_node(how: LaunchSettings, step=None) -> tuple[int, int, str]:
+    """``(nodes, this node's rank, rendezvous URL)`` of a launch by the original flags; ``step``:
+    the ``srun`` step (``slurm.slurm_step``) or ``None``. Raises :class:`LaunchError`."""
+    nodes = how.world_size or (step.nnodes if step is not None else 1)
+    if step is not None and step.local_tasks > 1 and how.multiprocessing_distributed:
+        raise LaunchError(f"srun started {step.local_tasks} tasks on this node and --multiprocessing-distributed "
+                          "spawns a process per GPU in each: use srun --ntasks-per-node 1 with these flags, or one "
+                          "srun task per GPU without them")
+    if how.rank is not None:
+        node = how.rank
+    elif nodes == 1:
+        node = 0
+    elif step is not None:
+        if step.nnodes != nodes:
+            raise LaunchError(f"--world-size {nodes} (nodes) but this srun step runs on {step.nnodes} node(s): "
+                              "give --rank, or match --world-size to the step")
+        node = step.node
+    else:
+        raise LaunchError(f"--world-size {nodes} (nodes) needs --rank, this node's index (0..{nodes - 1}); "
+                          "under srun it is taken from SLURM_NODEID")
+    if not 0 <= node < nodes:
+        raise LaunchError(f"--rank {node} is not a node index of --world-size {nodes} (0..{nodes - 1})")
+    if how.dist_url:
+        url = how.dist_url
+    elif nodes == 1:
+        url = f"tcp://127.0.0.1:{rendezvous.free_port()}"
+    elif step is not None:
+        url = f"tcp://{step.master}:{rendezvous.job_port(step.job_id)}"
+    else:
+        raise LaunchError(f"--world-size {nodes} (nodes) needs --dist-url tcp://MASTER:PORT (the first node's)")
+    return nodes, node, url
 
 
 def _run(worker_fn, info, args):
     try:
-        return worker_fn(info, args)
-    finally:
-        cleanup()
+        result = worker_fn(info, args)
+    except BaseException as e:
+        if _watch is not None and info.world_size > 1:  # the others end within seconds, naming this rank and its error
+            print(f"rank {info.rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            _watch.report(e)
+        if dist.is_initialized() and dist.get_backend() != "nccl":  # NCCL's may wait for the others: exit
+            cleanup()
+        raise
+    if _watch is not None:
+        _watch.stop()  # before the last barrier: past it another rank may end, and its store with it
+    barrier()
+    cleanup()
+    return result
 
 
-def _spawn_worker(local_rank, worker_fn, args, how, nprocs, world_size):
-    info = init_distributed(how.backend, how.dist_url, rank=how.rank * nprocs + local_rank, world_size=world_size,
-                            local_rank=local_rank, local_world_size=nprocs, timeout=how.timeout_s)
+def _spawn_worker(local_rank, worker_fn, args, how, nprocs, world_size, node, url):
+    info = init_distributed(how.backend, url, rank=node * nprocs + local_rank, world_size=world_size,
+                            local_rank=local_rank, local_world_size=nprocs, timeout=how.timeout_s, launcher="spawn")
     return _run(worker_fn, info, args)
-
-
-@contextmanager
-def _parent_outlives_stop_signals():
-    """While ``mp.spawn``'s parent waits, a stop signal to the whole job (SLURM, ``timeout``) is
-    the ranks' to handle: the parent notes it instead of dying, which would SIGINT the ranks
-    (their death signal) while they save."""
-    def note(signum, frame):
-        print(f"{signal.Signals(signum).name}: waiting for the processes to save and stop", flush=True)
-
-    names = ("SIGTERM", "SIGUSR1", "SIGINT")
-    previous = {sig: signal.signal(sig, note) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def launch(worker_fn, args):
@@ -167,32 +212,37 @@ def launch(worker_fn, args):
     The launch reads :class:`LaunchSettings` from ``args`` (``multiprocessing_distributed``,
     ``dist_url``, ``world_size``, ``rank``, ``gpu``, ``dist_backend``: the original MoCo flags,
     and ``dist_timeout`` in minutes); ``args`` itself goes to the worker unchanged.
-    Returns the worker's result when it runs in this process.
+    Returns the worker's result when it runs in this process. A launch that cannot work raises
+    :class:`LaunchError` before any process group is made.
     """
     how = LaunchSettings.of(args)
-    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    slurm = "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1
-    if torchrun or (slurm and not how.multiprocessing_distributed):
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         if how.multiprocessing_distributed:
             print("launched by torchrun: ignoring --multiprocessing-distributed", flush=True)
         return _run(worker_fn, init_distributed(how.backend, how.dist_url, timeout=how.timeout_s), args)
-    if how.multiprocessing_distributed:
+    step = slurm.slurm_step()
+    if step is None and slurm.in_batch_step():
+        print(f"SLURM batch step (SLURM_NTASKS={os.environ['SLURM_NTASKS']}, no srun step): SLURM's tasks are "
+              "ignored here; start one process per task with `srun python ...`", flush=True)
+    if how.legacy:
+        nodes, node, url = legacy_node(how, step)
+        if not how.multiprocessing_distributed:  # one process per node
+            info = init_distributed(how.backend, url, rank=node, world_size=nodes, local_rank=how.gpu,
+                                    local_world_size=1, timeout=how.timeout_s, launcher="node")
+            return _run(worker_fn, info, args)
         nprocs = torch.cuda.device_count()
         if nprocs == 0:
             print("--multiprocessing-distributed: no CUDA device, running one process per node "
                   "with the gloo backend", flush=True)
             nprocs = 1
         if nprocs == 1:
-            return _spawn_worker(0, worker_fn, args, how, 1, how.world_size)
-        with _parent_outlives_stop_signals():
-            mp.spawn(_spawn_worker, nprocs=nprocs, args=(worker_fn, args, how, nprocs, how.world_size * nprocs))
+            return _spawn_worker(0, worker_fn, args, how, 1, nodes, node, url)
+        with rendezvous.parent_outlives_stop_signals():
+            mp.spawn(_spawn_worker, nprocs=nprocs, args=(worker_fn, args, how, nprocs, nodes * nprocs, node, url))
         return None
-    if how.world_size > 1:
-        info = init_distributed(how.backend, how.dist_url, rank=how.rank, world_size=how.world_size,  # one a node
-                                local_rank=how.gpu, local_world_size=1, timeout=how.timeout_s)
-    else:
-        info = init_distributed(how.backend, local_rank=how.gpu)
-    return _run(worker_fn, info, args)
+    if step is not None and step.ntasks > 1:
+        return _run(worker_fn, init_distributed(how.backend, how.dist_url, timeout=how.timeout_s), args)
+    return _run(worker_fn, init_distributed(how.backend, local_rank=how.gpu), args)
 
 
 def get_world_size():
@@ -288,6 +338,19 @@ def all_gather_cat(tensor):
 
 
 @torch.no_grad()
+def all_to_all_rows(tensor, send_counts, recv_counts):
+    """Rows of ``tensor`` sent in consecutive blocks, ``send_counts[r]`` rows to rank ``r``;
+    returns the rows received, ``recv_counts[r]`` from rank ``r`` in rank order, on the caller's
+    device. The counts are host ints (no sync)."""
+    if get_world_size() == 1:
+        return tensor
+    t = _on_backend(tensor.contiguous())
+    out = t.new_empty((sum(recv_counts), *t.shape[1:]))
+    dist.all_to_all_single(out, t, list(recv_counts), list(send_counts))
+    return out.to(tensor.device)
+
+
+@torch.no_grad()
 def broadcast_(tensor, src=0):
     """Overwrite ``tensor`` (in place, on every rank) with rank ``src``'s; returns it."""
     if get_world_size() > 1:
@@ -369,5 +432,9 @@ def broadcast_object(obj, src=0):
 
 
 def cleanup():
+    global _watch
+    if _watch is not None:
+        _watch.stop()
+        _watch = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

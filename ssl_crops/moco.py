@@ -112,7 +112,8 @@ class _SplitNormChannelsLast(torch.autograd.Function):
         n, c, h, w = x.shape
         s, count = ctx.s, x.numel() // (ctx.s * x.shape[1])
         grad = grad.contiguous(memory_format=torch.channels_last)
-        sum_g, sum_gx = _split_sums(grad, s), _split_sums(grad * x, s)
+        prod = grad * x if grad.dtype == torch.float32 else grad.float().mul_(x)  # fp16: no overflow, no rounding
+        sum_g, sum_gx = _split_sums(grad, s), _split_sums(prod, s)
         sum_gxhat = (sum_gx - mean * sum_g) * rstd  # sum of grad * (x - mean) * rstd
         a = rstd * weight.float()
         b = -a * rstd * sum_gxhat / count
@@ -180,6 +181,9 @@ class MoCo(nn.Module):
         queue = torch.randn(dim, K, generator=torch.Generator().manual_seed(0))
         self.register_buffer("queue", F.normalize(queue, dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        # shuffle-BN across ranks draws its permutation on the host, the same on every rank, from
+        # shuffle_seed (set per step by the trainer; else a count of the shuffles so far)
+        self.shuffle_seed, self._shuffles = None, 0
 
     @torch.no_grad()
     def _momentum_update_key_encoder(self):
@@ -201,18 +205,31 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _batch_shuffle_ddp(self, x):
-        """Shuffle the global batch across ranks; returns this rank's part and the inverse.
-        Under autocast the images travel in its dtype: the first convolution casts them anyway."""
+        """Shuffle the global batch across ranks; returns this rank's part and what
+        :meth:`_batch_unshuffle_ddp` needs. Rank ``r`` takes the images at ``perm[r*n:(r+1)*n]``
+        of a uniform permutation of the global batch (as MoCo), but each image travels only to
+        the rank that takes it (one all_to_all, not an all_gather of every batch: world-size times
+        fewer bytes); the permutation is drawn on the host, identical on every rank, so the split
+        sizes need no host-device sync. Under autocast the images travel in its dtype."""
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        x_all = du.all_gather_cat(x)
-        n, world = x.shape[0], x_all.shape[0] // x.shape[0]
-        idx_shuffle = du.broadcast_(torch.randperm(x_all.shape[0], device=x.device), src=0)
-        idx_unshuffle = torch.argsort(idx_shuffle)
-        mine = idx_shuffle.view(world, n)[du.get_rank()]
+        rank, world, n = du.get_rank(), du.get_world_size(), x.shape[0]
+        seed = self._shuffles if self.shuffle_seed is None else self.shuffle_seed
+        self._shuffles += 1
+        takes = torch.randperm(world * n, generator=torch.Generator().manual_seed(seed)).view(world, n)
+        send = [takes[r][takes[r] // n == rank] - rank * n for r in range(world)]  # my rows, in r's slot order
+        slots = [(takes[rank] // n == r).nonzero().squeeze(1) for r in range(world)]  # my slots, by source
+        send_rows, my_slots = torch.cat(send), torch.cat(slots)
+        counts = ([len(t) for t in send], [len(t) for t in slots])
+        if x.is_cuda:  # one pinned, non-blocking copy of both index lists
+            both = torch.cat([send_rows, my_slots]).pin_memory().to(x.device, non_blocking=True)
+            send_rows, my_slots = both[:n], both[n:]
+        got = du.all_to_all_rows(x[send_rows], *counts)
+        out = torch.empty_like(got)
+        out[my_slots] = got
         channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return x_all[mine].contiguous(memory_format=fmt), idx_unshuffle
+        return out.contiguous(memory_format=fmt), (send_rows, my_slots, counts)
 
     @torch.no_grad()
     def _key_features(self, im_k):
@@ -228,10 +245,13 @@ class MoCo(nn.Module):
         return F.normalize(self.encoder_k(im_k).float(), dim=1)
 
     @torch.no_grad()
-    def _batch_unshuffle_ddp(self, x, idx_unshuffle):
-        x_all = du.all_gather_cat(x)
-        n, world = x.shape[0], x_all.shape[0] // x.shape[0]
-        return x_all[idx_unshuffle.view(world, n)[du.get_rank()]]
+    def _batch_unshuffle_ddp(self, x, plan):
+        """This rank's keys back in its own order: each key returns to the rank it came from."""
+        send_rows, my_slots, (sent, received) = plan
+        back = du.all_to_all_rows(x[my_slots], received, sent)
+        out = torch.empty_like(back)
+        out[send_rows] = back
+        return out
 
     def forward(self, im_q, im_k):
         """Returns ``(logits, labels)``: logits ``(N, 1 + K)`` (positive first), labels zeros.

@@ -49,13 +49,6 @@ def test_single_slurm_task_is_a_single_process(clean_env):
     assert du.init_distributed().distributed is False
 
 
-@pytest.mark.parametrize("nodelist,addr", [("gpu[03-05,07],cpu1", "gpu03"), ("node7", "node7"),
-                                           ("a-1,b-2", "a-1"), ("n[12]", "n12")])
-def test_slurm_master_address(clean_env, nodelist, addr):
-    clean_env.setenv("SLURM_JOB_NODELIST", nodelist)
-    assert du._slurm_master_addr() == addr
-
-
 def test_launch_runs_plain_single_process(clean_env):
     args = Namespace(multiprocessing_distributed=False, world_size=-1, rank=-1, dist_url="unused", gpu=None)
     assert du.launch(lambda info, a: (info.world_size, info.distributed), args) == (1, False)
@@ -240,6 +233,15 @@ WORKER = textwrap.dedent("""
         q, k = F.normalize(model.encoder_q(x), dim=1), F.normalize(model.encoder_k(xk), dim=1)
     assert torch.allclose(logits[:, 0], (q * k).sum(1) / 0.2, atol=1e-5), "keys paired with the wrong queries"
     assert torch.allclose(model.queue[:, ptr:ptr + 6], du.all_gather_cat(k).T, atol=1e-6)
+    # shuffle-BN by all_to_all: rank r takes rows perm[r*n:(r+1)*n] of the global batch (the
+    # permutation drawn on the host, the same on both ranks), and the keys come back in order
+    model.shuffle_seed = 5
+    xs = torch.randn(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    mine, plan = model._batch_shuffle_ddp(xs)
+    takes = torch.randperm(8, generator=torch.Generator().manual_seed(5)).view(2, 4)
+    assert torch.equal(mine, du.all_gather_cat(xs)[takes[info.rank]]), "shuffle"
+    assert mine.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(model._batch_unshuffle_ddp(mine.flatten(1), plan), xs.flatten(1)), "unshuffle"
     print("rank", info.rank, "queues identical", flush=True)
 
     # the funnel: results on the caller's device, objects of different sizes
@@ -411,3 +413,179 @@ def test_elastic_restart_resumes_after_a_rank_dies(tmp_path, clean_env):
     records = _records(tmp_path / "a" / "ddp")
     assert [r["step"] for r in records if r["type"] == "step"] == list(range(1, 7))  # step 4 redone, once
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]
+
+
+# --------------------------------------------------------------------------- launches as clusters make them
+def _srun_env(rank, ntasks, node=0, nnodes=1, job="20999", nodelist="127.0.0.1"):
+    """The variables srun gives one task of a step of `ntasks` tasks over `nnodes` nodes."""
+    per_node = ntasks // nnodes
+    return {"SLURM_JOB_ID": job, "SLURM_STEP_ID": "0", "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(ntasks),
+            "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_LOCALID": str(rank % per_node), "SLURM_NODEID": str(node),
+            "SLURM_STEP_NUM_NODES": str(nnodes), "SLURM_NNODES": str(nnodes),
+            "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{nnodes})", "SLURM_STEP_NODELIST": nodelist}
+
+
+def _legacy(**kw):
+    return du.LaunchSettings.of(Namespace(**{"multiprocessing_distributed": True, "world_size": -1, "rank": -1,
+                                             "dist_url": None, **kw}))
+
+
+def test_legacy_flags_take_the_node_rank_from_srun():
+    from ssl_crops import slurm
+    step = slurm.slurm_step(_srun_env(1, 2, node=1, nnodes=2, job="4711", nodelist="gpu[07-08]"))
+    assert du.legacy_node(_legacy(world_size=2), step) == (2, 1, "tcp://gpu07:24711")  # port from the job id
+    assert du.legacy_node(_legacy(), step)[:2] == (2, 1)  # --world-size: the step's nodes
+    assert du.legacy_node(_legacy(world_size=2, rank=0, dist_url="tcp://m:1"), step) == (2, 0, "tcp://m:1")
+    nodes, node, url = du.legacy_node(_legacy(world_size=1), None)  # one node: a free port
+    assert (nodes, node) == (1, 0) and url.startswith("tcp://127.0.0.1:")
+
+
+@pytest.mark.parametrize("kw,env,match", [
+    (dict(world_size=2), None, "needs --rank"),
+    (dict(world_size=2, rank=1), None, "needs --dist-url"),
+    (dict(world_size=2, rank=2, dist_url="tcp://m:1"), None, "not a node index"),
+    (dict(world_size=3), _srun_env(1, 2, node=1, nnodes=2), "runs on 2 node"),
+    (dict(world_size=1), _srun_env(1, 8, nnodes=1), "tasks on this node")])
+def test_legacy_flags_that_make_no_launch_are_one_error(kw, env, match):
+    from ssl_crops import slurm
+    with pytest.raises(du.LaunchError, match=match):
+        du.legacy_node(_legacy(**kw), slurm.slurm_step(env) if env else None)
+
+
+def test_legacy_launch_spawns_the_node_ranks_under_srun(clean_env, monkeypatch):
+    """`srun --ntasks-per-node 1 python main_moco.py ... --multiprocessing-distributed --world-size 2`
+    (no --rank) on the second node: its processes are global ranks 2 and 3 of 4, not 0 and 1."""
+    for k, v in _srun_env(1, 2, node=1, nnodes=2).items():
+        clean_env.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    spawned = {}
+    monkeypatch.setattr(du.mp, "spawn", lambda fn, nprocs, args: spawned.update(nprocs=nprocs, args=args))
+    du.launch(lambda info, a: None, Namespace(multiprocessing_distributed=True, world_size=2, rank=-1, gpu=None,
+                                              dist_url=None))
+    worker_fn, args, how, nprocs, world, node, url = spawned["args"]
+    assert (spawned["nprocs"], world, node, url) == (2, 4, 1, "tcp://127.0.0.1:20999")
+
+
+def test_batch_step_runs_one_process(clean_env, capsys):
+    """A plain `python main_moco.py` in an sbatch script of 4 tasks: one process, at once."""
+    for k, v in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_NODEID": "0"}.items():
+        clean_env.setenv(k, v)
+    args = Namespace(multiprocessing_distributed=False, world_size=-1, rank=-1, dist_url=None, gpu=None)
+    assert du.launch(lambda info, a: (info.world_size, info.distributed), args) == (1, False)
+    assert "srun" in capsys.readouterr().out
+
+
+FAILING = textwrap.dedent("""
+    # one rank of an srun step fails; the others are busy (as in an NCCL collective, which a dead
+    # peer never ends) for longer than the test waits
+    import os, sys, time
+    from argparse import Namespace
+    from ssl_crops import distributed as du
+
+    def work(info, args):
+        du.barrier()
+        if info.rank == int(sys.argv[1]):
+            raise RuntimeError("bad image on this rank")
+        time.sleep(120)
+
+    du.launch(work, Namespace(dist_timeout=10))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", [1, 0])  # rank 0 holds the store
+def test_one_failing_rank_ends_an_srun_job_in_seconds(tmp_path, failing):
+    """3 tasks started as srun starts them (plain python, no torchrun agent): rank `failing`
+    raises; every process exits non-zero within seconds, the others naming it and its error."""
+    import time
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING)
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env = {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    start = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, str(script), str(failing)], env={**env, **_srun_env(r, 3)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(3)]
+    outs = [p.communicate(timeout=90) for p in procs]
+    elapsed = time.monotonic() - start
+    assert all(p.returncode != 0 for p in procs), [p.returncode for p in procs]
+    assert elapsed < 60, elapsed
+    assert "RuntimeError: bad image on this rank" in outs[failing][1]
+    for r in set(range(3)) - {failing}:
+        assert f"ending the job: rank {failing} failed: RuntimeError: bad image on this rank" in outs[r][1], outs[r][1]
+
+
+def _main_moco(data, out, *extra):
+    return [sys.executable, str(REPO / "main_moco.py"), str(data / "images"), "-a", "resnet18", "--epochs", "1",
+            "--moco-k", "16", "--image-size", "32", "-j", "0", "--bing_crops", "--sampling", "image", "--seed", "0",
+            "--output-dir", str(out), *extra]
+
+
+@pytest.mark.slow
+def test_main_moco_in_a_batch_step_trains_as_one_process(tmp_path):
+    """`python main_moco.py` in an sbatch script (SLURM_PROCID=0, SLURM_NTASKS=4, no step) trains."""
+    data = make_demo(tmp_path / "demo", num_train=16, num_test=4, min_size=48, max_size=72)
+    env = {**{k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO), "SLURM_JOB_ID": "5", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}
+    proc = subprocess.run(_main_moco(data, tmp_path / "runs", "-b", "8", "--save_name", "b"), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no srun step" in proc.stdout and "1 process(es)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_two_slurm_nodes_with_the_original_flags_get_ranks_0_and_1(tmp_path):
+    """Two "nodes" (SLURM_NODEID 0 and 1, one srun task each) run `--multiprocessing-distributed
+    --world-size 2` without --rank: ranks 0 and 1 (gloo, no GPU), both finish; --batch-size is per
+    node, so the run's batch is 2 x 4."""
+    data = make_demo(tmp_path / "demo", num_train=24, num_test=4, min_size=48, max_size=72)
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    cmd = _main_moco(data, tmp_path / "runs", "-b", "4", "--save_name", "nodes", "--multiprocessing-distributed",
+                     "--world-size", "2", "--dist-url", f"tcp://127.0.0.1:{_free_port()}", "--dist-timeout", "2")
+    procs = [subprocess.Popen(cmd, env={**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+                                        **_srun_env(node, 2, node=node, nnodes=2)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "2 process(es) on cpu (1 per node, 2 node(s)), batch 8 in total, 4 per process" in outs[0][0]
+    ckpt = torch.load(tmp_path / "runs" / "nodes" / "checkpoint_last.pth", weights_only=True)
+    assert (ckpt["world_size"], ckpt["args"]["batch_size"], ckpt["step"]) == (2, 8, 3)
+
+
+RAISING = textwrap.dedent("""
+    # the trainer; rank 1 raises at its 5th step (epoch 2)
+    import os, sys
+    from ssl_crops import train
+    from ssl_crops.train import loop
+    if os.environ["SLURM_PROCID"] == "1":
+        step, calls = loop.train_step, []
+        def train_step(*a, **k):
+            calls.append(1)
+            if len(calls) == 5:
+                raise RuntimeError("CUDA out of memory (injected)")
+            return step(*a, **k)
+        loop.train_step = train_step
+    train.main(sys.argv[1:])
+""")
+
+
+@pytest.mark.slow
+def test_a_rank_failing_mid_run_ends_the_srun_job_and_keeps_the_last_checkpoint(tmp_path):
+    """Two srun tasks train (plain python, no agent); rank 1 raises in epoch 2: both exit non-zero
+    within seconds, the output names rank 1 and its error, and epoch 1's checkpoint is intact."""
+    from ssl_crops.checkpoint import read_checkpoint
+    data = make_demo(tmp_path / "demo", num_train=24, num_test=4, min_size=48, max_size=72)
+    script = tmp_path / "raising.py"
+    script.write_text(RAISING)
+    cmd = [sys.executable, str(script), *_main_moco(data, tmp_path / "runs", "-b", "8", "--save_name", "f",
+                                                    "--epochs", "2", "--dist-timeout", "10")[2:]]
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env = {**base, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    procs = [subprocess.Popen(cmd, env={**env, **_srun_env(r, 2)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode != 0 for p in procs), outs
+    assert "rank 1 failed: RuntimeError: CUDA out of memory (injected)" in outs[1][1]
+    assert "rank 0: ending the job: rank 1 failed: RuntimeError: CUDA out of memory (injected)" in outs[0][1]
+    assert read_checkpoint(tmp_path / "runs" / "f" / "checkpoint_last.pth", require="state_dict")["epoch"] == 1

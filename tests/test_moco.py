@@ -255,3 +255,20 @@ def test_default_bn_splits(batch, world, expected):
 def test_bn_splits_must_be_positive():
     with pytest.raises(ValueError, match="bn_splits"):
         MoCo(TinyNet, dim=4, K=8, bn_splits=0)
+
+
+def test_split_batch_norm_fp16_backward_forms_grad_times_x_in_fp32():
+    """fp16 channels-last input near 300 and a scaled fp16 gradient of 300: grad * x (90000) is
+    past fp16's range; the input gradient must match the fp32 computation, not be inf/NaN."""
+    from ssl_crops.moco import SplitBatchNorm
+    torch.manual_seed(0)
+    x32 = (300 + torch.randn(8, 4, 3, 3)).contiguous(memory_format=torch.channels_last)
+    g32 = torch.full_like(x32, 300.0) + torch.randn_like(x32)
+    grads = []
+    for dtype in (torch.float32, torch.float16):
+        bn = SplitBatchNorm(4, 2)
+        x = x32.to(dtype).clone().requires_grad_()
+        bn(x).backward(g32.to(dtype))
+        grads.append(x.grad.float())
+    assert torch.isfinite(grads[1]).all()
+    assert torch.allclose(grads[1], grads[0], atol=0.5, rtol=0.02), (grads[1] - grads[0]).abs().max()

@@ -77,9 +77,33 @@ def extract_features(backbone: nn.Module, loader, device, amp: str = "off", chan
     rank exists) each rank runs its shard and all ranks receive the gathered, de-duplicated
     result. ``amp`` is ``"off"``, ``"bf16"`` or ``"fp16"``.
     """
-    device = torch.device(device)
     rank, world = rank_and_world()
     distributed = world > 1 if distributed is None else distributed
+    feats, targets, indices, indexed = _run_backbone(backbone, loader, device, amp, channels_last, progress)
+    if distributed and world > 1:
+        if not indexed:
+            raise ValueError("distributed extraction needs indexed batches: use feature_loader()")
+        feats, targets, indices = all_gather_cat(feats), all_gather_cat(targets), all_gather_cat(indices)
+    indices, first = np.unique(indices.cpu().numpy(), return_index=True)  # drops sampler padding
+    return feats.cpu().numpy()[first], targets.cpu().numpy()[first]
+
+
+@torch.no_grad()
+def extract_shard(backbone: nn.Module, loader, device, amp: str = "off", progress: bool = False):
+    """This rank's part of :func:`extract_features` over a :func:`feature_loader`, not gathered:
+    ``(features, targets, dataset indices)`` as numpy, each item on exactly one rank (the
+    ``DistributedSampler``'s padding, repeated items, left out), so memory stays per shard."""
+    rank, world = rank_and_world()
+    feats, targets, indices, _ = _run_backbone(backbone, loader, device, amp, False, progress)
+    indices = indices.cpu().numpy()
+    own = indices % world == rank  # unpadded, the unshuffled sampler deals item i to rank i % world
+    return feats.cpu().numpy()[own], targets.cpu().numpy()[own], indices[own]
+
+
+def _run_backbone(backbone, loader, device, amp, channels_last, progress):
+    """``(features, targets, indices, indexed)`` tensors of the loader's batches, in its order."""
+    device = torch.device(device)
+    rank = rank_and_world()[0]
     was_training = backbone.training
     backbone.eval()
     if channels_last:
@@ -108,14 +132,7 @@ def extract_features(backbone: nn.Module, loader, device, amp: str = "off", chan
     finally:
         stop_workers(batches)
     backbone.train(was_training)
-    feats = torch.cat(feats)
-    targets, indices = torch.cat(targets), torch.cat(indices).long()
-    if distributed and world > 1:
-        if not indexed:
-            raise ValueError("distributed extraction needs indexed batches: use feature_loader()")
-        feats, targets, indices = all_gather_cat(feats), all_gather_cat(targets), all_gather_cat(indices)
-    indices, first = np.unique(indices.cpu().numpy(), return_index=True)  # drops sampler padding
-    return feats.cpu().numpy()[first], targets.cpu().numpy()[first]
+    return torch.cat(feats), torch.cat(targets), torch.cat(indices).long(), indexed
 
 
 # ---------------------------------------------------------------------------- feature cache

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("distributed (as main_moco.py)")
     d.add_argument("--world-size", type=int, default=-1)
     d.add_argument("--rank", type=int, default=-1)
-    d.add_argument("--dist-url", default="tcp://localhost:10005")
+    d.add_argument("--dist-url", default=None, help="default: a free port on one node, derived from the job under srun")
     d.add_argument("--dist-backend", default=None)
     d.add_argument("--gpu", type=int, default=None)
     d.add_argument("--multiprocessing-distributed", action="store_true")

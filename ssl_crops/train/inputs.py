@@ -255,7 +255,8 @@ def opened_proposals(args, index, run_dir, main=True):
         if main and (cached is None or len(cached) < len(index) or cached.meta.get("model") != model):
             print(f"caching BING proposals of the {len(index)} images of {args.data} in {path} ...", flush=True)
             propose_folder(args.data, source, path, top_k=args.bing_topk,
-                           workers=min(args.workers, os.cpu_count() or 1), progress=sys.stderr.isatty(),
+                           workers=min(os.cpu_count() if args.workers is None else args.workers, os.cpu_count() or 1),
+                           progress=sys.stderr.isatty(),
                            model_name=model)
     return ProposalCache.load(path), f"{path} (model {args.proposals})"
 

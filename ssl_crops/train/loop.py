@@ -15,7 +15,7 @@ from ..config import AMP_DTYPES
 from ..moco import MoCo
 
 __all__ = ["NO_BUFFER_BROADCAST", "adjust_learning_rate", "build_model", "seed_step", "step_seed", "train_one_epoch",
-           "train_step"]
+           "train_step", "warn_slow_loader"]
 
 # buffers (queue, BN statistics) are synced once at start; the queue then stays equal across ranks
 # by construction, so DDP need not broadcast 32 MB of it every step
@@ -94,9 +94,11 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, 
                disable=not (main and sys.stderr.isatty()), dynamic_ncols=True, leave=False)
     last_log = end = time.perf_counter()
     data_time, since_log, stopped = 0.0, 0, False
+    waits = []  # (data, compute) seconds per step of each log interval but the first (the loader starting)
     for (im_q, im_k), _, events, skipped in loader:
         data_time += time.perf_counter() - end
         seed_step(args.seed, step, info.rank)
+        getattr(model, "module", model).shuffle_seed = hash((args.seed, step))  # shuffle-BN's, the same on every rank
         loss, acc = train_step(model, im_q, im_k, optimizer, scaler, amp_dtype, fmt, augment)
         tally.add(loss, events, skipped)
         step, since_log = step + 1, since_log + 1
@@ -106,6 +108,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, 
             rec = {"type": "step", "epoch": epoch, "step": step, "loss": loss_v, "acc1": acc_v, "lr": lr,
                    "data_time": data_time / since_log, "compute_time": (now - last_log - data_time) / since_log,
                    "images_per_s": args.batch_size * since_log / (now - last_log)}
+            waits.append((rec["data_time"], rec["compute_time"]))
             if main:
                 log.write(rec)
                 if bar.disable:
@@ -121,4 +124,18 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, tally, args, 
             break
         end = time.perf_counter()
     bar.close()
+    if main:
+        warn_slow_loader(waits[1:], getattr(loader, "num_workers", 0))
     return step, stopped
+
+
+def warn_slow_loader(waits, workers):
+    """Say so when the steps waited longer for data than they computed (``waits``: per log
+    interval, ``(data, compute)`` seconds per step)."""
+    if not waits:
+        return
+    data, compute = (sum(w[i] for w in waits) / len(waits) for i in (0, 1))
+    if data > compute:
+        print(f"warning: the loader is the bottleneck: {data:.3f} s/step waiting for data, {compute:.3f} s/step "
+              f"computing, with {workers} loader workers per process; raise -j (--workers) if the CPUs allow",
+              flush=True)

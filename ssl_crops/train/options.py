@@ -7,13 +7,15 @@ from pathlib import Path
 import torchvision.models as models
 
 from ..config import AMP_DTYPES, Config
+from .. import slurm
 from ..formats import SUBSET_FILES
 from ..run import summary_writer
 from ..sources import add_annotation_args
 from ..transforms.geometry import GEOMETRIES
 from ..transforms.crop import MODES as CROP_MODES
 
-__all__ = ["ARCHS", "CROP_MODES", "DEMO_DEFAULTS", "KEEP_CHECKPOINTS", "build_parser", "default_workers", "parse_args"]
+__all__ = ["ARCHS", "CROP_MODES", "DEMO_DEFAULTS", "KEEP_CHECKPOINTS", "build_parser", "default_workers", "parse_args",
+           "process_cpus"]
 
 ARCHS = sorted(n for n in models.list_models(module=models) if n.startswith(("resnet", "resnext", "wide_resnet")))
 
@@ -33,9 +35,23 @@ DEMO_DEFAULTS = dict(arch="resnet18", epochs=7, batch_size=32, lr=0.03, moco_k=1
                      resume="auto")  # running the Quick start again continues (or just reloads) the demo run
 
 
-def default_workers():
-    """``-j``'s default: the CPUs this process may use, at most 32 (the original's default)."""
-    return min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def process_cpus(launcher="single", local_processes=1):
+    """The CPUs this process may count on: its affinity, shared with the node's other processes
+    when they all see the same CPUs (torchrun, mp.spawn, an srun task that is not bound), its own
+    under an srun that binds each task to its share (the affinity then smaller than the machine)
+    or gives it ``--cpus-per-task``."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    task = slurm.cpus_of_task() if launcher == "srun" else None
+    if task:  # srun --cpus-per-task
+        return max(1, min(cpus, task))
+    own = launcher == "srun" and cpus < (os.cpu_count() or cpus)
+    return max(1, cpus if own else cpus // max(1, local_processes))
+
+
+def default_workers(launcher="single", local_processes=1):
+    """``-j``'s default, per process: :func:`process_cpus` less one for the process itself (at
+    least 1, at most 32)."""
+    return max(1, min(32, process_cpus(launcher, local_processes) - 1))
 
 
 def build_parser():
@@ -47,12 +63,14 @@ def build_parser():
     g = p.add_argument_group("MoCo (original flags)")
     g.add_argument("-a", "--arch", default="resnet50", choices=ARCHS, metavar="ARCH",
                    help="torchvision ResNet: " + ", ".join(ARCHS))
-    g.add_argument("-j", "--workers", type=int, default=default_workers(),
-                   help="data-loading workers per node, shared by its processes (default %(default)s here: the CPUs "
-                        "this process may use, at most 32)")
+    g.add_argument("-j", "--workers", type=int, default=None,
+                   help="data-loading workers per node, shared by its processes (default: per process, the CPUs "
+                        "it may use less one; an srun task's own CPUs are not divided again)")
     g.add_argument("--epochs", type=int, default=200)
     g.add_argument("--start-epoch", type=int, default=0, help="first epoch (overridden by --resume)")
-    g.add_argument("-b", "--batch-size", type=int, default=256, help="total batch size over all processes")
+    g.add_argument("-b", "--batch-size", type=int, default=256,
+                   help="total batch size over all processes (torchrun, srun, one process); per node with the "
+                        "original --multiprocessing-distributed / --world-size flags, as the official code")
     g.add_argument("--lr", "--learning-rate", type=float, default=0.03, dest="lr")
     g.add_argument("--schedule", type=int, nargs="*", default=[120, 160], help="lr x0.1 at these epochs (without --cos)")
     g.add_argument("--momentum", type=float, default=0.9)
@@ -62,8 +80,11 @@ def build_parser():
     g.add_argument("--resume", default="", help="'auto' (newest readable checkpoint of this run; implied by a "
                                                  "torchrun restart) or a path")
     g.add_argument("--world-size", type=int, default=-1, help="number of nodes (legacy launch)")
-    g.add_argument("--rank", type=int, default=-1, help="node rank (legacy launch)")
-    g.add_argument("--dist-url", default="tcp://localhost:23456", help="rendezvous URL (legacy launch)")
+    g.add_argument("--rank", type=int, default=-1,
+                   help="node rank (legacy launch; under srun default SLURM_NODEID)")
+    g.add_argument("--dist-url", default=None,
+                   help="rendezvous URL (legacy launch; default: a free port on one node, tcp://<first node of the "
+                        "srun step>:<port from the job id> under srun)")
     g.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"], help="default: nccl on GPU, gloo on CPU")
     g.add_argument("--dist-timeout", type=float, default=30.0,
                    help="minutes a collective (or the rendezvous) may wait for the other processes (not the wait "
@@ -124,6 +145,9 @@ def build_parser():
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on with CUDA)")
     g.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic CUDA kernels, no cuDNN autotuning: a resume repeats an uninterrupted run "
+                        "bit for bit on the same GPUs and software (slower; the CPU is always so)")
     g.add_argument("--augment-on", choices=["cpu", "device"], default=None,
                    help="MoCo augmentation in the loader workers (cpu) or batched on the training device "
                         "(device: workers return uint8 crops); default: device with CUDA, else cpu")

@@ -27,9 +27,9 @@ from ..runlock import RunLock
 from ..transforms import BatchAugment
 from .inputs import MISSING_IMAGES, build_dataset, build_loader, check_inputs, knn_test_index, queue_size
 from .loop import NO_BUFFER_BROADCAST, adjust_learning_rate, build_model, train_one_epoch
-from .options import parse_args
+from .options import default_workers, parse_args, process_cpus
 
-__all__ = ["main", "train_worker"]
+__all__ = ["agreed_resume", "cuda_determinism", "main", "train_worker"]
 
 def _shared_seed(seed, device):
     """``seed``, or a random seed drawn on rank 0 and shared with every rank."""
@@ -38,12 +38,48 @@ def _shared_seed(seed, device):
     return int(du.all_gather_cat(torch.tensor([int.from_bytes(os.urandom(4), "big") >> 1], device=device))[0])
 
 
+def cuda_determinism(deterministic):
+    """``--deterministic``: deterministic kernels and cuDNN algorithms, no autotuning (which may
+    choose other algorithms after a restart); otherwise cuDNN's autotuning, the fastest."""
+    if deterministic:  # before the first cuBLAS call of this process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def agreed_resume(resume_arg, run_dir):
+    """:func:`locate_resume` with ``--resume auto`` decided by rank 0 (a node's file system cache
+    may show another newest checkpoint after a restart): the other ranks read the file it chose
+    and refuse (``ResumeMismatch``) when theirs holds another step."""
+    if resume_arg != "auto" or du.get_world_size() == 1:
+        return locate_resume(resume_arg, run_dir)
+    found = path = ckpt = None
+    if du.is_main_process():
+        try:
+            path, ckpt = locate_resume("auto", run_dir)
+            found = (None if path is None else str(path), None if ckpt is None else ckpt.get("step"))
+        except FileExistsError as e:  # the same one-line refusal on every rank
+            found = str(e)
+    found = du.broadcast_object(found)
+    if isinstance(found, str):
+        raise FileExistsError(found)
+    if du.is_main_process() or found[0] is None:
+        return path, ckpt
+    path, ckpt = locate_resume(found[0], run_dir)
+    if ckpt.get("step") != found[1]:
+        raise ResumeMismatch(f"--resume auto: rank {du.get_rank()} reads step {ckpt.get('step')} in {path}, rank 0 "
+                             f"step {found[1]}: the nodes see different files (a stale network file system cache?)")
+    return path, ckpt
+
+
 def _knn_monitor(args, index, test_index=None):
     from ..evaluate import KNNMonitor
 
     test_index = knn_test_index(args, index) if test_index is None else test_index
     return KNNMonitor(args.data, index, test_index, image_size=args.image_size,
-                      batch_size=args.batch_size // du.get_world_size(), workers=min(args.workers, 4), amp=args.amp,
+                      batch_size=args.batch_size // du.get_world_size(),
+                      workers=min(default_workers() if args.workers is None else args.workers, 4), amp=args.amp,
                       test_root=args.test_images, on_corrupt={"error": "raise"}.get(args.bad_image, "skip"))
 
 
@@ -79,10 +115,12 @@ def _train(info, args, index, test_index, missing):
     """The run of :func:`train_worker`, its folder held."""
     main = info.rank == 0
     if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        cuda_determinism(bool(getattr(args, "deterministic", False)))
     cuda = info.device.type == "cuda"  # resolved per device: the defaults of these flags
     args = args.replace(channels_last=cuda if args.channels_last is None else args.channels_last,
                         augment_on=args.augment_on or ("device" if cuda else "cpu"))
+    if info.per_node_flags:  # the original flags: --batch-size per node, as the official code
+        args = args.replace(batch_size=args.batch_size * info.nodes)
     if args.batch_size % info.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
     run_dir = Path(args.output_dir) / args.save_name
@@ -90,7 +128,7 @@ def _train(info, args, index, test_index, missing):
     if restart > 0 and args.resume != "auto" and (not args.resume or run_checkpoints(run_dir)):
         args = args.replace(resume="auto")  # also over an explicit --resume PATH once this run has checkpoints
         du.print0(f"torchrun restart {restart}: continuing {run_dir} from its newest checkpoint (--resume auto)")
-    resume_path, resume_ckpt = locate_resume(args.resume, run_dir)
+    resume_path, resume_ckpt = agreed_resume(args.resume, run_dir)
     saved_queue, asked_k = _saved_queue(resume_ckpt), args.moco_k
     if (resume_ckpt["epoch"] if resume_ckpt is not None else args.start_epoch) >= args.epochs:
         if resume_ckpt is not None:  # a finished run is checked as one to continue
@@ -118,9 +156,10 @@ def _train(info, args, index, test_index, missing):
     fingerprint = dataset_fingerprint(index)
     if resume_ckpt is not None:  # before anything is loaded; --bn-splits only when given (not yet defaulted)
         check_resume(resume_path, resume_ckpt, args, fingerprint, info.world_size, main)
-    workers = math.ceil(args.workers / info.local_world_size)
+    workers = (default_workers(info.launcher, info.local_world_size) if args.workers is None
+               else math.ceil(args.workers / info.local_world_size))
     if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # processes of a node share its cores
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // info.local_world_size))
+        torch.set_num_threads(process_cpus(info.launcher, info.local_world_size))
     rank_batch = args.batch_size // info.world_size
     loader = build_loader(dataset, args, info, rank_batch, workers)
     steps_per_epoch = len(loader)
@@ -139,8 +178,10 @@ def _train(info, args, index, test_index, missing):
         start_epoch, step, epoch_state = resume(resume_path, resume_ckpt, model, optimizer, scaler)
         saved_batch = (resume_ckpt.get("args") or {}).get("batch_size", args.batch_size)
         if epoch_state and saved_batch != args.batch_size:  # its done items are batches x its batch size
-            raise ValueError(f"--resume {resume_path}: stopped mid-epoch with --batch-size {saved_batch}; resume it "
-                             f"with that batch size (any number of processes), or from an epoch end")
+            raise ValueError(f"--resume {resume_path}: stopped mid-epoch with a batch of {saved_batch} in total, this "
+                             f"run's is {args.batch_size}"
+                             + (" (--batch-size per node x the nodes: the original flags)" if info.per_node_flags else "")
+                             + "; resume it with that total batch (any number of processes), or from an epoch end")
         for group in optimizer.param_groups:  # the saved state carries the saving machine's choice
             group["fused"] = fused
         del resume_ckpt
@@ -161,7 +202,10 @@ def _train(info, args, index, test_index, missing):
         log = RunLog(run_dir, resumed_step=resumed, tensorboard=tb)
         print(f"{args.arch} MoCo K={args.moco_k} on {len(dataset)} samples ({dataset.transform.mode} crops"
               f"{', random boxes (--random-boxes)' if args.random_boxes else ''}), "
-              f"{info.world_size} process(es) on {info.device.type}, batch {args.batch_size}", flush=True)
+              f"{info.world_size} process(es) on {info.device.type} ({info.local_world_size} per node, {info.nodes} "
+              f"node(s)), batch {args.batch_size} in total, {rank_batch} per process"
+              + (" (--batch-size per node: the original flags)" if info.per_node_flags else "")
+              + f", {workers} loader workers per process", flush=True)
 
     def checkpoint(epoch, keep=False, epoch_state=None):
         state = {"epoch": epoch, "arch": args.arch, "state_dict": to_moco_layout(model.state_dict()),
@@ -257,8 +301,8 @@ def main(argv=None):
     with user_errors(FileNotFoundError, ValueError, pickle.UnpicklingError, prog="main_moco.py"):
         inputs = {} if args.demo else check_inputs(args)  # before the run folder is touched
     try:
-        with user_errors(FileExistsError, ResumeMismatch, prog="main_moco.py"):  # a held or finished run folder
-            return du.launch(functools.partial(train_worker, **inputs), args)
+        with user_errors(du.LaunchError, FileExistsError, ResumeMismatch, prog="main_moco.py"):
+            return du.launch(functools.partial(train_worker, **inputs), args)  # bad launch, held or finished run folder
     except OutputError as e:  # one line: which file, and why
         raise SystemExit(f"main_moco.py: error: {e}") from None
     except KeyboardInterrupt:

@@ -340,7 +340,9 @@ class BatchAugment(torch.nn.Module):
                 plan(p["jitter"] & (p["order"][:, k] == op), lambda y, f, op=op: _jitter_f(op, y, f), p["factors"][:, op])
         if not self.spec.grayscale_first:
             plan(p["gray"], gray)
-        plan(p["blur"], self._blur, p["sigma"])
+        # every sample blurred (sigma 0: the identity), so the grouped conv has one shape per batch size:
+        # no cuDNN benchmark search or recompile per count of blurred samples
+        plan(p["blur"].any().expand(len(images)), self._blur, torch.where(p["blur"], p["sigma"], 0.0))
         plan(p["solarize"], lambda y: torch.where(y >= 127.5 / 255, 1 - y, y))
         plan(p["flip"], lambda y: y.flip(-1))
         device = images.device
@@ -357,13 +359,13 @@ class BatchAugment(torch.nn.Module):
         return x.sub_(self.mean.to(device)).div_(self.std.to(device))
 
     def _blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian blur, one sigma per sample, reflected borders."""
+        """Separable Gaussian blur, one sigma per sample (0: none), reflected borders."""
         n, c, h, w = x.shape
         r = min(math.ceil(3 * self.spec.blur_sigma[1]), h - 1, w - 1)
         if r < 1:
             return x
         t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-        k = torch.exp(-t ** 2 / (2 * sigma.to(x.dtype).view(-1, 1) ** 2))
+        k = torch.exp(-t ** 2 / (2 * sigma.to(x.dtype).clamp_min(1e-6).view(-1, 1) ** 2))  # sigma 0: exactly [.., 0, 1, 0, ..]
         k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)
         y = torch.nn.functional.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
         y = torch.nn.functional.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)

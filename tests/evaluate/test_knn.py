@@ -119,3 +119,34 @@ def test_knn_monitor_without_a_readable_test_image_gives_nan(bad_images):
     with pytest.warns(UserWarning, match="2 of 2 test images unreadable or missing"):
         res = monitor(_demo_encoder())
     assert list(res) == ["knn5_map_pct"] and res["knn5_map_pct"] != res["knn5_map_pct"]
+
+
+def _sharded_worker(rank, init_file, out):
+    from ssl_crops.evaluate.knn import sharded_neighbours
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    x, lab = _clusters(50, seed=1)
+    rows = np.arange(7) if rank == 0 else np.arange(7, 40)  # uneven shards, one smaller than k
+    found = sharded_neighbours(x[rows], rows, x[40:], 20, chunk=4)  # 10 test rows: 3 chunks
+    if rank == 0:
+        res = knn_classify(None, np.eye(3)[lab[:40]], None, np.eye(3)[lab[40:]], k=(5, 20), neighbours=found)
+        np.savez(out, sims=found[0], rows=found[1], **{k: np.float64(v) for k, v in res.items()})
+    else:
+        assert found is None
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_neighbours_on_two_ranks_equal_one_process(tmp_path):
+    """Two gloo ranks holding 7 and 33 training rows: rank 0's merged top-k lists and kNN
+    scores equal the one-process search over all 40."""
+    from ssl_crops.evaluate.knn import nearest
+    out = tmp_path / "found.npz"
+    torch.multiprocessing.spawn(_sharded_worker, args=(str(tmp_path / "init"), str(out)), nprocs=2)
+    x, lab = _clusters(50, seed=1)
+    sims, rows = nearest(x[:40], x[40:], 20)
+    got = np.load(out)
+    np.testing.assert_allclose(got["sims"], sims, atol=1e-6)
+    np.testing.assert_array_equal(got["rows"], rows)
+    single = knn_classify(x[:40], np.eye(3)[lab[:40]], x[40:], np.eye(3)[lab[40:]], k=(5, 20))
+    assert {k: float(got[k]) for k in single} == pytest.approx(single, abs=1e-6)

@@ -83,3 +83,13 @@ def test_step_seeds_differ_per_rank():
     a = torch.rand(4)
     loop.seed_step(3, 7, rank=0)
     assert not torch.equal(torch.rand(4), a)
+
+
+def test_a_slow_loader_is_named_with_its_figures_and_flag(capsys):
+    from ssl_crops.train.loop import warn_slow_loader
+    warn_slow_loader([(0.3, 0.1), (0.5, 0.1)], 2)
+    assert ("the loader is the bottleneck: 0.400 s/step waiting for data, 0.100 s/step computing, with 2 loader "
+            "workers per process; raise -j") in capsys.readouterr().out
+    warn_slow_loader([(0.01, 0.1)], 2)
+    warn_slow_loader([], 2)
+    assert capsys.readouterr().out == ""

@@ -36,11 +36,23 @@ def test_demo_defaults_and_explicit_flags_win(tmp_path):
 
 
 def test_workers_default_to_the_cpus_of_the_process(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert train.build_parser().parse_args(["D"]).workers == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
-    assert train.build_parser().parse_args(["D"]).workers == 32
-    assert "in pixels of the input image" in " ".join(train.build_parser().format_help().split())  # --min-region
+    """Per process: its CPUs less one for itself. torchrun's and mp.spawn's processes see the
+    node's 64 CPUs and share them; an srun task bound to its 16 (or given --cpus-per-task)
+    keeps them, not divided again by the node's 4 tasks."""
+    for v in ("SLURM_CPUS_PER_TASK", "SLURM_STEP_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(v, raising=False)
+    assert train.build_parser().parse_args(["D"]).workers is None  # resolved per process by the run
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert train.default_workers() == 32 and train.default_workers("torchrun", 8) == 7
+    assert train.default_workers("srun", 4) == 15  # an srun that does not bind: the node's, shared
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert train.default_workers("srun", 4) == 15 and train.default_workers("spawn", 1) == 15
+    for k, v in {"SLURM_CPUS_PER_TASK": "6", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1"}.items():
+        monkeypatch.setenv(k, v)
+    assert train.default_workers("srun", 4) == 5
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert train.default_workers("torchrun", 8) == 1  # never none
 
 
 def test_demo_scales_the_minimum_region(tmp_path):

@@ -128,7 +128,8 @@ def test_mid_epoch_resume_with_another_batch_size_is_refused(demo, tmp_path, cle
     with monkeypatch.context() as m:
         _signal_at(m, 1)
         _run(demo, tmp_path, "--epochs", "1")  # stops after step 1 of 4
-    with pytest.raises(ValueError, match="stopped mid-epoch with --batch-size 32; resume it with that batch size"):
+    with pytest.raises(ValueError, match="stopped mid-epoch with a batch of 32 in total, this run.s is 16; "
+                                         "resume it with that total batch"):
         _run(demo, tmp_path, "--epochs", "1", "-b", "16", "--resume", "auto")
 
 
@@ -658,3 +659,40 @@ def test_a_second_ctrl_c_during_the_save_leaves_a_readable_checkpoint(demo, tmp_
         assert proc.returncode == 0 and "cannot write" not in err, err
     torch.load(run / "checkpoint_last.pth", weights_only=True)  # readable either way
     assert not list(run.glob(".*.tmp"))
+
+
+def test_resume_auto_is_rank_0s_choice_on_every_rank(tmp_path, monkeypatch):
+    """Rank 1 of 2, whose file system shows checkpoint_last at step 6 while rank 0 chose
+    checkpoint_prev (step 3): it loads rank 0's file; a file of another step there is refused."""
+    from ssl_crops import distributed as du
+    from ssl_crops.checkpoint import ResumeMismatch, write_checkpoint
+    from ssl_crops.train.worker import agreed_resume
+    for name, step in (("checkpoint_last.pth", 6), ("checkpoint_prev.pth", 3)):
+        write_checkpoint({"state_dict": {}, "epoch": step // 3, "step": step}, tmp_path / name)
+    monkeypatch.setattr(du, "get_world_size", lambda: 2)
+    monkeypatch.setattr(du, "get_rank", lambda: 1)
+    monkeypatch.setattr(du, "is_main_process", lambda: False)
+    chosen = str(tmp_path / "checkpoint_prev.pth")
+    monkeypatch.setattr(du, "broadcast_object", lambda obj: (chosen, 3))
+    path, ckpt = agreed_resume("auto", tmp_path)
+    assert path == chosen and ckpt["step"] == 3
+    monkeypatch.setattr(du, "broadcast_object", lambda obj: (chosen, 4))  # rank 0 read step 4 in that file
+    with pytest.raises(ResumeMismatch, match="rank 1 reads step 3 .* rank 0 step 4"):
+        agreed_resume("auto", tmp_path)
+    monkeypatch.setattr(du, "broadcast_object", lambda obj: "--resume auto: no readable checkpoint")
+    with pytest.raises(FileExistsError, match="no readable checkpoint"):
+        agreed_resume("auto", tmp_path)
+
+
+def test_deterministic_flag_sets_the_cuda_kernels(monkeypatch):
+    import torch
+    from ssl_crops.train.worker import cuda_determinism
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert train.build_parser().parse_args(["D", "--deterministic"]).deterministic
+    try:
+        cuda_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        cuda_determinism(False)
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()

@@ -214,3 +214,20 @@ def test_solarize_matches_pil_on_both_paths_and_dino_specs():
     assert abs(draws - 0.2) < 0.03
     moco = AugmentSpec().sample(3, torch.Generator().manual_seed(1))
     assert not moco["solarize"].any()
+
+
+def test_device_blur_has_one_shape_per_batch_size(monkeypatch):
+    """The grouped conv of the blur sees the whole batch whichever samples are blurred (a new
+    shape per count would mean a cuDNN search, and a recompile, per step); sigma 0 is the identity."""
+    import torch.nn.functional as F
+    from ssl_crops.transforms import BatchAugment
+    shapes, conv2d = set(), F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda x, w, *a, **k: shapes.add((tuple(x.shape), tuple(w.shape))) or
+                        conv2d(x, w, *a, **k))
+    x = torch.randint(0, 256, (16, 3, 24, 24), dtype=torch.uint8)
+    aug = BatchAugment()
+    for seed in range(6):
+        aug(x, torch.Generator().manual_seed(seed))
+    assert {s[0][1] for s in shapes} == {16 * 3}
+    y = torch.rand(2, 3, 24, 24)
+    assert torch.equal(aug._blur(y, torch.tensor([0.0, 1.5]))[0], y[0])
