@@ -177,7 +177,7 @@ def test_leave_out_unreadable_names_each_image_and_its_reason(tmp_path, capsys):
     reasons = splits.notes["train_unreadable_images"]
     assert sorted(reasons) == sorted(bad) and reasons["cat/cat0.jpg"] == "unreadable in a loader worker"
     assert reasons["cat/cat2.jpg"] == "image file not found"
-    assert reasons["cat/empty.jpg"].startswith("cannot decode image")
+    assert reasons["cat/empty.jpg"] == "empty file (0 bytes)"
     assert reasons["dog/trunc.jpg"].startswith("cannot decode image")
     out = capsys.readouterr().out
     assert out.startswith("warning: 4 unreadable train images left out (--bad-image skip): ") and out.count("\n") == 1
