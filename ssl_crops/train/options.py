@@ -54,10 +54,16 @@ def default_workers(launcher="single", local_processes=1):
     return max(1, min(32, process_cpus(launcher, local_processes) - 1))
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except ``None``: a default computed at start-up, which the help says."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser():
     """The original MoCo flags (unchanged meaning), the object-crop flags and the extras."""
-    p = argparse.ArgumentParser(description="MoCo v2 pretraining with object-aware crops",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="MoCo v2 pretraining with object-aware crops", formatter_class=_DefaultsHelp)
     p.add_argument("data", nargs="?", metavar="DIR",
                    help="image folder; annotation dicts are looked for beside it (or --labels/--boxes/--coco)")
     g = p.add_argument_group("MoCo (original flags)")
@@ -65,7 +71,7 @@ def build_parser():
                    help="torchvision ResNet: " + ", ".join(ARCHS))
     g.add_argument("-j", "--workers", type=int, default=None,
                    help="data-loading workers per node, shared by its processes (default: per process, the CPUs "
-                        "it may use less one; an srun task's own CPUs are not divided again)")
+                        f"it may use less one, {default_workers()} here; an srun task's own CPUs are not divided again)")
     g.add_argument("--epochs", type=int, default=200)
     g.add_argument("--start-epoch", type=int, default=0, help="first epoch (overridden by --resume)")
     g.add_argument("-b", "--batch-size", type=int, default=256,

@@ -77,4 +77,4 @@ def test_workers_help_shows_one_default():
     text = " ".join(options.build_parser().format_help().split())
     start = text.index("-j WORKERS, --workers WORKERS")
     j = text[start:text.index("--epochs EPOCHS", start)]
-    assert j.count("default") == 1 and f"default {options.default_workers()} here" in j
+    assert j.count("default") == 1 and f"less one, {options.default_workers()} here" in j
