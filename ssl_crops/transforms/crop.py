@@ -29,15 +29,15 @@ from torchvision.transforms import InterpolationMode, v2
 from .augment import MoCoAugment
 from .geometry import (GEOMETRIES, Region, draw_int, draw_uniform, object_regions, random_resized_crop,
                        to_normalized_boxes)
-from .inputs import (SharedCounter, as_views, check_canvas, image_size, is_encoded, pair_size, resized_crop,
-                     sample_parts, without_boxes)
+from .inputs import (SceneFallbacks, SharedCounter, as_views, check_canvas, image_size, is_encoded, pair_size,
+                     resized_crop, sample_parts, without_boxes)
 
 __all__ = ["ObjectAwareCrop", "MODES", "GEOMETRIES"]
 
 MODES = ("scene", "object-object", "object-scene")
 
 
-class ObjectAwareCrop(v2.Transform):
+class ObjectAwareCrop(SceneFallbacks, v2.Transform):
     """Two views of an image, taken from its object boxes (Mishra et al., 2112.00319).
 
     Modes:
@@ -102,16 +102,6 @@ class ObjectAwareCrop(v2.Transform):
         self.augment = MoCoAugment() if augment is None else augment
         self._fallbacks = SharedCounter()
         self._warned_normalized = False
-
-    @property
-    def scene_fallbacks(self) -> int:
-        """Images without boxes given scene crops, in this process and its DataLoader workers."""
-        return self._fallbacks.value
-
-    @property
-    def local_scene_fallbacks(self) -> int:
-        """This process's share of :attr:`scene_fallbacks`."""
-        return self._fallbacks.local
 
     @property
     def min_box_pixels(self) -> int:

@@ -22,7 +22,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import pil_modes_mapping
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["View", "as_views", "SharedCounter", "pair_size", "image_size", "is_encoded", "sample_parts",
+__all__ = ["View", "as_views", "SharedCounter", "SceneFallbacks", "pair_size", "image_size", "is_encoded", "sample_parts",
            "without_boxes", "check_canvas", "resized_crop", "ACCEPTS"]
 
 ACCEPTS = "a PIL image or an image tensor (C, H, W) / (..., C, H, W) with 1 or 3 channels"
@@ -79,6 +79,20 @@ class SharedCounter:
     @property
     def local(self) -> int:
         return int(self._slots[self._slot()])
+
+
+class SceneFallbacks:
+    """``scene_fallbacks`` of a crop transform: images without boxes given scene views, summed
+    over the DataLoader workers that share the transform (``local_scene_fallbacks``: this
+    process's share). Set ``self._fallbacks = SharedCounter()`` in ``__init__``."""
+
+    @property
+    def scene_fallbacks(self) -> int:
+        return self._fallbacks.value
+
+    @property
+    def local_scene_fallbacks(self) -> int:
+        return self._fallbacks.local
 
 
 def pair_size(size) -> tuple[int, int]:

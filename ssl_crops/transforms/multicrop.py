@@ -23,8 +23,8 @@ from torchvision.transforms import InterpolationMode, v2
 
 from .augment import AugmentSpec, MoCoAugment
 from .geometry import GEOMETRIES, Region, draw_int, object_regions, random_resized_crop, to_normalized_boxes
-from .inputs import (SharedCounter, as_views, check_canvas, image_size, is_encoded, pair_size, resized_crop,
-                     sample_parts, without_boxes)
+from .inputs import (SceneFallbacks, SharedCounter, as_views, check_canvas, image_size, is_encoded, pair_size,
+                     resized_crop, sample_parts, without_boxes)
 
 __all__ = ["ObjectAwareMultiCrop", "PLACEMENTS", "BOX_CHOICES", "dino_augment"]
 
@@ -49,7 +49,7 @@ def _scale(name: str, scale) -> tuple[float, float]:
     return lo, hi
 
 
-class ObjectAwareMultiCrop(v2.Transform):
+class ObjectAwareMultiCrop(SceneFallbacks, v2.Transform):
     """``num_globals`` global views (``global_size`` px, area ``global_scale`` of their region) and
     ``num_locals`` local views (``local_size``, ``local_scale``), globals first.
 
@@ -117,16 +117,6 @@ class ObjectAwareMultiCrop(v2.Transform):
     def sizes(self) -> list[tuple[int, int]]:
         """``(h, w)`` of every view, globals first."""
         return [self.global_size] * self.num_globals + [self.local_size] * self.num_locals
-
-    @property
-    def scene_fallbacks(self) -> int:
-        """Images without boxes given scene views (object placements only), over all workers."""
-        return self._fallbacks.value
-
-    @property
-    def local_scene_fallbacks(self) -> int:
-        """This process's share of :attr:`scene_fallbacks`."""
-        return self._fallbacks.local
 
     # ------------------------------------------------------------------ sampling half
     def sample_regions(self, width: int, height: int, boxes: Any = None,
