@@ -16,10 +16,9 @@ Launch modes, in order of precedence (see ``launch``):
    with a printed line naming ``srun`` (``ssl_crops.slurm``).
 NCCL is used with CUDA, gloo otherwise.
 
-One failing rank ends the job within seconds, however it was launched: the rank's exception is
-written to the process group's store before it exits, and every other rank watches the store (a
-thread polling every ``FAILURE_POLL_S``), prints which rank failed and why, and exits 1, even
-when blocked in an NCCL collective that would otherwise wait for ``--dist-timeout``.
+One failing rank ends the job within seconds, however launched: its exception goes to the group's
+store, which every other rank polls (``FAILURE_POLL_S``); they print which rank failed and why and
+exit 1 (2 for a user mistake), even when blocked in an NCCL collective (``--dist-timeout``).
 
 Elastic restarts (``torchrun --max-restarts N``): the agent's rendezvous store is shared between
 attempts and still holds the failed attempt's keys (gloo's peer addresses among them: a new
@@ -183,15 +182,19 @@ def legacy_node(how: LaunchSettings, step=None) -> tuple[int, int, str]:
     return nodes, node, url
 
 
-def _run(worker_fn, info, args):
+def _run(worker_fn, info, args, user_errors=(), prog="error"):
     try:
         result = worker_fn(info, args)
     except BaseException as e:
+        mistake = isinstance(e, user_errors)
         if _watch is not None and info.world_size > 1:  # the others end within seconds, naming this rank and its error
-            print(f"rank {info.rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            _watch.report(e)
+            print(f"{prog}: error: {e}" if mistake else f"rank {info.rank} failed: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+            _watch.report(e, code=2 if mistake else 1)
         if dist.is_initialized() and dist.get_backend() != "nccl":  # NCCL's may wait for the others: exit
             cleanup()
+        if mistake and info.world_size > 1:  # said above; exit 2 as the command line's mistakes
+            raise SystemExit(2) from None
         raise
     if _watch is not None:
         _watch.stop()  # before the last barrier: past it another rank may end, and its store with it
@@ -200,26 +203,31 @@ def _run(worker_fn, info, args):
     return result
 
 
-def _spawn_worker(local_rank, worker_fn, args, how, nprocs, world_size, node, url):
+def _spawn_worker(local_rank, worker_fn, args, how, nprocs, world_size, node, url, user_errors=(), prog="error"):
     info = init_distributed(how.backend, url, rank=node * nprocs + local_rank, world_size=world_size,
                             local_rank=local_rank, local_world_size=nprocs, timeout=how.timeout_s, launcher="spawn")
-    return _run(worker_fn, info, args)
+    return _run(worker_fn, info, args, user_errors, prog)
 
 
-def launch(worker_fn, args):
+def launch(worker_fn, args, user_errors=(), prog="error"):
     """Run ``worker_fn(info, args)`` in every process of the job (see the module docstring).
 
     The launch reads :class:`LaunchSettings` from ``args`` (``multiprocessing_distributed``,
     ``dist_url``, ``world_size``, ``rank``, ``gpu``, ``dist_backend``: the original MoCo flags,
     and ``dist_timeout`` in minutes); ``args`` itself goes to the worker unchanged.
     Returns the worker's result when it runs in this process. A launch that cannot work raises
-    :class:`LaunchError` before any process group is made.
+    :class:`LaunchError` before any process group is made. A worker's ``user_errors`` (the user's
+    mistakes) end every rank with exit code 2 and one ``<prog>: error:`` line from the rank that met it.
     """
     how = LaunchSettings.of(args)
+
+    def run(info):
+        return _run(worker_fn, info, args, user_errors, prog)
+
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         if how.multiprocessing_distributed:
             print("launched by torchrun: ignoring --multiprocessing-distributed", flush=True)
-        return _run(worker_fn, init_distributed(how.backend, how.dist_url, timeout=how.timeout_s), args)
+        return run(init_distributed(how.backend, how.dist_url, timeout=how.timeout_s))
     step = slurm.slurm_step()
     if step is None and slurm.in_batch_step():
         print(f"SLURM batch step (SLURM_NTASKS={os.environ['SLURM_NTASKS']}, no srun step): SLURM's tasks are "
@@ -227,22 +235,24 @@ def launch(worker_fn, args):
     if how.legacy:
         nodes, node, url = legacy_node(how, step)
         if not how.multiprocessing_distributed:  # one process per node
-            info = init_distributed(how.backend, url, rank=node, world_size=nodes, local_rank=how.gpu,
-                                    local_world_size=1, timeout=how.timeout_s, launcher="node")
-            return _run(worker_fn, info, args)
+            return run(init_distributed(how.backend, url, rank=node, world_size=nodes, local_rank=how.gpu,
+                                        local_world_size=1, timeout=how.timeout_s, launcher="node"))
         nprocs = torch.cuda.device_count()
         if nprocs == 0:
-            print("--multiprocessing-distributed: no CUDA device, running one process per node "
-                  "with the gloo backend", flush=True)
+            print("--multiprocessing-distributed: no CUDA device, one process per node with gloo", flush=True)
             nprocs = 1
         if nprocs == 1:
-            return _spawn_worker(0, worker_fn, args, how, 1, nodes, node, url)
-        with rendezvous.parent_outlives_stop_signals():
-            mp.spawn(_spawn_worker, nprocs=nprocs, args=(worker_fn, args, how, nprocs, nodes * nprocs, node, url))
+            return _spawn_worker(0, worker_fn, args, how, 1, nodes, node, url, user_errors, prog)
+        try:
+            with rendezvous.parent_outlives_stop_signals():
+                mp.spawn(_spawn_worker, nprocs=nprocs,
+                         args=(worker_fn, args, how, nprocs, nodes * nprocs, node, url, user_errors, prog))
+        except mp.ProcessExitedException as e:  # exit code 2: a user mistake, said by the rank that met it
+            raise (SystemExit(2) if e.exit_code == 2 else e) from None
         return None
     if step is not None and step.ntasks > 1:
-        return _run(worker_fn, init_distributed(how.backend, how.dist_url, timeout=how.timeout_s), args)
-    return _run(worker_fn, init_distributed(how.backend, local_rank=how.gpu), args)
+        return run(init_distributed(how.backend, how.dist_url, timeout=how.timeout_s))
+    return run(init_distributed(how.backend, local_rank=how.gpu))
 
 
 def get_world_size():

@@ -21,8 +21,8 @@ _FAILED_KEY = "failed"
 
 class FailureWatch:
     """The failure channel of one process group: :meth:`report` writes this rank's error to the
-    store; a daemon thread ends this process (exit 1) when another rank reported one, or when the
-    store itself is gone (the process or agent holding it ended)."""
+    store; a daemon thread ends this process (with the failed rank's exit code) when another rank
+    reported one, or (exit 1) when the store itself is gone (the process or agent holding it ended)."""
 
     def __init__(self, store, rank):
         self.store, self.rank = dist.PrefixStore("ssl_crops/failure/", store), rank
@@ -35,19 +35,20 @@ class FailureWatch:
             try:
                 if not self.store.check([_FAILED_KEY]):
                     continue
-                why = self.store.get(_FAILED_KEY).decode(errors="replace")
+                code, _, why = self.store.get(_FAILED_KEY).decode(errors="replace").partition("|")  # "2|rank 1 ..."
             except Exception as e:  # noqa: BLE001 (any store error: the job's store is gone)
-                why = f"the job's store is unreachable ({type(e).__name__}: {e}): a process ended"
+                code, why = "1", f"the job's store is unreachable ({type(e).__name__}: {e}): a process ended"
             if self.done.wait(FAILURE_POLL_S):  # this rank is failing or ending by itself: its own message
                 return
             print(f"rank {self.rank}: ending the job: {why}", file=sys.stderr, flush=True)
-            os._exit(1)
+            os._exit(int(code) if code.isdigit() else 1)
 
-    def report(self, exc):
-        """Tell every rank that this one failed (called once, before it exits)."""
+    def report(self, exc, code: int = 1):
+        """Tell every rank that this one failed (called once, before it exits); they exit with
+        ``code`` (2: a user mistake, as the command line's)."""
         self.done.set()
         try:
-            self.store.set(_FAILED_KEY, f"rank {self.rank} failed: {type(exc).__name__}: {exc}"[:2000])
+            self.store.set(_FAILED_KEY, f"{code}|rank {self.rank} failed: {type(exc).__name__}: {exc}"[:2000])
         except Exception:  # noqa: BLE001 (the store is gone too: the others find out by themselves)
             return
         time.sleep(3 * FAILURE_POLL_S)  # this process may hold the store: the others see it (poll + grace) first

@@ -86,6 +86,37 @@ def test_legacy_spawn_parent_outlives_a_stop_signal(tmp_path):
     assert "SIGTERM: waiting for the processes to save and stop" in out.stdout
 
 
+SPAWNED_MISTAKE = textwrap.dedent("""
+    import sys
+    from argparse import Namespace
+    import torch
+    from ssl_crops import distributed as du
+
+    def work(info, args):
+        if info.rank == 1:
+            raise FileExistsError("run folder out/r is held by another run")
+        du.barrier()  # rank 0 would wait here for --dist-timeout without the failure channel
+
+    if __name__ == "__main__":
+        torch.cuda.device_count = lambda: 2
+        du.launch(work, Namespace(multiprocessing_distributed=True, world_size=1, rank=0, gpu=None,
+                                  dist_url=sys.argv[1]), user_errors=(FileExistsError,), prog="main_moco.py")
+""")
+
+
+@pytest.mark.slow
+def test_a_user_mistake_in_a_spawned_rank_is_one_line_and_exit_2(tmp_path):
+    """Under mp.spawn (the original flags on a GPU node) a user mistake on one rank ends every
+    rank with exit 2 and one error line, as in one process (mp.spawn alone gives a traceback, exit 1)."""
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWNED_MISTAKE)
+    out = subprocess.run([sys.executable, str(script), f"tcp://127.0.0.1:{_free_port()}"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "main_moco.py: error: run folder out/r is held by another run" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
 def test_legacy_multiprocessing_flags_fall_back_to_one_gloo_process(clean_env, capsys):
     if torch.cuda.is_available():
         pytest.skip("CPU fallback only")
@@ -462,7 +493,7 @@ def test_legacy_launch_spawns_the_node_ranks_under_srun(clean_env, monkeypatch):
     monkeypatch.setattr(du.mp, "spawn", lambda fn, nprocs, args: spawned.update(nprocs=nprocs, args=args))
     du.launch(lambda info, a: None, Namespace(multiprocessing_distributed=True, world_size=2, rank=-1, gpu=None,
                                               dist_url=None))
-    worker_fn, args, how, nprocs, world, node, url = spawned["args"]
+    worker_fn, args, how, nprocs, world, node, url, user_errors, prog = spawned["args"]
     assert (spawned["nprocs"], world, node, url) == (2, 4, 1, "tcp://127.0.0.1:20999")
 
 

@@ -5,6 +5,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch.distributed as dist
 
 from ssl_crops import rendezvous
@@ -24,7 +25,7 @@ def test_a_report_writes_the_error_and_stands_its_own_watch_down(monkeypatch):
     store = dist.HashStore()
     watch = rendezvous.FailureWatch(store, 2)
     watch.report(ValueError("bad image x.jpg"))
-    assert dist.PrefixStore("ssl_crops/failure/", store).get("failed") == b"rank 2 failed: ValueError: bad image x.jpg"
+    assert dist.PrefixStore("ssl_crops/failure/", store).get("failed") == b"1|rank 2 failed: ValueError: bad image x.jpg"
     time.sleep(0.2)  # its own thread saw the key and did not end this process
     assert not watch.thread.is_alive()
 
@@ -35,18 +36,20 @@ WATCHED = textwrap.dedent("""
     from ssl_crops import rendezvous
     store = dist.TCPStore("127.0.0.1", 0, 1, True)
     rendezvous.FailureWatch(store, 0)
-    dist.PrefixStore("ssl_crops/failure/", store).set("failed", "rank 3 failed: RuntimeError: out of memory")
+    dist.PrefixStore("ssl_crops/failure/", store).set("failed", sys.argv[1])
     time.sleep(30)
     print("still running")
 """)
 
 
-def test_another_ranks_failure_ends_this_process_in_seconds(tmp_path):
+@pytest.mark.parametrize("code, error", [(1, "RuntimeError: out of memory"), (2, "FileExistsError: run folder held")])
+def test_another_ranks_failure_ends_this_process_in_seconds(tmp_path, code, error):
+    """With the failed rank's exit code: 2 for a user mistake, as the command line's."""
     script = tmp_path / "watched.py"
     script.write_text(WATCHED)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 1 and "still running" not in proc.stdout
-    assert "rank 0: ending the job: rank 3 failed: RuntimeError: out of memory" in proc.stderr
+    proc = subprocess.run([sys.executable, str(script), f"{code}|rank 3 failed: {error}"], capture_output=True,
+                          text=True, timeout=60, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == code and "still running" not in proc.stdout
+    assert f"rank 0: ending the job: rank 3 failed: {error}" in proc.stderr
     assert time.monotonic() - start < 20

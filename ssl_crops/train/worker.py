@@ -302,7 +302,8 @@ def main(argv=None):
         inputs = {} if args.demo else check_inputs(args)  # before the run folder is touched
     try:
         with user_errors(du.LaunchError, FileExistsError, ResumeMismatch, prog="main_moco.py"):
-            return du.launch(functools.partial(train_worker, **inputs), args)  # bad launch, held or finished run folder
+            return du.launch(functools.partial(train_worker, **inputs), args,  # bad launch, held or finished run folder
+                             user_errors=(FileExistsError, ResumeMismatch), prog="main_moco.py")
     except OutputError as e:  # one line: which file, and why
         raise SystemExit(f"main_moco.py: error: {e}") from None
     except KeyboardInterrupt:
