@@ -1,6 +1,6 @@
 """Object-region statistics of the crop geometries on real photos, one item per box (the original's epoch).
 
-    PYTHONPATH=. python benchmarks/crop_geometry.py /work/shared/data/coco128-train
+    PYTHONPATH=. python benchmarks/crop_geometry.py ../shared/data/coco128-train
     PYTHONPATH=. python benchmarks/crop_geometry.py path/to/instances.json --images path/to/images
 
 The argument is a COCO json, or a folder holding one (images in ``<folder>/images`` or beside

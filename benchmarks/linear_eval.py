@@ -2,7 +2,7 @@
 data and backbone.
 
     python benchmarks/linear_eval.py                       # demo data, random-init resnet18
-    python benchmarks/linear_eval.py /work/shared/data/coco128-train --image-size 128   # real photos
+    python benchmarks/linear_eval.py ../shared/data/coco128-train --image-size 128   # real photos
     python benchmarks/linear_eval.py --pretrained runs/demo/checkpoint_last.pth --epochs 100
 
 A COCO folder (``images/`` and ``instances.json``) is split into train and test halves by
