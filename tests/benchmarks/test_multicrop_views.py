@@ -1,19 +1,8 @@
 """benchmarks/multicrop_views.py on the generated demo data."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def mv():
-    spec = importlib.util.spec_from_file_location("multicrop_views", REPO / "benchmarks" / "multicrop_views.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cli_on_generated_data(mv, demo_root, tmp_path, capsys):

@@ -1,7 +1,5 @@
 """benchmarks/reproduce.py: the generated scenes, the network, and the smoke preset end to end."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,15 +7,6 @@ import torch
 
 from ssl_crops.boxes import BoxIndex
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def rp():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_scenes_follow_the_premise(rp):
@@ -223,12 +212,6 @@ def test_presets_fit_moco(rp, preset):
 
 
 # --------------------------------------------------------------------------- issue 28's retest
-@pytest.fixture(scope="module")
-def rt():
-    spec = importlib.util.spec_from_file_location("reproduce_retest", REPO / "benchmarks" / "reproduce_retest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_t_distribution_matches_the_table(rt):

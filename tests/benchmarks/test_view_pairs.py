@@ -1,5 +1,4 @@
 """benchmarks/view_pairs.py: what a view holds, the policies, and the CLI on generated data."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,14 +10,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TIMES = ("bing_s", "wall_s")
-
-
-@pytest.fixture(scope="module")
-def vp():
-    spec = importlib.util.spec_from_file_location("view_pairs", REPO / "benchmarks" / "view_pairs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_view_contents(vp):
