@@ -8,7 +8,6 @@ import torch
 from ssl_crops.boxes import BoxIndex
 
 
-
 def test_scenes_follow_the_premise(rp):
     rng = np.random.default_rng(0)
     weights = (np.arange(12) + 1.0) ** -rp.TAIL_EXPONENT
